@@ -1,0 +1,43 @@
+# Every target creates .venv on first use, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/vnetrpc/v1/*.proto)
+
+.PHONY: venv demo test generate check-generated lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m vnet.demo $(ARGS)
+
+test: venv
+	$(PY) -m pytest $(ARGS)
+
+# Writes generated/ from protos/; the output is committed.
+generate: venv
+	$(PY) tools/gen.py generated
+
+# Fails when generated/ does not match what protos/ would generate now.
+check-generated: venv
+	rm -rf .gen-check && mkdir .gen-check
+	$(PY) tools/gen.py .gen-check
+	diff -r -x __pycache__ generated .gen-check || { rm -rf .gen-check; echo "generated/ is stale: run 'make generate' and commit" >&2; exit 1; }
+	rm -rf .gen-check
+
+lint: venv
+	$(PY) -m ruff check vnet tests bench tools
+	$(PY) -m ruff format --check vnet tests bench tools
+	$(PY) -m mypy
+
+bench: venv
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .gen-check build *.egg-info .pytest_cache .mypy_cache .ruff_cache

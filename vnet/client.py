@@ -1,0 +1,192 @@
+"""The node's side of the wire: a typed client for the route's API.
+
+Wraps the generated stub so the rest of the node sees dataclasses and
+VnetError, never protobuf messages or grpc.aio errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from vnet import wire
+from vnet.errors import RouteUnavailable, VnetError
+from vnet.registry import Serve
+from vnetrpc.v1 import route_pb2 as pb
+from vnetrpc.v1 import route_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024 + 1024),
+    ("grpc.max_send_message_length", 4 * 1024 * 1024 + 1024),
+]
+
+
+@dataclass(frozen=True)
+class Joined:
+    session: str
+    vnetid: str
+    group: str
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    serve: Serve
+    reassigned: bool
+
+
+@dataclass(frozen=True)
+class VnetInfo:
+    vnetid: str
+    name: str
+    group: str
+    serves: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    serves: tuple[Serve, ...]
+
+
+@dataclass(frozen=True)
+class ServeAdded:
+    serve: Serve
+
+
+@dataclass(frozen=True)
+class ServeRemoved:
+    serveid: int
+    vnetid: str
+
+
+@dataclass(frozen=True)
+class OpenTunnel:
+    tunnel_id: str
+    serveid: int
+    from_vnetid: str
+
+
+ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel
+
+
+def _event(msg: pb.ControlEvent) -> ControlEvent | None:
+    kind = msg.WhichOneof("event")
+    if kind == "snapshot":
+        return Snapshot(tuple(wire.serves_from_pb(msg.snapshot.serves)))
+    if kind == "serve_added":
+        return ServeAdded(wire.serve_from_pb(msg.serve_added))
+    if kind == "serve_removed":
+        return ServeRemoved(msg.serve_removed.serveid, msg.serve_removed.vnetid)
+    if kind == "open_tunnel":
+        ot = msg.open_tunnel
+        return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
+    return None  # an event kind from a newer route: ignore it
+
+
+class RouteClient:
+    """One channel to the route, and the calls a node makes on it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.RouteServiceStub(self.channel)
+        self.session = ""
+        # Tunnel calls pass frames as bytes: vnet.wire encodes them by hand.
+        self._dial = self.channel.stream_stream(wire.DIAL_METHOD)
+        self._accept = self.channel.stream_stream(wire.ACCEPT_METHOD)
+
+    def _md(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return ((wire.MD_SESSION, self.session), *extra)
+
+    async def connect(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise RouteUnavailable(f"cannot reach the route at {self.address}") from None
+
+    async def join(self, name: str, group: str, timeout: float = 10.0) -> Joined:
+        try:
+            resp = await self.stub.Join(pb.JoinRequest(name=name, group=group), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+        self.session = resp.session
+        return Joined(resp.session, resp.vnetid, resp.group, resp.boot_id)
+
+    async def register(
+        self, serveid: int, name: str, ip: str, port: int, info: str, timeout: float = 10.0
+    ) -> Registered:
+        request = pb.RegisterServeRequest(
+            serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info
+        )
+        try:
+            resp = await self.stub.RegisterServe(request, metadata=self._md(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+        return Registered(wire.serve_from_pb(resp.serve), resp.reassigned)
+
+    async def unregister(self, serveid: int, timeout: float = 10.0) -> None:
+        try:
+            await self.stub.UnregisterServe(
+                pb.UnregisterServeRequest(serveid=serveid), metadata=self._md(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+
+    async def list_serves(self, timeout: float = 10.0) -> list[Serve]:
+        try:
+            resp = await self.stub.ListServes(
+                pb.ListServesRequest(), metadata=self._md(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+        return wire.serves_from_pb(resp.serves)
+
+    async def list_vnets(self, timeout: float = 10.0) -> list[VnetInfo]:
+        try:
+            resp = await self.stub.ListVnets(
+                pb.ListVnetsRequest(), metadata=self._md(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+        return [VnetInfo(v.vnetid, v.name, v.group, v.serves) for v in resp.vnets]
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Round trip to the route, in seconds."""
+        start = time.perf_counter()
+        try:
+            await self.stub.Ping(pb.PingRequest(nonce=1), metadata=self._md(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+        return time.perf_counter() - start
+
+    async def control(self) -> AsyncIterator[ControlEvent]:
+        """The control stream's events; ends by raising RouteUnavailable."""
+        call = self.stub.Control(pb.ControlRequest(), metadata=self._md())
+        try:
+            async for msg in call:
+                event = _event(msg)
+                if event is not None:
+                    yield event
+        except grpc.aio.AioRpcError as exc:
+            err: VnetError = wire.error_of(exc)
+            raise RouteUnavailable(f"control stream ended: {err}") from None
+        finally:
+            call.cancel()
+        raise RouteUnavailable("the route closed the control stream")
+
+    def dial(self, serveid: int) -> Any:
+        """A raw tunnel call to a serve of the group."""
+        return self._dial(metadata=self._md((wire.MD_SERVEID, str(serveid))))
+
+    def accept(self, tunnel_id: str) -> Any:
+        """A raw tunnel call answering an OpenTunnel."""
+        return self._accept(metadata=self._md((wire.MD_TUNNEL, tunnel_id)))
+
+    async def close(self) -> None:
+        await self.channel.close()
+

@@ -1,0 +1,518 @@
+"""The route: a grpc.aio server that keeps the registry and splices tunnels.
+
+The servicer is a thin adapter: registry decisions live in vnet.registry,
+message shapes in vnet.wire. What lives here is the I/O: sessions, control
+streams and the byte pumps between the two legs of each tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vnet import wire
+from vnet.config import RouteConfig
+from vnet.errors import InvalidRequest, NotFound, SessionUnknown, VnetError
+from vnet.registry import Registry, Serve, Vnet
+from vnetrpc.v1 import route_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# A tunnel frame carries at most one read of a node's socket (1 MiB) plus
+# framing; leave room, and refuse anything wildly larger.
+MAX_MESSAGE = 4 * 1024 * 1024 + 1024
+CONTROL_QUEUE = 10_000
+
+
+@dataclass(frozen=True)
+class RouteTimeouts:
+    """How long the route waits for nodes; shortened in tests."""
+
+    # A node must open its Control stream this soon after Join.
+    join: float = 10.0
+    # The serving node must answer an OpenTunnel this soon.
+    accept: float = 10.0
+    # Grace for open calls when the route stops.
+    stop_grace: float = 1.0
+
+
+@dataclass(eq=False)
+class Session:
+    """One joined node."""
+
+    token: str
+    vnet: Vnet
+    events: asyncio.Queue[pb.ControlEvent] = field(
+        default_factory=lambda: asyncio.Queue(CONTROL_QUEUE)
+    )
+    control_open: bool = False
+    splices: set[Splice] = field(default_factory=set)
+    closed: bool = False
+
+    def push(self, event: pb.ControlEvent) -> None:
+        if self.closed:
+            return
+        try:
+            self.events.put_nowait(event)
+        except asyncio.QueueFull:
+            # A node that does not read its control stream is broken; it
+            # will be dropped when its stream ends, so drop it now.
+            log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
+            self.closed = True
+
+
+@dataclass(eq=False)
+class _Leg:
+    ctx: grpc.aio.ServicerContext[bytes, bytes]
+    pump: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class Splice:
+    """The two legs of one tunnel and the pumps between them.
+
+    Each leg's context is written only by the pump reading the other leg, so
+    no context ever has two writers. A pump that sees a reset (forwarded or
+    its own) stops the other pump too: the tunnel is dead both ways.
+    """
+
+    tunnel_id: str
+    serveid: int
+    dial: _Leg
+    accept: _Leg
+    sessions: tuple[Session, Session]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self) -> None:
+        self.dial.pump = asyncio.create_task(self._pump(self.dial, self.accept, "dial"))
+        self.accept.pump = asyncio.create_task(self._pump(self.accept, self.dial, "accept"))
+        for session in self.sessions:
+            session.splices.add(self)
+
+    async def _pump(self, src: _Leg, dst: _Leg, name: str) -> None:
+        last = b""
+        reason = ""
+        try:
+            while True:
+                msg = await src.ctx.read()
+                if msg is grpc.aio.EOF:
+                    break
+                await dst.ctx.write(msg)
+                last = msg
+            if wire.is_terminal(last):
+                if last != wire.FIN_FRAME:
+                    self._stop_other(src)
+                return
+            reason = f"{name} side ended without fin"
+        except asyncio.CancelledError:
+            reason = f"{name} side went away"
+        except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
+            reason = f"{name} side failed: {type(exc).__name__}"
+        log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
+        with contextlib.suppress(Exception):
+            await dst.ctx.write(wire.encode_reset(reason))
+        self._stop_other(src)
+
+    def _stop_other(self, src: _Leg) -> None:
+        other = self.accept if src is self.dial else self.dial
+        if other.pump is not None and other.pump is not asyncio.current_task():
+            other.pump.cancel()
+
+    def abort(self) -> None:
+        for leg in (self.dial, self.accept):
+            if leg.pump is not None:
+                leg.pump.cancel()
+
+    async def wait(self) -> None:
+        """Until both pumps ended; the caller's RPC may end then."""
+        pumps = [leg.pump for leg in (self.dial, self.accept) if leg.pump is not None]
+        try:
+            await asyncio.wait(pumps)
+        except asyncio.CancelledError:
+            # Our own caller went away: its pump cannot go on either.
+            self.abort()
+            raise
+        finally:
+            if all(p.done() for p in pumps):
+                for session in self.sessions:
+                    session.splices.discard(self)
+                if not self.done.is_set():
+                    self.done.set()
+                    log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
+
+
+@dataclass(eq=False)
+class _Pending:
+    owner: Session
+    serveid: int
+    dialer: Session
+    ctx: grpc.aio.ServicerContext[bytes, bytes]
+    splice: asyncio.Future[Splice]
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("ascii", "replace")
+    return ""
+
+
+Handler = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class RouteServicer:
+    """Handlers for vnetrpc.v1.RouteService."""
+
+    def __init__(self, timeouts: RouteTimeouts | None = None) -> None:
+        self.timeouts = timeouts or RouteTimeouts()
+        self.registry = Registry()
+        self.boot_id = secrets.token_hex(8)
+        self.sessions: dict[str, Session] = {}
+        self.by_vnetid: dict[str, Session] = {}
+        self.pending: dict[str, _Pending] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+
+    # --- sessions --------------------------------------------------------
+
+    def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
+        session = self.sessions.get(_metadata(context, wire.MD_SESSION))
+        if session is None or session.closed:
+            raise SessionUnknown("unknown or expired session; join again")
+        return session
+
+    def _broadcast(self, group: str, event: pb.ControlEvent) -> None:
+        for session in self.sessions.values():
+            if session.vnet.group == group:
+                session.push(event)
+
+    def _drop(self, session: Session, why: str) -> None:
+        if self.sessions.pop(session.token, None) is None:
+            return
+        session.closed = True
+        self.by_vnetid.pop(session.vnet.vnetid, None)
+        gone = self.registry.remove_vnet(session.vnet.vnetid)
+        for serve in gone:
+            self._serve_removed(serve, session.vnet.group)
+        for splice in list(session.splices):
+            splice.abort()
+        for tunnel_id, pending in list(self.pending.items()):
+            if session in (pending.owner, pending.dialer):
+                del self.pending[tunnel_id]
+                if not pending.splice.done():
+                    pending.splice.set_exception(NotFound("the serve's vnet left"))
+        log.info(
+            "vnet %s (%s) left group %s: %s; %d serve(s) withdrawn",
+            session.vnet.vnetid,
+            session.vnet.name,
+            session.vnet.group,
+            why,
+            len(gone),
+        )
+
+    def _serve_removed(self, serve: Serve, group: str) -> None:
+        event = pb.ControlEvent(
+            serve_removed=pb.ServeRemoved(serveid=serve.serveid, vnetid=serve.vnetid)
+        )
+        self._broadcast(group, event)
+
+    async def _expire_unless_controlled(self, session: Session) -> None:
+        await asyncio.sleep(self.timeouts.join)
+        if not session.control_open:
+            self._drop(session, "no control stream after join")
+
+    # --- unary RPCs ------------------------------------------------------
+
+    async def Join(
+        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.JoinResponse:
+        vnet = self.registry.add_vnet(request.name, request.group or "default")
+        session = Session(token=secrets.token_urlsafe(24), vnet=vnet)
+        self.sessions[session.token] = session
+        self.by_vnetid[vnet.vnetid] = session
+        timer = asyncio.create_task(self._expire_unless_controlled(session))
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
+        log.info(
+            "vnet %s (%s) joined group %s from %s", vnet.vnetid, vnet.name, vnet.group, context.peer()
+        )
+        return pb.JoinResponse(
+            session=session.token, vnetid=vnet.vnetid, group=vnet.group, boot_id=self.boot_id
+        )
+
+    async def RegisterServe(
+        self, request: pb.RegisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterServeResponse:
+        session = self._session(context)
+        reg = self.registry.register(
+            session.vnet.vnetid,
+            request.serveid,
+            request.name,
+            request.ip,
+            request.port,
+            request.info,
+            request.type,
+        )
+        if reg.replaced is not None:
+            self._serve_removed(reg.replaced, session.vnet.group)
+        info = wire.serve_to_pb(reg.serve)
+        self._broadcast(session.vnet.group, pb.ControlEvent(serve_added=info))
+        log.info(
+            "vnet %s registered serve %s (%s) -> %s:%s%s",
+            session.vnet.vnetid,
+            reg.serve.serveid,
+            reg.serve.name,
+            reg.serve.ip,
+            reg.serve.port,
+            f" (asked for {request.serveid})" if reg.reassigned else "",
+        )
+        return pb.RegisterServeResponse(serve=info, reassigned=reg.reassigned)
+
+    async def UnregisterServe(
+        self, request: pb.UnregisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UnregisterServeResponse:
+        session = self._session(context)
+        serve = self.registry.unregister(session.vnet.vnetid, request.serveid)
+        self._serve_removed(serve, session.vnet.group)
+        log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
+        return pb.UnregisterServeResponse()
+
+    async def ListServes(
+        self, request: pb.ListServesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListServesResponse:
+        session = self._session(context)
+        serves = self.registry.serves(session.vnet.group)
+        return pb.ListServesResponse(serves=[wire.serve_to_pb(s) for s in serves])
+
+    async def ListVnets(
+        self, request: pb.ListVnetsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListVnetsResponse:
+        session = self._session(context)
+        vnets = self.registry.vnets(session.vnet.group)
+        return pb.ListVnetsResponse(
+            vnets=[wire.vnet_to_pb(v, self.registry.serve_count(v.vnetid)) for v in vnets]
+        )
+
+    async def Ping(
+        self, request: pb.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PingResponse:
+        self._session(context)
+        return pb.PingResponse(nonce=request.nonce, boot_id=self.boot_id)
+
+    # --- control stream ----------------------------------------------------
+
+    async def Control(
+        self, request: pb.ControlRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ControlEvent]:
+        session = self._session(context)
+        if session.control_open:
+            raise InvalidRequest("this session already has a control stream")
+        session.control_open = True
+        why = "control stream closed"
+        try:
+            serves = self.registry.serves(session.vnet.group)
+            yield pb.ControlEvent(
+                snapshot=pb.ServeSnapshot(serves=[wire.serve_to_pb(s) for s in serves])
+            )
+            while not session.closed:
+                yield await session.events.get()
+            why = "dropped"
+        except asyncio.CancelledError:
+            why = "connection lost"
+            raise
+        finally:
+            self._drop(session, why)
+
+    # --- tunnels -----------------------------------------------------------
+
+    async def Dial(
+        self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
+        session = self._session(context)
+        raw = _metadata(context, wire.MD_SERVEID)
+        if not raw.isdigit() or not 1 <= int(raw) <= 999:
+            raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
+        serve = self.registry.find(session.vnet.group, int(raw))
+        owner = self.by_vnetid.get(serve.vnetid)
+        if owner is None:
+            raise NotFound(f"no serveid {serve.serveid} in this group")
+        tunnel_id = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(owner, serve.serveid, session, context, loop.create_future())
+        self.pending[tunnel_id] = pending
+        owner.push(
+            pb.ControlEvent(
+                open_tunnel=pb.OpenTunnel(
+                    tunnel_id=tunnel_id, serveid=serve.serveid, from_vnetid=session.vnet.vnetid
+                )
+            )
+        )
+        try:
+            splice = await asyncio.wait_for(pending.splice, self.timeouts.accept)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
+            )
+        finally:
+            self.pending.pop(tunnel_id, None)
+        log.debug(
+            "tunnel %s: vnet %s -> serveid %s on vnet %s",
+            tunnel_id,
+            session.vnet.vnetid,
+            serve.serveid,
+            serve.vnetid,
+        )
+        await splice.wait()
+
+    async def Accept(
+        self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
+        session = self._session(context)
+        tunnel_id = _metadata(context, wire.MD_TUNNEL)
+        pending = self.pending.get(tunnel_id)
+        if pending is None or pending.owner is not session or pending.splice.done():
+            raise NotFound("no such tunnel waiting for this vnet")
+        del self.pending[tunnel_id]
+        splice = Splice(
+            tunnel_id=tunnel_id,
+            serveid=pending.serveid,
+            dial=_Leg(pending.ctx),
+            accept=_Leg(context),
+            sessions=(pending.dialer, session),
+        )
+        splice.start()
+        pending.splice.set_result(splice)
+        await splice.wait()
+
+    # --- plumbing ----------------------------------------------------------
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The service's handlers; tunnel methods pass raw bytes through."""
+
+        def unary(fn: Handler, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                _translated(fn),
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        def raw_stream(fn: Handler) -> grpc.RpcMethodHandler:
+            # No (de)serializers: frames go through as the bytes they came as.
+            return grpc.stream_stream_rpc_method_handler(_translated(fn))
+
+        return grpc.method_handlers_generic_handler(
+            wire.SERVICE,
+            {
+                "Join": unary(self.Join, pb.JoinRequest, pb.JoinResponse),
+                "RegisterServe": unary(
+                    self.RegisterServe, pb.RegisterServeRequest, pb.RegisterServeResponse
+                ),
+                "UnregisterServe": unary(
+                    self.UnregisterServe, pb.UnregisterServeRequest, pb.UnregisterServeResponse
+                ),
+                "ListServes": unary(self.ListServes, pb.ListServesRequest, pb.ListServesResponse),
+                "ListVnets": unary(self.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
+                "Ping": unary(self.Ping, pb.PingRequest, pb.PingResponse),
+                "Control": grpc.unary_stream_rpc_method_handler(
+                    _translated_stream(self.Control),
+                    request_deserializer=pb.ControlRequest.FromString,
+                    response_serializer=pb.ControlEvent.SerializeToString,
+                ),
+                "Dial": raw_stream(self.Dial),
+                "Accept": raw_stream(self.Accept),
+            },
+        )
+
+    async def close(self) -> None:
+        for timer in list(self._timers):
+            timer.cancel()
+        for session in list(self.sessions.values()):
+            self._drop(session, "route stopping")
+
+
+def _translated(fn: Handler) -> Handler:
+    """Turn VnetError into the matching status: the one translation table."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(request, context)
+        except VnetError as exc:
+            await context.abort(wire.status_of(exc), str(exc))
+
+    return call
+
+
+def _translated_stream(
+    fn: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except VnetError as exc:
+            await context.abort(wire.status_of(exc), str(exc))
+
+    return call
+
+
+@dataclass
+class RunningRoute:
+    """A started route; stop() ends it."""
+
+    server: grpc.aio.Server
+    servicer: RouteServicer
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.servicer.close()
+        await self.server.stop(self.servicer.timeouts.stop_grace)
+
+
+async def start_route(config: RouteConfig, timeouts: RouteTimeouts | None = None) -> RunningRoute:
+    """Start a route listening on config's address (port 0 picks a free one).
+
+    Raises OSError when the address cannot be bound.
+    """
+    servicer = RouteServicer(timeouts)
+    server = grpc.aio.server(
+        options=[
+            # Two routes on one port would silently share it.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+    )
+    server.add_generic_rpc_handlers((servicer.handlers(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["RouteService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {config.address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {config.address}: address in use or unavailable")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    await health_servicer.set(wire.SERVICE, serving)
+    log.info("route listening on %s:%s (boot %s)", config.ip, port, servicer.boot_id)
+    return RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)

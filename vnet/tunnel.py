@@ -1,0 +1,128 @@
+"""One tunnelled TCP connection on a node: the local socket <-> a gRPC stream.
+
+Two pumps, one per direction. Socket EOF becomes a fin frame (the far end
+shuts down its write side); a received fin shuts down ours. Anything abnormal
+(a socket error, a reset frame, the stream failing or ending without fin)
+resets the local socket with RST and cancels the call, which makes the route
+reset the far end: a truncated transfer never looks complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from typing import Any
+
+import grpc
+
+from vnet import wire
+from vnet.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+# One read of the local socket becomes one message. grpc.aio costs about the
+# same per message whatever its size, so bulk transfers want large messages;
+# reads return what is there, so interactive traffic stays small.
+CHUNK = 1024 * 1024
+# asyncio's StreamReader never returns more than its limit from read().
+READER_LIMIT = 2 * CHUNK
+
+
+class TunnelReset(Exception):
+    """The far end reset the tunnel, or the stream failed."""
+
+
+def reset_socket(writer: asyncio.StreamWriter) -> None:
+    """Close the local connection with RST, so the application sees an error."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def _upstream(reader: asyncio.StreamReader, call: Any) -> None:
+    while True:
+        data = await reader.read(CHUNK)
+        if not data:
+            break
+        await call.write(wire.encode_data(data))
+    await call.write(wire.FIN_FRAME)
+    await call.done_writing()
+
+
+async def _downstream(call: Any, writer: asyncio.StreamWriter) -> None:
+    got_fin = False
+    while True:
+        raw = await call.read()
+        if raw is grpc.aio.EOF:
+            break
+        try:
+            kind, payload = wire.decode_frame(raw)
+        except InvalidRequest as exc:
+            raise TunnelReset(str(exc)) from None
+        if got_fin:
+            raise TunnelReset("frame after fin")
+        if kind is wire.FrameKind.DATA:
+            writer.write(payload)  # type: ignore[arg-type]
+            await writer.drain()
+        elif kind is wire.FrameKind.FIN:
+            got_fin = True
+            if writer.can_write_eof():
+                writer.write_eof()
+        else:
+            raise TunnelReset(f"reset by peer: {payload!s}")
+    if not got_fin:
+        raise TunnelReset("stream ended without fin")
+
+
+async def relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    call: Any,
+    label: str,
+) -> bool:
+    """Carry one connection over call until both directions end.
+
+    Returns True for a clean close, False when the tunnel was reset. Never
+    raises for network trouble; the reason is logged.
+    """
+    up = asyncio.create_task(_upstream(reader, call))
+    down = asyncio.create_task(_downstream(call, writer))
+    reason = ""
+    try:
+        # Returns when either pump failed, or when both finished cleanly.
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                reason = _describe(exc)
+                break
+    except asyncio.CancelledError:
+        reason = "node stopping"
+        raise
+    finally:
+        if reason:
+            for task in (up, down):
+                task.cancel()
+            call.cancel()
+            reset_socket(writer)
+            await asyncio.gather(up, down, return_exceptions=True)
+            log.info("%s: reset (%s)", label, reason)
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            log.debug("%s: closed", label)
+    return not reason
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"stream failed: {exc.code().name} {exc.details() or ''}".strip()
+    if isinstance(exc, TunnelReset):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

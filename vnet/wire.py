@@ -1,0 +1,183 @@
+"""The wire adapter: the one place that knows the protobuf messages.
+
+Converts between vnet's dataclasses and vnetrpc.v1 messages, encodes and
+decodes tunnel frames, and translates errors between vnet and gRPC status
+codes. Everything else in vnet sees dataclasses, bytes and VnetError.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from vnet.errors import (
+    InvalidRequest,
+    NoFreeServeId,
+    NotFound,
+    RegistryError,
+    RouteUnavailable,
+    ServeIdTaken,
+    SessionUnknown,
+    VnetError,
+)
+from vnet.registry import Serve, Vnet
+from vnetrpc.v1 import route_pb2 as pb
+
+SERVICE = "vnetrpc.v1.RouteService"
+DIAL_METHOD = f"/{SERVICE}/Dial"
+ACCEPT_METHOD = f"/{SERVICE}/Accept"
+
+# Metadata keys; gRPC requires them lower-case.
+MD_SESSION = "vnet-session"
+MD_SERVEID = "vnet-serveid"
+MD_TUNNEL = "vnet-tunnel"
+
+# Data frames are by far the most frequent message, so they are written and
+# read by hand: field 1 (bytes), wire type 2. The tests check that this is
+# the same encoding protobuf produces.
+_DATA_TAG = 0x0A
+_FIN_TAG = 0x12
+_RESET_TAG = 0x1A
+FIN_FRAME = pb.TunnelFrame(fin=pb.Fin()).SerializeToString()
+
+
+class FrameKind(enum.Enum):
+    DATA = 1
+    FIN = 2
+    RESET = 3
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_data(chunk: bytes) -> bytes:
+    """A data frame carrying chunk (which must not be empty)."""
+    return b"%c%s%s" % (_DATA_TAG, _varint(len(chunk)), chunk)
+
+
+def encode_reset(reason: str) -> bytes:
+    return pb.TunnelFrame(reset=pb.Reset(reason=reason[:200])).SerializeToString()
+
+
+def is_terminal(frame: bytes) -> bool:
+    """Whether a raw frame ends its direction (fin or reset).
+
+    The route uses this to tell a clean end from a stream that stopped short,
+    without parsing every frame it forwards.
+    """
+    return len(frame) > 0 and frame[0] in (_FIN_TAG, _RESET_TAG)
+
+
+def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
+    """Parse one frame: (DATA, payload), (FIN, b"") or (RESET, reason).
+
+    Raises InvalidRequest for a frame that is not a valid TunnelFrame.
+    """
+    if raw and raw[0] == _DATA_TAG:
+        # Fast path for the frames our own nodes write; anything unusual
+        # falls through to the real parser.
+        length = 0
+        shift = 0
+        pos = 1
+        while pos < len(raw) and pos < 11:
+            byte = raw[pos]
+            length |= (byte & 0x7F) << shift
+            pos += 1
+            if byte < 0x80:
+                if pos + length == len(raw) and length > 0:
+                    return FrameKind.DATA, memoryview(raw)[pos:]
+                break
+            shift += 7
+    try:
+        frame = pb.TunnelFrame.FromString(raw)
+    except DecodeError:
+        raise InvalidRequest("malformed tunnel frame") from None
+    kind = frame.WhichOneof("kind")
+    if kind == "data" and frame.data:
+        return FrameKind.DATA, frame.data
+    if kind == "fin":
+        return FrameKind.FIN, b""
+    if kind == "reset":
+        return FrameKind.RESET, frame.reset.reason
+    raise InvalidRequest("tunnel frame with no data, fin or reset")
+
+
+# --- messages <-> dataclasses ------------------------------------------------
+
+
+def serve_to_pb(serve: Serve) -> pb.ServeInfo:
+    return pb.ServeInfo(
+        serveid=serve.serveid,
+        vnetid=serve.vnetid,
+        name=serve.name,
+        type=serve.type,
+        ip=serve.ip,
+        port=serve.port,
+        info=serve.info,
+    )
+
+
+def serve_from_pb(msg: pb.ServeInfo) -> Serve:
+    return Serve(
+        serveid=msg.serveid,
+        vnetid=msg.vnetid,
+        name=msg.name,
+        ip=msg.ip,
+        port=msg.port,
+        info=msg.info,
+        type=msg.type or "tcp",
+    )
+
+
+def vnet_to_pb(vnet: Vnet, serves: int) -> pb.VnetInfo:
+    return pb.VnetInfo(vnetid=vnet.vnetid, name=vnet.name, group=vnet.group, serves=serves)
+
+
+def serves_from_pb(msgs: Sequence[pb.ServeInfo]) -> list[Serve]:
+    return [serve_from_pb(m) for m in msgs]
+
+
+# --- errors ------------------------------------------------------------------
+
+# Core errors to gRPC status codes, used by the route's servicer.
+STATUS_OF: list[tuple[type[VnetError], grpc.StatusCode]] = [
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ServeIdTaken, grpc.StatusCode.ALREADY_EXISTS),
+    (NoFreeServeId, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (SessionUnknown, grpc.StatusCode.UNAUTHENTICATED),
+    (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+# And back again, used by the node.
+ERROR_OF: dict[grpc.StatusCode, type[VnetError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.ALREADY_EXISTS: ServeIdTaken,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: NoFreeServeId,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAUTHENTICATED: SessionUnknown,
+    grpc.StatusCode.FAILED_PRECONDITION: RegistryError,
+}
+
+
+def status_of(exc: VnetError) -> grpc.StatusCode:
+    for kind, code in STATUS_OF:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_of(exc: grpc.aio.AioRpcError) -> VnetError:
+    """The vnet error for a failed call; unknown codes mean the route is unwell."""
+    kind = ERROR_OF.get(exc.code(), RouteUnavailable)
+    details = exc.details() or exc.code().name
+    return kind(details)
