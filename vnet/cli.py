@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -60,10 +61,8 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> str:
         task.result()
         return "ended"
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
     return "signalled"
 
 
@@ -128,7 +127,9 @@ async def _route(config: Any) -> int:
         return EXIT_ERROR
 
     async def serve() -> None:
-        await route.server.wait_for_termination()
+        # Not server.wait_for_termination(): cancelling that breaks a later
+        # server.stop() (it shares the shutdown future).
+        await asyncio.Event().wait()
 
     try:
         await _until_signalled(serve())

@@ -189,4 +189,3 @@ class RouteClient:
 
     async def close(self) -> None:
         await self.channel.close()
-

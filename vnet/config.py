@@ -233,7 +233,9 @@ def _route(path: str, parser: configparser.ConfigParser, required: bool) -> Rout
     sec = _Section(path, "route", parser["route"], ROUTE_KEYS)
     if required:
         return RouteConfig(ip=sec.require("ip"), port=sec.port("port"))
-    return RouteConfig(ip=sec.text("ip", DEFAULT_ROUTE_IP), port=sec.port("port", DEFAULT_ROUTE_PORT))
+    return RouteConfig(
+        ip=sec.text("ip", DEFAULT_ROUTE_IP), port=sec.port("port", DEFAULT_ROUTE_PORT)
+    )
 
 
 def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
@@ -319,12 +321,18 @@ def _check_unique(path: str, serves: list[ServeConfig], uses: list[UseConfig]) -
         section = f"serve.{serve.key}"
         if serve.name in names:
             raise ConfigError(
-                path, section, "name", f"{serve.name!r} is already the name of [{names[serve.name]}]"
+                path,
+                section,
+                "name",
+                f"{serve.name!r} is already the name of [{names[serve.name]}]",
             )
         names[serve.name] = section
         if serve.serveid and serve.serveid in static:
             raise ConfigError(
-                path, section, "serveid", f"{serve.serveid} is already used by [{static[serve.serveid]}]"
+                path,
+                section,
+                "serveid",
+                f"{serve.serveid} is already used by [{static[serve.serveid]}]",
             )
         if serve.serveid:
             static[serve.serveid] = section
@@ -335,6 +343,9 @@ def _check_unique(path: str, serves: list[ServeConfig], uses: list[UseConfig]) -
         where = (use.ip, use.port)
         if where in listens:
             raise ConfigError(
-                path, f"use.{use.key}", "port", f"{use.port} is already the port of [{listens[where]}]"
+                path,
+                f"use.{use.key}",
+                "port",
+                f"{use.port} is already the port of [{listens[where]}]",
             )
         listens[where] = f"use.{use.key}"

@@ -143,7 +143,7 @@ class Node:
         """Register one serve; returns its serveid, or None when refused."""
         try:
             reg = await self.client.register(
-                serve.serveid, serve.name, serve.ip, serve.port, serve.info
+                serve.serveid, serve.name or serve.key, serve.ip, serve.port, serve.info
             )
         except VnetError as exc:
             self.serve_errors[serve.key] = str(exc)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,7 +243,11 @@ class RouteServicer:
         self._timers.add(timer)
         timer.add_done_callback(self._timers.discard)
         log.info(
-            "vnet %s (%s) joined group %s from %s", vnet.vnetid, vnet.name, vnet.group, context.peer()
+            "vnet %s (%s) joined group %s from %s",
+            vnet.vnetid,
+            vnet.name,
+            vnet.group,
+            context.peer(),
         )
         return pb.JoinResponse(
             session=session.token, vnetid=vnet.vnetid, group=vnet.group, boot_id=self.boot_id
@@ -479,11 +484,30 @@ class RunningRoute:
         await self.server.stop(self.servicer.timeouts.stop_grace)
 
 
+def _check_bindable(config: RouteConfig) -> None:
+    """Fail with the OS's reason before gRPC does: it only logs a vague line."""
+    try:
+        infos = socket.getaddrinfo(
+            config.ip, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {config.address}: {exc.strerror}") from None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # gRPC sets SO_REUSEADDR too, so TIME_WAIT leftovers do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {config.address}: {exc.strerror or exc}") from None
+
+
 async def start_route(config: RouteConfig, timeouts: RouteTimeouts | None = None) -> RunningRoute:
     """Start a route listening on config's address (port 0 picks a free one).
 
     Raises OSError when the address cannot be bound.
     """
+    _check_bindable(config)
     servicer = RouteServicer(timeouts)
     server = grpc.aio.server(
         options=[

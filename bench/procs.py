@@ -1,0 +1,203 @@
+"""Child processes of a benchmark run: free ports, start, readiness polling, cleanup.
+
+Every child gets its own session (process group) so that a Ctrl-C in the terminal reaches only
+the bench, which then stops the children itself, and so that socat's per-connection forks are
+stopped with their parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+_taken: set[int] = set()
+
+
+class BenchError(Exception):
+    """A run cannot go on: a child died, a wait timed out, or a reply was wrong."""
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A currently free port outside the ephemeral range.
+
+    The run opens thousands of short connections; a listener on an ephemeral port could collide
+    with one of their local ports, or with a lingering TIME_WAIT, between choosing and binding.
+    """
+    lo, hi = ephemeral_range()
+    pools = [(20000, lo - 1)] if lo > 21000 else []
+    if hi < 64535:
+        pools.append((hi + 1, 65535))
+    for _ in range(500):
+        if not pools:
+            break
+        start, end = random.choice(pools)
+        port = random.randint(start, end)
+        if port in _taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = int(probe.getsockname()[1])
+    _taken.add(port)
+    return port
+
+
+def command(name: str, module_args: Sequence[str]) -> list[str]:
+    """The installed console script next to this interpreter, else `python -m vnet`."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    return [sys.executable, "-m", "vnet", *module_args]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process so far; 0 when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat; after the ")" they are at index 11 and 12.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+
+@dataclass
+class Children:
+    """Every process the run started; stop_all() ends each of them, whatever happened."""
+
+    workdir: Path
+    started: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        child = Child(name, argv, proc, log)
+        self.started.append(child)
+        return child
+
+    def get(self, name: str) -> Child:
+        for child in self.started:
+            if child.name == name:
+                return child
+        raise KeyError(name)
+
+    def check(self) -> None:
+        for child in self.started:
+            rc = child.proc.poll()
+            if rc is not None:
+                raise BenchError(
+                    f"{child.name} exited with status {rc}; last lines of its output:\n"
+                    f"{child.tail()}"
+                )
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for child in self.started:
+            _signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+        for child in self.started:
+            # Also reaches socat's forked children, which share its process group.
+            _signal_group(child, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(2.0)
+
+
+def _signal_group(child: Child, sig: signal.Signals) -> None:
+    # The group id is the child's pid (start_new_session); signal it only while the child is
+    # unreaped, so the id cannot have been reused by an unrelated process.
+    if child.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, sig)
+
+
+def wait_ready(
+    what: str, probe: Callable[[], None], children: Children, timeout: float = 30.0
+) -> float:
+    """Poll probe until it succeeds, failing early when a child died; returns seconds taken."""
+    start = time.monotonic()
+    deadline = start + timeout
+    last = "no attempt"
+    while True:
+        children.check()
+        try:
+            probe()
+            return time.monotonic() - start
+        except (OSError, BenchError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise BenchError(f"{what} not ready after {timeout:.0f} s (last error: {last})")
+        # A poll interval, not a synchronisation: readiness is what probe() checks.
+        time.sleep(0.05)
+
+
+def write_vnet_configs(
+    workdir: Path, route_port: int, sink: int, echo: int, use_sink: int, use_echo: int
+) -> tuple[Path, Path, Path]:
+    route = f"[route]\nip={HOST}\nport={route_port}\n"
+    home = (
+        f"{route}[vnet]\nname=home\ngroup=bench\n"
+        f"[serve.sink]\nserveid=701\nport={sink}\n"
+        f"[serve.echo]\nserveid=702\nport={echo}\n"
+    )
+    office = (
+        f"{route}[vnet]\nname=office\ngroup=bench\n"
+        f"[use.sink]\nserveid=701\nport={use_sink}\n"
+        f"[use.echo]\nserveid=702\nport={use_echo}\n"
+    )
+    paths = (workdir / "route.ini", workdir / "home.ini", workdir / "office.ini")
+    for path, text in zip(paths, (route, home, office), strict=True):
+        path.write_text(text)
+    return paths

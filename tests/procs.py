@@ -1,0 +1,100 @@
+"""Running the real `vnet-route` and `vnet` commands as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def command(name: str) -> str:
+    """A console script of this venv (vnet, vnet-route, grpcurl)."""
+    return str(BIN / name)
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_for_line(self, text: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc.returncode is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} never logged {text!r}:\n{self.output()}")
+            await asyncio.sleep(0.02)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+class Procs:
+    """Starts commands with their output in files; stops them all at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+
+    async def start(self, name: str, *args: str, cwd: Path | None = None) -> Proc:
+        log = self.tmp / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                cwd=cwd or self.tmp,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        started = Proc(name, proc, log)
+        self.procs.append(started)
+        return started
+
+    async def run(
+        self, *args: str, cwd: Path | None = None, timeout: float = 30.0
+    ) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            cwd=cwd or self.tmp,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            await proc.stop(signal.SIGKILL)
+
+
+def node_ini(route_port: int, body: str) -> str:
+    return f"[route]\nip=127.0.0.1\nport={route_port}\n{body}"

@@ -1,0 +1,178 @@
+"""Real TCP services that tests put behind tunnels, and clients for them.
+
+Each listens on 127.0.0.1 port 0. Data is deterministic so either end can
+check it by hash without keeping a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import struct
+from dataclasses import dataclass, field
+
+HEADER = struct.Struct("!QQ")
+BLOCK = 1 << 20
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """size deterministic pseudo-random bytes (not compressible, not repetitive)."""
+    return random.Random(f"{seed}:{size}").randbytes(size)
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+async def send_all(writer: asyncio.StreamWriter, data: bytes) -> None:
+    view = memoryview(data)
+    for start in range(0, len(view), BLOCK):
+        writer.write(view[start : start + BLOCK])
+        await writer.drain()
+
+
+async def read_exactly_or_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything until EOF; raises ConnectionResetError on a reset."""
+    chunks = []
+    while True:
+        chunk = await reader.read(BLOCK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+@dataclass
+class Server:
+    """A started asyncio server and what it saw."""
+
+    server: asyncio.base_events.Server
+    received: list[bytes] = field(default_factory=list)
+    connections: int = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+
+
+async def exchange_server() -> Server:
+    """Reads a header (up, down); sends `down` bytes of pattern(down) while it
+    reads the client's bytes until EOF; then answers with the SHA-256 of what
+    it read, and closes. So the answer comes only after the client's EOF."""
+    holder: list[Server] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        holder[0].connections += 1
+        try:
+            up, down = HEADER.unpack(await reader.readexactly(HEADER.size))
+            sender = asyncio.create_task(send_all(writer, pattern(down)))
+            hasher = hashlib.sha256()
+            got = 0
+            while chunk := await reader.read(BLOCK):
+                hasher.update(chunk)
+                got += len(chunk)
+            await sender
+            writer.write(hasher.digest())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=4 * BLOCK)
+    holder.append(Server(server))
+    return holder[0]
+
+
+async def exchange(port: int, up: int, down: int, timeout: float = 60.0) -> None:
+    """Client of exchange_server: checks both directions byte for byte."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * BLOCK)
+        data = pattern(up, seed=1)
+
+        async def send() -> None:
+            writer.write(HEADER.pack(up, down))
+            await send_all(writer, data)
+            writer.write_eof()
+
+        sender = asyncio.create_task(send())
+        answer = await read_exactly_or_eof(reader)
+        await sender
+        writer.close()
+        assert len(answer) == down + 32, f"got {len(answer)} bytes, expected {down + 32}"
+        assert digest(answer[:down]) == digest(pattern(down)), "downstream bytes differ"
+        assert answer[down:] == digest(data), "the service read different bytes"
+
+
+async def first_fin_server() -> Server:
+    """Sends a greeting and shuts down its write side first, then reads the
+    client's bytes until EOF and records them."""
+    holder: list[Server] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello, then silence")
+        await writer.drain()
+        writer.write_eof()
+        data = await read_exactly_or_eof(reader)
+        holder[0].received.append(data)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=4 * BLOCK)
+    holder.append(Server(server))
+    return holder[0]
+
+
+async def echo_server() -> Server:
+    """Echoes until EOF, then closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(BLOCK):
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+        except ConnectionError:
+            writer.close()
+
+    return Server(await asyncio.start_server(handle, "127.0.0.1", 0))
+
+
+async def endless_source_server() -> Server:
+    """Sends pattern bytes until the client goes away."""
+    block = pattern(BLOCK)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                writer.write(block)
+                await writer.drain()
+        except ConnectionError:
+            writer.close()
+
+    return Server(await asyncio.start_server(handle, "127.0.0.1", 0))
+
+
+async def echo_round_trip(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        writer.write_eof()
+        got = await read_exactly_or_eof(reader)
+        writer.close()
+        return got
+
+
+async def read_until_reset(reader: asyncio.StreamReader) -> None:
+    """Read on; returns only if the connection was reset (not a clean EOF)."""
+    try:
+        while await reader.read(BLOCK):
+            pass
+    except ConnectionResetError:
+        return
+    raise AssertionError("clean EOF where a reset was expected: truncation would look complete")

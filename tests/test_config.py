@@ -1,0 +1,198 @@
+"""config.ini parsing: the original's format, defaults, and every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vnet.config import (
+    NodeConfig,
+    RouteConfig,
+    ServeConfig,
+    UseConfig,
+    VnetConfig,
+    parse_node_config,
+    parse_route_config,
+)
+from vnet.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The original README's example, comments and all.
+ORIGINAL = """\
+[route] ; route端的配置
+ip=127.0.0.1 ; ip地址,必填项
+port=7749 ; 端口号,必填项
+
+[vnet] ; vnet端的配置
+name=xiao ; vnet名称
+group=default ; 分组
+terminal=true ; 是否开启命令行交互
+startserve=false
+startuse=false
+allow_unserve=false
+unserve_remote=false
+unserve_num=1
+
+[serve.xrdp] ; 远程服务配置
+serveid=999
+type=tcp
+ip=127.0.0.1
+port=3389
+name=xrdp
+info=Microsoft remote desktop protocol
+active=false
+
+[use.xrdp]
+serveid=999
+ip=127.0.0.1
+port=33389
+active=false
+"""
+
+
+def test_original_example_parses() -> None:
+    config = parse_node_config("config.ini", ORIGINAL)
+    assert config == NodeConfig(
+        path="config.ini",
+        route=RouteConfig("127.0.0.1", 7749),
+        vnet=VnetConfig(
+            name="xiao",
+            group="default",
+            terminal=True,
+            startserve=False,
+            startuse=False,
+            allow_unserve=False,
+            unserve_remote=False,
+            unserve_num=1,
+        ),
+        serves=(
+            ServeConfig(
+                key="xrdp",
+                serveid=999,
+                ip="127.0.0.1",
+                port=3389,
+                name="xrdp",
+                info="Microsoft remote desktop protocol",
+                active=False,
+            ),
+        ),
+        uses=(UseConfig(key="xrdp", serveid=999, ip="127.0.0.1", port=33389, active=False),),
+    )
+
+
+def test_defaults() -> None:
+    config = parse_node_config(
+        "c.ini",
+        "[route]\nip=10.0.0.1\nport=7749\n[serve.ssh]\nport=22\n[use.web]\nserveid=701\n",
+    )
+    assert config.vnet == VnetConfig()
+    assert config.vnet.group == "default"
+    assert config.serves == (ServeConfig(key="ssh", port=22, serveid=0, name="ssh"),)
+    assert config.uses == (UseConfig(key="web", serveid=701, port=None),)
+
+
+def test_serveid_000_means_assign() -> None:
+    config = parse_node_config("c.ini", "[route]\nip=a\nport=1\n[serve.x]\nserveid=000\nport=22\n")
+    assert config.serves[0].serveid == 0
+
+
+def test_use_without_serveid_is_disabled_with_a_warning() -> None:
+    config = parse_node_config("c.ini", "[route]\nip=a\nport=1\n[use.x]\nport=2222\n")
+    assert config.uses[0].serveid == 0
+    assert config.warnings == ("c.ini: [use.x] serveid: not set, so this use is disabled",)
+
+
+def test_route_defaults_without_a_file() -> None:
+    assert parse_route_config("(defaults)", None) == RouteConfig("127.0.0.1", 7749)
+
+
+def test_route_reads_only_route_section() -> None:
+    assert parse_route_config("c.ini", ORIGINAL) == RouteConfig("127.0.0.1", 7749)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[vnet]\nname=x\n", "c.ini: [route]: section is missing"),
+        ("[route]\nport=7749\n", "c.ini: [route] ip: is required"),
+        ("[route]\nip=1.2.3.4\n", "c.ini: [route] port: is required"),
+        ("[route]\nip=a\nport=http\n", "c.ini: [route] port: 'http' is not a whole number"),
+        ("[route]\nip=a\nport=70000\n", "c.ini: [route] port: 70000 is out of range (1-65535)"),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nserveid=1000\nport=22\n",
+            "c.ini: [serve.x] serveid: '1000' is not a serveid (0-999, up to 3 digits)",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nserveid=-1\nport=22\n",
+            "c.ini: [serve.x] serveid: '-1' is not a serveid (0-999, up to 3 digits)",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[use.x]\nserveid=abc\n",
+            "c.ini: [use.x] serveid: 'abc' is not a serveid (0-999, up to 3 digits)",
+        ),
+        ("[route]\nip=a\nport=1\n[serve.x]\nserveid=5\n", "c.ini: [serve.x] port: is required"),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\ntype=udp\n",
+            "c.ini: [serve.x] type: 'udp' is not supported (vnet carries tcp only)",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[use.x]\nserveid=5\nport=abc\n",
+            "c.ini: [use.x] port: 'abc' is not a whole number",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[server.x]\nport=22\n",
+            "c.ini: [server.x]: unknown section "
+            "(expected [route], [vnet], [serve.NAME] or [use.NAME])",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.]\nport=22\n",
+            "c.ini: [serve.]: [serve.NAME] needs a name after the dot",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\n[serve.x]\nport=23\n",
+            "c.ini: [serve.x]: section appears twice",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nport=23\n",
+            "c.ini: [serve.x] port: key appears twice",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nname=n\n[serve.y]\nport=23\nname=n\n",
+            "c.ini: [serve.y] name: 'n' is already the name of [serve.x]",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserveid=700\n"
+            "[serve.y]\nport=23\nserveid=700\n",
+            "c.ini: [serve.y] serveid: 700 is already used by [serve.x]",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[use.x]\nserveid=1\nport=80\n[use.y]\nserveid=2\nport=80\n",
+            "c.ini: [use.y] port: 80 is already the port of [use.x]",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserverid=5\n",
+            "c.ini: [serve.x] serverid: unknown key (known: active, info, ip, name, port, "
+            "serveid, type)",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[vnet]\nterminal=maybe\n",
+            "c.ini: [vnet] terminal: 'maybe' is not true or false",
+        ),
+        ("port=1\n[route]\nip=a\n", "c.ini: line 1: a key outside any [section]"),
+    ],
+)
+def test_errors_name_file_section_key_and_reason(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_node_config("c.ini", text)
+    assert str(info.value) == message
+
+
+def test_example_configs_parse() -> None:
+    for path in sorted((ROOT / "examples").rglob("*.ini")):
+        text = path.read_text()
+        if "[vnet]" in text or "[serve." in text or "[use." in text:
+            parse_node_config(str(path), text)
+        else:
+            parse_route_config(str(path), text)
