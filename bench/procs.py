@@ -78,14 +78,21 @@ def command(name: str, module_args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "vnet", *module_args]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process so far; 0 when it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    # utime and stime are fields 14 and 15 of stat; after the ")" they are at index 11 and 12.
-    ticks = int(fields[11]) + int(fields[12])
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user+system, reaped children included) of every process in a group.
+
+    A group rather than a pid because socat serves each connection in a forked child.
+    """
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the ")" ending the command name: state, ppid, pgrp, ..., and utime, stime,
+        # cutime, cstime at indexes 11-14 (fields 14-17 of proc(5)).
+        if int(fields[2]) == pgid:
+            ticks += sum(int(f) for f in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -109,6 +116,7 @@ class Children:
     """Every process the run started; stop_all() ends each of them, whatever happened."""
 
     workdir: Path
+    env: dict[str, str] | None = None
     started: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str]) -> Child:
@@ -120,6 +128,7 @@ class Children:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=self.env,
                 start_new_session=True,
             )
         child = Child(name, argv, proc, log)

@@ -99,3 +99,40 @@ async def test_echo_both_ways(make_node: MakeNode) -> None:
     payload = pattern(300_000, seed=3)
     assert await echo_round_trip(port, payload) == payload
     await service.close()
+
+
+async def test_a_stalled_reader_does_not_stall_other_tunnels(make_node: MakeNode) -> None:
+    # The original shared one link between all tunnels, so one reader that
+    # stopped reading (a paused video) stalled everything. Here tunnel A's
+    # reader stops while its service keeps pushing; tunnel B, the control
+    # RPCs and a third connection must carry on regardless.
+    from tests.services import endless_source_server
+
+    source = await endless_source_server()
+    service = await exchange_server()
+    await make_node(
+        "home",
+        serves=[
+            ServeConfig(key="src", port=source.port, serveid=710),
+            ServeConfig(key="xchg", port=service.port, serveid=711),
+        ],
+    )
+    office = await make_node(
+        "office",
+        uses=[UseConfig(key="src", serveid=710, port=0), UseConfig(key="xchg", serveid=711, port=0)],
+    )
+    src_port = await use_port(office, "src")
+    xchg_port = await use_port(office, "xchg")
+    async with asyncio.timeout(60):
+        stalled_reader, stalled_writer = await asyncio.open_connection("127.0.0.1", src_port)
+        await stalled_reader.readexactly(1 << 20)
+        # From here on nobody reads tunnel A: its buffers fill and stay full.
+        for _ in range(3):
+            await exchange(xchg_port, 16 * MIB, 16 * MIB)
+            assert await office.client.ping() >= 0
+            assert [s.serveid for s in await office.client.list_serves()] == [710, 711]
+        # Tunnel A still works once its reader resumes.
+        await stalled_reader.readexactly(8 << 20)
+        stalled_writer.close()
+    await source.close()
+    await service.close()
