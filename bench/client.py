@@ -125,9 +125,7 @@ def serial_connections(addr: Address, count: int, deadline_s: float) -> ConnResu
     return ConnResult(count / (time.perf_counter() - start), latencies)
 
 
-def parallel_connections(
-    addr: Address, count: int, parallel: int, deadline_s: float
-) -> ConnResult:
+def parallel_connections(addr: Address, count: int, parallel: int, deadline_s: float) -> ConnResult:
     """count connections, parallel of them in flight at any time; total rate."""
     tickets = itertools.count()
     lock = threading.Lock()

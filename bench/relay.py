@@ -93,9 +93,7 @@ async def serve(bind: str, maps: list[tuple[int, str, int]]) -> None:
         ) -> None:
             await _handle(host, port, r, w)
 
-        servers.append(
-            await asyncio.start_server(handler, bind, listen, limit=LIMIT, backlog=4096)
-        )
+        servers.append(await asyncio.start_server(handler, bind, listen, limit=LIMIT, backlog=4096))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -119,7 +119,10 @@ async def test_a_stalled_reader_does_not_stall_other_tunnels(make_node: MakeNode
     )
     office = await make_node(
         "office",
-        uses=[UseConfig(key="src", serveid=710, port=0), UseConfig(key="xchg", serveid=711, port=0)],
+        uses=[
+            UseConfig(key="src", serveid=710, port=0),
+            UseConfig(key="xchg", serveid=711, port=0),
+        ],
     )
     src_port = await use_port(office, "src")
     xchg_port = await use_port(office, "xchg")
