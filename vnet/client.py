@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from vnet import wire
+from vnet.config import NodeConfig
 from vnet.errors import RouteUnavailable, VnetError
 from vnet.registry import Serve
 from vnetrpc.v1 import route_pb2 as pb
@@ -86,6 +87,11 @@ def _event(msg: pb.ControlEvent) -> ControlEvent | None:
         ot = msg.open_tunnel
         return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
     return None  # an event kind from a newer route: ignore it
+
+
+def client_for(config: NodeConfig) -> RouteClient:
+    """The client a node with this config uses to reach its route."""
+    return RouteClient(config.route.address)
 
 
 class RouteClient:

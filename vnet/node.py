@@ -17,10 +17,10 @@ from vnet import tunnel, wire
 from vnet.client import (
     ControlEvent,
     OpenTunnel,
-    RouteClient,
     ServeAdded,
     ServeRemoved,
     Snapshot,
+    client_for,
 )
 from vnet.config import NodeConfig, ServeConfig, UseConfig
 from vnet.errors import RouteUnavailable, VnetError
@@ -57,7 +57,7 @@ class Node:
     def __init__(self, config: NodeConfig, timeouts: NodeTimeouts | None = None) -> None:
         self.config = config
         self.timeouts = timeouts or NodeTimeouts()
-        self.client = RouteClient(config.route.address)
+        self.client = client_for(config)
         self.vnetid = ""
         self.group = ""
         # The group's serves, as the control stream tells them.
