@@ -105,11 +105,11 @@ def test_use_without_serveid_is_disabled_with_a_warning() -> None:
 
 
 def test_route_defaults_without_a_file() -> None:
-    assert parse_route_config("(defaults)", None) == RouteConfig("127.0.0.1", 7749)
+    assert parse_route_config("(defaults)", None).listen == RouteConfig("127.0.0.1", 7749)
 
 
 def test_route_reads_only_route_section() -> None:
-    assert parse_route_config("c.ini", ORIGINAL) == RouteConfig("127.0.0.1", 7749)
+    assert parse_route_config("c.ini", ORIGINAL).listen == RouteConfig("127.0.0.1", 7749)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_route_reads_only_route_section() -> None:
         (
             "[route]\nip=a\nport=1\n[server.x]\nport=22\n",
             "c.ini: [server.x]: unknown section "
-            "(expected [route], [vnet], [serve.NAME] or [use.NAME])",
+            "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.]\nport=22\n",

@@ -15,11 +15,15 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vnet import __version__
-from vnet.config import NodeConfig, parse_node_config, parse_route_config
-from vnet.errors import ConfigError, RouteUnavailable
+from vnet.config import NodeConfig, RouteSettings, parse_node_config, parse_route_config
+from vnet.errors import ConfigError, RouteUnavailable, VnetError
+
+if TYPE_CHECKING:
+    from vnet.client import NodeCredentials
+    from vnet.route import RouteSecurity
 
 log = logging.getLogger("vnet")
 
@@ -106,22 +110,35 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     _setup_logging(args.log_level)
     path = args.config or DEFAULT_CONFIG
+    from vnet.auth import insecure_reason
+    from vnet.route import load_security
+
     try:
         if args.config is None and not os.path.exists(path):
-            config = parse_route_config("(defaults)", None)
+            settings = parse_route_config("(defaults)", None)
         else:
-            config = parse_route_config(path, _read(path))
+            settings = parse_route_config(path, _read(path))
+        security = load_security(settings)
     except ConfigError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    return _run(_route(config))
+    reason = insecure_reason(
+        settings.listen.ip,
+        has_tokens=security.tokens.enabled,
+        client_certs=security.tls is not None and security.tls.client_ca is not None,
+        allow_insecure=settings.allow_insecure,
+    )
+    if reason:
+        print(f"vnet-route: {settings.path}: [route] ip: {reason}", file=sys.stderr)
+        return EXIT_ERROR
+    return _run(_route(settings, security))
 
 
-async def _route(config: Any) -> int:
+async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
     from vnet.route import start_route
 
     try:
-        route = await start_route(config)
+        route = await start_route(settings.listen, security=security, limits=settings.limits)
     except OSError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -150,24 +167,33 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     _setup_logging(args.log_level)
     path = args.config or DEFAULT_CONFIG
+    from vnet.client import load_credentials
+
     try:
         config = parse_node_config(path, _read(path))
+        credentials = load_credentials(config)
     except ConfigError as exc:
         print(f"vnet: {exc}", file=sys.stderr)
         return EXIT_ERROR
     for warning in config.warnings:
         log.warning("%s", warning)
-    return _run(_node(config))
+    return _run(_node(config, credentials))
 
 
-async def _node(config: NodeConfig) -> int:
+async def _node(config: NodeConfig, credentials: NodeCredentials) -> int:
     from vnet.node import Node, run_node
 
-    node = Node(config)
+    node = Node(config, credentials=credentials)
     try:
         how = await _until_signalled(run_node(node))
     except RouteUnavailable as exc:
         print(f"vnet: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except VnetError as exc:
+        # Refused by the route (credentials, limits): its reason, in one line.
+        print(
+            f"vnet: the route at {config.route.address} refused this node: {exc}", file=sys.stderr
+        )
         return EXIT_ERROR
     log.info("node stopped (%s)", how)
     return EXIT_OK

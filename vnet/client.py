@@ -7,16 +7,17 @@ VnetError, never protobuf messages or grpc.aio errors.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from vnet import wire
-from vnet.config import NodeConfig
-from vnet.errors import RouteUnavailable, VnetError
+from vnet.config import NodeConfig, resolve_secret
+from vnet.errors import ConfigError, RouteUnavailable, VnetError
 from vnet.registry import Serve
 from vnetrpc.v1 import route_pb2 as pb
 from vnetrpc.v1 import route_pb2_grpc as pb_grpc
@@ -89,17 +90,90 @@ def _event(msg: pb.ControlEvent) -> ControlEvent | None:
     return None  # an event kind from a newer route: ignore it
 
 
-def client_for(config: NodeConfig) -> RouteClient:
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM material for a TLS connection to the route."""
+
+    # The CA (or self-signed certificate) to trust, exactly; None: the system's.
+    root_ca: bytes | None = None
+    cert_chain: bytes | None = None
+    private_key: bytes | None = None
+    # The name the route's certificate must carry, when not the address's host.
+    server_name: str = ""
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """What a node presents to the route."""
+
+    token: str = ""
+    tls: ClientTls | None = None
+
+
+def load_credentials(
+    config: NodeConfig,
+    environ: Mapping[str, str] | None = None,
+) -> NodeCredentials:
+    """Read the node's token and TLS files; ConfigError names the key at fault."""
+    v = config.vnet
+    env = os.environ if environ is None else environ
+    token = resolve_secret(config.path, "vnet", v.token, v.token_env, v.token_file, env, _read_text)
+    if not v.tls:
+        return NodeCredentials(token=token)
+
+    def pem(key: str, path: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ConfigError(
+                config.path, "vnet", key, f"cannot read {path}: {exc.strerror or exc}"
+            ) from None
+
+    return NodeCredentials(
+        token=token,
+        tls=ClientTls(
+            root_ca=pem("tls_ca", v.tls_ca),
+            cert_chain=pem("tls_cert", v.tls_cert),
+            private_key=pem("tls_key", v.tls_key),
+            server_name=v.tls_server_name,
+        ),
+    )
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def client_for(config: NodeConfig, credentials: NodeCredentials | None = None) -> RouteClient:
     """The client a node with this config uses to reach its route."""
-    return RouteClient(config.route.address)
+    creds = credentials or NodeCredentials()
+    return RouteClient(config.route.address, token=creds.token, tls=creds.tls)
 
 
 class RouteClient:
     """One channel to the route, and the calls a node makes on it."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "", tls: ClientTls | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._auth: tuple[tuple[str, str], ...] = (
+            ((wire.MD_AUTH, f"Bearer {token}"),) if token else ()
+        )
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            options = list(CHANNEL_OPTIONS)
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls.root_ca,
+                private_key=tls.private_key,
+                certificate_chain=tls.cert_chain,
+            )
+            self.channel = grpc.aio.secure_channel(address, credentials, options=options)
         self.stub = pb_grpc.RouteServiceStub(self.channel)
         self.session = ""
         # Tunnel calls pass frames as bytes: vnet.wire encodes them by hand.
@@ -107,17 +181,31 @@ class RouteClient:
         self._accept = self.channel.stream_stream(wire.ACCEPT_METHOD)
 
     def _md(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-        return ((wire.MD_SESSION, self.session), *extra)
+        return ((wire.MD_SESSION, self.session), *self._auth, *extra)
 
     async def connect(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self.channel.channel_ready(), timeout)
         except TimeoutError:
-            raise RouteUnavailable(f"cannot reach the route at {self.address}") from None
+            raise RouteUnavailable(
+                f"cannot reach the route at {self.address}: {await self._last_error()}"
+            ) from None
+
+    async def _last_error(self) -> str:
+        """Why the channel is not ready, as gRPC saw it (refused, TLS, ...)."""
+        try:
+            await self.stub.Ping(
+                pb.PingRequest(), metadata=self._md(), timeout=2.0, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as exc:
+            return str(exc.details() or exc.code().name)
+        return "it answered only just now"
 
     async def join(self, name: str, group: str, timeout: float = 10.0) -> Joined:
         try:
-            resp = await self.stub.Join(pb.JoinRequest(name=name, group=group), timeout=timeout)
+            resp = await self.stub.Join(
+                pb.JoinRequest(name=name, group=group), metadata=self._auth, timeout=timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise wire.error_of(exc) from None
         self.session = resp.session

@@ -11,7 +11,7 @@ file, section and key at fault. Nothing here opens sockets or starts tasks.
 from __future__ import annotations
 
 import configparser
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from vnet.errors import ConfigError
@@ -25,7 +25,21 @@ STATIC_SERVEID_MIN = 500
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-ROUTE_KEYS = frozenset({"ip", "port"})
+SECRET_KEYS = frozenset({"token", "token_env", "token_file"})
+ROUTE_KEYS = frozenset(
+    {
+        "ip",
+        "port",
+        "allow_insecure",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "max_nodes",
+        "max_serves_per_node",
+        "max_tunnels_per_node",
+    }
+    | SECRET_KEYS
+)
 VNET_KEYS = frozenset(
     {
         "name",
@@ -36,8 +50,15 @@ VNET_KEYS = frozenset(
         "allow_unserve",
         "unserve_remote",
         "unserve_num",
+        "tls",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "tls_server_name",
     }
+    | SECRET_KEYS
 )
+GROUP_KEYS = SECRET_KEYS
 SERVE_KEYS = frozenset({"serveid", "type", "ip", "port", "name", "info", "active"})
 USE_KEYS = frozenset({"serveid", "type", "ip", "port", "active"})
 
@@ -56,6 +77,49 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class GroupConfig:
+    """[group.NAME]: the token that admits nodes to one group."""
+
+    name: str
+    token: str = ""
+    token_env: str = ""
+    token_file: str = ""
+
+
+@dataclass(frozen=True)
+class RouteLimits:
+    """Caps that keep one node (or many) from exhausting the route."""
+
+    max_nodes: int = 1000
+    max_serves_per_node: int = 100
+    max_tunnels_per_node: int = 2048
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """Everything the route process reads: where to listen, and who may join."""
+
+    path: str
+    listen: RouteConfig
+    # A token valid for every group; token_env / token_file give it indirectly.
+    token: str = ""
+    token_env: str = ""
+    token_file: str = ""
+    groups: tuple[GroupConfig, ...] = ()
+    allow_insecure: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    limits: RouteLimits = RouteLimits()
+
+    @property
+    def has_tokens(self) -> bool:
+        return _given(self.token, self.token_env, self.token_file) or any(
+            _given(g.token, g.token_env, g.token_file) for g in self.groups
+        )
+
+
+@dataclass(frozen=True)
 class VnetConfig:
     """[vnet]: this node's identity and behaviour."""
 
@@ -67,6 +131,17 @@ class VnetConfig:
     allow_unserve: bool = False
     unserve_remote: bool = False
     unserve_num: int = 1
+    # The node's credential: one of these, or none for a route without tokens.
+    token: str = ""
+    token_env: str = ""
+    token_file: str = ""
+    # TLS to the route: tls_ca is the CA (or certificate) to trust, exactly;
+    # tls_cert / tls_key a client certificate for routes that require one.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +184,48 @@ class NodeConfig:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+def _given(*values: str) -> bool:
+    return any(values)
+
+
+def resolve_secret(
+    path: str,
+    section: str,
+    token: str,
+    token_env: str,
+    token_file: str,
+    environ: Mapping[str, str],
+    read_text: Callable[[str], str],
+) -> str:
+    """The secret given inline, by environment variable or by file ("" if none).
+
+    environ and read_text are passed in so this stays free of I/O.
+    """
+    given = [
+        k for k, v in (("token", token), ("token_env", token_env), ("token_file", token_file)) if v
+    ]
+    if len(given) > 1:
+        raise ConfigError(path, section, given[1], f"give only one of {', '.join(given)}")
+    if token_env:
+        value = environ.get(token_env, "")
+        if not value:
+            raise ConfigError(
+                path, section, "token_env", f"environment variable {token_env} is not set"
+            )
+        return value.strip()
+    if token_file:
+        try:
+            value = read_text(token_file).strip()
+        except OSError as exc:
+            raise ConfigError(
+                path, section, "token_file", f"cannot read {token_file}: {exc.strerror or exc}"
+            ) from None
+        if not value:
+            raise ConfigError(path, section, "token_file", f"{token_file} is empty")
+        return value
+    return token
+
+
 def is_static_serveid(serveid: int) -> bool:
     """500-999 are static: the route never changes them."""
     return serveid >= STATIC_SERVEID_MIN
@@ -146,7 +263,7 @@ def _check_section_kinds(path: str, parser: configparser.ConfigParser) -> None:
         kind, dot, suffix = section.partition(".")
         if section in ("route", "vnet"):
             continue
-        if kind in ("serve", "use") and dot:
+        if kind in ("serve", "use", "group") and dot:
             if not suffix.strip():
                 raise ConfigError(path, section, None, f"[{kind}.NAME] needs a name after the dot")
             continue
@@ -154,7 +271,7 @@ def _check_section_kinds(path: str, parser: configparser.ConfigParser) -> None:
             path,
             section,
             None,
-            "unknown section (expected [route], [vnet], [serve.NAME] or [use.NAME])",
+            "unknown section (expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
         )
 
 
@@ -241,7 +358,23 @@ def _route(path: str, parser: configparser.ConfigParser, required: bool) -> Rout
 def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
     values = parser["vnet"] if parser.has_section("vnet") else {}
     sec = _Section(path, "vnet", values, VNET_KEYS)
+    tls = sec.boolean("tls", False)
+    for key in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
+        if sec.has(key) and not tls:
+            sec.fail(key, "is set but tls is not true")
+    if sec.has("tls_cert") != sec.has("tls_key"):
+        sec.fail(
+            "tls_key" if sec.has("tls_cert") else "tls_cert", "tls_cert and tls_key go together"
+        )
     return VnetConfig(
+        token=sec.text("token", ""),
+        token_env=sec.text("token_env", ""),
+        token_file=sec.text("token_file", ""),
+        tls=tls,
+        tls_ca=sec.text("tls_ca", ""),
+        tls_cert=sec.text("tls_cert", ""),
+        tls_key=sec.text("tls_key", ""),
+        tls_server_name=sec.text("tls_server_name", ""),
         name=sec.text("name", ""),
         group=sec.text("group", DEFAULT_GROUP),
         terminal=sec.boolean("terminal", False),
@@ -280,11 +413,57 @@ def _use(path: str, section: str, values: Mapping[str, str]) -> UseConfig:
     )
 
 
-def parse_route_config(path: str, text: str | None) -> RouteConfig:
-    """The route's settings; text None means no file, so the defaults."""
+def parse_route_config(path: str, text: str | None) -> RouteSettings:
+    """The route's settings; text None means no file, so the defaults.
+
+    Only [route] and [group.NAME] matter to the route; the other sections of
+    a shared file are checked for their kind only.
+    """
     if text is None:
-        return RouteConfig()
-    return _route(path, _parser(path, text), required=True)
+        return RouteSettings(path=path, listen=RouteConfig())
+    parser = _parser(path, text)
+    listen = _route(path, parser, required=True)
+    sec = _Section(path, "route", parser["route"], ROUTE_KEYS)
+    if sec.has("tls_cert") != sec.has("tls_key"):
+        sec.fail(
+            "tls_key" if sec.has("tls_cert") else "tls_cert", "tls_cert and tls_key go together"
+        )
+    if sec.has("tls_client_ca") and not sec.has("tls_cert"):
+        sec.fail("tls_client_ca", "needs tls_cert and tls_key (client certificates need TLS)")
+    groups = []
+    for section in parser.sections():
+        if section.startswith("group."):
+            gsec = _Section(path, section, parser[section], GROUP_KEYS)
+            groups.append(
+                GroupConfig(
+                    name=section.partition(".")[2],
+                    token=gsec.text("token", ""),
+                    token_env=gsec.text("token_env", ""),
+                    token_file=gsec.text("token_file", ""),
+                )
+            )
+    defaults = RouteLimits()
+    return RouteSettings(
+        path=path,
+        listen=listen,
+        token=sec.text("token", ""),
+        token_env=sec.text("token_env", ""),
+        token_file=sec.text("token_file", ""),
+        groups=tuple(groups),
+        allow_insecure=sec.boolean("allow_insecure", False),
+        tls_cert=sec.text("tls_cert", ""),
+        tls_key=sec.text("tls_key", ""),
+        tls_client_ca=sec.text("tls_client_ca", ""),
+        limits=RouteLimits(
+            max_nodes=sec.integer("max_nodes", defaults.max_nodes, 1, 1_000_000),
+            max_serves_per_node=sec.integer(
+                "max_serves_per_node", defaults.max_serves_per_node, 1, 999
+            ),
+            max_tunnels_per_node=sec.integer(
+                "max_tunnels_per_node", defaults.max_tunnels_per_node, 1, 1_000_000
+            ),
+        ),
+    )
 
 
 def parse_node_config(path: str, text: str) -> NodeConfig:

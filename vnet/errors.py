@@ -51,9 +51,17 @@ class NotFound(RegistryError):
     """No such serve or node, as far as the caller may know."""
 
 
-class SessionUnknown(VnetError):
-    """The session presented is not (or no longer) known to the route."""
-
-
 class RouteUnavailable(VnetError):
     """The route cannot be reached or went away."""
+
+
+class Unauthenticated(VnetError):
+    """No valid credential. Says nothing about what exists behind it."""
+
+
+class LimitExceeded(VnetError):
+    """A cap was reached (nodes, serves, tunnels, or failed attempts)."""
+
+
+class SessionUnknown(Unauthenticated):
+    """The session presented is not (or no longer) known to the route."""

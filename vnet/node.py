@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from vnet import tunnel, wire
 from vnet.client import (
     ControlEvent,
+    NodeCredentials,
     OpenTunnel,
     ServeAdded,
     ServeRemoved,
@@ -54,10 +55,15 @@ class UseState:
 class Node:
     """A running node. start() joins and returns; wait() returns when it ends."""
 
-    def __init__(self, config: NodeConfig, timeouts: NodeTimeouts | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        timeouts: NodeTimeouts | None = None,
+        credentials: NodeCredentials | None = None,
+    ) -> None:
         self.config = config
         self.timeouts = timeouts or NodeTimeouts()
-        self.client = client_for(config)
+        self.client = client_for(config, credentials)
         self.vnetid = ""
         self.group = ""
         # The group's serves, as the control stream tells them.

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +23,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
-from vnet.config import RouteConfig
-from vnet.errors import InvalidRequest, NotFound, SessionUnknown, VnetError
+from vnet.auth import PenaltyBox, PenaltyPolicy, TokenTable, peer_address
+from vnet.config import RouteConfig, RouteLimits, RouteSettings, resolve_secret
+from vnet.errors import (
+    ConfigError,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    SessionUnknown,
+    Unauthenticated,
+    VnetError,
+)
 from vnet.registry import Registry, Serve, Vnet
 from vnetrpc.v1 import route_pb2 as pb
 
@@ -46,6 +57,28 @@ class RouteTimeouts:
     stop_grace: float = 1.0
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM material for a TLS route; client_ca set means client certificates are required."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RouteSecurity:
+    """Who may use the route, and over what."""
+
+    tokens: TokenTable = field(default_factory=TokenTable)
+    tls: ServerTls | None = None
+    penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+
+
+# One answer for every authentication failure, so it tells nothing.
+BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
+
+
 @dataclass(eq=False)
 class Session:
     """One joined node."""
@@ -58,6 +91,8 @@ class Session:
     control_open: bool = False
     splices: set[Splice] = field(default_factory=set)
     closed: bool = False
+    # Tunnels this node is an end of, open or being set up.
+    tunnels: int = 0
 
     def push(self, event: pb.ControlEvent) -> None:
         if self.closed:
@@ -173,8 +208,16 @@ Handler = Callable[..., Coroutine[Any, Any, Any]]
 class RouteServicer:
     """Handlers for vnetrpc.v1.RouteService."""
 
-    def __init__(self, timeouts: RouteTimeouts | None = None) -> None:
+    def __init__(
+        self,
+        timeouts: RouteTimeouts | None = None,
+        security: RouteSecurity | None = None,
+        limits: RouteLimits | None = None,
+    ) -> None:
         self.timeouts = timeouts or RouteTimeouts()
+        self.security = security or RouteSecurity()
+        self.limits = limits or RouteLimits()
+        self.penalties = PenaltyBox(self.security.penalty)
         self.registry = Registry()
         self.boot_id = secrets.token_hex(8)
         self.sessions: dict[str, Session] = {}
@@ -184,10 +227,34 @@ class RouteServicer:
 
     # --- sessions --------------------------------------------------------
 
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
+        """Check the caller's token for `group`; count and penalise failures."""
+        address = peer_address(context.peer() or "")
+        now = time.monotonic()
+        wait = self.penalties.blocked_for(address, now)
+        if wait > 0:
+            raise LimitExceeded(
+                f"too many failed attempts from {address}; try again in {wait:.0f}s"
+            )
+        auth = _metadata(context, wire.MD_AUTH)
+        token = auth[7:] if auth[:7].lower() == "bearer " else ""
+        if not self.security.tokens.admits(token, group):
+            self.penalties.failure(address, now)
+            log.warning("authentication failed from %s", address)
+            raise Unauthenticated(BAD_CREDENTIALS)
+
     def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
+        """The caller's session; its token is checked again on every call."""
         session = self.sessions.get(_metadata(context, wire.MD_SESSION))
         if session is None or session.closed:
-            raise SessionUnknown("unknown or expired session; join again")
+            # Counted like a bad token: a session id is a credential too.
+            address = peer_address(context.peer() or "")
+            now = time.monotonic()
+            if self.penalties.blocked_for(address, now) > 0:
+                self._authenticate(context, "")
+            self.penalties.failure(address, now)
+            raise SessionUnknown(BAD_CREDENTIALS)
+        self._authenticate(context, session.vnet.group)
         return session
 
     def _broadcast(self, group: str, event: pb.ControlEvent) -> None:
@@ -235,7 +302,12 @@ class RouteServicer:
     async def Join(
         self, request: pb.JoinRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.JoinResponse:
-        vnet = self.registry.add_vnet(request.name, request.group or "default")
+        group = request.group or "default"
+        # The token decides the group: a group token admits to its group only.
+        self._authenticate(context, group)
+        if len(self.sessions) >= self.limits.max_nodes:
+            raise LimitExceeded(f"the route is full ({self.limits.max_nodes} nodes)")
+        vnet = self.registry.add_vnet(request.name, group)
         session = Session(token=secrets.token_urlsafe(24), vnet=vnet)
         self.sessions[session.token] = session
         self.by_vnetid[vnet.vnetid] = session
@@ -257,6 +329,13 @@ class RouteServicer:
         self, request: pb.RegisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterServeResponse:
         session = self._session(context)
+        own = {
+            s.serveid
+            for s in self.registry.serves(session.vnet.group)
+            if s.vnetid == session.vnet.vnetid
+        }
+        if request.serveid not in own and len(own) >= self.limits.max_serves_per_node:
+            raise LimitExceeded(f"this vnet has {len(own)} serves, the most the route allows")
         reg = self.registry.register(
             session.vnet.vnetid,
             request.serveid,
@@ -349,6 +428,24 @@ class RouteServicer:
         owner = self.by_vnetid.get(serve.vnetid)
         if owner is None:
             raise NotFound(f"no serveid {serve.serveid} in this group")
+        cap = self.limits.max_tunnels_per_node
+        if session.tunnels >= cap:
+            raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
+        if owner.tunnels >= cap:
+            raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
+        session.tunnels += 1
+        try:
+            await self._dial(session, owner, serve, context)
+        finally:
+            session.tunnels -= 1
+
+    async def _dial(
+        self,
+        session: Session,
+        owner: Session,
+        serve: Serve,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+    ) -> None:
         tunnel_id = secrets.token_hex(8)
         loop = asyncio.get_running_loop()
         pending = _Pending(owner, serve.serveid, session, context, loop.create_future())
@@ -396,7 +493,11 @@ class RouteServicer:
         )
         splice.start()
         pending.splice.set_result(splice)
-        await splice.wait()
+        session.tunnels += 1
+        try:
+            await splice.wait()
+        finally:
+            session.tunnels -= 1
 
     # --- plumbing ----------------------------------------------------------
 
@@ -484,6 +585,50 @@ class RunningRoute:
         await self.server.stop(self.servicer.timeouts.stop_grace)
 
 
+def load_security(
+    settings: RouteSettings, environ: Mapping[str, str] | None = None
+) -> RouteSecurity:
+    """Resolve the route's tokens and read its TLS files.
+
+    Raises ConfigError naming the key at fault, before anything starts.
+    """
+    env = os.environ if environ is None else environ
+
+    def secret(section: str, token: str, token_env: str, token_file: str) -> str:
+        return resolve_secret(settings.path, section, token, token_env, token_file, env, _read_text)
+
+    all_groups = secret("route", settings.token, settings.token_env, settings.token_file)
+    per_group = {
+        g.name: secret(f"group.{g.name}", g.token, g.token_env, g.token_file)
+        for g in settings.groups
+    }
+    tls = None
+    if settings.tls_cert:
+
+        def pem(key: str, path: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise ConfigError(
+                    settings.path, "route", key, f"cannot read {path}: {exc.strerror or exc}"
+                ) from None
+
+        tls = ServerTls(
+            cert_chain=pem("tls_cert", settings.tls_cert),
+            private_key=pem("tls_key", settings.tls_key),
+            client_ca=pem("tls_client_ca", settings.tls_client_ca)
+            if settings.tls_client_ca
+            else None,
+        )
+    return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def _check_bindable(config: RouteConfig) -> None:
     """Fail with the OS's reason before gRPC does: it only logs a vague line."""
     try:
@@ -502,17 +647,25 @@ def _check_bindable(config: RouteConfig) -> None:
                 raise OSError(f"cannot listen on {config.address}: {exc.strerror or exc}") from None
 
 
-async def start_route(config: RouteConfig, timeouts: RouteTimeouts | None = None) -> RunningRoute:
+async def start_route(
+    config: RouteConfig,
+    timeouts: RouteTimeouts | None = None,
+    security: RouteSecurity | None = None,
+    limits: RouteLimits | None = None,
+) -> RunningRoute:
     """Start a route listening on config's address (port 0 picks a free one).
 
     Raises OSError when the address cannot be bound.
     """
     _check_bindable(config)
-    servicer = RouteServicer(timeouts)
+    servicer = RouteServicer(timeouts, security, limits)
+    tls = servicer.security.tls
     server = grpc.aio.server(
         options=[
             # Two routes on one port would silently share it.
             ("grpc.so_reuseport", 0),
+            # A connection must finish its HTTP/2 (and TLS) handshake this soon.
+            ("grpc.server_handshake_timeout_ms", int(servicer.timeouts.join * 1000)),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
@@ -529,7 +682,15 @@ async def start_route(config: RouteConfig, timeouts: RouteTimeouts | None = None
         server,
     )
     try:
-        port = server.add_insecure_port(config.address)
+        if tls is None:
+            port = server.add_insecure_port(config.address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.cert_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )
+            port = server.add_secure_port(config.address, credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {config.address}: {exc}") from None
     if port == 0:
@@ -538,5 +699,12 @@ async def start_route(config: RouteConfig, timeouts: RouteTimeouts | None = None
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(wire.SERVICE, serving)
-    log.info("route listening on %s:%s (boot %s)", config.ip, port, servicer.boot_id)
+    log.info(
+        "route listening on %s:%s (boot %s)%s%s",
+        config.ip,
+        port,
+        servicer.boot_id,
+        " with TLS" if tls else "",
+        "" if servicer.security.tokens.enabled else ", no token: anyone who reaches it may join",
+    )
     return RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)

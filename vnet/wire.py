@@ -15,12 +15,13 @@ from google.protobuf.message import DecodeError
 
 from vnet.errors import (
     InvalidRequest,
+    LimitExceeded,
     NoFreeServeId,
     NotFound,
     RegistryError,
     RouteUnavailable,
     ServeIdTaken,
-    SessionUnknown,
+    Unauthenticated,
     VnetError,
 )
 from vnet.registry import Serve, Vnet
@@ -34,6 +35,8 @@ ACCEPT_METHOD = f"/{SERVICE}/Accept"
 MD_SESSION = "vnet-session"
 MD_SERVEID = "vnet-serveid"
 MD_TUNNEL = "vnet-tunnel"
+# The credential, as "Bearer TOKEN" (so grpcurl -H works as for any API).
+MD_AUTH = "authorization"
 
 # Data frames are by far the most frequent message, so they are written and
 # read by hand: field 1 (bytes), wire type 2. The tests check that this is
@@ -154,7 +157,8 @@ STATUS_OF: list[tuple[type[VnetError], grpc.StatusCode]] = [
     (ServeIdTaken, grpc.StatusCode.ALREADY_EXISTS),
     (NoFreeServeId, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
-    (SessionUnknown, grpc.StatusCode.UNAUTHENTICATED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
@@ -162,9 +166,9 @@ STATUS_OF: list[tuple[type[VnetError], grpc.StatusCode]] = [
 ERROR_OF: dict[grpc.StatusCode, type[VnetError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
     grpc.StatusCode.ALREADY_EXISTS: ServeIdTaken,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: NoFreeServeId,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
     grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.UNAUTHENTICATED: SessionUnknown,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.FAILED_PRECONDITION: RegistryError,
 }
 
