@@ -12,6 +12,14 @@ Every call after Join carries the session it returned in the metadata key
 "vnet-session". Tunnel calls also carry "vnet-serveid" (Dial) or
 "vnet-tunnel" (Accept).
 
+Where the route has tokens, every call, Join and each tunnel stream
+included, carries "authorization: Bearer TOKEN". A token for one group is
+valid for that group only; the route may also have one token for all
+groups. Every authentication failure is UNAUTHENTICATED with the same text;
+repeated failures from one address are answered RESOURCE_EXHAUSTED for a
+while. Caps (nodes, serves per node, tunnels per node) answer
+RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT.
+
 Each tunnelled TCP connection is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
 told through its Control stream and answers with Accept; the route splices
@@ -46,7 +54,10 @@ class JoinRequest(_message.Message):
     name: _builtins.str
     """A name for humans; shown in ListVnets. Need not be unique."""
     group: _builtins.str
-    """The group to join. Nodes see only their own group. Empty means "default"."""
+    """The group to join. Nodes see only their own group. Empty means "default".
+    A group token admits to its own group only; asking for another group with
+    it fails like a wrong token.
+    """
     def __init__(
         self,
         *,
