@@ -45,7 +45,7 @@ async def refused(port: int) -> bool:
 @pytest.fixture
 async def route() -> AsyncIterator[RunningRoute]:
     running = await start_route(
-        RouteConfig("127.0.0.1", 0), RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.2)
+        RouteConfig("127.0.0.1", 0), RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5)
     )
     yield running
     await running.stop()

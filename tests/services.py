@@ -50,12 +50,16 @@ class Server:
     server: asyncio.base_events.Server
     received: list[bytes] = field(default_factory=list)
     connections: int = 0
+    # Connections a service holds open on purpose; closed with the server.
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
         self.server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.server.wait_closed(), 5)

@@ -17,7 +17,8 @@ from vnet.auth import PenaltyPolicy, TokenTable
 from vnet.client import NodeCredentials
 from vnet.config import NodeConfig, RouteConfig, RouteLimits, ServeConfig, UseConfig, VnetConfig
 from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteSecurity, RouteTimeouts, RunningRoute, start_route
+from vnet.route import RouteTimeouts, RunningRoute, start_route
+from vnet.route_security import RouteSecurity
 from vnetrpc.v1 import route_pb2 as pb
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
@@ -31,7 +32,7 @@ async def _route(
 ) -> RunningRoute:
     return await start_route(
         RouteConfig("127.0.0.1", 0),
-        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.2),
+        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5),
         # These tests fail on purpose a lot; the penalty has its own test.
         RouteSecurity(tokens=tokens, penalty=penalty or PenaltyPolicy(max_failures=10_000)),
         limits,
@@ -378,7 +379,7 @@ def ca() -> object:
 
 
 def _server_tls(ca: object, client_ca: object | None = None) -> object:
-    from vnet.route import ServerTls
+    from vnet.route_security import ServerTls
 
     cert = ca.issue_cert("127.0.0.1", "localhost")  # type: ignore[attr-defined]
     return ServerTls(
@@ -391,7 +392,7 @@ def _server_tls(ca: object, client_ca: object | None = None) -> object:
 async def _tls_route(tls: object) -> RunningRoute:
     return await start_route(
         RouteConfig("127.0.0.1", 0),
-        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.2),
+        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5),
         RouteSecurity(tokens=TOKENS, tls=tls),  # type: ignore[arg-type]
     )
 

@@ -25,7 +25,23 @@ from vnetrpc.v1 import route_pb2_grpc as pb_grpc
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024 + 1024),
     ("grpc.max_send_message_length", 4 * 1024 * 1024 + 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
+# A dead route is noticed within about KEEPALIVE + KEEPALIVE_TIMEOUT seconds.
+KEEPALIVE = 10.0
+KEEPALIVE_TIMEOUT = 10.0
+
+
+def channel_options(keepalive: float, keepalive_timeout: float) -> list[tuple[str, Any]]:
+    return [
+        *CHANNEL_OPTIONS,
+        ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+        # Any ping in flight (a BDP probe too) must be answered this soon, or
+        # a link that died during one goes unnoticed for the 60 s default.
+        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
+    ]
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,8 @@ class Joined:
     vnetid: str
     group: str
     boot_id: str
+    # Lets this node take its session over after a lost connection.
+    resume_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,13 @@ class OpenTunnel:
     from_vnetid: str
 
 
-ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel
+@dataclass(frozen=True)
+class GoingAway:
+    reason: str
+    grace: float
+
+
+ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway
 
 
 def _event(msg: pb.ControlEvent) -> ControlEvent | None:
@@ -87,6 +111,8 @@ def _event(msg: pb.ControlEvent) -> ControlEvent | None:
     if kind == "open_tunnel":
         ot = msg.open_tunnel
         return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
+    if kind == "going_away":
+        return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
     return None  # an event kind from a newer route: ignore it
 
 
@@ -157,15 +183,22 @@ def client_for(config: NodeConfig, credentials: NodeCredentials | None = None) -
 class RouteClient:
     """One channel to the route, and the calls a node makes on it."""
 
-    def __init__(self, address: str, token: str = "", tls: ClientTls | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str = "",
+        tls: ClientTls | None = None,
+        keepalive: float = KEEPALIVE,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    ) -> None:
         self.address = address
+        options = channel_options(keepalive, keepalive_timeout)
         self._auth: tuple[tuple[str, str], ...] = (
             ((wire.MD_AUTH, f"Bearer {token}"),) if token else ()
         )
         if tls is None:
-            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self.channel = grpc.aio.insecure_channel(address, options=options)
         else:
-            options = list(CHANNEL_OPTIONS)
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             credentials = grpc.ssl_channel_credentials(
@@ -201,15 +234,22 @@ class RouteClient:
             return str(exc.details() or exc.code().name)
         return "it answered only just now"
 
-    async def join(self, name: str, group: str, timeout: float = 10.0) -> Joined:
+    async def join(
+        self,
+        name: str,
+        group: str,
+        timeout: float = 10.0,
+        resume: tuple[str, str] | None = None,
+    ) -> Joined:
+        """Join; `resume` is (vnetid, resume_token) of this node's last session."""
+        vnetid, token = resume or ("", "")
+        request = pb.JoinRequest(name=name, group=group, resume_vnetid=vnetid, resume_token=token)
         try:
-            resp = await self.stub.Join(
-                pb.JoinRequest(name=name, group=group), metadata=self._auth, timeout=timeout
-            )
+            resp = await self.stub.Join(request, metadata=self._auth, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise wire.error_of(exc) from None
         self.session = resp.session
-        return Joined(resp.session, resp.vnetid, resp.group, resp.boot_id)
+        return Joined(resp.session, resp.vnetid, resp.group, resp.boot_id, resp.resume_token)
 
     async def register(
         self, serveid: int, name: str, ip: str, port: int, info: str, timeout: float = 10.0

@@ -66,13 +66,20 @@ class Registry:
 
     # --- nodes -------------------------------------------------------------
 
-    def add_vnet(self, name: str, group: str) -> Vnet:
+    def add_vnet(self, name: str, group: str, wanted: str = "") -> Vnet:
+        """A new node; `wanted` is its old vnetid, given back when free."""
         _check_text("name", name, NAME_MAX)
         _check_text("group", group, NAME_MAX)
         if not group:
             raise InvalidRequest("group must not be empty")
-        vnetid = f"{self._next_vnet:02d}"
-        self._next_vnet += 1
+        if wanted and wanted.isdigit() and len(wanted) <= 6 and wanted not in self._vnets:
+            vnetid = wanted
+        else:
+            vnetid = f"{self._next_vnet:02d}"
+            while vnetid in self._vnets:
+                self._next_vnet += 1
+                vnetid = f"{self._next_vnet:02d}"
+            self._next_vnet += 1
         vnet = Vnet(vnetid=vnetid, name=name, group=group)
         self._vnets[vnetid] = vnet
         return vnet

@@ -8,13 +8,13 @@ streams and the byte pumps between the two legs of each tunnel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
+import hmac
 import logging
-import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
-from vnet.auth import PenaltyBox, PenaltyPolicy, TokenTable, peer_address
-from vnet.config import RouteConfig, RouteLimits, RouteSettings, resolve_secret
+from vnet.auth import PenaltyBox, peer_address
+from vnet.config import RouteConfig, RouteLimits
 from vnet.errors import (
-    ConfigError,
     InvalidRequest,
     LimitExceeded,
     NotFound,
@@ -35,6 +34,8 @@ from vnet.errors import (
     VnetError,
 )
 from vnet.registry import Registry, Serve, Vnet
+from vnet.route_security import RouteSecurity
+from vnet.splice import Leg, Splice, SpliceStats
 from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 # framing; leave room, and refuse anything wildly larger.
 MAX_MESSAGE = 4 * 1024 * 1024 + 1024
 CONTROL_QUEUE = 10_000
+# The shortest keepalive interval nodes may use (tests go down to this).
+NODE_PING_FLOOR_MS = 500
 
 
 @dataclass(frozen=True)
@@ -53,26 +56,14 @@ class RouteTimeouts:
     join: float = 10.0
     # The serving node must answer an OpenTunnel this soon.
     accept: float = 10.0
-    # Grace for open calls when the route stops.
-    stop_grace: float = 1.0
-
-
-@dataclass(frozen=True)
-class ServerTls:
-    """PEM material for a TLS route; client_ca set means client certificates are required."""
-
-    cert_chain: bytes
-    private_key: bytes
-    client_ca: bytes | None = None
-
-
-@dataclass(frozen=True)
-class RouteSecurity:
-    """Who may use the route, and over what."""
-
-    tokens: TokenTable = field(default_factory=TokenTable)
-    tls: ServerTls | None = None
-    penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+    # When the route stops: how long open tunnels may still run.
+    stop_grace: float = 5.0
+    # Keepalive pings on idle connections, and how long an answer may take:
+    # a dead or black-holed node is dropped within about the sum.
+    keepalive: float = 10.0
+    keepalive_timeout: float = 10.0
+    # A tunnel closed in one direction and silent this long is reset.
+    half_close_idle: float = 300.0
 
 
 # One answer for every authentication failure, so it tells nothing.
@@ -93,6 +84,8 @@ class Session:
     closed: bool = False
     # Tunnels this node is an end of, open or being set up.
     tunnels: int = 0
+    # SHA-256 of the secret that lets this node take the session over.
+    resume_digest: bytes = b""
 
     def push(self, event: pb.ControlEvent) -> None:
         if self.closed:
@@ -104,86 +97,6 @@ class Session:
             # will be dropped when its stream ends, so drop it now.
             log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
             self.closed = True
-
-
-@dataclass(eq=False)
-class _Leg:
-    ctx: grpc.aio.ServicerContext[bytes, bytes]
-    pump: asyncio.Task[None] | None = None
-
-
-@dataclass(eq=False)
-class Splice:
-    """The two legs of one tunnel and the pumps between them.
-
-    Each leg's context is written only by the pump reading the other leg, so
-    no context ever has two writers. A pump that sees a reset (forwarded or
-    its own) stops the other pump too: the tunnel is dead both ways.
-    """
-
-    tunnel_id: str
-    serveid: int
-    dial: _Leg
-    accept: _Leg
-    sessions: tuple[Session, Session]
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def start(self) -> None:
-        self.dial.pump = asyncio.create_task(self._pump(self.dial, self.accept, "dial"))
-        self.accept.pump = asyncio.create_task(self._pump(self.accept, self.dial, "accept"))
-        for session in self.sessions:
-            session.splices.add(self)
-
-    async def _pump(self, src: _Leg, dst: _Leg, name: str) -> None:
-        last = b""
-        reason = ""
-        try:
-            while True:
-                msg = await src.ctx.read()
-                if msg is grpc.aio.EOF:
-                    break
-                await dst.ctx.write(msg)
-                last = msg
-            if wire.is_terminal(last):
-                if last != wire.FIN_FRAME:
-                    self._stop_other(src)
-                return
-            reason = f"{name} side ended without fin"
-        except asyncio.CancelledError:
-            reason = f"{name} side went away"
-        except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
-            reason = f"{name} side failed: {type(exc).__name__}"
-        log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
-        with contextlib.suppress(Exception):
-            await dst.ctx.write(wire.encode_reset(reason))
-        self._stop_other(src)
-
-    def _stop_other(self, src: _Leg) -> None:
-        other = self.accept if src is self.dial else self.dial
-        if other.pump is not None and other.pump is not asyncio.current_task():
-            other.pump.cancel()
-
-    def abort(self) -> None:
-        for leg in (self.dial, self.accept):
-            if leg.pump is not None:
-                leg.pump.cancel()
-
-    async def wait(self) -> None:
-        """Until both pumps ended; the caller's RPC may end then."""
-        pumps = [leg.pump for leg in (self.dial, self.accept) if leg.pump is not None]
-        try:
-            await asyncio.wait(pumps)
-        except asyncio.CancelledError:
-            # Our own caller went away: its pump cannot go on either.
-            self.abort()
-            raise
-        finally:
-            if all(p.done() for p in pumps):
-                for session in self.sessions:
-                    session.splices.discard(self)
-                if not self.done.is_set():
-                    self.done.set()
-                    log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
 
 
 @dataclass(eq=False)
@@ -223,6 +136,8 @@ class RouteServicer:
         self.sessions: dict[str, Session] = {}
         self.by_vnetid: dict[str, Session] = {}
         self.pending: dict[str, _Pending] = {}
+        self.splices: set[Splice] = set()
+        self.stats = SpliceStats()
         self._timers: set[asyncio.Task[None]] = set()
 
     # --- sessions --------------------------------------------------------
@@ -271,7 +186,7 @@ class RouteServicer:
         for serve in gone:
             self._serve_removed(serve, session.vnet.group)
         for splice in list(session.splices):
-            splice.abort()
+            splice.abort(f"vnet {session.vnet.vnetid} left")
         for tunnel_id, pending in list(self.pending.items()):
             if session in (pending.owner, pending.dialer):
                 del self.pending[tunnel_id]
@@ -305,10 +220,16 @@ class RouteServicer:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
         self._authenticate(context, group)
+        wanted = self._resume(request, group)
         if len(self.sessions) >= self.limits.max_nodes:
             raise LimitExceeded(f"the route is full ({self.limits.max_nodes} nodes)")
-        vnet = self.registry.add_vnet(request.name, group)
-        session = Session(token=secrets.token_urlsafe(24), vnet=vnet)
+        vnet = self.registry.add_vnet(request.name, group, wanted=wanted)
+        resume = secrets.token_urlsafe(24)
+        session = Session(
+            token=secrets.token_urlsafe(24),
+            vnet=vnet,
+            resume_digest=hashlib.sha256(resume.encode()).digest(),
+        )
         self.sessions[session.token] = session
         self.by_vnetid[vnet.vnetid] = session
         timer = asyncio.create_task(self._expire_unless_controlled(session))
@@ -322,8 +243,32 @@ class RouteServicer:
             context.peer(),
         )
         return pb.JoinResponse(
-            session=session.token, vnetid=vnet.vnetid, group=vnet.group, boot_id=self.boot_id
+            session=session.token,
+            vnetid=vnet.vnetid,
+            group=vnet.group,
+            boot_id=self.boot_id,
+            resume_token=resume,
         )
+
+    def _resume(self, request: pb.JoinRequest, group: str) -> str:
+        """The vnetid a rejoining node may have back ("" for a new one).
+
+        With the right resume token its stale session (its old connection
+        died unnoticed) is ended, freeing its static serveids. Without it, a
+        vnetid still in use is not handed out: no one takes over another
+        node's session. A free vnetid (after a route restart) is given back.
+        """
+        wanted = request.resume_vnetid
+        if not wanted:
+            return ""
+        old = self.by_vnetid.get(wanted)
+        if old is None:
+            return wanted
+        presented = hashlib.sha256(request.resume_token.encode()).digest()
+        if hmac.compare_digest(presented, old.resume_digest) and old.vnet.group == group:
+            self._drop(old, "replaced by its own new connection")
+            return wanted
+        return ""
 
     async def RegisterServe(
         self, request: pb.RegisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -484,14 +429,25 @@ class RouteServicer:
         if pending is None or pending.owner is not session or pending.splice.done():
             raise NotFound("no such tunnel waiting for this vnet")
         del self.pending[tunnel_id]
+        ends = (pending.dialer, session)
+
+        def forget(done: Splice) -> None:
+            self.splices.discard(done)
+            for end in ends:
+                end.splices.discard(done)
+
         splice = Splice(
             tunnel_id=tunnel_id,
             serveid=pending.serveid,
-            dial=_Leg(pending.ctx),
-            accept=_Leg(context),
-            sessions=(pending.dialer, session),
+            dial=Leg(pending.ctx),
+            accept=Leg(context),
+            stats=self.stats,
+            on_done=forget,
         )
         splice.start()
+        self.splices.add(splice)
+        for end in ends:
+            end.splices.add(splice)
         pending.splice.set_result(splice)
         session.tunnels += 1
         try:
@@ -538,6 +494,42 @@ class RouteServicer:
             },
         )
 
+    async def reap_half_closed(self) -> None:
+        """Reset tunnels closed one way and then silent past the limit.
+
+        A peer that half-closed and vanished (or a client that never reads
+        its end) would otherwise hold the tunnel, its buffers and two
+        streams forever.
+        """
+        idle = self.timeouts.half_close_idle
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(idle / 4, 0.02))
+            now = loop.time()
+            for splice in list(self.splices):
+                if splice.half_closed and now - splice.last_activity > idle:
+                    log.info(
+                        "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
+                        splice.tunnel_id,
+                        splice.serveid,
+                        idle,
+                    )
+                    splice.abort("idle after half-close")
+
+    async def go_away(self, reason: str) -> None:
+        """Tell every node the route is stopping; let tunnels finish for a while."""
+        grace = self.timeouts.stop_grace
+        event = pb.ControlEvent(going_away=pb.GoingAway(reason=reason, grace_ms=int(grace * 1000)))
+        for session in self.sessions.values():
+            session.push(event)
+        waits = [asyncio.create_task(s.done.wait()) for s in self.splices]
+        if waits:
+            _, unfinished = await asyncio.wait(waits, timeout=grace)
+            for waiting in unfinished:
+                waiting.cancel()
+        if self.splices:
+            log.info("resetting %d tunnel(s) still open after %.1fs", len(self.splices), grace)
+
     async def close(self) -> None:
         for timer in list(self._timers):
             timer.cancel()
@@ -579,54 +571,17 @@ class RunningRoute:
     port: int
     health: health.aio.HealthServicer
 
-    async def stop(self) -> None:
+    reaper: asyncio.Task[None] | None = None
+
+    async def stop(self, reason: str = "route stopping") -> None:
+        """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
         await self.health.enter_graceful_shutdown()
+        await self.servicer.go_away(reason)
+        if self.reaper is not None:
+            self.reaper.cancel()
         await self.servicer.close()
-        await self.server.stop(self.servicer.timeouts.stop_grace)
-
-
-def load_security(
-    settings: RouteSettings, environ: Mapping[str, str] | None = None
-) -> RouteSecurity:
-    """Resolve the route's tokens and read its TLS files.
-
-    Raises ConfigError naming the key at fault, before anything starts.
-    """
-    env = os.environ if environ is None else environ
-
-    def secret(section: str, token: str, token_env: str, token_file: str) -> str:
-        return resolve_secret(settings.path, section, token, token_env, token_file, env, _read_text)
-
-    all_groups = secret("route", settings.token, settings.token_env, settings.token_file)
-    per_group = {
-        g.name: secret(f"group.{g.name}", g.token, g.token_env, g.token_file)
-        for g in settings.groups
-    }
-    tls = None
-    if settings.tls_cert:
-
-        def pem(key: str, path: str) -> bytes:
-            try:
-                with open(path, "rb") as f:
-                    return f.read()
-            except OSError as exc:
-                raise ConfigError(
-                    settings.path, "route", key, f"cannot read {path}: {exc.strerror or exc}"
-                ) from None
-
-        tls = ServerTls(
-            cert_chain=pem("tls_cert", settings.tls_cert),
-            private_key=pem("tls_key", settings.tls_key),
-            client_ca=pem("tls_client_ca", settings.tls_client_ca)
-            if settings.tls_client_ca
-            else None,
-        )
-    return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls)
-
-
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+        # What is left (control streams) ends now: the nodes were told.
+        await self.server.stop(0.2)
 
 
 def _check_bindable(config: RouteConfig) -> None:
@@ -668,6 +623,20 @@ async def start_route(
             ("grpc.server_handshake_timeout_ms", int(servicer.timeouts.join * 1000)),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            # Find dead or black-holed nodes: ping idle connections, and give
+            # up on them when a ping goes unanswered.
+            ("grpc.keepalive_time_ms", int(servicer.timeouts.keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(servicer.timeouts.keepalive_timeout * 1000)),
+            # Every ping, BDP probes included, must be answered this soon: a
+            # probe in flight when the link dies would otherwise hold off the
+            # keepalive ping for its own 60 s default.
+            ("grpc.http2.ping_timeout_ms", int(servicer.timeouts.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Nodes ping as often as this; any stricter and the route would
+            # answer them with GOAWAY too_many_pings.
+            ("grpc.http2.min_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
     )
     server.add_generic_rpc_handlers((servicer.handlers(),))
@@ -707,4 +676,6 @@ async def start_route(
         " with TLS" if tls else "",
         "" if servicer.security.tokens.enabled else ", no token: anyone who reaches it may join",
     )
-    return RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)
+    running = RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)
+    running.reaper = asyncio.create_task(servicer.reap_half_closed())
+    return running

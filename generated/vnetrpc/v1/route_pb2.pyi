@@ -51,6 +51,8 @@ class JoinRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
+    RESUME_VNETID_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A name for humans; shown in ListVnets. Need not be unique."""
     group: _builtins.str
@@ -58,15 +60,25 @@ class JoinRequest(_message.Message):
     A group token admits to its own group only; asking for another group with
     it fails like a wrong token.
     """
+    resume_vnetid: _builtins.str
+    """To rejoin after a lost connection: the vnetid and resume_token of the
+    previous JoinResponse. If that session is still on the route (it has not
+    noticed the old connection died), it is ended first, so its serves and
+    static serveids are free for this session, and the vnetid is kept. A
+    wrong or stale pair is ignored: the node simply joins anew.
+    """
+    resume_token: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         group: _builtins.str = ...,
+        resume_vnetid: _builtins.str = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "name", b"name", "resume_token", b"resume_token", "resume_vnetid", b"resume_vnetid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -82,6 +94,7 @@ class JoinResponse(_message.Message):
     VNETID_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     BOOT_ID_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """Opaque session token; send it as "vnet-session" metadata on every call."""
     vnetid: _builtins.str
@@ -90,6 +103,10 @@ class JoinResponse(_message.Message):
     """The group the node was placed in."""
     boot_id: _builtins.str
     """Changes each time the route process starts, so a node can tell a restart."""
+    resume_token: _builtins.str
+    """Secret that lets this node (and only it) take this session over later;
+    see JoinRequest.resume_token.
+    """
     def __init__(
         self,
         *,
@@ -97,10 +114,11 @@ class JoinResponse(_message.Message):
         vnetid: _builtins.str = ...,
         group: _builtins.str = ...,
         boot_id: _builtins.str = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "group", b"group", "session", b"session", "vnetid", b"vnetid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "group", b"group", "resume_token", b"resume_token", "session", b"session", "vnetid", b"vnetid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,6 +151,7 @@ class ControlEvent(_message.Message):
     SERVE_ADDED_FIELD_NUMBER: _builtins.int
     SERVE_REMOVED_FIELD_NUMBER: _builtins.int
     OPEN_TUNNEL_FIELD_NUMBER: _builtins.int
+    GOING_AWAY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___ServeSnapshot:
         """The serves of the group when the stream opened."""
@@ -149,6 +168,12 @@ class ControlEvent(_message.Message):
     def open_tunnel(self) -> Global___OpenTunnel:
         """A node wants a tunnel to one of this node's serves: call Accept."""
 
+    @_builtins.property
+    def going_away(self) -> Global___GoingAway:
+        """The route is stopping: open tunnels get a short grace, then are reset,
+        and the control stream ends. Reconnect after it.
+        """
+
     def __init__(
         self,
         *,
@@ -156,16 +181,43 @@ class ControlEvent(_message.Message):
         serve_added: Global___ServeInfo | None = ...,
         serve_removed: Global___ServeRemoved | None = ...,
         open_tunnel: Global___OpenTunnel | None = ...,
+        going_away: Global___GoingAway | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ControlEvent: _TypeAlias = ControlEvent  # noqa: Y015
+
+@_typing.final
+class GoingAway(_message.Message):
+    """The route is shutting down."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    GRACE_MS_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for logs."""
+    grace_ms: _builtins.int
+    """How long open tunnels may still run before they are reset."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        grace_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_ms", b"grace_ms", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoingAway: _TypeAlias = GoingAway  # noqa: Y015
 
 @_typing.final
 class ServeSnapshot(_message.Message):

@@ -1,0 +1,233 @@
+"""The route's side of resilience: graceful stop, dead peers, stale sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import TIMEOUT, use_port, wait_until
+from tests.rawclient import Raw, status_of
+from tests.services import (
+    Server,
+    exchange,
+    exchange_server,
+    read_until_reset,
+)
+from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.node import Node, NodeTimeouts
+from vnet.route import RouteTimeouts, RunningRoute, start_route
+from vnetrpc.v1 import route_pb2 as pb
+
+
+async def _route(**timeouts: float) -> RunningRoute:
+    values = {"join": TIMEOUT, "accept": TIMEOUT, "stop_grace": 0.5}
+    values.update(timeouts)
+    return await start_route(RouteConfig("127.0.0.1", 0), RouteTimeouts(**values))
+
+
+async def _node(route: RunningRoute, **kw: object) -> Node:
+    config = NodeConfig(
+        "(test)",
+        RouteConfig("127.0.0.1", route.port),
+        VnetConfig(name="n", group="g"),
+        **kw,  # type: ignore[arg-type]
+    )
+    node = Node(config, NodeTimeouts(connect=TIMEOUT))
+    await node.start()
+    return node
+
+
+async def silent_server() -> Server:
+    """Reads until EOF, then neither writes nor closes: a peer gone quiet."""
+    server = Server(None)  # type: ignore[arg-type]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+
+    server.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server
+
+
+async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets() -> None:
+    route = await _route(stop_grace=1.0)
+    service = await exchange_server()
+    quiet = await silent_server()
+    home = await _node(
+        route,
+        serves=(
+            ServeConfig(key="x", port=service.port, serveid=701),
+            ServeConfig(key="q", port=quiet.port, serveid=702),
+        ),
+    )
+    office = await _node(
+        route,
+        uses=(UseConfig(key="x", serveid=701, port=0), UseConfig(key="q", serveid=702, port=0)),
+    )
+    x_port = await use_port(office, "x")
+    q_port = await use_port(office, "q")
+    watcher = Raw(route.port)
+    joined = await watcher.join(None, group="g")
+    control = watcher.stub.Control(pb.ControlRequest(), metadata=watcher.md(None, joined.session))
+    await control.read()
+    health = health_pb2_grpc.HealthStub(watcher.channel)
+    # One tunnel that is idle and will outlive the grace, one transfer that finishes in it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", q_port)
+    writer.write(b"hello")
+    await writer.drain()
+    await wait_until(lambda: len(route.servicer.splices) == 1, "the quiet tunnel")
+    transfer = asyncio.create_task(exchange(x_port, 4 << 20, 4 << 20))
+    stopping = asyncio.create_task(route.stop("test says stop"))
+    async with asyncio.timeout(TIMEOUT):
+        event = await control.read()
+    assert event.WhichOneof("event") == "going_away"
+    assert event.going_away.reason == "test says stop"
+    assert event.going_away.grace_ms == 1000
+    status = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await transfer  # finished within the grace, byte-exact
+    async with asyncio.timeout(TIMEOUT):
+        await read_until_reset(reader)  # the idle one was reset, not closed cleanly
+        await stopping
+    writer.close()
+    control.cancel()
+    await watcher.close()
+    for node in (office, home):
+        await node.stop()
+    await service.close()
+    await quiet.close()
+
+
+async def test_half_closed_idle_tunnels_are_reset() -> None:
+    route = await _route(half_close_idle=0.3)
+    quiet = await silent_server()
+    home = await _node(route, serves=(ServeConfig(key="q", port=quiet.port, serveid=702),))
+    office = await _node(route, uses=(UseConfig(key="q", serveid=702, port=0),))
+    port = await use_port(office, "q")
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"request")
+        writer.write_eof()  # half-closed; the service never answers
+        await read_until_reset(reader)
+    writer.close()
+    await wait_until(lambda: not route.servicer.splices, "the route to forget the tunnel")
+    for node in (office, home):
+        await node.stop()
+    await route.stop()
+    await quiet.close()
+
+
+async def test_resume_replaces_only_its_own_stale_session() -> None:
+    route = await _route()
+    old = Raw(route.port)
+    first = await old.join(None, group="g")
+    md = old.md(None, first.session)
+    control = old.stub.Control(pb.ControlRequest(), metadata=md)
+    await control.read()
+    await old.stub.RegisterServe(
+        pb.RegisterServeRequest(serveid=700, name="ssh", ip="127.0.0.1", port=22),
+        metadata=md,
+        timeout=5,
+    )
+    # Someone else naming that vnetid, without its resume token, gets a new one
+    # and cannot take the static serveid.
+    other = Raw(route.port)
+    stranger = await other.stub.Join(
+        pb.JoinRequest(group="g", resume_vnetid=first.vnetid, resume_token="guess"), timeout=5
+    )
+    assert stranger.vnetid != first.vnetid
+    smd = other.md(None, stranger.session)
+    taken = await status_of(
+        other.stub.RegisterServe(
+            pb.RegisterServeRequest(serveid=700, name="x", ip="127.0.0.1", port=22), metadata=smd
+        )
+    )
+    assert taken[0] == grpc.StatusCode.ALREADY_EXISTS
+    # The node itself, on a new connection while the old one is not yet noticed dead.
+    new = Raw(route.port)
+    again = await new.stub.Join(
+        pb.JoinRequest(group="g", resume_vnetid=first.vnetid, resume_token=first.resume_token),
+        timeout=5,
+    )
+    assert again.vnetid == first.vnetid
+    nmd = new.md(None, again.session)
+    registered = await new.stub.RegisterServe(
+        pb.RegisterServeRequest(serveid=700, name="ssh", ip="127.0.0.1", port=22),
+        metadata=nmd,
+        timeout=5,
+    )
+    assert registered.serve.serveid == 700
+    # The stale session is gone: its credentials no longer work.
+    assert (await status_of(old.stub.Ping(pb.PingRequest(), metadata=md)))[0] == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    control.cancel()
+    for raw in (old, other, new):
+        await raw.close()
+    await route.stop()
+
+
+async def test_a_free_vnetid_is_given_back_after_a_route_restart() -> None:
+    route = await _route()
+    raw = Raw(route.port)
+    for _ in range(3):
+        await raw.join(None, group="g")
+    joined = await raw.stub.Join(pb.JoinRequest(group="g", resume_vnetid="07"), timeout=5)
+    assert joined.vnetid == "07"
+    assert (await raw.join(None, group="g")).vnetid == "04"
+    await raw.close()
+    await route.stop()
+
+
+async def _blackhole_relay(target_port: int) -> tuple[Server, asyncio.Event]:
+    """Forwards until `hole` is set; then swallows everything and keeps the
+    sockets open, like a link that died without a FIN or RST."""
+    hole = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if not hole.is_set():
+                    writer.write(data)
+                    await writer.drain()
+
+    relay = Server(None)  # type: ignore[arg-type]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        relay.writers.extend((writer, up_writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    relay.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return relay, hole
+
+
+@pytest.mark.timeout(60)
+async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
+    route = await _route(keepalive=0.5, keepalive_timeout=0.5)
+    relay, hole = await _blackhole_relay(route.port)
+    victim = Raw(relay.port)
+    joined = await victim.join(None, group="g")
+    md = victim.md(None, joined.session)
+    control = victim.stub.Control(pb.ControlRequest(), metadata=md)
+    await control.read()
+    await victim.stub.RegisterServe(
+        pb.RegisterServeRequest(serveid=700, name="ssh", ip="127.0.0.1", port=22),
+        metadata=md,
+        timeout=5,
+    )
+    assert route.servicer.registry.serves("g")
+    hole.set()
+    await wait_until(
+        lambda: not route.servicer.registry.serves("g"), "the route to drop the node", TIMEOUT
+    )
+    control.cancel()
+    await victim.close()
+    await relay.close()
+    await route.stop()

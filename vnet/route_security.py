@@ -1,0 +1,76 @@
+"""Loading the route's credentials: tokens from config, env or files; TLS files.
+
+I/O at start-up only; what it returns is handed to the route's servicer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from vnet.auth import PenaltyPolicy, TokenTable
+from vnet.config import RouteSettings, resolve_secret
+from vnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM material for a TLS route; client_ca set means client certificates are required."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RouteSecurity:
+    """Who may use the route, and over what."""
+
+    tokens: TokenTable = field(default_factory=TokenTable)
+    tls: ServerTls | None = None
+    penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+
+
+def load_security(
+    settings: RouteSettings, environ: Mapping[str, str] | None = None
+) -> RouteSecurity:
+    """Resolve the route's tokens and read its TLS files.
+
+    Raises ConfigError naming the key at fault, before anything starts.
+    """
+    env = os.environ if environ is None else environ
+
+    def secret(section: str, token: str, token_env: str, token_file: str) -> str:
+        return resolve_secret(settings.path, section, token, token_env, token_file, env, _read_text)
+
+    all_groups = secret("route", settings.token, settings.token_env, settings.token_file)
+    per_group = {
+        g.name: secret(f"group.{g.name}", g.token, g.token_env, g.token_file)
+        for g in settings.groups
+    }
+    tls = None
+    if settings.tls_cert:
+
+        def pem(key: str, path: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise ConfigError(
+                    settings.path, "route", key, f"cannot read {path}: {exc.strerror or exc}"
+                ) from None
+
+        tls = ServerTls(
+            cert_chain=pem("tls_cert", settings.tls_cert),
+            private_key=pem("tls_key", settings.tls_key),
+            client_ca=pem("tls_client_ca", settings.tls_client_ca)
+            if settings.tls_client_ca
+            else None,
+        )
+    return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
