@@ -23,7 +23,7 @@ from vnet.errors import ConfigError, RouteUnavailable, VnetError
 
 if TYPE_CHECKING:
     from vnet.client import NodeCredentials
-    from vnet.route import RouteSecurity
+    from vnet.route_security import RouteSecurity
 
 log = logging.getLogger("vnet")
 
@@ -111,7 +111,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     path = args.config or DEFAULT_CONFIG
     from vnet.auth import insecure_reason
-    from vnet.route import load_security
+    from vnet.route_security import load_security
 
     try:
         if args.config is None and not os.path.exists(path):
