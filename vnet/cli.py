@@ -138,7 +138,9 @@ async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
     from vnet.route import start_route
 
     try:
-        route = await start_route(settings.listen, security=security, limits=settings.limits)
+        route = await start_route(
+            settings.listen, security=security, limits=settings.limits, metrics=settings.metrics
+        )
     except OSError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR

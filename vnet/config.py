@@ -37,6 +37,7 @@ ROUTE_KEYS = frozenset(
         "max_nodes",
         "max_serves_per_node",
         "max_tunnels_per_node",
+        "metrics",
     }
     | SECRET_KEYS
 )
@@ -111,6 +112,8 @@ class RouteSettings:
     tls_key: str = ""
     tls_client_ca: str = ""
     limits: RouteLimits = RouteLimits()
+    # Where to serve Prometheus metrics, as (host, port); None: nowhere.
+    metrics: tuple[str, int] | None = None
 
     @property
     def has_tokens(self) -> bool:
@@ -443,7 +446,14 @@ def parse_route_config(path: str, text: str | None) -> RouteSettings:
                 )
             )
     defaults = RouteLimits()
+    metrics = None
+    if sec.has("metrics"):
+        host, _, port = sec.values["metrics"].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            sec.fail("metrics", f"{sec.values['metrics']!r} is not HOST:PORT")
+        metrics = (host.strip("[]"), int(port))
     return RouteSettings(
+        metrics=metrics,
         path=path,
         listen=listen,
         token=sec.text("token", ""),

@@ -8,6 +8,7 @@ streams and the byte pumps between the two legs of each tunnel.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import logging
@@ -33,6 +34,7 @@ from vnet.errors import (
     Unauthenticated,
     VnetError,
 )
+from vnet.metrics import MetricsServer, serve_metrics
 from vnet.registry import Registry, Serve, Vnet
 from vnet.route_security import RouteSecurity
 from vnet.splice import Leg, Splice, SpliceStats
@@ -138,12 +140,21 @@ class RouteServicer:
         self.pending: dict[str, _Pending] = {}
         self.splices: set[Splice] = set()
         self.stats = SpliceStats()
+        self.auth_failures = 0
+        # Refused calls by status code name, for the metrics endpoint.
+        self.rejected: collections.Counter[str] = collections.Counter()
+        # Called with each tunnel's set-up time (Dial to spliced), in seconds.
+        self.observe_setup: Callable[[float], None] = lambda _: None
         self._timers: set[asyncio.Task[None]] = set()
 
     # --- sessions --------------------------------------------------------
 
-    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
-        """Check the caller's token for `group`; count and penalise failures."""
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str | None) -> None:
+        """Check the caller's token for `group` (None: its session was unknown).
+
+        Failures are counted per source address, and an address with too
+        many is refused before anything else is looked at.
+        """
         address = peer_address(context.peer() or "")
         now = time.monotonic()
         wait = self.penalties.blocked_for(address, now)
@@ -153,23 +164,24 @@ class RouteServicer:
             )
         auth = _metadata(context, wire.MD_AUTH)
         token = auth[7:] if auth[:7].lower() == "bearer " else ""
-        if not self.security.tokens.admits(token, group):
+        if group is None or not self.security.tokens.admits(token, group):
             self.penalties.failure(address, now)
+            self.auth_failures += 1
             log.warning("authentication failed from %s", address)
-            raise Unauthenticated(BAD_CREDENTIALS)
+            raise (
+                SessionUnknown(BAD_CREDENTIALS)
+                if group is None
+                else Unauthenticated(BAD_CREDENTIALS)
+            )
 
     def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
         """The caller's session; its token is checked again on every call."""
         session = self.sessions.get(_metadata(context, wire.MD_SESSION))
         if session is None or session.closed:
             # Counted like a bad token: a session id is a credential too.
-            address = peer_address(context.peer() or "")
-            now = time.monotonic()
-            if self.penalties.blocked_for(address, now) > 0:
-                self._authenticate(context, "")
-            self.penalties.failure(address, now)
-            raise SessionUnknown(BAD_CREDENTIALS)
-        self._authenticate(context, session.vnet.group)
+            self._admit(context, None)
+        assert session is not None
+        self._admit(context, session.vnet.group)
         return session
 
     def _broadcast(self, group: str, event: pb.ControlEvent) -> None:
@@ -219,7 +231,7 @@ class RouteServicer:
     ) -> pb.JoinResponse:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
-        self._authenticate(context, group)
+        self._admit(context, group)
         wanted = self._resume(request, group)
         if len(self.sessions) >= self.limits.max_nodes:
             raise LimitExceeded(f"the route is full ({self.limits.max_nodes} nodes)")
@@ -393,6 +405,7 @@ class RouteServicer:
     ) -> None:
         tunnel_id = secrets.token_hex(8)
         loop = asyncio.get_running_loop()
+        started = loop.time()
         pending = _Pending(owner, serve.serveid, session, context, loop.create_future())
         self.pending[tunnel_id] = pending
         owner.push(
@@ -411,6 +424,7 @@ class RouteServicer:
             )
         finally:
             self.pending.pop(tunnel_id, None)
+        self.observe_setup(loop.time() - started)
         log.debug(
             "tunnel %s: vnet %s -> serveid %s on vnet %s",
             tunnel_id,
@@ -462,14 +476,14 @@ class RouteServicer:
 
         def unary(fn: Handler, req: Any, resp: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                _translated(fn),
+                _translated(fn, self.rejected),
                 request_deserializer=req.FromString,
                 response_serializer=resp.SerializeToString,
             )
 
         def raw_stream(fn: Handler) -> grpc.RpcMethodHandler:
             # No (de)serializers: frames go through as the bytes they came as.
-            return grpc.stream_stream_rpc_method_handler(_translated(fn))
+            return grpc.stream_stream_rpc_method_handler(_translated(fn, self.rejected))
 
         return grpc.method_handlers_generic_handler(
             wire.SERVICE,
@@ -485,7 +499,7 @@ class RouteServicer:
                 "ListVnets": unary(self.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
                 "Ping": unary(self.Ping, pb.PingRequest, pb.PingResponse),
                 "Control": grpc.unary_stream_rpc_method_handler(
-                    _translated_stream(self.Control),
+                    _translated_stream(self.Control, self.rejected),
                     request_deserializer=pb.ControlRequest.FromString,
                     response_serializer=pb.ControlEvent.SerializeToString,
                 ),
@@ -537,27 +551,31 @@ class RouteServicer:
             self._drop(session, "route stopping")
 
 
-def _translated(fn: Handler) -> Handler:
+def _translated(fn: Handler, rejected: collections.Counter[str]) -> Handler:
     """Turn VnetError into the matching status: the one translation table."""
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await fn(request, context)
         except VnetError as exc:
-            await context.abort(wire.status_of(exc), str(exc))
+            code = wire.status_of(exc)
+            rejected[code.name] += 1
+            await context.abort(code, str(exc))
 
     return call
 
 
 def _translated_stream(
-    fn: Callable[..., AsyncIterator[Any]],
+    fn: Callable[..., AsyncIterator[Any]], rejected: collections.Counter[str]
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for item in fn(request, context):
                 yield item
         except VnetError as exc:
-            await context.abort(wire.status_of(exc), str(exc))
+            code = wire.status_of(exc)
+            rejected[code.name] += 1
+            await context.abort(code, str(exc))
 
     return call
 
@@ -572,6 +590,7 @@ class RunningRoute:
     health: health.aio.HealthServicer
 
     reaper: asyncio.Task[None] | None = None
+    metrics: MetricsServer | None = None
 
     async def stop(self, reason: str = "route stopping") -> None:
         """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
@@ -582,6 +601,8 @@ class RunningRoute:
         await self.servicer.close()
         # What is left (control streams) ends now: the nodes were told.
         await self.server.stop(0.2)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
 
 
 def _check_bindable(config: RouteConfig) -> None:
@@ -607,10 +628,12 @@ async def start_route(
     timeouts: RouteTimeouts | None = None,
     security: RouteSecurity | None = None,
     limits: RouteLimits | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> RunningRoute:
     """Start a route listening on config's address (port 0 picks a free one).
 
-    Raises OSError when the address cannot be bound.
+    metrics is where to serve Prometheus metrics (host, port), if anywhere.
+    Raises OSError when an address cannot be bound.
     """
     _check_bindable(config)
     servicer = RouteServicer(timeouts, security, limits)
@@ -678,4 +701,12 @@ async def start_route(
     )
     running = RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)
     running.reaper = asyncio.create_task(servicer.reap_half_closed())
+    if metrics is not None:
+        try:
+            running.metrics = serve_metrics(servicer, *metrics)
+        except OSError as exc:
+            await running.stop()
+            raise OSError(
+                f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {exc.strerror or exc}"
+            ) from None
     return running

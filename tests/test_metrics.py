@@ -1,0 +1,78 @@
+"""Prometheus metrics scraped over real HTTP after real traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import TIMEOUT, use_port, wait_until
+from tests.rawclient import Raw, status_of
+from tests.services import exchange, exchange_server
+from vnet.auth import TokenTable
+from vnet.client import NodeCredentials
+from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.node import Node, NodeTimeouts
+from vnet.route import RouteTimeouts, start_route
+from vnet.route_security import RouteSecurity
+
+MIB = 1 << 20
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as r:
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_metrics_count_nodes_serves_tunnels_bytes_and_refusals() -> None:
+    route = await start_route(
+        RouteConfig("127.0.0.1", 0),
+        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5),
+        RouteSecurity(tokens=TokenTable(per_group={"g": "secret"})),
+        metrics=("127.0.0.1", 0),
+    )
+    assert route.metrics is not None
+    service = await exchange_server()
+    nodes = []
+    for kw in (
+        {"serves": (ServeConfig(key="s", port=service.port, serveid=701),)},
+        {"uses": (UseConfig(key="s", serveid=701, port=0),)},
+    ):
+        node = Node(
+            NodeConfig("(t)", RouteConfig("127.0.0.1", route.port), VnetConfig(group="g"), **kw),  # type: ignore[arg-type]
+            NodeTimeouts(connect=TIMEOUT),
+            NodeCredentials(token="secret"),
+        )
+        await node.start()
+        nodes.append(node)
+    port = await use_port(nodes[1], "s")
+    await exchange(port, MIB, 2 * MIB)
+    await wait_until(lambda: not route.servicer.splices, "the tunnel to close")
+    raw = Raw(route.port)
+    await status_of(raw.join("wrong", group="g"))
+    await raw.close()
+
+    m = await asyncio.to_thread(_scrape, route.metrics.port)
+    assert m[("vnet_nodes", (("group", "g"),))] == 2
+    assert m[("vnet_serves", (("group", "g"),))] == 1
+    assert m[("vnet_tunnels_total", ())] == 1
+    assert m[("vnet_tunnels_open", ())] == 0
+    assert m[("vnet_tunnel_resets_total", ())] == 0
+    # Frame bytes: the payload plus a few bytes of framing per message.
+    up = m[("vnet_relayed_bytes_total", (("direction", "to_serve"),))]
+    down = m[("vnet_relayed_bytes_total", (("direction", "to_dialer"),))]
+    assert MIB + 16 <= up < MIB + 16 + 4096
+    assert 2 * MIB + 32 <= down < 2 * MIB + 32 + 4096
+    assert m[("vnet_tunnel_setup_seconds_count", ())] == 1
+    assert m[("vnet_auth_failures_total", ())] == 1
+    assert m[("vnet_rejected_requests_total", (("code", "UNAUTHENTICATED"),))] == 1
+    for node in nodes:
+        await node.stop()
+    await service.close()
+    await route.stop()

@@ -1,0 +1,94 @@
+"""Prometheus metrics for the route, served on [route] metrics=HOST:PORT.
+
+Gauges and totals are read from the servicer's own state at scrape time, so
+the relay's hot path only adds to plain integers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from vnet.route import RouteServicer
+
+log = logging.getLogger(__name__)
+
+SETUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class RouteCollector:
+    """Reads a route's state when Prometheus scrapes."""
+
+    def __init__(self, servicer: RouteServicer) -> None:
+        self.servicer = servicer
+
+    def collect(self) -> Iterator[Any]:
+        s = self.servicer
+        nodes = GaugeMetricFamily("vnet_nodes", "Nodes joined, by group", labels=["group"])
+        serves = GaugeMetricFamily("vnet_serves", "Serves registered, by group", labels=["group"])
+        per_group: dict[str, list[int]] = {}
+        for session in s.sessions.values():
+            counts = per_group.setdefault(session.vnet.group, [0, 0])
+            counts[0] += 1
+            counts[1] += s.registry.serve_count(session.vnet.vnetid)
+        for group, (n, k) in sorted(per_group.items()):
+            nodes.add_metric([group], n)
+            serves.add_metric([group], k)
+        yield nodes
+        yield serves
+        yield GaugeMetricFamily("vnet_tunnels_open", "Tunnels open now", value=len(s.splices))
+        yield CounterMetricFamily("vnet_tunnels", "Tunnels opened", value=s.stats.opened)
+        yield CounterMetricFamily(
+            "vnet_tunnel_resets", "Tunnels ended by a reset", value=s.stats.resets
+        )
+        relayed = CounterMetricFamily(
+            "vnet_relayed_bytes",
+            "Tunnel frame bytes relayed, by direction",
+            labels=["direction"],
+        )
+        relayed.add_metric(["to_serve"], s.stats.bytes_to_serve)
+        relayed.add_metric(["to_dialer"], s.stats.bytes_to_dialer)
+        yield relayed
+        yield CounterMetricFamily(
+            "vnet_auth_failures", "Failed authentications", value=s.auth_failures
+        )
+        rejected = CounterMetricFamily(
+            "vnet_rejected_requests", "Refused calls, by status code", labels=["code"]
+        )
+        for code, count in sorted(s.rejected.items()):
+            rejected.add_metric([code], count)
+        yield rejected
+
+
+class MetricsServer:
+    """The running HTTP endpoint."""
+
+    def __init__(self, server: Any, port: int) -> None:
+        self._server = server
+        self.port = port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve_metrics(servicer: RouteServicer, host: str, port: int) -> MetricsServer:
+    """Start the HTTP endpoint in a thread (port 0 picks a free one)."""
+    registry = CollectorRegistry()
+    registry.register(RouteCollector(servicer))
+    setup = Histogram(
+        "vnet_tunnel_setup_seconds",
+        "Time from a Dial to its tunnel being spliced",
+        buckets=SETUP_BUCKETS,
+        registry=registry,
+    )
+    servicer.observe_setup = setup.observe
+    server, _ = start_http_server(port, host, registry=registry)
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%s/metrics", host, bound)
+    return MetricsServer(server, bound)
