@@ -2,18 +2,25 @@
 
 Every accepted local connection becomes its own tunnel (its own gRPC stream,
 with its own flow control), so one slow reader cannot stall the others.
+
+The console changes a running node through the public methods below
+(open/close/add/delete a serve or use, reload). They keep node.config equal
+to what `save` would write, refuse a change that could not be saved and
+started from again, and raise VnetError with a one-line reason instead of
+logging failures; what succeeds is logged, like every other event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import itertools
+import dataclasses
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
 
-from vnet import tunnel, wire
+from vnet import config_diff, config_save, tunnel, wire
 from vnet.client import (
     ControlEvent,
     NodeCredentials,
@@ -24,8 +31,9 @@ from vnet.client import (
     client_for,
 )
 from vnet.config import NodeConfig, ServeConfig, UseConfig
-from vnet.errors import RouteUnavailable, VnetError
+from vnet.errors import NotFound, RouteUnavailable, VnetError
 from vnet.registry import Serve
+from vnet.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +48,23 @@ class NodeTimeouts:
 
 
 @dataclass(eq=False)
-class UseState:
-    """One [use.NAME] at run time."""
+class ServeState:
+    """One [serve.NAME] at run time."""
 
-    config: UseConfig
-    server: asyncio.Server | None = None
-    port: int | None = None
+    config: ServeConfig
+    # Meant to be registered now (active, and started or opened).
+    running: bool = False
+    # As registered: the route may have assigned another dynamic serveid.
+    serveid: int | None = None
     error: str = ""
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
-    # Control events can ask for several reconciles at once.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+
+class NodeRequestError(VnetError):
+    """A console request that does not fit the node's state (no such name, ...)."""
 
 
 class Node:
@@ -68,30 +83,44 @@ class Node:
         self.group = ""
         # The group's serves, as the control stream tells them.
         self.remote: dict[int, Serve] = {}
-        # This node's registered serves by the serveid the route settled on.
-        self.serving: dict[int, ServeConfig] = {}
-        self.serve_errors: dict[str, str] = {}
-        self.uses: dict[str, UseState] = {}
+        self.serves: dict[str, ServeState] = {}
+        self._uses = Uses(self.remote, self.client.dial, self._spawn)
+        self.uses: dict[str, UseState] = self._uses.states
+        # Why the route went away, once it has.
+        self.lost = ""
         self._control: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ids = itertools.count(1)
         self._snapshot = asyncio.Event()
 
     @property
     def name(self) -> str:
         return self.config.vnet.name or "vnet"
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+    @property
+    def connected(self) -> bool:
+        return self._control is not None and not self._control.done()
+
+    @property
+    def serving(self) -> dict[int, ServeConfig]:
+        """Registered serves by the serveid the route settled on."""
+        return {s.serveid: s.config for s in self.serves.values() if s.serveid is not None}
+
+    @property
+    def serve_errors(self) -> dict[str, str]:
+        return {k: s.error for k, s in self.serves.items() if s.error}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     # --- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, autostart: bool = True) -> None:
         """Join, register the serves and open the uses the config asks for.
 
+        autostart False starts nothing (`vnet -c`: a script's session).
         Raises RouteUnavailable when the route cannot be reached.
         """
         cfg = self.config
@@ -114,16 +143,19 @@ class Node:
             self._control.result()
         # terminal=false: the file is all there is, so everything active starts.
         console = cfg.vnet.terminal
+        serve_now = autostart and (not console or cfg.vnet.startserve)
+        use_now = autostart and (not console or cfg.vnet.startuse)
         for serve in cfg.serves:
-            if serve.active and (not console or cfg.vnet.startserve):
-                await self.open_serve(serve)
+            state = self.serves[serve.key] = ServeState(serve, running=serve.active and serve_now)
+            if state.running:
+                await self._register_logged(state)
         for use in cfg.uses:
-            self.uses[use.key] = UseState(use)
+            ustate = self.uses[use.key] = UseState(use, running=use.active and use_now)
             if use.serveid == 0:
+                ustate.running = False
                 log.warning("[use.%s] has no serveid; it stays off", use.key)
-                continue
-            if use.active and (not console or cfg.vnet.startuse):
-                await self._reconcile_use(self.uses[use.key])
+            elif ustate.running:
+                await self._uses.reconcile(ustate)
 
     async def wait(self) -> None:
         """Until the control stream ends; raises RouteUnavailable then."""
@@ -133,8 +165,7 @@ class Node:
     async def stop(self) -> None:
         if self._control is not None:
             self._control.cancel()
-        for state in self.uses.values():
-            self._close_listener(state)
+        self._uses.close_all()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -143,20 +174,66 @@ class Node:
                 await self._control
         await self.client.close()
 
-    # --- serves ------------------------------------------------------------
+    # --- control events ----------------------------------------------------
 
-    async def open_serve(self, serve: ServeConfig) -> int | None:
-        """Register one serve; returns its serveid, or None when refused."""
+    async def _run_control(self) -> None:
+        try:
+            async for event in self.client.control():
+                self._on_event(event)
+        except RouteUnavailable as exc:
+            self._on_lost(str(exc))
+            raise
+        finally:
+            self._snapshot.set()
+
+    def _on_lost(self, why: str) -> None:
+        """Without the route nothing can be reached: stop listening, forget registrations."""
+        self.lost = why
+        self.remote.clear()
+        self._uses.close_all()
+        for state in self.serves.values():
+            if state.serveid is not None:
+                state.serveid = None
+                state.error = "the route went away"
+
+    def _on_event(self, event: ControlEvent) -> None:
+        if isinstance(event, OpenTunnel):
+            self._spawn(self._accept(event))
+            return
+        if isinstance(event, Snapshot):
+            # In place: the uses hold this same dict.
+            self.remote.clear()
+            self.remote.update((s.serveid, s) for s in event.serves)
+            self._snapshot.set()
+        elif isinstance(event, ServeAdded):
+            self.remote[event.serve.serveid] = event.serve
+            # Our own serves were logged as we registered them.
+            if event.serve.vnetid != self.vnetid:
+                log.info(
+                    "serve %s (%s) appeared on vnet %s",
+                    event.serve.serveid,
+                    event.serve.name,
+                    event.serve.vnetid,
+                )
+        elif isinstance(event, ServeRemoved):
+            gone = self.remote.pop(event.serveid, None)
+            if gone is not None and gone.vnetid != self.vnetid:
+                log.info("serve %s (%s) left", gone.serveid, gone.name)
+        self._uses.reconcile_all()
+
+    # --- serves: registration ------------------------------------------------
+
+    async def _register(self, state: ServeState) -> int:
+        serve = state.config
         try:
             reg = await self.client.register(
                 serve.serveid, serve.name or serve.key, serve.ip, serve.port, serve.info
             )
         except VnetError as exc:
-            self.serve_errors[serve.key] = str(exc)
-            log.error("[serve.%s] not registered: %s", serve.key, exc)
-            return None
-        self.serve_errors.pop(serve.key, None)
-        self.serving[reg.serve.serveid] = serve
+            state.error = str(exc)
+            raise
+        state.serveid = reg.serve.serveid
+        state.error = ""
         if reg.reassigned:
             log.warning(
                 "[serve.%s] serveid %s was taken; the route assigned %s",
@@ -174,113 +251,230 @@ class Node:
             )
         return reg.serve.serveid
 
-    async def close_serve(self, serveid: int) -> None:
-        self.serving.pop(serveid, None)
-        await self.client.unregister(serveid)
-
-    # --- control events ----------------------------------------------------
-
-    async def _run_control(self) -> None:
+    async def _register_logged(self, state: ServeState) -> int | None:
+        """Register, logging a refusal (start-up and reload, where no one is asking)."""
         try:
-            async for event in self.client.control():
-                self._on_event(event)
-        finally:
-            self._snapshot.set()
+            return await self._register(state)
+        except VnetError as exc:
+            log.error("[serve.%s] not registered: %s", state.key, exc)
+            return None
 
-    def _on_event(self, event: ControlEvent) -> None:
-        if isinstance(event, OpenTunnel):
-            self._spawn(self._accept(event))
+    async def _unregister(self, state: ServeState) -> None:
+        serveid, state.serveid = state.serveid, None
+        if serveid is None or not self.connected:
             return
-        if isinstance(event, Snapshot):
-            self.remote = {s.serveid: s for s in event.serves}
-            self._snapshot.set()
-        elif isinstance(event, ServeAdded):
-            self.remote[event.serve.serveid] = event.serve
-            log.info(
-                "serve %s (%s) appeared on vnet %s",
-                event.serve.serveid,
-                event.serve.name,
-                event.serve.vnetid,
-            )
-        elif isinstance(event, ServeRemoved):
-            gone = self.remote.pop(event.serveid, None)
-            if gone is not None:
-                log.info("serve %s (%s) left", gone.serveid, gone.name)
-        for state in self.uses.values():
-            if state.config.active and state.config.serveid:
-                self._spawn(self._reconcile_use(state))
+        with contextlib.suppress(NotFound):  # already gone at the route
+            await self.client.unregister(serveid)
+        log.info("[serve.%s] serveid %s unregistered", state.key, serveid)
 
-    # --- uses (the dialling side) --------------------------------------------
+    # --- the console's requests ----------------------------------------------
 
-    async def _reconcile_use(self, state: UseState) -> None:
-        """Listen while the use's serve is registered; stop when it leaves."""
-        async with state.lock:
-            await self._reconcile_locked(state)
-
-    async def _reconcile_locked(self, state: UseState) -> None:
-        use = state.config
-        serve = self.remote.get(use.serveid)
-        if serve is None:
-            if state.server is not None:
-                self._close_listener(state)
-                log.info("[use.%s] serveid %s left; stopped listening", use.key, use.serveid)
-            elif not state.error:
-                state.error = f"waiting for serveid {use.serveid}"
-                log.info("[use.%s] waiting for serveid %s to appear", use.key, use.serveid)
-            return
-        if state.server is not None:
-            return
-        port = use.port if use.port is not None else serve.port
-        try:
-            server = await asyncio.start_server(
-                lambda r, w: self._on_local(state, r, w),
-                use.ip,
-                port,
-                limit=tunnel.READER_LIMIT,
-            )
-        except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
-            if state.error != reason:
-                log.error("[use.%s] cannot listen on %s:%s: %s", use.key, use.ip, port, reason)
-            state.error = reason
-            return
-        state.server = server
-        state.port = server.sockets[0].getsockname()[1]
-        state.error = ""
-        log.info(
-            "[use.%s] listening on %s:%s -> serveid %s (%s on vnet %s)",
-            use.key,
-            use.ip,
-            state.port,
-            serve.serveid,
-            serve.name,
-            serve.vnetid,
+    def _commit(self) -> None:
+        """Make node.config the config as it is now."""
+        self.config = dataclasses.replace(
+            self.config,
+            serves=tuple(s.config for s in self.serves.values()),
+            uses=tuple(u.config for u in self.uses.values()),
         )
 
-    def _close_listener(self, state: UseState) -> None:
-        if state.server is not None:
-            state.server.close()
-            state.server = None
-            state.port = None
+    def _check(self, serves: tuple[ServeConfig, ...], uses: tuple[UseConfig, ...]) -> None:
+        """Refuse a change that `save` could not write and the node start from again."""
+        config_save.checked(dataclasses.replace(self.config, serves=serves, uses=uses))
 
-    def _on_local(
-        self, state: UseState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = self._spawn(self._dial(state, reader, writer))
-        state.connections.add(task)
-        task.add_done_callback(state.connections.discard)
+    def _require_route(self) -> None:
+        if not self.connected:
+            raise RouteUnavailable(f"the route is not connected ({self.lost or 'not started'})")
 
-    async def _dial(
-        self, state: UseState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        serveid = state.config.serveid
-        label = f"[use.{state.config.key}] conn {next(self._ids)} -> serveid {serveid}"
-        if serveid not in self.remote:
-            log.info("%s: refused, serveid %s is not registered", label, serveid)
-            tunnel.reset_socket(writer)
-            return
-        call = self.client.dial(serveid)
-        await tunnel.relay(reader, writer, call, label)
+    def serve(self, key: str) -> ServeState:
+        try:
+            return self.serves[key]
+        except KeyError:
+            raise NodeRequestError(_no_such("serve", key, self.serves)) from None
+
+    def use(self, key: str) -> UseState:
+        try:
+            return self.uses[key]
+        except KeyError:
+            raise NodeRequestError(_no_such("use", key, self.uses)) from None
+
+    async def open_serve(self, key: str) -> int:
+        """Activate and register; returns the serveid the route settled on."""
+        state = self.serve(key)
+        if state.serveid is not None:
+            raise NodeRequestError(f"[serve.{key}] is already registered as {state.serveid:03d}")
+        self._require_route()
+        before = state.config
+        state.config = dataclasses.replace(before, active=True)
+        self._commit()
+        try:
+            serveid = await self._register(state)
+        except VnetError:
+            state.config = before
+            self._commit()
+            raise
+        state.running = True
+        return serveid
+
+    async def close_serve(self, key: str) -> None:
+        """Unregister and mark inactive; tunnels already open carry on."""
+        state = self.serve(key)
+        if not state.running and not state.config.active:
+            raise NodeRequestError(f"[serve.{key}] is already closed")
+        state.running = False
+        state.error = ""
+        state.config = dataclasses.replace(state.config, active=False)
+        self._commit()
+        await self._unregister(state)
+
+    async def add_serve(self, serve: ServeConfig) -> int | None:
+        """`serve new` (inactive) or `serve run` (active: registered now)."""
+        if serve.key in self.serves:
+            raise NodeRequestError(
+                f"there is already a [serve.{serve.key}]; "
+                f"serve delete {serve.key} first, or pick another name"
+            )
+        if serve.active:
+            self._require_route()
+        self._check((*self.config.serves, serve), self.config.uses)
+        state = self.serves[serve.key] = ServeState(serve, running=serve.active)
+        self._commit()
+        log.info("[serve.%s] added (%s)", serve.key, "active" if serve.active else "inactive")
+        if not serve.active:
+            return None
+        try:
+            return await self._register(state)
+        except VnetError as exc:
+            state.running = False
+            raise NodeRequestError(f"[serve.{serve.key}] added but not registered: {exc}") from None
+
+    async def delete_serve(self, key: str) -> None:
+        state = self.serve(key)
+        del self.serves[key]
+        self._commit()
+        await self._unregister(state)
+        log.info("[serve.%s] deleted", key)
+
+    async def open_use(self, key: str) -> UseState:
+        """Activate: listen now if the serve is there, else as soon as it appears."""
+        state = self.use(key)
+        if state.running:
+            raise NodeRequestError(f"[use.{key}] is already open")
+        if state.config.serveid == 0:
+            raise NodeRequestError(
+                f"[use.{key}] has no serveid; use delete {key}, then use run {key} serveid=N"
+            )
+        self._require_route()
+        before = state.config
+        state.config = dataclasses.replace(before, active=True)
+        self._commit()
+        state.running = True
+        state.error = ""
+        error = await self._uses.reconcile(state, quiet=True)
+        if error:
+            state.running = False
+            state.config = before
+            self._commit()
+            raise NodeRequestError(f"[use.{key}] {error}")
+        return state
+
+    async def close_use(self, key: str) -> None:
+        """Stop listening and mark inactive; connections already accepted carry on."""
+        state = self.use(key)
+        if not state.running and not state.config.active:
+            raise NodeRequestError(f"[use.{key}] is already closed")
+        state.running = False
+        state.error = ""
+        state.config = dataclasses.replace(state.config, active=False)
+        self._commit()
+        was = state.port
+        async with state.lock:
+            self._uses.close(state)
+        if was is not None:
+            log.info("[use.%s] closed: stopped listening on %s:%s", key, state.config.ip, was)
+
+    async def add_use(self, use: UseConfig) -> UseState:
+        """`use new` (inactive) or `use run` (active: listens when its serve is there)."""
+        if use.key in self.uses:
+            raise NodeRequestError(
+                f"there is already a [use.{use.key}]; "
+                f"use delete {use.key} first, or pick another name"
+            )
+        if use.active:
+            self._require_route()
+        self._check(self.config.serves, (*self.config.uses, use))
+        state = self.uses[use.key] = UseState(use, running=use.active)
+        self._commit()
+        log.info("[use.%s] added (%s)", use.key, "active" if use.active else "inactive")
+        if use.active:
+            error = await self._uses.reconcile(state, quiet=True)
+            if error:
+                state.running = False
+                raise NodeRequestError(f"[use.{use.key}] added but {error}")
+        return state
+
+    async def delete_use(self, key: str) -> None:
+        state = self.use(key)
+        del self.uses[key]
+        self._commit()
+        # A reconcile already queued by a control event must not listen again.
+        state.running = False
+        async with state.lock:
+            self._uses.close(state)
+        log.info("[use.%s] deleted", key)
+
+    async def reload(self, new: NodeConfig) -> tuple[config_diff.ConfigDiff, list[str]]:
+        """Apply only what differs from new; returns the diff and what failed.
+
+        Unchanged serves and uses, and their open connections, are not touched.
+        """
+        change = config_diff.diff(self.config, new)
+        for what in change.needs_restart:
+            log.warning("%s changed: it takes effect when the node restarts", what)
+        problems: list[str] = []
+        by_key = {s.key: s for s in new.serves}
+        # Removed first: that frees static serveids and ports for the rest.
+        for key in change.serves.removed:
+            await self._unregister(self.serves.pop(key))
+            log.info("[serve.%s] removed", key)
+        for key in change.serves.changed:
+            await self._unregister(self.serves.pop(key))
+        for key in (*change.serves.changed, *change.serves.added, *change.serves.toggled):
+            state = self.serves.get(key)
+            if state is None:
+                state = self.serves[key] = ServeState(by_key[key])
+            elif not by_key[key].active:
+                await self._unregister(state)
+            state.config = by_key[key]
+            state.running = state.config.active
+            if (
+                state.running
+                and state.serveid is None
+                and await self._register_logged(state) is None
+            ):
+                problems.append(f"[serve.{key}] not registered: {state.error}")
+        # Keep the file's order.
+        self.serves = {s.key: self.serves[s.key] for s in new.serves}
+        uses_by_key = {u.key: u for u in new.uses}
+        for key in (*change.uses.removed, *change.uses.changed):
+            old = self.uses.pop(key)
+            old.running = False  # as in delete_use
+            async with old.lock:
+                self._uses.close(old)
+            if key in change.uses.removed:
+                log.info("[use.%s] removed", key)
+        for key in (*change.uses.changed, *change.uses.added, *change.uses.toggled):
+            use = uses_by_key[key]
+            ustate = self.uses.setdefault(key, UseState(use))
+            ustate.config = use
+            ustate.running = use.active and use.serveid != 0
+            error = await self._uses.reconcile(ustate)
+            if error:
+                problems.append(f"[use.{key}] {error}")
+        ordered = {u.key: self.uses[u.key] for u in new.uses}
+        self.uses.clear()
+        self.uses.update(ordered)  # in place: self._uses holds this dict
+        self.config = new
+        return change, problems
 
     # --- serves (the accepting side) -----------------------------------------
 
@@ -306,6 +500,11 @@ class Node:
         await tunnel.relay(reader, writer, call, label)
 
 
+def _no_such(kind: str, key: str, names: dict[str, Any]) -> str:
+    known = ", ".join(names) or "none yet"
+    return f"no {kind} named {key!r} ({kind}s: {known})"
+
+
 async def _refuse(call: object, reason: str) -> None:
     """Answer an OpenTunnel with a reset, so the dialling client closes at once."""
     try:
@@ -326,4 +525,12 @@ async def run_node(node: Node) -> None:
         await node.stop()
 
 
-__all__ = ["Node", "NodeTimeouts", "RouteUnavailable", "run_node"]
+__all__ = [
+    "Node",
+    "NodeRequestError",
+    "NodeTimeouts",
+    "RouteUnavailable",
+    "ServeState",
+    "UseState",
+    "run_node",
+]
