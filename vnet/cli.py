@@ -23,6 +23,7 @@ from vnet.errors import ConfigError, RouteUnavailable, VnetError
 
 if TYPE_CHECKING:
     from vnet.client import NodeCredentials
+    from vnet.node import Node
     from vnet.route_security import RouteSecurity
 
 log = logging.getLogger("vnet")
@@ -162,12 +163,34 @@ async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
 
 
 def node_main(argv: Sequence[str] | None = None) -> int:
-    args = _parser(
+    parser = _parser(
         "vnet",
         "Run a vnet node: register local services at the route and map the "
-        "group's services to local ports.",
-    ).parse_args(argv)
-    _setup_logging(args.log_level)
+        "group's services to local ports. With [vnet] terminal=true and a "
+        "terminal, it opens the console.",
+    )
+    parser.add_argument(
+        "-c",
+        dest="commands",
+        action="append",
+        metavar="COMMAND",
+        help="run a console command (repeatable) and exit: 0 when all succeed, 1 when one "
+        "fails or the route cannot be reached, 2 when one is not a valid command; "
+        "nothing in the file is started",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the route when connecting (default: 10)",
+    )
+    # Scripts want their output, not our progress: -c logs warnings only, unless asked.
+    parser.set_defaults(log_level=None)
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error("--timeout must be more than 0")
+    _setup_logging(args.log_level or ("warning" if args.commands else "info"))
     path = args.config or DEFAULT_CONFIG
     from vnet.client import load_credentials
 
@@ -179,15 +202,25 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     for warning in config.warnings:
         log.warning("%s", warning)
-    return _run(_node(config, credentials))
+    return _run(_node(config, credentials, args.commands or [], args.timeout))
 
 
-async def _node(config: NodeConfig, credentials: NodeCredentials) -> int:
-    from vnet.node import Node, run_node
+async def _node(
+    config: NodeConfig,
+    credentials: NodeCredentials,
+    commands: Sequence[str] = (),
+    timeout: float = 10.0,
+) -> int:
+    from vnet.node import Node, NodeTimeouts, run_node
 
-    node = Node(config, credentials=credentials)
+    node = Node(config, NodeTimeouts(connect=timeout), credentials=credentials)
+    if commands:
+        return await _script(node, commands)
+    console = config.vnet.terminal and sys.stdin.isatty() and sys.stdout.isatty()
+    if config.vnet.terminal and not console:
+        log.warning("terminal=true, but this is not a terminal: running without the console")
     try:
-        how = await _until_signalled(run_node(node))
+        how = await _until_signalled(_console(node) if console else run_node(node))
     except RouteUnavailable as exc:
         print(f"vnet: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -199,6 +232,37 @@ async def _node(config: NodeConfig, credentials: NodeCredentials) -> int:
         return EXIT_ERROR
     log.info("node stopped (%s)", how)
     return EXIT_OK
+
+
+async def _console(node: Node) -> None:
+    """Start the node, then the console on the same loop, until exit."""
+    from vnet.console import run_console
+
+    try:
+        await node.start()
+        await run_console(node)
+    finally:
+        await node.stop()
+
+
+async def _script(node: Node, commands: Sequence[str]) -> int:
+    """`vnet CONFIG -c COMMAND ...`: output on stdout, one line per error on stderr."""
+    from vnet.console_exec import run_script
+
+    codes: list[int] = []
+
+    async def script() -> None:
+        codes.append(
+            await run_script(
+                node,
+                commands,
+                out=lambda line: print(line, flush=True),
+                err=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+        )
+
+    await _until_signalled(script())
+    return codes[0] if codes else EXIT_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

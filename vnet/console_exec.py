@@ -1,0 +1,420 @@
+"""Runs console commands against a node: the engine behind the console and `vnet -c`.
+
+No prompt_toolkit here: output goes through the `out` and `err` callables
+(one line each), and `ask` (None when nobody can answer, as with -c) asks
+for a missing field. Every failure ends as one line on `err`, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from vnet import commands, config_save
+from vnet.commands import (
+    CommandError,
+    CompletionData,
+    Exit,
+    Help,
+    Manage,
+    Ping,
+    Reload,
+    Save,
+    ServeView,
+    Show,
+    Unserve,
+    UseView,
+)
+from vnet.config import NodeConfig, parse_node_config
+from vnet.config_diff import ConfigDiff, SectionDiff
+from vnet.errors import ConfigError, RouteUnavailable, VnetError
+from vnet.node import Node
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[str], None]
+Ask = Callable[[str], Awaitable[str]]
+
+# Background refreshes must never hold the console up for long.
+REFRESH_TIMEOUT = 5.0
+
+
+class Outcome(enum.Enum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    EXIT = 3
+
+
+@dataclass
+class Status:
+    """What the toolbar and completion show between refreshes (never fetched on demand)."""
+
+    ping_ms: float | None = None
+    pinged_at: float | None = None
+    vnets: tuple[tuple[str, str], ...] = ()
+    error: str = ""
+
+
+async def refresh(node: Node, status: Status) -> None:
+    """One background round: ping the route and list the group's nodes."""
+    if not node.connected:
+        return
+    try:
+        status.ping_ms = await node.client.ping(timeout=REFRESH_TIMEOUT) * 1000
+        status.pinged_at = time.monotonic()
+        vnets = await node.client.list_vnets(timeout=REFRESH_TIMEOUT)
+    except VnetError as exc:
+        status.error = str(exc)
+        return
+    status.error = ""
+    status.vnets = tuple((v.vnetid, v.name) for v in vnets)
+
+
+def completion_data(node: Node, status: Status) -> CompletionData:
+    """A snapshot for the completer, from local state only."""
+    vnetids = dict(status.vnets)
+    for serve in node.remote.values():
+        vnetids.setdefault(serve.vnetid, "")
+    return CompletionData(
+        serves={k: s.running for k, s in node.serves.items()},
+        uses={k: u.running for k, u in node.uses.items()},
+        serveids=tuple(
+            (s.serveid, f"{s.name} on vnet {s.vnetid}")
+            for s in sorted(node.remote.values(), key=lambda s: s.serveid)
+        ),
+        vnetids=tuple(sorted(vnetids.items())),
+    )
+
+
+def read_config(path: str) -> NodeConfig:
+    """Parse a node config file; ConfigError names the file and what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, None, "is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(path, None, None, exc.strerror or str(exc)) from None
+    return parse_node_config(path, text)
+
+
+def write_config(path: str, config: NodeConfig) -> None:
+    """Replace path with config, atomically, keeping what only the file holds."""
+    extras: config_save.Extras = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(config.path, encoding="utf-8") as f:
+        extras = config_save.extras_of(f.read())
+    text = config_save.render(config_save.checked(config), extras)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        # A config may hold a token: readable by its owner only, unless it was otherwise.
+        mode = 0o600
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".vnet-save-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _config_reason(exc: ConfigError) -> str:
+    where = f"[{exc.section}] " if exc.section else ""
+    key = f"{exc.key}: " if exc.key else ""
+    return f"{where}{key}{exc.reason}"
+
+
+def _head(line: str) -> str:
+    """The command's words, for the start of an error line."""
+    words = line.split()
+    if not words:
+        return ""
+    n = 3 if words[0] in ("serve", "use") else 2 if words[0] in ("show", "help") else 1
+    return " ".join(words[:n])
+
+
+class Executor:
+    """Runs one line at a time against a node."""
+
+    def __init__(
+        self,
+        node: Node,
+        out: Write,
+        err: Write,
+        ask: Ask | None = None,
+        status: Status | None = None,
+    ) -> None:
+        self.node = node
+        self.out = out
+        self.err = err
+        self.ask = ask
+        self.status = status or Status()
+
+    async def run(self, line: str) -> Outcome:
+        head = _head(line)
+        try:
+            command = commands.parse(line)
+            if command is None:
+                return Outcome.OK
+            return await self._dispatch(command)
+        except CommandError as exc:
+            self.err(str(exc))
+            return Outcome.USAGE
+        except ConfigError as exc:
+            self.err(f"{head}: {_config_reason(exc)}")
+        except VnetError as exc:
+            self.err(f"{head}: {exc}")
+        except OSError as exc:
+            self.err(f"{head}: {exc.strerror or exc}")
+        except (EOFError, KeyboardInterrupt):
+            self.err(f"{head}: cancelled")
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback at the prompt
+            log.debug("%s failed", head, exc_info=True)
+            self.err(f"{head}: internal error: {exc!r}")
+        return Outcome.FAILED
+
+    async def _dispatch(self, command: commands.Command) -> Outcome:
+        if isinstance(command, Help):
+            self._lines(commands.help_text(command.topic))
+        elif isinstance(command, Exit):
+            return Outcome.EXIT
+        elif isinstance(command, Unserve):
+            self.err("unserve: not available yet")
+            return Outcome.FAILED
+        elif isinstance(command, Ping):
+            await self._ping()
+        elif isinstance(command, Show):
+            await self._show(command)
+        elif isinstance(command, Reload):
+            return await self._reload(command.path)
+        elif isinstance(command, Save):
+            path = command.path or self.node.config.path
+            write_config(path, self.node.config)
+            self.out(f"saved {path}")
+        elif isinstance(command, Manage):
+            await self._manage(command)
+        return Outcome.OK
+
+    def _lines(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            self.out(line)
+
+    def _connected(self) -> None:
+        if not self.node.connected:
+            raise RouteUnavailable(
+                f"the route is not connected ({self.node.lost or 'not started'})"
+            )
+
+    async def _ping(self) -> None:
+        self._connected()
+        ms = await self.node.client.ping() * 1000
+        self.status.ping_ms, self.status.pinged_at = ms, time.monotonic()
+        self.out(f"ping {self.node.config.route.address}: {ms:.2f} ms")
+
+    async def _show(self, command: Show) -> None:
+        node = self.node
+        if command.what == "serve":
+            self._lines(commands.local_serves_table(serve_views(node)))
+        elif command.what == "use":
+            self._lines(commands.local_uses_table(use_views(node)))
+        elif command.what == "vnet":
+            self._lines(commands.pairs_block(vnet_pairs(node)))
+        elif command.what == "serves":
+            self._connected()
+            serves = await node.client.list_serves()
+            self._lines(commands.serves_table(serves, command.vnetid))
+        else:
+            self._connected()
+            vnets = await node.client.list_vnets()
+            self.status.vnets = tuple((v.vnetid, v.name) for v in vnets)
+            self._lines(commands.vnets_table(vnets, node.vnetid, node.group))
+
+    async def _reload(self, path: str | None) -> Outcome:
+        path = path or self.node.config.path
+        config = read_config(path)
+        for warning in config.warnings:
+            self.out(f"warning: {warning}")
+        change, problems = await self.node.reload(config)
+        self.out(f"reloaded {path}: {_summary(change)}")
+        for what in change.needs_restart:
+            self.out(f"  {what} changed: takes effect when the node restarts")
+        for problem in problems:
+            self.err(f"reload: {problem}")
+        return Outcome.FAILED if problems else Outcome.OK
+
+    async def _manage(self, command: Manage) -> None:
+        node, kind, name = self.node, command.kind, command.name
+        if command.action == "open":
+            await (node.open_serve(name) if kind == "serve" else node.open_use(name))
+        elif command.action == "close":
+            await (node.close_serve(name) if kind == "serve" else node.close_use(name))
+        elif command.action == "delete":
+            await (node.delete_serve(name) if kind == "serve" else node.delete_use(name))
+        else:
+            fields = await self._complete_fields(command)
+            active = command.action == "run"
+            if kind == "serve":
+                await node.add_serve(commands.make_serve(name, fields, active))
+            else:
+                await node.add_use(commands.make_use(name, fields, active))
+
+    async def _complete_fields(self, command: Manage) -> dict[str, str]:
+        fields = command.values
+        if self.ask is None:
+            missing = commands.missing_required(command)
+            if missing:
+                raise CommandError(
+                    f"{command.words}: {', '.join(m + '=' for m in missing)} is required",
+                    f"give it inline, e.g. {command.words} {_example(command.kind)}",
+                )
+            return fields
+        for ask in commands.to_ask(command):
+            answer = (await self.ask(ask.prompt)).strip()
+            if answer:
+                fields[ask.key] = commands.check_value(command.words, ask.key, answer)
+            elif ask.required:
+                raise CommandError(f"{command.words}: {ask.key} is required")
+        return fields
+
+
+def _example(kind: str) -> str:
+    return "port=8888" if kind == "serve" else "serveid=701"
+
+
+def _summary(change: ConfigDiff) -> str:
+    parts: list[str] = []
+
+    def add(kind: str, diff: SectionDiff) -> None:
+        for label, names in (
+            ("added", diff.added),
+            ("removed", diff.removed),
+            ("restarted", diff.changed),
+            ("opened or closed", diff.toggled),
+        ):
+            if names:
+                parts.append(f"{kind} {label}: {', '.join(names)}")
+
+    add("serve", change.serves)
+    add("use", change.uses)
+    same = len(change.serves.unchanged) + len(change.uses.unchanged)
+    if not parts:
+        return f"no changes ({same} unchanged)"
+    return "; ".join(parts) + f" ({same} unchanged)"
+
+
+def serve_views(node: Node) -> list[ServeView]:
+    views = []
+    for key, s in node.serves.items():
+        if s.serveid is not None:
+            state = "registered"
+        elif s.error:
+            state = "error"
+        else:
+            state = "inactive" if not s.running else "starting"
+        serveid = s.serveid if s.serveid is not None else s.config.serveid
+        views.append(
+            ServeView(
+                key=key,
+                serveid=commands.serveid_text(serveid) if serveid else "auto",
+                state=state,
+                ip=s.config.ip,
+                port=s.config.port,
+                name=s.config.name,
+                info=s.config.info,
+                error=s.error if s.serveid is None else "",
+            )
+        )
+    return views
+
+
+def use_views(node: Node) -> list[UseView]:
+    views = []
+    for key, u in node.uses.items():
+        serve = node.remote.get(u.config.serveid)
+        if u.server is not None:
+            state = "listening"
+        elif not u.running:
+            state = "inactive"
+        elif serve is None:
+            state = "waiting"
+        else:
+            state = "error"
+        if u.port is not None:
+            port = str(u.port)
+        else:
+            port = str(u.config.port) if u.config.port is not None else "(serve's)"
+        views.append(
+            UseView(
+                key=key,
+                serveid=u.config.serveid,
+                state=state,
+                ip=u.config.ip,
+                port=port,
+                target=f"{serve.name} on vnet {serve.vnetid}" if serve else "",
+                error=u.error if state == "error" else "",
+            )
+        )
+    return views
+
+
+def vnet_pairs(node: Node) -> list[tuple[str, str]]:
+    cfg = node.config
+    route = cfg.route.address + (
+        " (connected)" if node.connected else f" (not connected: {node.lost or 'not started'})"
+    )
+    registered = sum(1 for s in node.serves.values() if s.serveid is not None)
+    listening = sum(1 for u in node.uses.values() if u.server is not None)
+    return [
+        ("vnetid", node.vnetid or "-"),
+        ("name", cfg.vnet.name),
+        ("group", node.group or cfg.vnet.group),
+        ("route", route),
+        ("config", cfg.path),
+        ("terminal", _flag(cfg.vnet.terminal)),
+        ("startserve", _flag(cfg.vnet.startserve)),
+        ("startuse", _flag(cfg.vnet.startuse)),
+        ("serves", f"{len(node.serves)} ({registered} registered)"),
+        ("uses", f"{len(node.uses)} ({listening} listening)"),
+    ]
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+async def run_script(node: Node, lines: Sequence[str], out: Write, err: Write) -> int:
+    """`vnet CONFIG -c LINE ...`: join (starting nothing), run each line, leave.
+
+    Stops at the first failure. Returns 0, 1 (a command failed, or the route
+    cannot be reached) or 2 (a line is not a valid command).
+    """
+    try:
+        try:
+            await node.start(autostart=False)
+        except VnetError as exc:
+            err(f"vnet: {exc}")
+            return 1
+        executor = Executor(node, out, lambda line: err(f"vnet: {line}"))
+        for line in lines:
+            outcome = await executor.run(line)
+            if outcome is Outcome.EXIT:
+                break
+            if outcome is not Outcome.OK:
+                return 2 if outcome is Outcome.USAGE else 1
+        return 0
+    finally:
+        await node.stop()
