@@ -22,10 +22,18 @@ def test_data_frame_is_protobufs_encoding(size: int) -> None:
 def test_fin_and_reset_round_trip() -> None:
     assert wire.decode_frame(wire.FIN_FRAME) == (wire.FrameKind.FIN, b"")
     assert wire.decode_frame(wire.encode_reset("why")) == (wire.FrameKind.RESET, "why")
-    assert wire.is_terminal(wire.FIN_FRAME)
-    assert wire.is_terminal(wire.encode_reset(""))
-    assert not wire.is_terminal(wire.encode_data(b"x"))
-    assert not wire.is_terminal(b"")
+    assert wire.terminal_kind(wire.FIN_FRAME) is wire.FrameKind.FIN
+    assert wire.terminal_kind(wire.encode_reset("")) is wire.FrameKind.RESET
+    assert wire.terminal_kind(wire.encode_data(b"x")) is None
+    assert wire.terminal_kind(b"") is None
+    assert wire.terminal_kind(b"\xff\xff") is None
+
+
+def test_other_valid_encodings_of_fin_count_as_fin() -> None:
+    # An unknown field before the fin, as another language's encoder may write.
+    assert wire.terminal_kind(b"\x78\x01" + wire.FIN_FRAME) is wire.FrameKind.FIN
+    # A fin whose empty message carries an unknown field.
+    assert wire.terminal_kind(b"\x12\x02\x78\x01") is wire.FrameKind.FIN
 
 
 def test_protobuf_encodings_other_than_ours_still_decode() -> None:

@@ -174,10 +174,21 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
-def client_for(config: NodeConfig, credentials: NodeCredentials | None = None) -> RouteClient:
+def client_for(
+    config: NodeConfig,
+    credentials: NodeCredentials | None = None,
+    keepalive: float = KEEPALIVE,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+) -> RouteClient:
     """The client a node with this config uses to reach its route."""
     creds = credentials or NodeCredentials()
-    return RouteClient(config.route.address, token=creds.token, tls=creds.tls)
+    return RouteClient(
+        config.route.address,
+        token=creds.token,
+        tls=creds.tls,
+        keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout,
+    )
 
 
 class RouteClient:

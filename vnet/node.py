@@ -16,15 +16,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from vnet import config_diff, config_save, tunnel, wire
 from vnet.client import (
+    KEEPALIVE,
+    KEEPALIVE_TIMEOUT,
     ControlEvent,
+    GoingAway,
     NodeCredentials,
     OpenTunnel,
+    RouteClient,
     ServeAdded,
     ServeRemoved,
     Snapshot,
@@ -45,6 +50,13 @@ class NodeTimeouts:
     connect: float = 10.0
     # Connecting to a serve's local target for an incoming tunnel.
     target_connect: float = 10.0
+    # A dead or black-holed route is noticed within about the sum of these.
+    keepalive: float = KEEPALIVE
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    # Reconnecting after the route went away: exponential backoff from
+    # reconnect_min to reconnect_max, with jitter. reconnect_max 0: never.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 15.0
 
 
 @dataclass(eq=False)
@@ -56,6 +68,9 @@ class ServeState:
     running: bool = False
     # As registered: the route may have assigned another dynamic serveid.
     serveid: int | None = None
+    # The serveid it had before the route went away: asked for again, so
+    # serveids stay the same across reconnects.
+    last_serveid: int | None = None
     error: str = ""
 
     @property
@@ -78,13 +93,19 @@ class Node:
     ) -> None:
         self.config = config
         self.timeouts = timeouts or NodeTimeouts()
-        self.client = client_for(config, credentials)
+        self._credentials = credentials
+        self.client = self._new_client()
         self.vnetid = ""
         self.group = ""
+        self.boot_id = ""
+        # (vnetid, resume token) of the current session, to take it over
+        # after a lost connection.
+        self._resume: tuple[str, str] | None = None
         # The group's serves, as the control stream tells them.
         self.remote: dict[int, Serve] = {}
         self.serves: dict[str, ServeState] = {}
-        self._uses = Uses(self.remote, self.client.dial, self._spawn)
+        # Through a lambda: the client is replaced on each reconnect.
+        self._uses = Uses(self.remote, lambda serveid: self.client.dial(serveid), self._spawn)
         self.uses: dict[str, UseState] = self._uses.states
         # Why the route went away, once it has.
         self.lost = ""
@@ -109,6 +130,14 @@ class Node:
     def serve_errors(self) -> dict[str, str]:
         return {k: s.error for k, s in self.serves.items() if s.error}
 
+    def _new_client(self) -> RouteClient:
+        return client_for(
+            self.config,
+            self._credentials,
+            keepalive=self.timeouts.keepalive,
+            keepalive_timeout=self.timeouts.keepalive_timeout,
+        )
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -124,23 +153,7 @@ class Node:
         Raises RouteUnavailable when the route cannot be reached.
         """
         cfg = self.config
-        await self.client.connect(self.timeouts.connect)
-        joined = await self.client.join(cfg.vnet.name, cfg.vnet.group)
-        self.vnetid, self.group = joined.vnetid, joined.group
-        log.info(
-            "joined route %s as vnet %s (%s) in group %s",
-            cfg.route.address,
-            self.vnetid,
-            self.name,
-            self.group,
-        )
-        self._control = asyncio.create_task(self._run_control())
-        # Uses decide from the snapshot whether their serve is there yet.
-        snapshot = asyncio.create_task(self._snapshot.wait())
-        await asyncio.wait({snapshot, self._control}, return_when=asyncio.FIRST_COMPLETED)
-        snapshot.cancel()
-        if self._control.done():
-            self._control.result()
+        await self._join()
         # terminal=false: the file is all there is, so everything active starts.
         console = cfg.vnet.terminal
         serve_now = autostart and (not console or cfg.vnet.startserve)
@@ -157,10 +170,75 @@ class Node:
             elif ustate.running:
                 await self._uses.reconcile(ustate)
 
+    async def _join(self) -> None:
+        """Connect, join (taking the last session over, if any), open control."""
+        cfg = self.config
+        await self.client.connect(self.timeouts.connect)
+        joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
+        restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
+        self.vnetid, self.group, self.boot_id = joined.vnetid, joined.group, joined.boot_id
+        self._resume = (joined.vnetid, joined.resume_token)
+        log.info(
+            "joined route %s as vnet %s (%s) in group %s%s",
+            cfg.route.address,
+            self.vnetid,
+            self.name,
+            self.group,
+            " (the route restarted)" if restarted else "",
+        )
+        self._snapshot.clear()
+        self._control = asyncio.create_task(self._run_control())
+        # Uses decide from the snapshot whether their serve is there yet.
+        snapshot = asyncio.create_task(self._snapshot.wait())
+        await asyncio.wait({snapshot, self._control}, return_when=asyncio.FIRST_COMPLETED)
+        snapshot.cancel()
+        if self._control.done():
+            self._control.result()
+
     async def wait(self) -> None:
-        """Until the control stream ends; raises RouteUnavailable then."""
+        """Run until stopped, reconnecting whenever the route goes away.
+
+        Raises RouteUnavailable only when reconnecting is off (reconnect_max 0).
+        """
         assert self._control is not None
-        await self._control
+        while True:
+            try:
+                await self._control
+                why = "the route closed the control stream"
+            except RouteUnavailable as exc:
+                why = str(exc)
+            if self.timeouts.reconnect_max <= 0:
+                raise RouteUnavailable(why)
+            await self._reconnect(why)
+
+    async def _reconnect(self, why: str) -> None:
+        """Back off (exponential, with jitter) and rejoin until it works."""
+        lost_at = asyncio.get_running_loop().time()
+        log.warning("lost the route: %s; reconnecting", why)
+        delay = self.timeouts.reconnect_min
+        attempt = 0
+        while True:
+            # Equal jitter: nodes that lost a route together do not all come back at once.
+            await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
+            attempt += 1
+            await self.client.close()
+            # A fresh channel: the old one's own reconnect backoff would add to ours.
+            self.client = self._new_client()
+            try:
+                await self._join()
+                break
+            except VnetError as exc:
+                log.info("reconnect attempt %d failed: %s", attempt, exc)
+                delay = min(delay * 2, self.timeouts.reconnect_max)
+        for state in self.serves.values():
+            if state.running and state.serveid is None:
+                await self._register_logged(state)
+        self._uses.reconcile_all()
+        log.info(
+            "reconnected after %.1fs (%d attempt(s))",
+            asyncio.get_running_loop().time() - lost_at,
+            attempt,
+        )
 
     async def stop(self) -> None:
         if self._control is not None:
@@ -187,18 +265,30 @@ class Node:
             self._snapshot.set()
 
     def _on_lost(self, why: str) -> None:
-        """Without the route nothing can be reached: stop listening, forget registrations."""
+        """Forget what the route knew; keep listening.
+
+        Use listeners stay up through an outage, so clients get a prompt
+        reset (no serve is known) instead of "connection refused" flapping,
+        and the ports are still ours when the route is back.
+        """
         self.lost = why
         self.remote.clear()
-        self._uses.close_all()
         for state in self.serves.values():
             if state.serveid is not None:
+                state.last_serveid = state.serveid
                 state.serveid = None
                 state.error = "the route went away"
 
     def _on_event(self, event: ControlEvent) -> None:
         if isinstance(event, OpenTunnel):
             self._spawn(self._accept(event))
+            return
+        if isinstance(event, GoingAway):
+            log.warning(
+                "the route is going away (%s); open tunnels have %.1fs",
+                event.reason,
+                event.grace,
+            )
             return
         if isinstance(event, Snapshot):
             # In place: the uses hold this same dict.
@@ -227,7 +317,11 @@ class Node:
         serve = state.config
         try:
             reg = await self.client.register(
-                serve.serveid, serve.name or serve.key, serve.ip, serve.port, serve.info
+                state.last_serveid or serve.serveid,
+                serve.name or serve.key,
+                serve.ip,
+                serve.port,
+                serve.info,
             )
         except VnetError as exc:
             state.error = str(exc)

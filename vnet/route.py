@@ -433,6 +433,7 @@ class RouteServicer:
             serve.vnetid,
         )
         await splice.wait()
+        await _end_unless_told(splice.dial, context)
 
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -468,6 +469,7 @@ class RouteServicer:
             await splice.wait()
         finally:
             session.tunnels -= 1
+        await _end_unless_told(splice.accept, context)
 
     # --- plumbing ----------------------------------------------------------
 
@@ -549,6 +551,13 @@ class RouteServicer:
             timer.cancel()
         for session in list(self.sessions.values()):
             self._drop(session, "route stopping")
+
+
+async def _end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+    """A stream whose node got neither fin nor reset must not end with OK:
+    a client could take a truncated transfer for a complete one."""
+    if not leg.told:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel reset")
 
 
 def _translated(fn: Handler, rejected: collections.Counter[str]) -> Handler:

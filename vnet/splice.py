@@ -41,6 +41,12 @@ class Leg:
     pump: asyncio.Task[None] | None = None
     # This direction ended with a fin: the tunnel is half-closed.
     finished: bool = False
+    # The pump reading this leg is telling the other leg how it ended; it
+    # must not be cancelled then, or that word is lost.
+    ending: bool = False
+    # A fin or reset frame was written to this leg's stream: its node knows
+    # how the tunnel ended. If not, the RPC must not end with OK.
+    told: bool = False
 
 
 @dataclass(eq=False)
@@ -85,36 +91,44 @@ class Splice:
                 else:
                     self.stats.bytes_to_dialer += len(msg)
                 last = msg
-            if wire.is_terminal(last):
-                if last == wire.FIN_FRAME:
-                    src.finished = True
-                else:
-                    self.stats.resets += 1
-                    self._stop_other(src)
+            # Parsed once, at the end: only the last frame says how it ended.
+            kind = wire.terminal_kind(last)
+            if kind is wire.FrameKind.FIN:
+                src.finished = dst.told = True
+                return
+            if kind is wire.FrameKind.RESET:
+                dst.told = True
+                self.stats.resets += 1
+                self._stop_other(src)
                 return
             reason = f"{name} side ended without fin"
         except asyncio.CancelledError:
             reason = self._abort_reason or f"{name} side went away"
         except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
             reason = f"{name} side failed: {type(exc).__name__}"
+        src.ending = True
         self.stats.resets += 1
         log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
         # Bounded: the far side may be the one that is gone or stuck.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(dst.ctx.write(wire.encode_reset(reason)), RESET_WRITE_TIMEOUT)
+            dst.told = True
         self._stop_other(src)
 
     def _stop_other(self, src: Leg) -> None:
         other = self.accept if src is self.dial else self.dial
-        if other.pump is not None and other.pump is not asyncio.current_task():
-            other.pump.cancel()
+        self._stop(other)
+
+    @staticmethod
+    def _stop(leg: Leg) -> None:
+        if leg.pump is not None and not leg.ending and leg.pump is not asyncio.current_task():
+            leg.pump.cancel()
 
     def abort(self, reason: str = "") -> None:
         """Reset both ends now."""
-        self._abort_reason = reason
+        self._abort_reason = self._abort_reason or reason
         for leg in (self.dial, self.accept):
-            if leg.pump is not None:
-                leg.pump.cancel()
+            self._stop(leg)
 
     async def wait(self) -> None:
         """Until both pumps ended; the caller's RPC may end then."""

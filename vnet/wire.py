@@ -71,13 +71,36 @@ def encode_reset(reason: str) -> bytes:
     return pb.TunnelFrame(reset=pb.Reset(reason=reason[:200])).SerializeToString()
 
 
-def is_terminal(frame: bytes) -> bool:
-    """Whether a raw frame ends its direction (fin or reset).
+def _plain_data_start(raw: bytes) -> int:
+    """Where the payload starts, for a data frame exactly as our nodes write
+    it (tag, length, payload, nothing else); -1 for anything else."""
+    if not raw or raw[0] != _DATA_TAG:
+        return -1
+    length, shift, pos = 0, 0, 1
+    while pos < len(raw) and pos < 11:
+        byte = raw[pos]
+        length |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return pos if pos + length == len(raw) and length > 0 else -1
+        shift += 7
+    return -1
 
-    The route uses this to tell a clean end from a stream that stopped short,
-    without parsing every frame it forwards.
+
+def terminal_kind(frame: bytes) -> FrameKind | None:
+    """FIN or RESET if this raw frame ends its direction, else None.
+
+    The route asks this of the last frame of a stream only, so it tells a
+    clean end from a stream that stopped short without parsing every frame
+    it forwards. Any valid encoding counts, not only our own.
     """
-    return len(frame) > 0 and frame[0] in (_FIN_TAG, _RESET_TAG)
+    if not frame or _plain_data_start(frame) > 0:
+        return None
+    try:
+        kind, _ = decode_frame(frame)
+    except InvalidRequest:
+        return None
+    return kind if kind is not FrameKind.DATA else None
 
 
 def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
@@ -85,21 +108,11 @@ def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
 
     Raises InvalidRequest for a frame that is not a valid TunnelFrame.
     """
-    if raw and raw[0] == _DATA_TAG:
-        # Fast path for the frames our own nodes write; anything unusual
-        # falls through to the real parser.
-        length = 0
-        shift = 0
-        pos = 1
-        while pos < len(raw) and pos < 11:
-            byte = raw[pos]
-            length |= (byte & 0x7F) << shift
-            pos += 1
-            if byte < 0x80:
-                if pos + length == len(raw) and length > 0:
-                    return FrameKind.DATA, memoryview(raw)[pos:]
-                break
-            shift += 7
+    start = _plain_data_start(raw)
+    if start > 0:
+        # The frames our own nodes write need no parser; anything unusual
+        # falls through to the real one.
+        return FrameKind.DATA, memoryview(raw)[start:]
     try:
         frame = pb.TunnelFrame.FromString(raw)
     except DecodeError:
