@@ -42,6 +42,9 @@ from vnet.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
 
+# Closing a channel whose connection is dead can take long; nothing waits on it.
+CLOSE_TIMEOUT = 5.0
+
 
 @dataclass(frozen=True)
 class NodeTimeouts:
@@ -110,6 +113,7 @@ class Node:
         # Why the route went away, once it has.
         self.lost = ""
         self._control: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot = asyncio.Event()
 
@@ -154,6 +158,7 @@ class Node:
         """
         cfg = self.config
         await self._join()
+        self._supervisor = asyncio.create_task(self._supervise())
         # terminal=false: the file is all there is, so everything active starts.
         console = cfg.vnet.terminal
         serve_now = autostart and (not console or cfg.vnet.startserve)
@@ -196,10 +201,13 @@ class Node:
             self._control.result()
 
     async def wait(self) -> None:
-        """Run until stopped, reconnecting whenever the route goes away.
+        """Until the node stops; raises RouteUnavailable if the route went
+        away and reconnecting is off (reconnect_max 0)."""
+        assert self._supervisor is not None
+        await self._supervisor
 
-        Raises RouteUnavailable only when reconnecting is off (reconnect_max 0).
-        """
+    async def _supervise(self) -> None:
+        """Reconnect whenever the route goes away, for as long as the node runs."""
         assert self._control is not None
         while True:
             try:
@@ -210,6 +218,7 @@ class Node:
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
             await self._reconnect(why)
+            assert self._control is not None
 
     async def _reconnect(self, why: str) -> None:
         """Back off (exponential, with jitter) and rejoin until it works."""
@@ -221,9 +230,14 @@ class Node:
             # Equal jitter: nodes that lost a route together do not all come back at once.
             await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
             attempt += 1
-            await self.client.close()
-            # A fresh channel: the old one's own reconnect backoff would add to ours.
+            # A fresh channel: the old one's own reconnect backoff would add
+            # to ours. The old one may sit on a dead link: close it aside.
+            self._spawn(_close_quietly(self.client))
             self.client = self._new_client()
+            # The serving nodes are reconnecting too: keep our listeners a
+            # while, from the first snapshot on.
+            grace = max(2 * self.timeouts.reconnect_max, 1.0)
+            self._uses.hold_until = asyncio.get_running_loop().time() + grace
             try:
                 await self._join()
                 break
@@ -233,6 +247,7 @@ class Node:
         for state in self.serves.values():
             if state.running and state.serveid is None:
                 await self._register_logged(state)
+        self._spawn(self._end_hold(grace))
         self._uses.reconcile_all()
         log.info(
             "reconnected after %.1fs (%d attempt(s))",
@@ -241,6 +256,10 @@ class Node:
         )
 
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._supervisor
         if self._control is not None:
             self._control.cancel()
         self._uses.close_all()
@@ -263,6 +282,10 @@ class Node:
             raise
         finally:
             self._snapshot.set()
+
+    async def _end_hold(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        self._uses.reconcile_all()
 
     def _on_lost(self, why: str) -> None:
         """Forget what the route knew; keep listening.
@@ -592,6 +615,11 @@ class Node:
             return
         call = self.client.accept(event.tunnel_id)
         await tunnel.relay(reader, writer, call, label)
+
+
+async def _close_quietly(client: RouteClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
 
 
 def _no_such(kind: str, key: str, names: dict[str, Any]) -> str:

@@ -56,6 +56,10 @@ class Uses:
         self._dial_call = dial
         self._spawn = spawn
         self._ids = itertools.count(1)
+        # Until then (loop time), a serve missing from the group does not
+        # close its use's listener: after a reconnect the serving nodes may
+        # not have registered again yet, and the port should stay ours.
+        self.hold_until = 0.0
 
     async def reconcile(self, state: UseState, *, quiet: bool = False) -> str:
         """Listen or not, as the use's state and its serve say.
@@ -78,6 +82,9 @@ class Uses:
         use = state.config
         serve = self.remote.get(use.serveid) if state.running and use.serveid else None
         if serve is None:
+            held = state.running and asyncio.get_running_loop().time() < self.hold_until
+            if state.server is not None and held:
+                return ""
             if state.server is not None:
                 self.close(state)
                 if state.running:
