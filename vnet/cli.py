@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -34,12 +35,32 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        # Tunnel lines carry these as fields too (see vnet.tunnel).
+        for key in ("vnetid", "serveid", "tunnel"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, form: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if form == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -57,7 +78,10 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> str:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        # Windows' event loops have no signal handlers: Ctrl-C ends the
+        # program by KeyboardInterrupt there instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -96,8 +120,49 @@ def _parser(prog: str, what: str) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="how much to log (default: info)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text for people, json (one object per line) for log shippers (default: text)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config file, print every problem, start nothing; exit 0 if it is good",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def _check(prog: str, path: str, text: str | None, node: bool) -> int:
+    """--check: every problem, one line each, naming section and key."""
+    from vnet.config_check import check_node, check_route
+
+    if text is None:
+        print(f"{prog}: {path}: no file; the route would run on its defaults (127.0.0.1:7749)")
+        return EXIT_OK
+    problems = check_node(path, text) if node else check_route(path, text)
+    if not problems:
+        # Tokens and TLS files: read now, as the real start would.
+        try:
+            if node:
+                from vnet.client import load_credentials
+
+                load_credentials(parse_node_config(path, text))
+            else:
+                from vnet.route_security import load_security
+
+                load_security(parse_route_config(path, text))
+        except ConfigError as exc:
+            problems = [exc]
+    for problem in problems:
+        print(f"{prog}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{prog}: {path}: {len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{prog}: {path}: ok")
+    return EXIT_OK
 
 
 # --- route -------------------------------------------------------------------
@@ -109,11 +174,18 @@ def route_main(argv: Sequence[str] | None = None) -> int:
         "Run the vnet route: the public relay that vnet nodes connect to. "
         "With no config file and no ./config.ini it listens on 127.0.0.1:7749.",
     ).parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     path = args.config or DEFAULT_CONFIG
     from vnet.auth import insecure_reason
     from vnet.route_security import load_security
 
+    if args.check:
+        defaults = args.config is None and not os.path.exists(path)
+        try:
+            return _check("vnet-route", path, None if defaults else _read(path), node=False)
+        except ConfigError as exc:
+            print(f"vnet-route: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         if args.config is None and not os.path.exists(path):
             settings = parse_route_config("(defaults)", None)
@@ -136,11 +208,15 @@ def route_main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
-    from vnet.route import start_route
+    from vnet.route import RouteTimeouts, start_route
 
     try:
         route = await start_route(
-            settings.listen, security=security, limits=settings.limits, metrics=settings.metrics
+            settings.listen,
+            RouteTimeouts(keepalive=settings.keepalive, keepalive_timeout=settings.keepalive),
+            security=security,
+            limits=settings.limits,
+            metrics=settings.metrics,
         )
     except OSError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
@@ -190,10 +266,16 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be more than 0")
-    _setup_logging(args.log_level or ("warning" if args.commands else "info"))
+    _setup_logging(args.log_level or ("warning" if args.commands else "info"), args.log_format)
     path = args.config or DEFAULT_CONFIG
     from vnet.client import load_credentials
 
+    if args.check:
+        try:
+            return _check("vnet", path, _read(path), node=True)
+        except ConfigError as exc:
+            print(f"vnet: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         config = parse_node_config(path, _read(path))
         credentials = load_credentials(config)
@@ -213,7 +295,9 @@ async def _node(
 ) -> int:
     from vnet.node import Node, NodeTimeouts, run_node
 
-    node = Node(config, NodeTimeouts(connect=timeout), credentials=credentials)
+    keepalive = config.vnet.keepalive
+    timeouts = NodeTimeouts(connect=timeout, keepalive=keepalive, keepalive_timeout=keepalive)
+    node = Node(config, timeouts, credentials=credentials)
     if commands:
         return await _script(node, commands)
     console = config.vnet.terminal and sys.stdin.isatty() and sys.stdout.isatty()

@@ -19,6 +19,7 @@ from vnet.errors import ConfigError
 DEFAULT_ROUTE_IP = "127.0.0.1"
 DEFAULT_ROUTE_PORT = 7749
 DEFAULT_GROUP = "default"
+DEFAULT_KEEPALIVE = 10
 SERVEID_MAX = 999
 STATIC_SERVEID_MIN = 500
 
@@ -38,6 +39,7 @@ ROUTE_KEYS = frozenset(
         "max_serves_per_node",
         "max_tunnels_per_node",
         "metrics",
+        "keepalive",
     }
     | SECRET_KEYS
 )
@@ -56,6 +58,7 @@ VNET_KEYS = frozenset(
         "tls_cert",
         "tls_key",
         "tls_server_name",
+        "keepalive",
     }
     | SECRET_KEYS
 )
@@ -114,6 +117,9 @@ class RouteSettings:
     limits: RouteLimits = RouteLimits()
     # Where to serve Prometheus metrics, as (host, port); None: nowhere.
     metrics: tuple[str, int] | None = None
+    # Seconds between keepalive pings, and to wait for an answer: a dead or
+    # black-holed node is dropped within twice this.
+    keepalive: int = DEFAULT_KEEPALIVE
 
     @property
     def has_tokens(self) -> bool:
@@ -145,6 +151,9 @@ class VnetConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_server_name: str = ""
+    # Seconds between keepalive pings to the route, and to wait for an
+    # answer: a dead route is noticed within twice this, then reconnected.
+    keepalive: int = DEFAULT_KEEPALIVE
 
 
 @dataclass(frozen=True)
@@ -378,6 +387,7 @@ def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
         tls_cert=sec.text("tls_cert", ""),
         tls_key=sec.text("tls_key", ""),
         tls_server_name=sec.text("tls_server_name", ""),
+        keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
         name=sec.text("name", ""),
         group=sec.text("group", DEFAULT_GROUP),
         terminal=sec.boolean("terminal", False),
@@ -454,6 +464,7 @@ def parse_route_config(path: str, text: str | None) -> RouteSettings:
         metrics = (host.strip("[]"), int(port))
     return RouteSettings(
         metrics=metrics,
+        keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
         path=path,
         listen=listen,
         token=sec.text("token", ""),

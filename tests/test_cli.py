@@ -1,0 +1,100 @@
+"""Command-line options: --check, --log-format json, keepalive from the file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.procs import Procs, command, node_ini
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
+    running = Procs(tmp_path)
+    yield running
+    await running.stop_all()
+
+
+async def test_check_good_files(procs: Procs, tmp_path: Path) -> None:
+    (tmp_path / "node.ini").write_text(node_ini(7749, "[vnet]\nname=n\n[serve.s]\nport=22\n"))
+    rc, out, err = await procs.run(command("vnet"), "--check", "node.ini")
+    assert (rc, out, err) == (0, "vnet: node.ini: ok\n", "")
+    (tmp_path / "route.ini").write_text("[route]\nip=127.0.0.1\nport=7749\nkeepalive=5\n")
+    rc, out, err = await procs.run(command("vnet-route"), "--check", "route.ini")
+    assert (rc, out, err) == (0, "vnet-route: route.ini: ok\n", "")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, out, _ = await procs.run(command("vnet-route"), "--check", cwd=empty)
+    assert rc == 0
+    assert "would run on its defaults" in out
+
+
+async def test_check_prints_every_problem(procs: Procs, tmp_path: Path) -> None:
+    (tmp_path / "bad.ini").write_text(
+        "[route]\nip=127.0.0.1\nport=x\n[vnet]\nterminal=maybe\n"
+        "[serve.a]\nserveid=1234\nport=99999\n[serve.b]\nip=1.1.1.1\n"
+        "[use.x]\nserveid=5\nport=80\n[use.y]\nserveid=6\nport=80\n[bogus.z]\nk=v\n"
+    )
+    rc, out, err = await procs.run(command("vnet"), "--check", "bad.ini")
+    assert rc == 1
+    assert out == ""
+    assert err.splitlines() == [
+        "vnet: bad.ini: [bogus.z]: unknown section "
+        "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
+        "vnet: bad.ini: [route] port: 'x' is not a whole number",
+        "vnet: bad.ini: [vnet] terminal: 'maybe' is not true or false",
+        "vnet: bad.ini: [serve.a] serveid: '1234' is not a serveid (0-999, up to 3 digits)",
+        "vnet: bad.ini: [serve.a] port: 99999 is out of range (1-65535)",
+        "vnet: bad.ini: [serve.b] port: is required",
+        "vnet: bad.ini: [use.y] port: 80 is already the port of [use.x]",
+        "vnet: bad.ini: 7 problem(s)",
+    ]
+
+
+async def test_check_reads_token_files_too(procs: Procs, tmp_path: Path) -> None:
+    (tmp_path / "node.ini").write_text(node_ini(7749, "[vnet]\ntoken_file=missing.token\n"))
+    rc, _, err = await procs.run(command("vnet"), "--check", "node.ini")
+    assert rc == 1
+    assert err.startswith("vnet: node.ini: [vnet] token_file: cannot read missing.token")
+
+
+async def test_check_reports_duplicates_and_goes_on(procs: Procs, tmp_path: Path) -> None:
+    (tmp_path / "dup.ini").write_text(
+        "[route]\nip=127.0.0.1\nport=1\n[serve.a]\nport=22\n[serve.a]\nport=23\n"
+        "[use.u]\nserveid=abc\n"
+    )
+    rc, _, err = await procs.run(command("vnet"), "--check", "dup.ini")
+    assert rc == 1
+    assert err.splitlines() == [
+        "vnet: dup.ini: [serve.a]: section appears twice",
+        "vnet: dup.ini: [use.u] serveid: 'abc' is not a serveid (0-999, up to 3 digits)",
+        "vnet: dup.ini: 2 problem(s)",
+    ]
+
+
+async def test_json_logs_are_one_object_per_line(procs: Procs, tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
+    route = await procs.start("route", command("vnet-route"), "route.ini", "--log-format", "json")
+    await route.wait_for_line("route listening on")
+    (tmp_path / "node.ini").write_text(
+        node_ini(port, "[vnet]\nname=n\nkeepalive=3\n[serve.s]\nport=22\nserveid=700\n")
+    )
+    node = await procs.start("node", command("vnet"), "node.ini", "--log-format", "json")
+    await node.wait_for_line("registered as serveid 700")
+    await node.stop()
+    await route.stop()
+    for proc in (route, node):
+        lines = proc.output().splitlines()
+        assert lines
+        for line in lines:
+            entry = json.loads(line)
+            assert set(entry) >= {"time", "level", "logger", "message"}
+    messages = [json.loads(line)["message"] for line in node.output().splitlines()]
+    assert "[serve.s] registered as serveid 700 -> 127.0.0.1:22" in messages
