@@ -89,7 +89,7 @@ async def exchange_server() -> Server:
         except (ConnectionError, asyncio.IncompleteReadError):
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=4 * BLOCK)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=4 * BLOCK, backlog=4096)
     holder.append(Server(server))
     return holder[0]
 

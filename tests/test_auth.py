@@ -124,3 +124,11 @@ def test_secrets_from_env_and_file() -> None:
         resolve_secret("c.ini", "vnet", "", "", "/nope", env, read)
     with pytest.raises(ConfigError, match=r"token_env: give only one of token, token_env"):
         resolve_secret("c.ini", "vnet", "a", "TOK", "", env, read)
+
+
+def test_admits_somewhere() -> None:
+    table = TokenTable("", {"a": "ta", "b": "tb"})
+    assert table.admits_somewhere("tb")
+    assert not table.admits_somewhere("tc")
+    assert not table.admits_somewhere("")
+    assert TokenTable().admits_somewhere("")

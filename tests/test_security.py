@@ -484,3 +484,21 @@ async def test_client_certificates_required_when_tls_client_ca_is_set(ca: object
     assert node.vnetid
     await node.stop()
     await route.stop()
+
+
+async def test_stale_sessions_with_good_tokens_are_not_penalised() -> None:
+    # A node that reconnected has calls in flight on its old session: those
+    # fail, but they are not guesses, and must not shut its address out.
+    route = await _route(penalty=PenaltyPolicy(max_failures=3, window=60, penalty=60))
+    raw = Raw(route.port)
+    stale = raw.md("token-a", "an-old-session")
+    for _ in range(10):
+        code, _ = await status_of(raw.stub.Ping(pb.PingRequest(), metadata=stale))
+        assert code == UNAUTH
+    assert (await raw.join("token-a")).group == "a"
+    # With a bad token the same calls are guesses.
+    for _ in range(3):
+        await status_of(raw.stub.Ping(pb.PingRequest(), metadata=raw.md("bad", "x")))
+    assert (await status_of(raw.join("token-a")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await raw.close()
+    await route.stop()

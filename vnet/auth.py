@@ -46,6 +46,18 @@ class TokenTable:
         ok_group = hmac.compare_digest(got, group_digest or unused) and group_digest is not None
         return bool(presented) and (ok_all or ok_group)
 
+    def admits_somewhere(self, presented: str) -> bool:
+        """Whether `presented` is valid for at least one group.
+
+        A caller whose session is gone (a node that reconnected, calls still
+        in flight on the old one) holds a good token: that is no guessing.
+        """
+        if not self.enabled:
+            return True
+        got = _digest(presented)
+        hits = [hmac.compare_digest(got, d) for d in (self._all, *self._groups.values()) if d]
+        return bool(presented) and any(hits)
+
 
 @dataclass(frozen=True)
 class PenaltyPolicy:

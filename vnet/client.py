@@ -27,6 +27,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", 4 * 1024 * 1024 + 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # A connection of its own: channels with equal arguments otherwise share
+    # one, so a reconnect's "fresh" channel would inherit the dead link.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 # A dead route is noticed within about KEEPALIVE + KEEPALIVE_TIMEOUT seconds.
 KEEPALIVE = 10.0

@@ -110,6 +110,11 @@ class _Pending:
     splice: asyncio.Future[Splice]
 
 
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    auth = _metadata(context, wire.MD_AUTH)
+    return auth[7:] if auth[:7].lower() == "bearer " else ""
+
+
 def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
     for k, v in context.invocation_metadata() or ():
         if k == key:
@@ -149,38 +154,44 @@ class RouteServicer:
 
     # --- sessions --------------------------------------------------------
 
-    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str | None) -> None:
-        """Check the caller's token for `group` (None: its session was unknown).
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
+        """Check the caller's token for `group`; count and penalise failures.
 
-        Failures are counted per source address, and an address with too
-        many is refused before anything else is looked at.
+        An address with too many failures is refused before anything else is
+        looked at.
         """
         address = peer_address(context.peer() or "")
         now = time.monotonic()
+        self._not_penalised(address, now)
+        if not self.security.tokens.admits(_bearer(context), group):
+            self._failed(address, now)
+            raise Unauthenticated(BAD_CREDENTIALS)
+
+    def _not_penalised(self, address: str, now: float) -> None:
         wait = self.penalties.blocked_for(address, now)
         if wait > 0:
             raise LimitExceeded(
                 f"too many failed attempts from {address}; try again in {wait:.0f}s"
             )
-        auth = _metadata(context, wire.MD_AUTH)
-        token = auth[7:] if auth[:7].lower() == "bearer " else ""
-        if group is None or not self.security.tokens.admits(token, group):
-            self.penalties.failure(address, now)
-            self.auth_failures += 1
-            log.warning("authentication failed from %s", address)
-            raise (
-                SessionUnknown(BAD_CREDENTIALS)
-                if group is None
-                else Unauthenticated(BAD_CREDENTIALS)
-            )
+
+    def _failed(self, address: str, now: float) -> None:
+        self.penalties.failure(address, now)
+        self.auth_failures += 1
+        log.warning("authentication failed from %s", address)
 
     def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
         """The caller's session; its token is checked again on every call."""
         session = self.sessions.get(_metadata(context, wire.MD_SESSION))
         if session is None or session.closed:
-            # Counted like a bad token: a session id is a credential too.
-            self._admit(context, None)
-        assert session is not None
+            address = peer_address(context.peer() or "")
+            now = time.monotonic()
+            self._not_penalised(address, now)
+            # A good token with a stale session is a node that reconnected
+            # while calls on its old session were in flight: not guessing.
+            # With a bad token, a session id is one more thing to guess.
+            if not self.security.tokens.admits_somewhere(_bearer(context)):
+                self._failed(address, now)
+            raise SessionUnknown(BAD_CREDENTIALS)
         self._admit(context, session.vnet.group)
         return session
 

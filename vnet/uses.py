@@ -22,6 +22,8 @@ from vnet.registry import Serve
 
 log = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 4096
+
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 
@@ -102,6 +104,9 @@ class Uses:
                 use.ip,
                 port,
                 limit=tunnel.READER_LIMIT,
+                # asyncio's default of 100 overflows when a browser or a
+                # load test opens hundreds at once; the kernel caps it anyway.
+                backlog=LISTEN_BACKLOG,
             )
         except OSError as exc:
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
