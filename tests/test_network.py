@@ -165,3 +165,24 @@ async def test_node_leaving_withdraws_serves_and_resets_tunnels(
     with pytest.raises(NotFound):
         route.servicer.registry.find("g", 706)
     await source.close()
+
+
+async def test_a_stopping_node_closes_its_listeners_and_resets_its_tunnels(
+    make_node: MakeNode, route: RunningRoute
+) -> None:
+    from tests.services import endless_source_server
+
+    source = await endless_source_server()
+    await make_node("home", serves=[ServeConfig(key="s", port=source.port, serveid=707)])
+    office = await make_node("office", uses=[UseConfig(key="s", serveid=707, port=0)])
+    port = await use_port(office, "s")
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readexactly(100_000)
+        await office.stop()
+        await read_until_reset(reader)
+        writer.close()
+    assert await refused(port)
+    await wait_until(lambda: not route.servicer.splices, "the route to drop the tunnel")
+    assert [v.name for v in route.servicer.registry.vnets("g")] == ["home"]
+    await source.close()
