@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from vnet.route import RouteServicer
+    from vnet.route_service import RouteServicer
 
 log = logging.getLogger(__name__)
 

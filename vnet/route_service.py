@@ -1,0 +1,596 @@
+"""The route's servicer: sessions, control streams, registry calls, tunnels.
+
+A thin adapter: registry decisions live in vnet.registry, credentials in
+vnet.auth, message shapes in vnet.wire, the byte pumps in vnet.splice.
+The server around it (ports, TLS, health, reflection) is vnet.route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from vnet import wire
+from vnet.auth import PenaltyBox, peer_address
+from vnet.config import RouteLimits
+from vnet.errors import (
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    SessionUnknown,
+    Unauthenticated,
+    VnetError,
+)
+from vnet.registry import Registry, Serve, Vnet
+from vnet.route_security import RouteSecurity
+from vnet.splice import Leg, Splice, SpliceStats
+from vnetrpc.v1 import route_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# A tunnel frame carries at most one read of a node's socket (1 MiB) plus
+# framing; leave room, and refuse anything wildly larger.
+MAX_MESSAGE = 4 * 1024 * 1024 + 1024
+CONTROL_QUEUE = 10_000
+# The shortest keepalive interval nodes may use (tests go down to this).
+NODE_PING_FLOOR_MS = 500
+
+
+@dataclass(frozen=True)
+class RouteTimeouts:
+    """How long the route waits for nodes; shortened in tests."""
+
+    # A node must open its Control stream this soon after Join.
+    join: float = 10.0
+    # The serving node must answer an OpenTunnel this soon.
+    accept: float = 10.0
+    # When the route stops: how long open tunnels may still run.
+    stop_grace: float = 5.0
+    # Keepalive pings on idle connections, and how long an answer may take:
+    # a dead or black-holed node is dropped within about the sum.
+    keepalive: float = 10.0
+    keepalive_timeout: float = 10.0
+    # A tunnel closed in one direction and silent this long is reset.
+    half_close_idle: float = 300.0
+
+
+# One answer for every authentication failure, so it tells nothing.
+BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
+
+
+@dataclass(eq=False)
+class Session:
+    """One joined node."""
+
+    token: str
+    vnet: Vnet
+    events: asyncio.Queue[pb.ControlEvent] = field(
+        default_factory=lambda: asyncio.Queue(CONTROL_QUEUE)
+    )
+    control_open: bool = False
+    splices: set[Splice] = field(default_factory=set)
+    closed: bool = False
+    # Tunnels this node is an end of, open or being set up.
+    tunnels: int = 0
+    # SHA-256 of the secret that lets this node take the session over.
+    resume_digest: bytes = b""
+
+    def push(self, event: pb.ControlEvent) -> None:
+        if self.closed:
+            return
+        try:
+            self.events.put_nowait(event)
+        except asyncio.QueueFull:
+            # A node that does not read its control stream is broken; it
+            # will be dropped when its stream ends, so drop it now.
+            log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
+            self.closed = True
+
+
+@dataclass(eq=False)
+class _Pending:
+    owner: Session
+    serveid: int
+    dialer: Session
+    ctx: grpc.aio.ServicerContext[bytes, bytes]
+    splice: asyncio.Future[Splice]
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    auth = _metadata(context, wire.MD_AUTH)
+    return auth[7:] if auth[:7].lower() == "bearer " else ""
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("ascii", "replace")
+    return ""
+
+
+Handler = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class RouteServicer:
+    """Handlers for vnetrpc.v1.RouteService."""
+
+    def __init__(
+        self,
+        timeouts: RouteTimeouts | None = None,
+        security: RouteSecurity | None = None,
+        limits: RouteLimits | None = None,
+    ) -> None:
+        self.timeouts = timeouts or RouteTimeouts()
+        self.security = security or RouteSecurity()
+        self.limits = limits or RouteLimits()
+        self.penalties = PenaltyBox(self.security.penalty)
+        self.registry = Registry()
+        self.boot_id = secrets.token_hex(8)
+        self.sessions: dict[str, Session] = {}
+        self.by_vnetid: dict[str, Session] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.splices: set[Splice] = set()
+        self.stats = SpliceStats()
+        self.auth_failures = 0
+        # Refused calls by status code name, for the metrics endpoint.
+        self.rejected: collections.Counter[str] = collections.Counter()
+        # Called with each tunnel's set-up time (Dial to spliced), in seconds.
+        self.observe_setup: Callable[[float], None] = lambda _: None
+        self._timers: set[asyncio.Task[None]] = set()
+
+    # --- sessions --------------------------------------------------------
+
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
+        """Check the caller's token for `group`; count and penalise failures.
+
+        An address with too many failures is refused before anything else is
+        looked at.
+        """
+        address = peer_address(context.peer() or "")
+        now = time.monotonic()
+        self._not_penalised(address, now)
+        if not self.security.tokens.admits(_bearer(context), group):
+            self._failed(address, now)
+            raise Unauthenticated(BAD_CREDENTIALS)
+
+    def _not_penalised(self, address: str, now: float) -> None:
+        wait = self.penalties.blocked_for(address, now)
+        if wait > 0:
+            raise LimitExceeded(
+                f"too many failed attempts from {address}; try again in {wait:.0f}s"
+            )
+
+    def _failed(self, address: str, now: float) -> None:
+        self.penalties.failure(address, now)
+        self.auth_failures += 1
+        log.warning("authentication failed from %s", address)
+
+    def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
+        """The caller's session; its token is checked again on every call."""
+        session = self.sessions.get(_metadata(context, wire.MD_SESSION))
+        if session is None or session.closed:
+            address = peer_address(context.peer() or "")
+            now = time.monotonic()
+            self._not_penalised(address, now)
+            # A good token with a stale session is a node that reconnected
+            # while calls on its old session were in flight: not guessing.
+            # With a bad token, a session id is one more thing to guess.
+            if not self.security.tokens.admits_somewhere(_bearer(context)):
+                self._failed(address, now)
+            raise SessionUnknown(BAD_CREDENTIALS)
+        self._admit(context, session.vnet.group)
+        return session
+
+    def _broadcast(self, group: str, event: pb.ControlEvent) -> None:
+        for session in self.sessions.values():
+            if session.vnet.group == group:
+                session.push(event)
+
+    def _drop(self, session: Session, why: str) -> None:
+        if self.sessions.pop(session.token, None) is None:
+            return
+        session.closed = True
+        self.by_vnetid.pop(session.vnet.vnetid, None)
+        gone = self.registry.remove_vnet(session.vnet.vnetid)
+        for serve in gone:
+            self._serve_removed(serve, session.vnet.group)
+        for splice in list(session.splices):
+            splice.abort(f"vnet {session.vnet.vnetid} left")
+        for tunnel_id, pending in list(self.pending.items()):
+            if session in (pending.owner, pending.dialer):
+                del self.pending[tunnel_id]
+                if not pending.splice.done():
+                    pending.splice.set_exception(NotFound("the serve's vnet left"))
+        log.info(
+            "vnet %s (%s) left group %s: %s; %d serve(s) withdrawn",
+            session.vnet.vnetid,
+            session.vnet.name,
+            session.vnet.group,
+            why,
+            len(gone),
+        )
+
+    def _serve_removed(self, serve: Serve, group: str) -> None:
+        event = pb.ControlEvent(
+            serve_removed=pb.ServeRemoved(serveid=serve.serveid, vnetid=serve.vnetid)
+        )
+        self._broadcast(group, event)
+
+    async def _expire_unless_controlled(self, session: Session) -> None:
+        await asyncio.sleep(self.timeouts.join)
+        if not session.control_open:
+            self._drop(session, "no control stream after join")
+
+    # --- unary RPCs ------------------------------------------------------
+
+    async def Join(
+        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.JoinResponse:
+        group = request.group or "default"
+        # The token decides the group: a group token admits to its group only.
+        self._admit(context, group)
+        wanted = self._resume(request, group)
+        if len(self.sessions) >= self.limits.max_nodes:
+            raise LimitExceeded(f"the route is full ({self.limits.max_nodes} nodes)")
+        vnet = self.registry.add_vnet(request.name, group, wanted=wanted)
+        resume = secrets.token_urlsafe(24)
+        session = Session(
+            token=secrets.token_urlsafe(24),
+            vnet=vnet,
+            resume_digest=hashlib.sha256(resume.encode()).digest(),
+        )
+        self.sessions[session.token] = session
+        self.by_vnetid[vnet.vnetid] = session
+        timer = asyncio.create_task(self._expire_unless_controlled(session))
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
+        log.info(
+            "vnet %s (%s) joined group %s from %s",
+            vnet.vnetid,
+            vnet.name,
+            vnet.group,
+            context.peer(),
+        )
+        return pb.JoinResponse(
+            session=session.token,
+            vnetid=vnet.vnetid,
+            group=vnet.group,
+            boot_id=self.boot_id,
+            resume_token=resume,
+        )
+
+    def _resume(self, request: pb.JoinRequest, group: str) -> str:
+        """The vnetid a rejoining node may have back ("" for a new one).
+
+        With the right resume token its stale session (its old connection
+        died unnoticed) is ended, freeing its static serveids. Without it, a
+        vnetid still in use is not handed out: no one takes over another
+        node's session. A free vnetid (after a route restart) is given back.
+        """
+        wanted = request.resume_vnetid
+        if not wanted:
+            return ""
+        old = self.by_vnetid.get(wanted)
+        if old is None:
+            return wanted
+        presented = hashlib.sha256(request.resume_token.encode()).digest()
+        if hmac.compare_digest(presented, old.resume_digest) and old.vnet.group == group:
+            self._drop(old, "replaced by its own new connection")
+            return wanted
+        return ""
+
+    async def RegisterServe(
+        self, request: pb.RegisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterServeResponse:
+        session = self._session(context)
+        own = {
+            s.serveid
+            for s in self.registry.serves(session.vnet.group)
+            if s.vnetid == session.vnet.vnetid
+        }
+        if request.serveid not in own and len(own) >= self.limits.max_serves_per_node:
+            raise LimitExceeded(f"this vnet has {len(own)} serves, the most the route allows")
+        reg = self.registry.register(
+            session.vnet.vnetid,
+            request.serveid,
+            request.name,
+            request.ip,
+            request.port,
+            request.info,
+            request.type,
+        )
+        if reg.replaced is not None:
+            self._serve_removed(reg.replaced, session.vnet.group)
+        info = wire.serve_to_pb(reg.serve)
+        self._broadcast(session.vnet.group, pb.ControlEvent(serve_added=info))
+        log.info(
+            "vnet %s registered serve %s (%s) -> %s:%s%s",
+            session.vnet.vnetid,
+            reg.serve.serveid,
+            reg.serve.name,
+            reg.serve.ip,
+            reg.serve.port,
+            f" (asked for {request.serveid})" if reg.reassigned else "",
+        )
+        return pb.RegisterServeResponse(serve=info, reassigned=reg.reassigned)
+
+    async def UnregisterServe(
+        self, request: pb.UnregisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UnregisterServeResponse:
+        session = self._session(context)
+        serve = self.registry.unregister(session.vnet.vnetid, request.serveid)
+        self._serve_removed(serve, session.vnet.group)
+        log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
+        return pb.UnregisterServeResponse()
+
+    async def ListServes(
+        self, request: pb.ListServesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListServesResponse:
+        session = self._session(context)
+        serves = self.registry.serves(session.vnet.group)
+        return pb.ListServesResponse(serves=[wire.serve_to_pb(s) for s in serves])
+
+    async def ListVnets(
+        self, request: pb.ListVnetsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListVnetsResponse:
+        session = self._session(context)
+        vnets = self.registry.vnets(session.vnet.group)
+        return pb.ListVnetsResponse(
+            vnets=[wire.vnet_to_pb(v, self.registry.serve_count(v.vnetid)) for v in vnets]
+        )
+
+    async def Ping(
+        self, request: pb.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PingResponse:
+        self._session(context)
+        return pb.PingResponse(nonce=request.nonce, boot_id=self.boot_id)
+
+    # --- control stream ----------------------------------------------------
+
+    async def Control(
+        self, request: pb.ControlRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ControlEvent]:
+        session = self._session(context)
+        if session.control_open:
+            raise InvalidRequest("this session already has a control stream")
+        session.control_open = True
+        why = "control stream closed"
+        try:
+            serves = self.registry.serves(session.vnet.group)
+            yield pb.ControlEvent(
+                snapshot=pb.ServeSnapshot(serves=[wire.serve_to_pb(s) for s in serves])
+            )
+            while not session.closed:
+                yield await session.events.get()
+            why = "dropped"
+        except asyncio.CancelledError:
+            why = "connection lost"
+            raise
+        finally:
+            self._drop(session, why)
+
+    # --- tunnels -----------------------------------------------------------
+
+    async def Dial(
+        self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
+        session = self._session(context)
+        raw = _metadata(context, wire.MD_SERVEID)
+        if not raw.isdigit() or not 1 <= int(raw) <= 999:
+            raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
+        serve = self.registry.find(session.vnet.group, int(raw))
+        owner = self.by_vnetid.get(serve.vnetid)
+        if owner is None:
+            raise NotFound(f"no serveid {serve.serveid} in this group")
+        cap = self.limits.max_tunnels_per_node
+        if session.tunnels >= cap:
+            raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
+        if owner.tunnels >= cap:
+            raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
+        session.tunnels += 1
+        try:
+            await self._dial(session, owner, serve, context)
+        finally:
+            session.tunnels -= 1
+
+    async def _dial(
+        self,
+        session: Session,
+        owner: Session,
+        serve: Serve,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+    ) -> None:
+        tunnel_id = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = _Pending(owner, serve.serveid, session, context, loop.create_future())
+        self.pending[tunnel_id] = pending
+        owner.push(
+            pb.ControlEvent(
+                open_tunnel=pb.OpenTunnel(
+                    tunnel_id=tunnel_id, serveid=serve.serveid, from_vnetid=session.vnet.vnetid
+                )
+            )
+        )
+        try:
+            splice = await asyncio.wait_for(pending.splice, self.timeouts.accept)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
+            )
+        finally:
+            self.pending.pop(tunnel_id, None)
+        self.observe_setup(loop.time() - started)
+        log.debug(
+            "tunnel %s: vnet %s -> serveid %s on vnet %s",
+            tunnel_id,
+            session.vnet.vnetid,
+            serve.serveid,
+            serve.vnetid,
+        )
+        await splice.wait()
+        await _end_unless_told(splice.dial, context)
+
+    async def Accept(
+        self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
+        session = self._session(context)
+        tunnel_id = _metadata(context, wire.MD_TUNNEL)
+        pending = self.pending.get(tunnel_id)
+        if pending is None or pending.owner is not session or pending.splice.done():
+            raise NotFound("no such tunnel waiting for this vnet")
+        del self.pending[tunnel_id]
+        ends = (pending.dialer, session)
+
+        def forget(done: Splice) -> None:
+            self.splices.discard(done)
+            for end in ends:
+                end.splices.discard(done)
+
+        splice = Splice(
+            tunnel_id=tunnel_id,
+            serveid=pending.serveid,
+            dial=Leg(pending.ctx),
+            accept=Leg(context),
+            stats=self.stats,
+            on_done=forget,
+        )
+        splice.start()
+        self.splices.add(splice)
+        for end in ends:
+            end.splices.add(splice)
+        pending.splice.set_result(splice)
+        session.tunnels += 1
+        try:
+            await splice.wait()
+        finally:
+            session.tunnels -= 1
+        await _end_unless_told(splice.accept, context)
+
+    # --- plumbing ----------------------------------------------------------
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The service's handlers; tunnel methods pass raw bytes through."""
+
+        def unary(fn: Handler, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                _translated(fn, self.rejected),
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        def raw_stream(fn: Handler) -> grpc.RpcMethodHandler:
+            # No (de)serializers: frames go through as the bytes they came as.
+            return grpc.stream_stream_rpc_method_handler(_translated(fn, self.rejected))
+
+        return grpc.method_handlers_generic_handler(
+            wire.SERVICE,
+            {
+                "Join": unary(self.Join, pb.JoinRequest, pb.JoinResponse),
+                "RegisterServe": unary(
+                    self.RegisterServe, pb.RegisterServeRequest, pb.RegisterServeResponse
+                ),
+                "UnregisterServe": unary(
+                    self.UnregisterServe, pb.UnregisterServeRequest, pb.UnregisterServeResponse
+                ),
+                "ListServes": unary(self.ListServes, pb.ListServesRequest, pb.ListServesResponse),
+                "ListVnets": unary(self.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
+                "Ping": unary(self.Ping, pb.PingRequest, pb.PingResponse),
+                "Control": grpc.unary_stream_rpc_method_handler(
+                    _translated_stream(self.Control, self.rejected),
+                    request_deserializer=pb.ControlRequest.FromString,
+                    response_serializer=pb.ControlEvent.SerializeToString,
+                ),
+                "Dial": raw_stream(self.Dial),
+                "Accept": raw_stream(self.Accept),
+            },
+        )
+
+    async def reap_half_closed(self) -> None:
+        """Reset tunnels closed one way and then silent past the limit.
+
+        A peer that half-closed and vanished (or a client that never reads
+        its end) would otherwise hold the tunnel, its buffers and two
+        streams forever.
+        """
+        idle = self.timeouts.half_close_idle
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(idle / 4, 0.02))
+            now = loop.time()
+            for splice in list(self.splices):
+                if splice.half_closed and now - splice.last_activity > idle:
+                    log.info(
+                        "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
+                        splice.tunnel_id,
+                        splice.serveid,
+                        idle,
+                    )
+                    splice.abort("idle after half-close")
+
+    async def go_away(self, reason: str) -> None:
+        """Tell every node the route is stopping; let tunnels finish for a while."""
+        grace = self.timeouts.stop_grace
+        event = pb.ControlEvent(going_away=pb.GoingAway(reason=reason, grace_ms=int(grace * 1000)))
+        for session in self.sessions.values():
+            session.push(event)
+        waits = [asyncio.create_task(s.done.wait()) for s in self.splices]
+        if waits:
+            _, unfinished = await asyncio.wait(waits, timeout=grace)
+            for waiting in unfinished:
+                waiting.cancel()
+        if self.splices:
+            log.info("resetting %d tunnel(s) still open after %.1fs", len(self.splices), grace)
+
+    async def close(self) -> None:
+        for timer in list(self._timers):
+            timer.cancel()
+        for session in list(self.sessions.values()):
+            self._drop(session, "route stopping")
+
+
+async def _end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+    """A stream whose node got neither fin nor reset must not end with OK:
+    a client could take a truncated transfer for a complete one."""
+    if not leg.told:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel reset")
+
+
+def _translated(fn: Handler, rejected: collections.Counter[str]) -> Handler:
+    """Turn VnetError into the matching status: the one translation table."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(request, context)
+        except VnetError as exc:
+            code = wire.status_of(exc)
+            rejected[code.name] += 1
+            await context.abort(code, str(exc))
+
+    return call
+
+
+def _translated_stream(
+    fn: Callable[..., AsyncIterator[Any]], rejected: collections.Counter[str]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except VnetError as exc:
+            code = wire.status_of(exc)
+            rejected[code.name] += 1
+            await context.abort(code, str(exc))
+
+    return call
