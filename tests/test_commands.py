@@ -55,6 +55,14 @@ ROOT = Path(__file__).resolve().parent.parent
         ("ping", Ping()),
         ("exit", Exit()),
         ("unserve", Unserve()),
+        ("unserve 01 8888", Unserve("01", "", 8888)),
+        ("unserve 01 8888 18888", Unserve("01", "", 8888, "", 18888)),
+        ("unserve 01 localhost 8888 0", Unserve("01", "localhost", 8888, "", 0)),
+        (
+            "unserve 02 10.0.0.5 22 127.0.0.2 2222",
+            Unserve("02", "10.0.0.5", 22, "127.0.0.2", 2222),
+        ),
+        ("unserve 01 ::1 8888 ::1", Unserve("01", "::1", 8888, "::1")),
         ("show serves", Show("serves")),
         ("show serves 01", Show("serves", "01")),
         ("show vnet", Show("vnet")),
@@ -84,13 +92,16 @@ def test_parse(line: str, expected: commands.Command | None) -> None:
     [
         ("shwo serves", "unknown command 'shwo'; did you mean 'show'? (type help for the list)"),
         ("frobnicate", "unknown command 'frobnicate' (type help for the list)"),
-        ("show", "show what? (usage: show serve|use|serves|vnet|vnets)"),
+        ("show", "show what? (usage: show serve|use|serves|vnet|vnets|unserves)"),
         (
             "show servs",
             "show: cannot show 'servs'; did you mean 'serves'? "
-            "(usage: show serve|use|serves|vnet|vnets)",
+            "(usage: show serve|use|serves|vnet|vnets|unserves)",
         ),
-        ("show vnet 01", "show vnet: unexpected '01' (usage: show serve|use|serves|vnet|vnets)"),
+        (
+            "show vnet 01",
+            "show vnet: unexpected '01' (usage: show serve|use|serves|vnet|vnets|unserves)",
+        ),
         ("ping now", "ping: unexpected 'now' (usage: ping)"),
         ("help me", "help: no command 'me' (type help for the list)"),
         ("serve", "serve: what to do? (usage: serve open|close|new|run|delete NAME)"),
@@ -234,7 +245,7 @@ def test_complete_command_words() -> None:
 def test_complete_sub_words() -> None:
     assert texts("serve ") == ["open", "close", "new", "run", "delete"]
     assert texts("use c") == ["close"]
-    assert texts("show ") == ["serve", "use", "serves", "vnet", "vnets"]
+    assert texts("show ") == ["serve", "use", "serves", "vnet", "vnets", "unserves"]
     assert texts("show v") == ["vnet", "vnets"]
 
 
@@ -346,7 +357,7 @@ def test_help() -> None:
     serve = commands.help_text("serve")
     assert any("serve run NAME [KEY=VALUE ...]" in line for line in serve)
     assert serve[-1] == '  e.g. serve run jupyter port=8888 serveid=701 info="notebook"'
-    assert commands.help_text("unserve")[-1] == "  not available yet"
+    assert commands.help_text("unserve")[-1] == "  e.g. unserve 01 8888 18888"
 
 
 # --- save ----------------------------------------------------------------------
@@ -481,3 +492,24 @@ def test_diff_finds_exactly_what_changed() -> None:
     # terminal/startserve matter only at start; a new name needs a restart.
     assert change.needs_restart == ("[vnet] name",)
     assert not diff(FULL, FULL)
+
+
+def test_complete_unserve_offers_the_groups_vnetids() -> None:
+    assert texts("unserve ") == ["01", "02"]
+    assert texts("unserve 0") == ["01", "02"]
+    assert texts("unserve 01 ") == []
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("unserve home 8888", "unserve: 'home' is not a vnetid (e.g. 01)"),
+        ("unserve 01 8888 18888 extra", "unserve: unexpected 'extra'"),
+        ("unserve 01 70000", "unserve: port 70000 is out of range"),
+        ("unserve 01 0", "unserve: port 0 is out of range"),
+    ],
+)
+def test_unserve_parse_errors(line: str, message: str) -> None:
+    with pytest.raises(CommandError) as info:
+        commands.parse(line)
+    assert str(info.value).startswith(message)

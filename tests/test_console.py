@@ -232,7 +232,14 @@ async def test_show_ping_help_and_mistakes(
             [],
             ["serve open nothing: no serve named 'nothing' (serves: none yet)"],
         )
-        assert await s.run("unserve") == (Outcome.FAILED, [], ["unserve: not available yet"])
+        assert await s.run("unserve 99 8888") == (
+            Outcome.FAILED,
+            [
+                "asking vnet 99 for its unregistered 127.0.0.1:8888 ... "
+                "(an unserve lapses after 3 min unused)"
+            ],
+            ["unserve: no vnet '99' in this group"],
+        )
         assert await s.run("") == (Outcome.OK, [], [])
         # The toolbar, as the prompt draws it.
         toolbar = s.console.toolbar()
@@ -649,7 +656,7 @@ async def test_vnet_dash_c(make_node: MakeNode, route: RunningRoute, tmp_path: P
     assert (rc, out) == (2, "")
     assert err == (
         "vnet: show: cannot show 'servs'; did you mean 'serves'? "
-        "(usage: show serve|use|serves|vnet|vnets)\n"
+        "(usage: show serve|use|serves|vnet|vnets|unserves)\n"
     )
 
 

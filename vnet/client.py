@@ -100,7 +100,15 @@ class GoingAway:
     grace: float
 
 
-ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway
+@dataclass(frozen=True)
+class UnserveAsked:
+    request_id: str
+    from_vnetid: str
+    ip: str
+    port: int
+
+
+ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked
 
 
 def _event(msg: pb.ControlEvent) -> ControlEvent | None:
@@ -114,6 +122,9 @@ def _event(msg: pb.ControlEvent) -> ControlEvent | None:
     if kind == "open_tunnel":
         ot = msg.open_tunnel
         return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
+    if kind == "unserve_asked":
+        ua = msg.unserve_asked
+        return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port)
     if kind == "going_away":
         return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
     return None  # an event kind from a newer route: ignore it
@@ -266,10 +277,17 @@ class RouteClient:
         return Joined(resp.session, resp.vnetid, resp.group, resp.boot_id, resp.resume_token)
 
     async def register(
-        self, serveid: int, name: str, ip: str, port: int, info: str, timeout: float = 10.0
+        self,
+        serveid: int,
+        name: str,
+        ip: str,
+        port: int,
+        info: str,
+        timeout: float = 10.0,
+        unserve: bool = False,
     ) -> Registered:
         request = pb.RegisterServeRequest(
-            serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info
+            serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info, unserve=unserve
         )
         try:
             resp = await self.stub.RegisterServe(request, metadata=self._md(), timeout=timeout)
@@ -302,6 +320,24 @@ class RouteClient:
         except grpc.aio.AioRpcError as exc:
             raise wire.error_of(exc) from None
         return [VnetInfo(v.vnetid, v.name, v.group, v.serves) for v in resp.vnets]
+
+    async def unserve(self, vnetid: str, ip: str, port: int, timeout: float = 30.0) -> Serve:
+        """Ask vnet `vnetid` to offer ip:port; the serve it registered for it."""
+        request = pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port)
+        try:
+            resp = await self.stub.Unserve(request, metadata=self._md(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+        return wire.serve_from_pb(resp.serve)
+
+    async def answer_unserve(
+        self, request_id: str, serveid: int = 0, refusal: str = "", timeout: float = 10.0
+    ) -> None:
+        request = pb.AnswerUnserveRequest(request_id=request_id, serveid=serveid, refusal=refusal)
+        try:
+            await self.stub.AnswerUnserve(request, metadata=self._md(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
 
     async def ping(self, timeout: float = 10.0) -> float:
         """Round trip to the route, in seconds."""

@@ -41,9 +41,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": ("serve open|close|new|run|delete NAME", "this node's serves (help serve)"),
     "use": ("use open|close|new|run|delete NAME", "this node's uses (help use)"),
-    "show": ("show serve|use|serves|vnet|vnets", "show this node, or ask the route"),
+    "show": ("show serve|use|serves|vnet|vnets|unserves", "show this node, or ask the route"),
     "ping": ("ping", "round trip to the route, in ms"),
-    "unserve": ("unserve", "reach a service another node has not registered"),
+    "unserve": (
+        "unserve VNETID [IP] PORT [LOCAL_IP] [LOCAL_PORT]",
+        "reach a service another node has not registered",
+    ),
     "save": ("save [FILE]", "write the configuration as it is now to a file"),
     "exit": ("exit", "stop this node and leave"),
 }
@@ -73,6 +76,7 @@ SHOW: dict[str, str] = {
     "serves": "the serves registered in the group (asks the route)",
     "vnet": "this node",
     "vnets": "the nodes of the group (asks the route)",
+    "unserves": "what this node offers on other nodes' request, and when each lapses",
 }
 
 # Inline fields of `serve new|run` and `use new|run`: the keys of the file's
@@ -206,7 +210,13 @@ class Ping:
 
 @dataclass(frozen=True)
 class Unserve:
-    pass
+    """unserve VNETID [IP] PORT [LOCAL_IP] [LOCAL_PORT]; what is not given is asked."""
+
+    vnetid: str = ""
+    ip: str = ""
+    port: int | None = None
+    local_ip: str = ""
+    local_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -252,11 +262,52 @@ def parse(line: str) -> Command | None:
         _at_most(verb, args, 0)
         return Ping() if verb == "ping" else Exit()
     if verb == "unserve":
-        return Unserve()
+        return _parse_unserve(args)
     if verb == "show":
         return _parse_show(args)
     kind: Kind = "serve" if verb == "serve" else "use"
     return _parse_manage(kind, args)
+
+
+def _parse_unserve(args: list[str]) -> Unserve:
+    """Addresses and ports told apart by form: a port is all digits."""
+    usage = f"usage: {COMMANDS['unserve'][0]}"
+    if not args:
+        return Unserve()
+    vnetid, rest = args[0], args[1:]
+    if not vnetid.isdigit():
+        raise CommandError(f"unserve: {vnetid!r} is not a vnetid (e.g. 01)", usage)
+    found: dict[str, str] = {}
+    for key, is_port in (("ip", False), ("port", True), ("local_ip", False), ("local_port", True)):
+        if rest and rest[0].isdigit() == is_port:
+            found[key] = rest.pop(0)
+    if rest:
+        raise CommandError(f"unserve: unexpected {rest[0]!r}", usage)
+
+    def port(key: str, low: int) -> int | None:
+        if key not in found:
+            return None
+        value = int(found[key])
+        if not low <= value <= 65535:
+            raise CommandError(f"unserve: {key.replace('_', ' ')} {value} is out of range", usage)
+        return value
+
+    return Unserve(
+        vnetid=vnetid,
+        ip=found.get("ip", ""),
+        port=port("port", 1),
+        local_ip=found.get("local_ip", ""),
+        # 0: any free port, for scripts that read which one from the output.
+        local_port=port("local_port", 0),
+    )
+
+
+def unserves_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """`show unserves`: this node's offers made on request."""
+    return [
+        *table(["serveid", "for vnet", "ip", "port", "open", "lapses"], rows),
+        f"- {len(rows)} unserve(s) -",
+    ]
 
 
 def _at_most(where: str, args: list[str], n: int, usage: str = "") -> None:
@@ -463,6 +514,8 @@ def _candidates(words: list[str], word: str, data: CompletionData) -> list[Candi
         return [Candidate(w, what) for w, what in SHOW.items()]
     if verb == "show" and n == 2 and words[1] == "serves":
         return [Candidate(v, name) for v, name in data.vnetids]
+    if verb == "unserve" and n == 1:
+        return [Candidate(v, name) for v, name in data.vnetids]
     if verb not in ("serve", "use"):
         return []
     kind: Kind = "serve" if verb == "serve" else "use"
@@ -537,7 +590,15 @@ def serves_table(serves: Sequence[Serve], vnetid: str = "") -> list[str]:
     """`show serves`: the group's serves, as the original lists them."""
     shown = sorted((s for s in serves if not vnetid or s.vnetid == vnetid), key=lambda s: s.serveid)
     rows = [
-        [serveid_text(s.serveid), s.vnetid, s.name, s.type, s.ip, str(s.port), s.info]
+        [
+            serveid_text(s.serveid),
+            s.vnetid,
+            s.name,
+            "unserve" if s.unserve else s.type,
+            s.ip,
+            str(s.port),
+            s.info,
+        ]
         for s in shown
     ]
     vnets = len({s.vnetid for s in shown})
@@ -652,5 +713,15 @@ def help_text(topic: str = "") -> list[str]:
             " Nothing is written unless you save."
         )
     elif topic == "unserve":
-        lines.append("  not available yet")
+        lines.extend(
+            [
+                "  asks node VNETID to offer IP:PORT (IP defaults to 127.0.0.1), then maps it",
+                "  to LOCAL_IP:LOCAL_PORT here (defaults: 127.0.0.1 and the same port);",
+                "  what is not given is asked. The other node decides: allow_unserve,",
+                "  loopback only unless unserve_remote, at most unserve_num. An unserve",
+                "  lapses 3 minutes after it was made if never used, else 1 minute after",
+                "  its last connection closes; the mapping ends with it and is not saved.",
+                "  e.g. unserve 01 8888 18888",
+            ]
+        )
     return lines

@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -193,8 +194,7 @@ class Executor:
         elif isinstance(command, Exit):
             return Outcome.EXIT
         elif isinstance(command, Unserve):
-            self.err("unserve: not available yet")
-            return Outcome.FAILED
+            await self._unserve(command)
         elif isinstance(command, Ping):
             await self._ping()
         elif isinstance(command, Show):
@@ -237,6 +237,8 @@ class Executor:
             self._connected()
             serves = await node.client.list_serves()
             self._lines(commands.serves_table(serves, command.vnetid))
+        elif command.what == "unserves":
+            self._lines(commands.unserves_table(unserve_rows(node)))
         else:
             self._connected()
             vnets = await node.client.list_vnets()
@@ -272,6 +274,47 @@ class Executor:
             else:
                 await node.add_use(commands.make_use(name, fields, active))
 
+    async def _unserve(self, command: Unserve) -> None:
+        """As the original: ask what is missing, request, then map it here."""
+        self._connected()
+        vnetid, ip, port = command.vnetid, command.ip, command.port
+        if not vnetid:
+            vnetid = await self._required("to vnetid: ", "unserve: a vnetid is required")
+        if port is None:
+            ip = ip or await self._optional("ip(127.0.0.1): ")
+            port = _port(await self._required("port: ", "unserve: a port is required"), 1)
+        ip = ip or "127.0.0.1"
+        self.out(
+            f"asking vnet {vnetid} for its unregistered {ip}:{port} ... "
+            f"(an unserve lapses after 3 min unused)"
+        )
+        serve = await self.node.unserve(vnetid, ip, port)
+        self.out(f"vnet {vnetid} offers it as serveid {commands.serveid_text(serve.serveid)}")
+        local_ip, local_port = command.local_ip, command.local_port
+        if local_port is None and self.ask is not None:
+            local_ip = local_ip or await self._optional("ip(127.0.0.1): ")
+            answer = await self._optional(f"port({port}): ")
+            local_port = _port(answer, 0) if answer else None
+        state = await self.node.map_unserve(
+            serve, local_ip or "127.0.0.1", port if local_port is None else local_port
+        )
+        self.out(
+            f"mapped {state.config.ip}:{state.port} -> serveid "
+            f"{commands.serveid_text(serve.serveid)} ({ip}:{port} on vnet {vnetid}); "
+            "it ends when the unserve does"
+        )
+
+    async def _required(self, prompt: str, missing: str) -> str:
+        if self.ask is None:
+            raise CommandError(missing, f"usage: {commands.COMMANDS['unserve'][0]}")
+        answer = (await self.ask(prompt)).strip()
+        if not answer:
+            raise CommandError(missing)
+        return answer
+
+    async def _optional(self, prompt: str) -> str:
+        return (await self.ask(prompt)).strip() if self.ask is not None else ""
+
     async def _complete_fields(self, command: Manage) -> dict[str, str]:
         fields = command.values
         if self.ask is None:
@@ -289,6 +332,32 @@ class Executor:
             elif ask.required:
                 raise CommandError(f"{command.words}: {ask.key} is required")
         return fields
+
+
+def _port(text: str, low: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= 65535:
+        raise CommandError(f"unserve: {text!r} is not a port ({low}-65535)")
+    return int(text)
+
+
+def unserve_rows(node: Node) -> list[list[str]]:
+    """This node's offers for `show unserves`, with the time left on each."""
+    now = asyncio.get_running_loop().time()
+    rows = []
+    for offer in sorted(node.unserves.offers.values(), key=lambda o: o.serveid):
+        at = offer.lapses_at(node.unserves.unused_ttl, node.unserves.linger)
+        lapses = "while in use" if at is None else f"in {max(at - now, 0):.0f}s"
+        rows.append(
+            [
+                commands.serveid_text(offer.serveid),
+                offer.requester,
+                offer.ip,
+                str(offer.port),
+                str(offer.open),
+                lapses,
+            ]
+        )
+    return rows
 
 
 def _example(kind: str) -> str:

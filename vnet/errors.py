@@ -65,3 +65,11 @@ class LimitExceeded(VnetError):
 
 class SessionUnknown(Unauthenticated):
     """The session presented is not (or no longer) known to the route."""
+
+
+class Refused(VnetError):
+    """The node asked (for an unserve) said no; says why."""
+
+
+class Unanswered(VnetError):
+    """The node asked did not answer in time."""

@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +33,14 @@ from vnet.client import (
     ServeAdded,
     ServeRemoved,
     Snapshot,
+    UnserveAsked,
     client_for,
 )
 from vnet.config import NodeConfig, ServeConfig, UseConfig
 from vnet.errors import NotFound, RouteUnavailable, VnetError
 from vnet.registry import Serve
+from vnet.unserve import LINGER, UNUSED_TTL
+from vnet.unserves import Unserves
 from vnet.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,10 @@ class NodeTimeouts:
     # reconnect_min to reconnect_max, with jitter. reconnect_max 0: never.
     reconnect_min: float = 0.5
     reconnect_max: float = 15.0
+    # unserve offers: withdrawn this long after being made if never used,
+    # or this long after their last connection closed.
+    unserve_unused: float = UNUSED_TTL
+    unserve_linger: float = LINGER
 
 
 @dataclass(eq=False)
@@ -75,6 +82,8 @@ class ServeState:
     # serveids stay the same across reconnects.
     last_serveid: int | None = None
     error: str = ""
+    # Offered on another node's request (unserve): not part of the config.
+    unserve: bool = False
 
     @property
     def key(self) -> str:
@@ -116,6 +125,7 @@ class Node:
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot = asyncio.Event()
+        self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
 
     @property
     def name(self) -> str:
@@ -159,6 +169,7 @@ class Node:
         cfg = self.config
         await self._join()
         self._supervisor = asyncio.create_task(self._supervise())
+        self._spawn(self.unserves.lapse_forever())
         # terminal=false: the file is all there is, so everything active starts.
         console = cfg.vnet.terminal
         serve_now = autostart and (not console or cfg.vnet.startserve)
@@ -283,6 +294,42 @@ class Node:
         finally:
             self._snapshot.set()
 
+    def _drop_ephemeral(self, which: Callable[[UseState], bool]) -> None:
+        for key, state in list(self.uses.items()):
+            if state.ephemeral and which(state):
+                state.running = False
+                self._uses.close(state)
+                del self.uses[key]
+                log.info("[use.%s] removed: its unserve is gone", key)
+
+    def add_unserve_state(self, config: ServeConfig, serveid: int) -> None:
+        """An offer made on request, served like the config's serves."""
+        self.serves[config.key] = ServeState(config, running=True, serveid=serveid, unserve=True)
+
+    async def unserve(self, vnetid: str, ip: str, port: int) -> Serve:
+        """Ask vnet `vnetid` to offer ip:port; the serve it registered."""
+        self._require_route()
+        serve = await self.client.unserve(vnetid, ip, port)
+        # Known now, whether or not its serve_added has come in yet.
+        self.remote[serve.serveid] = serve
+        return serve
+
+    async def map_unserve(self, serve: Serve, ip: str, port: int) -> UseState:
+        """Map an unserve to a local port, for as long as the unserve lives.
+
+        Not part of the config (`save` leaves it out): it ends with the offer.
+        """
+        key = f"unserve-{serve.vnetid}-{serve.serveid:03d}"
+        if key in self.uses:
+            raise NodeRequestError(f"[use.{key}] already maps it")
+        use = UseConfig(key=key, serveid=serve.serveid, ip=ip, port=port)
+        state = self.uses[key] = UseState(use, running=True, ephemeral=True)
+        error = await self._uses.reconcile(state, quiet=True)
+        if error:
+            del self.uses[key]
+            raise NodeRequestError(f"unserve {serve.serveid:03d}: {error}")
+        return state
+
     async def _end_hold(self, grace: float) -> None:
         await asyncio.sleep(grace)
         self._uses.reconcile_all()
@@ -296,6 +343,8 @@ class Node:
         """
         self.lost = why
         self.remote.clear()
+        self.unserves.forget()
+        self._drop_ephemeral(lambda _: True)
         for state in self.serves.values():
             if state.serveid is not None:
                 state.last_serveid = state.serveid
@@ -305,6 +354,9 @@ class Node:
     def _on_event(self, event: ControlEvent) -> None:
         if isinstance(event, OpenTunnel):
             self._spawn(self._accept(event))
+            return
+        if isinstance(event, UnserveAsked):
+            self._spawn(self.unserves.answer(event))
             return
         if isinstance(event, GoingAway):
             log.warning(
@@ -332,6 +384,9 @@ class Node:
             gone = self.remote.pop(event.serveid, None)
             if gone is not None and gone.vnetid != self.vnetid:
                 log.info("serve %s (%s) left", gone.serveid, gone.name)
+            # A mapping made for an unserve ends with it: its serveid may
+            # later be given to something else.
+            self._drop_ephemeral(lambda u: u.config.serveid == event.serveid)
         self._uses.reconcile_all()
 
     # --- serves: registration ------------------------------------------------
@@ -390,8 +445,8 @@ class Node:
         """Make node.config the config as it is now."""
         self.config = dataclasses.replace(
             self.config,
-            serves=tuple(s.config for s in self.serves.values()),
-            uses=tuple(u.config for u in self.uses.values()),
+            serves=tuple(s.config for s in self.serves.values() if not s.unserve),
+            uses=tuple(u.config for u in self.uses.values() if not u.ephemeral),
         )
 
     def _check(self, serves: tuple[ServeConfig, ...], uses: tuple[UseConfig, ...]) -> None:
@@ -602,9 +657,17 @@ class Node:
             call = self.client.accept(event.tunnel_id)
             await _refuse(call, f"serveid {event.serveid} is not served here")
             return
+        host = serve.ip
+        offered = event.serveid in self.unserves.offers
+        if offered:
+            host, reason = await self.unserves.dial_address(event.serveid)
+            if reason:
+                log.warning("%s: refused: %s", label, reason)
+                await _refuse(self.client.accept(event.tunnel_id), reason)
+                return
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(serve.ip, serve.port, limit=tunnel.READER_LIMIT),
+                asyncio.open_connection(host, serve.port, limit=tunnel.READER_LIMIT),
                 self.timeouts.target_connect,
             )
         except (OSError, TimeoutError) as exc:
@@ -614,7 +677,13 @@ class Node:
             await _refuse(self.client.accept(event.tunnel_id), reason)
             return
         call = self.client.accept(event.tunnel_id)
-        await tunnel.relay(reader, writer, call, label)
+        if offered:
+            self.unserves.opened(event.serveid)
+        try:
+            await tunnel.relay(reader, writer, call, label)
+        finally:
+            if offered:
+                self.unserves.closed(event.serveid)
 
 
 async def _close_quietly(client: RouteClient) -> None:

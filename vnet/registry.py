@@ -44,6 +44,8 @@ class Serve:
     port: int
     info: str = ""
     type: str = "tcp"
+    # Registered on another node's request (unserve), not from a config.
+    unserve: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Registry:
         port: int,
         info: str = "",
         type: str = "tcp",
+        unserve: bool = False,
     ) -> Registration:
         vnet = self.vnet(vnetid)
         if not 0 <= serveid <= SERVEID_MAX:
@@ -148,7 +151,14 @@ class Registry:
             serveid = self._free_dynamic(group)
             reassigned = True
         serve = Serve(
-            serveid=serveid, vnetid=vnetid, name=name, ip=ip, port=port, info=info, type="tcp"
+            serveid=serveid,
+            vnetid=vnetid,
+            name=name,
+            ip=ip,
+            port=port,
+            info=info,
+            type="tcp",
+            unserve=unserve,
         )
         group[serveid] = serve
         return Registration(serve=serve, reassigned=reassigned, replaced=replaced)

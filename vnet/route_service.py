@@ -27,7 +27,9 @@ from vnet.errors import (
     InvalidRequest,
     LimitExceeded,
     NotFound,
+    Refused,
     SessionUnknown,
+    Unanswered,
     Unauthenticated,
     VnetError,
 )
@@ -54,6 +56,8 @@ class RouteTimeouts:
     join: float = 10.0
     # The serving node must answer an OpenTunnel this soon.
     accept: float = 10.0
+    # An asked node must answer an unserve request this soon.
+    unserve: float = 10.0
     # When the route stops: how long open tunnels may still run.
     stop_grace: float = 5.0
     # Keepalive pings on idle connections, and how long an answer may take:
@@ -139,6 +143,8 @@ class RouteServicer:
         self.sessions: dict[str, Session] = {}
         self.by_vnetid: dict[str, Session] = {}
         self.pending: dict[str, _Pending] = {}
+        # Unserve requests waiting for the asked node: id -> (asked, answer).
+        self.unserves: dict[str, tuple[Session, asyncio.Future[pb.AnswerUnserveRequest]]] = {}
         self.splices: set[Splice] = set()
         self.stats = SpliceStats()
         self.auth_failures = 0
@@ -308,6 +314,7 @@ class RouteServicer:
             request.port,
             request.info,
             request.type,
+            unserve=request.unserve,
         )
         if reg.replaced is not None:
             self._serve_removed(reg.replaced, session.vnet.group)
@@ -354,6 +361,65 @@ class RouteServicer:
     ) -> pb.PingResponse:
         self._session(context)
         return pb.PingResponse(nonce=request.nonce, boot_id=self.boot_id)
+
+    async def Unserve(
+        self, request: pb.UnserveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UnserveResponse:
+        session = self._session(context)
+        asked = self.by_vnetid.get(request.vnetid)
+        if asked is None or asked.vnet.group != session.vnet.group or asked.closed:
+            # Another group's node looks exactly like one that does not exist.
+            raise NotFound(f"no vnet {request.vnetid!r} in this group")
+        if asked is session:
+            raise InvalidRequest("that is this node: serve it with serve run instead")
+        if not 1 <= request.port <= 65535:
+            raise InvalidRequest(f"port {request.port} is out of range (1-65535)")
+        ip = request.ip or "127.0.0.1"
+        if len(ip) > 253 or any(ord(ch) <= 32 for ch in ip):
+            raise InvalidRequest("ip is not an address or host name")
+        request_id = secrets.token_hex(8)
+        answer: asyncio.Future[pb.AnswerUnserveRequest] = asyncio.get_running_loop().create_future()
+        self.unserves[request_id] = (asked, answer)
+        asked.push(
+            pb.ControlEvent(
+                unserve_asked=pb.UnserveAsked(
+                    request_id=request_id,
+                    from_vnetid=session.vnet.vnetid,
+                    ip=ip,
+                    port=request.port,
+                )
+            )
+        )
+        log.info(
+            "vnet %s asks vnet %s to offer %s:%s",
+            session.vnet.vnetid,
+            asked.vnet.vnetid,
+            ip,
+            request.port,
+        )
+        try:
+            reply = await asyncio.wait_for(answer, self.timeouts.unserve)
+        except TimeoutError:
+            raise Unanswered(f"vnet {asked.vnet.vnetid} did not answer in time") from None
+        finally:
+            self.unserves.pop(request_id, None)
+        if reply.refusal or not reply.serveid:
+            raise Refused(f"vnet {asked.vnet.vnetid} refused: {reply.refusal or 'no reason'}")
+        serve = self.registry.find(asked.vnet.group, reply.serveid)
+        if serve.vnetid != asked.vnet.vnetid or not serve.unserve:
+            raise Refused(f"vnet {asked.vnet.vnetid} answered with a serve that is not its unserve")
+        return pb.UnserveResponse(serve=wire.serve_to_pb(serve))
+
+    async def AnswerUnserve(
+        self, request: pb.AnswerUnserveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AnswerUnserveResponse:
+        session = self._session(context)
+        waiting = self.unserves.get(request.request_id)
+        if waiting is None or waiting[0] is not session:
+            raise NotFound("no such unserve request waiting for this vnet")
+        if not waiting[1].done():
+            waiting[1].set_result(request)
+        return pb.AnswerUnserveResponse()
 
     # --- control stream ----------------------------------------------------
 
@@ -507,6 +573,10 @@ class RouteServicer:
                 "ListServes": unary(self.ListServes, pb.ListServesRequest, pb.ListServesResponse),
                 "ListVnets": unary(self.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
                 "Ping": unary(self.Ping, pb.PingRequest, pb.PingResponse),
+                "Unserve": unary(self.Unserve, pb.UnserveRequest, pb.UnserveResponse),
+                "AnswerUnserve": unary(
+                    self.AnswerUnserve, pb.AnswerUnserveRequest, pb.AnswerUnserveResponse
+                ),
                 "Control": grpc.unary_stream_rpc_method_handler(
                     _translated_stream(self.Control, self.rejected),
                     request_deserializer=pb.ControlRequest.FromString,

@@ -40,6 +40,8 @@ class UseState:
     connections: set[asyncio.Task[None]] = field(default_factory=set)
     # Control events can ask for several reconciles at once.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Made at run time for an unserve: not part of the config, ends with it.
+    ephemeral: bool = False
 
     @property
     def key(self) -> str:

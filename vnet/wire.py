@@ -18,9 +18,11 @@ from vnet.errors import (
     LimitExceeded,
     NoFreeServeId,
     NotFound,
+    Refused,
     RegistryError,
     RouteUnavailable,
     ServeIdTaken,
+    Unanswered,
     Unauthenticated,
     VnetError,
 )
@@ -139,6 +141,7 @@ def serve_to_pb(serve: Serve) -> pb.ServeInfo:
         ip=serve.ip,
         port=serve.port,
         info=serve.info,
+        unserve=serve.unserve,
     )
 
 
@@ -151,6 +154,7 @@ def serve_from_pb(msg: pb.ServeInfo) -> Serve:
         port=msg.port,
         info=msg.info,
         type=msg.type or "tcp",
+        unserve=msg.unserve,
     )
 
 
@@ -172,6 +176,8 @@ STATUS_OF: list[tuple[type[VnetError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Refused, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unanswered, grpc.StatusCode.UNAVAILABLE),
     (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 

@@ -152,6 +152,7 @@ class ControlEvent(_message.Message):
     SERVE_REMOVED_FIELD_NUMBER: _builtins.int
     OPEN_TUNNEL_FIELD_NUMBER: _builtins.int
     GOING_AWAY_FIELD_NUMBER: _builtins.int
+    UNSERVE_ASKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___ServeSnapshot:
         """The serves of the group when the stream opened."""
@@ -174,6 +175,13 @@ class ControlEvent(_message.Message):
         and the control stream ends. Reconnect after it.
         """
 
+    @_builtins.property
+    def unserve_asked(self) -> Global___UnserveAsked:
+        """Another node asks this one to offer an unregistered service: decide,
+        register it (RegisterServe with unserve=true) if willing, and answer
+        with AnswerUnserve.
+        """
+
     def __init__(
         self,
         *,
@@ -182,16 +190,51 @@ class ControlEvent(_message.Message):
         serve_removed: Global___ServeRemoved | None = ...,
         open_tunnel: Global___OpenTunnel | None = ...,
         going_away: Global___GoingAway | None = ...,
+        unserve_asked: Global___UnserveAsked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away", "unserve_asked"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ControlEvent: _TypeAlias = ControlEvent  # noqa: Y015
+
+@_typing.final
+class UnserveAsked(_message.Message):
+    """A request for an unregistered service, as the asked node sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FROM_VNETID_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Identifies the request; send it back in AnswerUnserve."""
+    from_vnetid: _builtins.str
+    """The vnetid of the node that asks."""
+    ip: _builtins.str
+    """The address to offer, as the asking node wrote it (an IP or a name)."""
+    port: _builtins.int
+    """The port to offer, 1-65535."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        from_vnetid: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_vnetid", b"from_vnetid", "ip", b"ip", "port", b"port", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnserveAsked: _TypeAlias = UnserveAsked  # noqa: Y015
 
 @_typing.final
 class GoingAway(_message.Message):
@@ -312,6 +355,7 @@ class ServeInfo(_message.Message):
     IP_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
+    UNSERVE_FIELD_NUMBER: _builtins.int
     serveid: _builtins.int
     """1-499 dynamic (the route may change it), 500-999 static."""
     vnetid: _builtins.str
@@ -326,6 +370,10 @@ class ServeInfo(_message.Message):
     """The port the serve's node connects to; also the default local port of a use."""
     info: _builtins.str
     """Free text for humans."""
+    unserve: _builtins.bool
+    """Registered on request (Unserve) rather than from the node's config; the
+    node withdraws it by itself after a while.
+    """
     def __init__(
         self,
         *,
@@ -336,10 +384,11 @@ class ServeInfo(_message.Message):
         ip: _builtins.str = ...,
         port: _builtins.int = ...,
         info: _builtins.str = ...,
+        unserve: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "ip", b"ip", "name", b"name", "port", b"port", "serveid", b"serveid", "type", b"type", "vnetid", b"vnetid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "ip", b"ip", "name", b"name", "port", b"port", "serveid", b"serveid", "type", b"type", "unserve", b"unserve", "vnetid", b"vnetid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -357,6 +406,7 @@ class RegisterServeRequest(_message.Message):
     IP_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
+    UNSERVE_FIELD_NUMBER: _builtins.int
     serveid: _builtins.int
     """0 asks the route to assign one; 1-499 is a wish the route may change;
     500-999 is kept as it is or refused with ALREADY_EXISTS.
@@ -371,6 +421,8 @@ class RegisterServeRequest(_message.Message):
     """The port the node connects to, 1-65535."""
     info: _builtins.str
     """Free text for humans."""
+    unserve: _builtins.bool
+    """True for a serve registered to answer an UnserveAsked."""
     def __init__(
         self,
         *,
@@ -380,10 +432,11 @@ class RegisterServeRequest(_message.Message):
         ip: _builtins.str = ...,
         port: _builtins.int = ...,
         info: _builtins.str = ...,
+        unserve: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "ip", b"ip", "name", b"name", "port", b"port", "serveid", b"serveid", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "ip", b"ip", "name", b"name", "port", b"port", "serveid", b"serveid", "type", b"type", "unserve", b"unserve"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,6 +508,107 @@ class UnregisterServeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnregisterServeResponse: _TypeAlias = UnregisterServeResponse  # noqa: Y015
+
+@_typing.final
+class UnserveRequest(_message.Message):
+    """Asks a node of the caller's group to offer a service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VNETID_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    vnetid: _builtins.str
+    """The node to ask."""
+    ip: _builtins.str
+    """The address on that node's side; empty means 127.0.0.1. The asked node
+    refuses addresses that are not loopback unless it allows remote ones.
+    """
+    port: _builtins.int
+    """The port, 1-65535."""
+    def __init__(
+        self,
+        *,
+        vnetid: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "port", b"port", "vnetid", b"vnetid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnserveRequest: _TypeAlias = UnserveRequest  # noqa: Y015
+
+@_typing.final
+class UnserveResponse(_message.Message):
+    """The service, registered as a serve of the asked node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def serve(self) -> Global___ServeInfo: ...
+    def __init__(
+        self,
+        *,
+        serve: Global___ServeInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serve", b"serve"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serve", b"serve"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnserveResponse: _TypeAlias = UnserveResponse  # noqa: Y015
+
+@_typing.final
+class AnswerUnserveRequest(_message.Message):
+    """An asked node's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SERVEID_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """From UnserveAsked."""
+    serveid: _builtins.int
+    """The serveid it registered; 0 when it refuses."""
+    refusal: _builtins.str
+    """Why it refuses, in one line; empty when it agrees."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        serveid: _builtins.int = ...,
+        refusal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "request_id", b"request_id", "serveid", b"serveid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerUnserveRequest: _TypeAlias = AnswerUnserveRequest  # noqa: Y015
+
+@_typing.final
+class AnswerUnserveResponse(_message.Message):
+    """The answer to AnswerUnserve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerUnserveResponse: _TypeAlias = AnswerUnserveResponse  # noqa: Y015
 
 @_typing.final
 class ListServesRequest(_message.Message):

@@ -70,6 +70,16 @@ class RouteServiceStub:
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.PingRequest.SerializeToString,
                 response_deserializer=vnetrpc_dot_v1_dot_route__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.Unserve = channel.unary_unary(
+                '/vnetrpc.v1.RouteService/Unserve',
+                request_serializer=vnetrpc_dot_v1_dot_route__pb2.UnserveRequest.SerializeToString,
+                response_deserializer=vnetrpc_dot_v1_dot_route__pb2.UnserveResponse.FromString,
+                _registered_method=True)
+        self.AnswerUnserve = channel.unary_unary(
+                '/vnetrpc.v1.RouteService/AnswerUnserve',
+                request_serializer=vnetrpc_dot_v1_dot_route__pb2.AnswerUnserveRequest.SerializeToString,
+                response_deserializer=vnetrpc_dot_v1_dot_route__pb2.AnswerUnserveResponse.FromString,
+                _registered_method=True)
         self.Dial = channel.stream_stream(
                 '/vnetrpc.v1.RouteService/Dial',
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.SerializeToString,
@@ -140,6 +150,26 @@ class RouteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unserve(self, request, context):
+        """Asks another node of the group to offer a service it has not
+        registered ("unserve", from the original vnet). The route forwards the
+        request to that node on its control stream (unserve_asked) and returns
+        its answer: the serve it registered for it, or FAILED_PRECONDITION with
+        the node's reason for refusing. NOT_FOUND for a vnetid that is not in
+        the caller's group (whether or not it exists elsewhere); UNAVAILABLE
+        when the node does not answer in time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerUnserve(self, request, context):
+        """The asked node's answer to an unserve_asked event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Dial(self, request_iterator, context):
         """Opens a tunnel to the serve named by the "vnet-serveid" metadata.
         Fails at once with NOT_FOUND when no such serve is registered in the
@@ -194,6 +224,16 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=vnetrpc_dot_v1_dot_route__pb2.PingRequest.FromString,
                     response_serializer=vnetrpc_dot_v1_dot_route__pb2.PingResponse.SerializeToString,
+            ),
+            'Unserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unserve,
+                    request_deserializer=vnetrpc_dot_v1_dot_route__pb2.UnserveRequest.FromString,
+                    response_serializer=vnetrpc_dot_v1_dot_route__pb2.UnserveResponse.SerializeToString,
+            ),
+            'AnswerUnserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerUnserve,
+                    request_deserializer=vnetrpc_dot_v1_dot_route__pb2.AnswerUnserveRequest.FromString,
+                    response_serializer=vnetrpc_dot_v1_dot_route__pb2.AnswerUnserveResponse.SerializeToString,
             ),
             'Dial': grpc.stream_stream_rpc_method_handler(
                     servicer.Dial,
@@ -396,6 +436,60 @@ class RouteService:
             '/vnetrpc.v1.RouteService/Ping',
             vnetrpc_dot_v1_dot_route__pb2.PingRequest.SerializeToString,
             vnetrpc_dot_v1_dot_route__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vnetrpc.v1.RouteService/Unserve',
+            vnetrpc_dot_v1_dot_route__pb2.UnserveRequest.SerializeToString,
+            vnetrpc_dot_v1_dot_route__pb2.UnserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerUnserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vnetrpc.v1.RouteService/AnswerUnserve',
+            vnetrpc_dot_v1_dot_route__pb2.AnswerUnserveRequest.SerializeToString,
+            vnetrpc_dot_v1_dot_route__pb2.AnswerUnserveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,17 @@ class RouteServiceStub:
     """Lists the nodes joined in the caller's group."""
     Ping: _grpc.UnaryUnaryMultiCallable[_route_pb2.PingRequest, _route_pb2.PingResponse]
     """Round trip to the route; also tells whether the session is still known."""
+    Unserve: _grpc.UnaryUnaryMultiCallable[_route_pb2.UnserveRequest, _route_pb2.UnserveResponse]
+    """Asks another node of the group to offer a service it has not
+    registered ("unserve", from the original vnet). The route forwards the
+    request to that node on its control stream (unserve_asked) and returns
+    its answer: the serve it registered for it, or FAILED_PRECONDITION with
+    the node's reason for refusing. NOT_FOUND for a vnetid that is not in
+    the caller's group (whether or not it exists elsewhere); UNAVAILABLE
+    when the node does not answer in time.
+    """
+    AnswerUnserve: _grpc.UnaryUnaryMultiCallable[_route_pb2.AnswerUnserveRequest, _route_pb2.AnswerUnserveResponse]
+    """The asked node's answer to an unserve_asked event."""
     Dial: _grpc.StreamStreamMultiCallable[_route_pb2.TunnelFrame, _route_pb2.TunnelFrame]
     """Opens a tunnel to the serve named by the "vnet-serveid" metadata.
     Fails at once with NOT_FOUND when no such serve is registered in the
@@ -115,6 +126,17 @@ class RouteServiceAsyncStub(RouteServiceStub):
     """Lists the nodes joined in the caller's group."""
     Ping: _aio.UnaryUnaryMultiCallable[_route_pb2.PingRequest, _route_pb2.PingResponse]  # type: ignore[assignment]
     """Round trip to the route; also tells whether the session is still known."""
+    Unserve: _aio.UnaryUnaryMultiCallable[_route_pb2.UnserveRequest, _route_pb2.UnserveResponse]  # type: ignore[assignment]
+    """Asks another node of the group to offer a service it has not
+    registered ("unserve", from the original vnet). The route forwards the
+    request to that node on its control stream (unserve_asked) and returns
+    its answer: the serve it registered for it, or FAILED_PRECONDITION with
+    the node's reason for refusing. NOT_FOUND for a vnetid that is not in
+    the caller's group (whether or not it exists elsewhere); UNAVAILABLE
+    when the node does not answer in time.
+    """
+    AnswerUnserve: _aio.UnaryUnaryMultiCallable[_route_pb2.AnswerUnserveRequest, _route_pb2.AnswerUnserveResponse]  # type: ignore[assignment]
+    """The asked node's answer to an unserve_asked event."""
     Dial: _aio.StreamStreamMultiCallable[_route_pb2.TunnelFrame, _route_pb2.TunnelFrame]  # type: ignore[assignment]
     """Opens a tunnel to the serve named by the "vnet-serveid" metadata.
     Fails at once with NOT_FOUND when no such serve is registered in the
@@ -190,6 +212,29 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_route_pb2.PingResponse, _abc.Awaitable[_route_pb2.PingResponse]]:
         """Round trip to the route; also tells whether the session is still known."""
+
+    @_abc_1.abstractmethod
+    def Unserve(
+        self,
+        request: _route_pb2.UnserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_route_pb2.UnserveResponse, _abc.Awaitable[_route_pb2.UnserveResponse]]:
+        """Asks another node of the group to offer a service it has not
+        registered ("unserve", from the original vnet). The route forwards the
+        request to that node on its control stream (unserve_asked) and returns
+        its answer: the serve it registered for it, or FAILED_PRECONDITION with
+        the node's reason for refusing. NOT_FOUND for a vnetid that is not in
+        the caller's group (whether or not it exists elsewhere); UNAVAILABLE
+        when the node does not answer in time.
+        """
+
+    @_abc_1.abstractmethod
+    def AnswerUnserve(
+        self,
+        request: _route_pb2.AnswerUnserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_route_pb2.AnswerUnserveResponse, _abc.Awaitable[_route_pb2.AnswerUnserveResponse]]:
+        """The asked node's answer to an unserve_asked event."""
 
     @_abc_1.abstractmethod
     def Dial(
