@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vnet import commands
+from vnet import commands, tables
 from vnet.client import VnetInfo
 from vnet.commands import (
     Ask,
@@ -298,15 +298,15 @@ def test_serves_table_like_the_original() -> None:
         Serve(700, "01", "ssh", "127.0.0.1", 22, "home-ssh"),
         Serve(5, "01", "web", "10.0.0.12", 80),
     ]
-    assert commands.serves_table(serves) == [
+    assert tables.serves_table(serves) == [
         "serveid  vnet  name     type  ip         port  info",
         "005      01    web      tcp   10.0.0.12  80",
         "700      01    ssh      tcp   127.0.0.1  22    home-ssh",
         "701      02    jupyter  tcp   127.0.0.1  8888  notebook",
         "- 2 vnet(s), 3 serve(s) registered -",
     ]
-    assert commands.serves_table(serves, "02")[-1] == "- 1 vnet(s), 1 serve(s) registered -"
-    assert commands.serves_table([]) == [
+    assert tables.serves_table(serves, "02")[-1] == "- 1 vnet(s), 1 serve(s) registered -"
+    assert tables.serves_table([]) == [
         "serveid  vnet  name  type  ip  port  info",
         "- 0 vnet(s), 0 serve(s) registered -",
     ]
@@ -318,7 +318,7 @@ def test_vnets_table_marks_this_node() -> None:
         VnetInfo("02", "office", "g", 0),
         VnetInfo("01", "home", "g", 2),
     ]
-    assert commands.vnets_table(vnets, own="02", group="g") == [
+    assert tables.vnets_table(vnets, own="02", group="g") == [
         "vnet  name    serves",
         "01    home    2",
         "02    office  0       (this node)",
@@ -329,25 +329,25 @@ def test_vnets_table_marks_this_node() -> None:
 
 def test_local_tables() -> None:
     serves = [
-        commands.ServeView("ssh", "700", "registered", "127.0.0.1", 22, "ssh", "home"),
-        commands.ServeView(
+        tables.ServeView("ssh", "700", "registered", "127.0.0.1", 22, "ssh", "home"),
+        tables.ServeView(
             "x", "700", "error", "127.0.0.1", 1, "x", "", "static serveid 700 is taken"
         ),
     ]
-    assert commands.local_serves_table(serves) == [
+    assert tables.local_serves_table(serves) == [
         "serve  serveid  state       ip         port  name  info",
         "ssh    700      registered  127.0.0.1  22    ssh   home",
         "x      700      error       127.0.0.1  1     x",
         "  [serve.x] static serveid 700 is taken",
         "- 2 serve(s), 1 registered -",
     ]
-    uses = [commands.UseView("web", 701, "listening", "127.0.0.1", "18888", "web on vnet 01")]
-    assert commands.local_uses_table(uses) == [
+    uses = [tables.UseView("web", 701, "listening", "127.0.0.1", "18888", "web on vnet 01")]
+    assert tables.local_uses_table(uses) == [
         "use  serveid  state      ip         port   serve",
         "web  701      listening  127.0.0.1  18888  web on vnet 01",
         "- 1 use(s), 1 listening -",
     ]
-    assert commands.pairs_block([("vnetid", "01"), ("group", "g")]) == ["vnetid  01", "group   g"]
+    assert tables.pairs_block([("vnetid", "01"), ("group", "g")]) == ["vnetid  01", "group   g"]
 
 
 def test_help() -> None:

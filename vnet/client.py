@@ -7,6 +7,7 @@ VnetError, never protobuf messages or grpc.aio errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +32,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # one, so a reconnect's "fresh" channel would inherit the dead link.
     ("grpc.use_local_subchannel_pool", 1),
 ]
+CLOSE_TIMEOUT = 5.0
 # A dead route is noticed within about KEEPALIVE + KEEPALIVE_TIMEOUT seconds.
 KEEPALIVE = 10.0
 KEEPALIVE_TIMEOUT = 10.0
@@ -373,3 +375,8 @@ class RouteClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+    async def close_quietly(self) -> None:
+        """Close without waiting long: a channel on a dead link can take a while."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.channel.close(), CLOSE_TIMEOUT)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from vnet import commands, config_save
+from vnet import commands, config_save, tables
 from vnet.commands import (
     CommandError,
     CompletionData,
@@ -28,15 +28,14 @@ from vnet.commands import (
     Ping,
     Reload,
     Save,
-    ServeView,
     Show,
     Unserve,
-    UseView,
 )
 from vnet.config import NodeConfig, parse_node_config
 from vnet.config_diff import ConfigDiff, SectionDiff
 from vnet.errors import ConfigError, RouteUnavailable, VnetError
 from vnet.node import Node
+from vnet.tables import ServeView, UseView
 
 log = logging.getLogger(__name__)
 
@@ -228,22 +227,22 @@ class Executor:
     async def _show(self, command: Show) -> None:
         node = self.node
         if command.what == "serve":
-            self._lines(commands.local_serves_table(serve_views(node)))
+            self._lines(tables.local_serves_table(serve_views(node)))
         elif command.what == "use":
-            self._lines(commands.local_uses_table(use_views(node)))
+            self._lines(tables.local_uses_table(use_views(node)))
         elif command.what == "vnet":
-            self._lines(commands.pairs_block(vnet_pairs(node)))
+            self._lines(tables.pairs_block(vnet_pairs(node)))
         elif command.what == "serves":
             self._connected()
             serves = await node.client.list_serves()
-            self._lines(commands.serves_table(serves, command.vnetid))
+            self._lines(tables.serves_table(serves, command.vnetid))
         elif command.what == "unserves":
-            self._lines(commands.unserves_table(unserve_rows(node)))
+            self._lines(tables.unserves_table(unserve_rows(node)))
         else:
             self._connected()
             vnets = await node.client.list_vnets()
             self.status.vnets = tuple((v.vnetid, v.name) for v in vnets)
-            self._lines(commands.vnets_table(vnets, node.vnetid, node.group))
+            self._lines(tables.vnets_table(vnets, node.vnetid, node.group))
 
     async def _reload(self, path: str | None) -> Outcome:
         path = path or self.node.config.path
@@ -289,7 +288,7 @@ class Executor:
             f"(an unserve lapses after 3 min unused)"
         )
         serve = await self.node.unserve(vnetid, ip, port)
-        self.out(f"vnet {vnetid} offers it as serveid {commands.serveid_text(serve.serveid)}")
+        self.out(f"vnet {vnetid} offers it as serveid {tables.serveid_text(serve.serveid)}")
         local_ip, local_port = command.local_ip, command.local_port
         if local_port is None and self.ask is not None:
             local_ip = local_ip or await self._optional("ip(127.0.0.1): ")
@@ -300,7 +299,7 @@ class Executor:
         )
         self.out(
             f"mapped {state.config.ip}:{state.port} -> serveid "
-            f"{commands.serveid_text(serve.serveid)} ({ip}:{port} on vnet {vnetid}); "
+            f"{tables.serveid_text(serve.serveid)} ({ip}:{port} on vnet {vnetid}); "
             "it ends when the unserve does"
         )
 
@@ -349,7 +348,7 @@ def unserve_rows(node: Node) -> list[list[str]]:
         lapses = "while in use" if at is None else f"in {max(at - now, 0):.0f}s"
         rows.append(
             [
-                commands.serveid_text(offer.serveid),
+                tables.serveid_text(offer.serveid),
                 offer.requester,
                 offer.ip,
                 str(offer.port),
@@ -398,7 +397,7 @@ def serve_views(node: Node) -> list[ServeView]:
         views.append(
             ServeView(
                 key=key,
-                serveid=commands.serveid_text(serveid) if serveid else "auto",
+                serveid=tables.serveid_text(serveid) if serveid else "auto",
                 state=state,
                 ip=s.config.ip,
                 port=s.config.port,

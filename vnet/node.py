@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from vnet import config_diff, config_save, tunnel, wire
+from vnet import config_diff, config_save, tunnel
 from vnet.client import (
     KEEPALIVE,
     KEEPALIVE_TIMEOUT,
@@ -44,9 +44,6 @@ from vnet.unserves import Unserves
 from vnet.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
-
-# Closing a channel whose connection is dead can take long; nothing waits on it.
-CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -243,7 +240,7 @@ class Node:
             attempt += 1
             # A fresh channel: the old one's own reconnect backoff would add
             # to ours. The old one may sit on a dead link: close it aside.
-            self._spawn(_close_quietly(self.client))
+            self._spawn(self.client.close_quietly())
             self.client = self._new_client()
             # The serving nodes are reconnecting too: keep our listeners a
             # while, from the first snapshot on.
@@ -655,7 +652,7 @@ class Node:
         serve = self.serving.get(event.serveid)
         if serve is None:
             call = self.client.accept(event.tunnel_id)
-            await _refuse(call, f"serveid {event.serveid} is not served here")
+            await tunnel.refuse(call, f"serveid {event.serveid} is not served here")
             return
         host = serve.ip
         offered = event.serveid in self.unserves.offers
@@ -663,7 +660,7 @@ class Node:
             host, reason = await self.unserves.dial_address(event.serveid)
             if reason:
                 log.warning("%s: refused: %s", label, reason)
-                await _refuse(self.client.accept(event.tunnel_id), reason)
+                await tunnel.refuse(self.client.accept(event.tunnel_id), reason)
                 return
         try:
             reader, writer = await asyncio.wait_for(
@@ -674,7 +671,7 @@ class Node:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
             reason = f"cannot connect to {serve.ip}:{serve.port}: {detail}"
             log.warning("%s: %s", label, reason)
-            await _refuse(self.client.accept(event.tunnel_id), reason)
+            await tunnel.refuse(self.client.accept(event.tunnel_id), reason)
             return
         call = self.client.accept(event.tunnel_id)
         if offered:
@@ -686,25 +683,9 @@ class Node:
                 self.unserves.closed(event.serveid)
 
 
-async def _close_quietly(client: RouteClient) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
-
-
 def _no_such(kind: str, key: str, names: dict[str, Any]) -> str:
     known = ", ".join(names) or "none yet"
     return f"no {kind} named {key!r} ({kind}s: {known})"
-
-
-async def _refuse(call: object, reason: str) -> None:
-    """Answer an OpenTunnel with a reset, so the dialling client closes at once."""
-    try:
-        await call.write(wire.encode_reset(reason))  # type: ignore[attr-defined]
-        await call.done_writing()  # type: ignore[attr-defined]
-        async for _ in call:  # type: ignore[attr-defined]
-            pass
-    except Exception:  # noqa: BLE001 - the dialler is told by the route either way
-        call.cancel()  # type: ignore[attr-defined]
 
 
 async def run_node(node: Node) -> None:

@@ -126,3 +126,14 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TunnelReset):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+async def refuse(call: Any, reason: str) -> None:
+    """Answer an OpenTunnel with a reset, so the dialling client closes at once."""
+    try:
+        await call.write(wire.encode_reset(reason))
+        await call.done_writing()
+        async for _ in call:
+            pass
+    except Exception:  # noqa: BLE001 - the dialler is told by the route either way
+        call.cancel()
