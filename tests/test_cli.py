@@ -98,3 +98,55 @@ async def test_json_logs_are_one_object_per_line(procs: Procs, tmp_path: Path) -
             assert set(entry) >= {"time", "level", "logger", "message"}
     messages = [json.loads(line)["message"] for line in node.output().splitlines()]
     assert "[serve.s] registered as serveid 700 -> 127.0.0.1:22" in messages
+
+
+async def test_json_tunnel_lines_carry_vnetid_serveid_and_tunnel(
+    procs: Procs, tmp_path: Path
+) -> None:
+    from tests.services import echo_round_trip, echo_server
+
+    echo = await echo_server()
+    port, use = free_port(), free_port()
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
+    route = await procs.start("route", command("vnet-route"), "route.ini")
+    await route.wait_for_line("route listening on")
+    (tmp_path / "home.ini").write_text(
+        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo.port}\n")
+    )
+    (tmp_path / "office.ini").write_text(
+        node_ini(port, f"[vnet]\nname=office\n[use.e]\nserveid=700\nport={use}\n")
+    )
+    json_debug = ("--log-format", "json", "--log-level", "debug")
+    home = await procs.start("home", command("vnet"), "home.ini", *json_debug)
+    office = await procs.start("office", command("vnet"), "office.ini", *json_debug)
+    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    assert await echo_round_trip(use, b"hello") == b"hello"
+    await office.wait_for_line(": closed")
+    await home.wait_for_line(": closed")
+
+    def vnetid(proc: object) -> str:
+        for line in proc.output().splitlines():  # type: ignore[attr-defined]
+            message = json.loads(line)["message"]
+            if message.startswith("joined route"):
+                return str(message.split(" as vnet ")[1].split()[0])
+        raise AssertionError("no join logged")
+
+    for proc, peer in ((office, vnetid(home)), (home, vnetid(office))):
+        closed = [
+            entry
+            for entry in map(json.loads, proc.output().splitlines())
+            if entry["message"].endswith(": closed")
+        ]
+        assert closed, proc.output()
+        assert closed[0]["vnetid"] == peer
+        assert closed[0]["serveid"] == 700
+        assert len(closed[0]["tunnel"]) == 16
+    # Both ends name the same tunnel.
+    tunnel_ids = {
+        json.loads(line)["tunnel"]
+        for proc in (office, home)
+        for line in proc.output().splitlines()
+        if "tunnel" in json.loads(line)
+    }
+    assert len(tunnel_ids) == 1
+    await echo.close()

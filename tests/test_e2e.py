@@ -156,6 +156,32 @@ async def test_grpcurl_reflection_and_health(procs: Procs, tmp_path: Path) -> No
     )
     assert rc == 0, err
     assert json.loads(out) == {"status": "SERVING"}
+    # The README's join, ping and list calls, as an operator types them.
+    rc, out, err = await procs.run(
+        grpcurl, "-plaintext", "-d", '{"name": "me", "group": "ops"}',
+        f"127.0.0.1:{port}", "vnetrpc.v1.RouteService/Join",
+    )  # fmt: skip
+    assert rc == 0, err
+    joined = json.loads(out)
+    session = ("-H", f"vnet-session: {joined['session']}")
+    calls = {
+        "Ping": '{"nonce": "42"}',
+        "ListServes": "{}",
+        "ListVnets": "{}",
+    }
+    answers = {}
+    for method, body in calls.items():
+        rc, out, err = await procs.run(
+            grpcurl, "-plaintext", *session, "-d", body,
+            f"127.0.0.1:{port}", f"vnetrpc.v1.RouteService/{method}",
+        )  # fmt: skip
+        assert rc == 0, err
+        answers[method] = json.loads(out)
+    assert answers["Ping"]["nonce"] == "42"
+    assert answers["ListServes"] == {}
+    assert answers["ListVnets"]["vnets"] == [
+        {"vnetid": joined["vnetid"], "name": "me", "group": "ops"}
+    ]
 
 
 async def test_route_runs_with_no_config_file_on_the_default_address(

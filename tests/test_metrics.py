@@ -76,3 +76,50 @@ async def test_metrics_count_nodes_serves_tunnels_bytes_and_refusals() -> None:
         await node.stop()
     await service.close()
     await route.stop()
+
+
+async def test_node_metrics_count_each_uses_connections_and_bytes() -> None:
+    from vnet.metrics import serve_node_metrics
+
+    route = await start_route(
+        RouteConfig("127.0.0.1", 0), RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5)
+    )
+    service = await exchange_server()
+    home = Node(
+        NodeConfig(
+            "(t)",
+            RouteConfig("127.0.0.1", route.port),
+            VnetConfig(),
+            serves=(ServeConfig(key="s", port=service.port, serveid=701),),
+        ),
+        NodeTimeouts(connect=TIMEOUT),
+    )
+    office = Node(
+        NodeConfig(
+            "(t)",
+            RouteConfig("127.0.0.1", route.port),
+            VnetConfig(),
+            uses=(UseConfig(key="s", serveid=701, port=0),),
+        ),
+        NodeTimeouts(connect=TIMEOUT),
+    )
+    await home.start()
+    await office.start()
+    endpoint = serve_node_metrics(office, "127.0.0.1", 0)
+    port = await use_port(office, "s")
+    await exchange(port, MIB, 3 * MIB)
+    await exchange(port, 0, 0)
+    await wait_until(lambda: office.uses["s"].counters.open == 0, "the use's tunnels to end")
+    m = await asyncio.to_thread(_scrape, endpoint.port)
+    assert m[("vnet_node_connected", ())] == 1
+    assert m[("vnet_use_connections_total", (("use", "s"),))] == 2
+    assert m[("vnet_use_connections_open", (("use", "s"),))] == 0
+    assert m[("vnet_use_resets_total", (("use", "s"),))] == 0
+    # The exchange's own framing: a 16-byte header out, a 32-byte digest back.
+    assert m[("vnet_use_bytes_total", (("direction", "out"), ("use", "s")))] == MIB + 32
+    assert m[("vnet_use_bytes_total", (("direction", "in"), ("use", "s")))] == 3 * MIB + 64
+    await asyncio.to_thread(endpoint.close)
+    await office.stop()
+    await home.stop()
+    await service.close()
+    await route.stop()

@@ -298,6 +298,19 @@ async def _node(
     keepalive = config.vnet.keepalive
     timeouts = NodeTimeouts(connect=timeout, keepalive=keepalive, keepalive_timeout=keepalive)
     node = Node(config, timeouts, credentials=credentials)
+    if config.vnet.metrics and not commands:
+        from vnet.metrics import serve_node_metrics
+
+        host, _, port = config.vnet.metrics.rpartition(":")
+        try:
+            serve_node_metrics(node, host.strip("[]"), int(port))
+        except OSError as exc:
+            print(
+                f"vnet: {config.path}: [vnet] metrics: cannot listen on "
+                f"{config.vnet.metrics}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
     if commands:
         return await _script(node, commands)
     console = config.vnet.terminal and sys.stdin.isatty() and sys.stdout.isatty()

@@ -59,6 +59,7 @@ VNET_KEYS = frozenset(
         "tls_key",
         "tls_server_name",
         "keepalive",
+        "metrics",
     }
     | SECRET_KEYS
 )
@@ -154,6 +155,8 @@ class VnetConfig:
     # Seconds between keepalive pings to the route, and to wait for an
     # answer: a dead route is noticed within twice this, then reconnected.
     keepalive: int = DEFAULT_KEEPALIVE
+    # Where to serve this node's Prometheus metrics, "HOST:PORT"; "": nowhere.
+    metrics: str = ""
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,8 @@ def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
         tls_key=sec.text("tls_key", ""),
         tls_server_name=sec.text("tls_server_name", ""),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
+        # Checked here, kept as written (the node parses it when it starts).
+        metrics=sec.text("metrics", "") if _host_port(sec, "metrics") else "",
         name=sec.text("name", ""),
         group=sec.text("group", DEFAULT_GROUP),
         terminal=sec.boolean("terminal", False),
@@ -426,6 +431,15 @@ def _use(path: str, section: str, values: Mapping[str, str]) -> UseConfig:
     )
 
 
+def _host_port(sec: _Section, key: str) -> tuple[str, int] | None:
+    if not sec.has(key):
+        return None
+    host, _, port = sec.values[key].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        sec.fail(key, f"{sec.values[key]!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 def parse_route_config(path: str, text: str | None) -> RouteSettings:
     """The route's settings; text None means no file, so the defaults.
 
@@ -456,12 +470,7 @@ def parse_route_config(path: str, text: str | None) -> RouteSettings:
                 )
             )
     defaults = RouteLimits()
-    metrics = None
-    if sec.has("metrics"):
-        host, _, port = sec.values["metrics"].rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            sec.fail("metrics", f"{sec.values['metrics']!r} is not HOST:PORT")
-        metrics = (host.strip("[]"), int(port))
+    metrics = _host_port(sec, "metrics")
     return RouteSettings(
         metrics=metrics,
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from vnet.node import Node
     from vnet.route_service import RouteServicer
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,51 @@ class RouteCollector:
         for code, count in sorted(s.rejected.items()):
             rejected.add_metric([code], count)
         yield rejected
+
+
+class NodeCollector:
+    """Reads a node's uses when Prometheus scrapes."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Any]:
+        node = self.node
+        yield GaugeMetricFamily(
+            "vnet_node_connected", "1 while the node is joined to its route", value=node.connected
+        )
+        opened = CounterMetricFamily(
+            "vnet_use_connections", "Connections accepted by each use", labels=["use"]
+        )
+        open_now = GaugeMetricFamily(
+            "vnet_use_connections_open", "Connections open on each use now", labels=["use"]
+        )
+        resets = CounterMetricFamily(
+            "vnet_use_resets", "Connections of each use ended by a reset", labels=["use"]
+        )
+        moved = CounterMetricFamily(
+            "vnet_use_bytes",
+            "Bytes through each use: out (local client to the serve) and in",
+            labels=["use", "direction"],
+        )
+        for key, state in sorted(node.uses.items()):
+            c = state.counters
+            opened.add_metric([key], c.opened)
+            open_now.add_metric([key], c.open)
+            resets.add_metric([key], c.resets)
+            moved.add_metric([key, "out"], c.bytes_out)
+            moved.add_metric([key, "in"], c.bytes_in)
+        yield from (opened, open_now, resets, moved)
+
+
+def serve_node_metrics(node: Node, host: str, port: int) -> MetricsServer:
+    """A node's own endpoint ([vnet] metrics=HOST:PORT)."""
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(node))
+    server, _ = start_http_server(port, host, registry=registry)
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%s/metrics", host, bound)
+    return MetricsServer(server, bound)
 
 
 class MetricsServer:

@@ -677,7 +677,12 @@ class Node:
         if offered:
             self.unserves.opened(event.serveid)
         try:
-            await tunnel.relay(reader, writer, call, label)
+            fields = {
+                "vnetid": event.from_vnetid,
+                "serveid": event.serveid,
+                "tunnel": event.tunnel_id,
+            }
+            await tunnel.relay(reader, writer, call, label, fields)
         finally:
             if offered:
                 self.unserves.closed(event.serveid)

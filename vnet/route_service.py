@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -532,6 +533,9 @@ class RouteServicer:
             stats=self.stats,
             on_done=forget,
         )
+        # The dialling node learns the tunnel's id, for its logs.
+        with contextlib.suppress(Exception):
+            await pending.ctx.send_initial_metadata(((wire.MD_TUNNEL, tunnel_id),))
         splice.start()
         self.splices.add(splice)
         for end in ends:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -35,6 +36,21 @@ class TunnelReset(Exception):
     """The far end reset the tunnel, or the stream failed."""
 
 
+@dataclass
+class Counters:
+    """Traffic of a group of tunnels (one use), for the node's metrics."""
+
+    opened: int = 0
+    open: int = 0
+    resets: int = 0
+    # Payload bytes from the local socket into the tunnel, and back out.
+    bytes_out: int = 0
+    bytes_in: int = 0
+
+
+_NO_COUNTERS = Counters()
+
+
 def reset_socket(writer: asyncio.StreamWriter) -> None:
     """Close the local connection with RST, so the application sees an error."""
     sock = writer.get_extra_info("socket")
@@ -44,17 +60,18 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _upstream(reader: asyncio.StreamReader, call: Any) -> None:
+async def _upstream(reader: asyncio.StreamReader, call: Any, counters: Counters) -> None:
     while True:
         data = await reader.read(CHUNK)
         if not data:
             break
         await call.write(wire.encode_data(data))
+        counters.bytes_out += len(data)
     await call.write(wire.FIN_FRAME)
     await call.done_writing()
 
 
-async def _downstream(call: Any, writer: asyncio.StreamWriter) -> None:
+async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counters) -> None:
     got_fin = False
     while True:
         raw = await call.read()
@@ -68,6 +85,7 @@ async def _downstream(call: Any, writer: asyncio.StreamWriter) -> None:
             raise TunnelReset("frame after fin")
         if kind is wire.FrameKind.DATA:
             writer.write(payload)  # type: ignore[arg-type]
+            counters.bytes_in += len(payload)
             await writer.drain()
         elif kind is wire.FrameKind.FIN:
             got_fin = True
@@ -84,14 +102,19 @@ async def relay(
     writer: asyncio.StreamWriter,
     call: Any,
     label: str,
+    fields: dict[str, object] | None = None,
+    counters: Counters = _NO_COUNTERS,
 ) -> bool:
     """Carry one connection over call until both directions end.
 
     Returns True for a clean close, False when the tunnel was reset. Never
-    raises for network trouble; the reason is logged.
+    raises for network trouble; the reason is logged, with `fields` (vnetid,
+    serveid, tunnel) as structured fields for JSON logs.
     """
-    up = asyncio.create_task(_upstream(reader, call))
-    down = asyncio.create_task(_downstream(call, writer))
+    counters.opened += 1
+    counters.open += 1
+    up = asyncio.create_task(_upstream(reader, call, counters))
+    down = asyncio.create_task(_downstream(call, writer, counters))
     reason = ""
     try:
         # Returns when either pump failed, or when both finished cleanly.
@@ -105,19 +128,33 @@ async def relay(
         reason = "node stopping"
         raise
     finally:
+        counters.open -= 1
+        extra = dict(fields or {})
+        if "tunnel" not in extra:
+            extra["tunnel"] = await _tunnel_id(call)
         if reason:
+            counters.resets += 1
             for task in (up, down):
                 task.cancel()
             call.cancel()
             reset_socket(writer)
             await asyncio.gather(up, down, return_exceptions=True)
-            log.info("%s: reset (%s)", label, reason)
+            log.info("%s: reset (%s)", label, reason, extra=extra)
         else:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            log.debug("%s: closed", label)
+            log.debug("%s: closed", label, extra=extra)
     return not reason
+
+
+async def _tunnel_id(call: Any) -> str:
+    """The route's id for this tunnel, which it sends the dialling side first."""
+    with contextlib.suppress(Exception):
+        for key, value in await asyncio.wait_for(call.initial_metadata(), 0.05) or ():
+            if key == wire.MD_TUNNEL:
+                return str(value)
+    return ""
 
 
 def _describe(exc: BaseException) -> str:

@@ -42,6 +42,7 @@ class UseState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Made at run time for an unserve: not part of the config, ends with it.
     ephemeral: bool = False
+    counters: tunnel.Counters = field(default_factory=tunnel.Counters)
 
     @property
     def key(self) -> str:
@@ -158,4 +159,6 @@ class Uses:
             log.info("%s: refused, serveid %s is not registered", label, serveid)
             tunnel.reset_socket(writer)
             return
-        await tunnel.relay(reader, writer, self._dial_call(serveid), label)
+        serve = self.remote[serveid]
+        fields: dict[str, object] = {"vnetid": serve.vnetid, "serveid": serveid}
+        await tunnel.relay(reader, writer, self._dial_call(serveid), label, fields, state.counters)
