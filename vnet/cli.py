@@ -107,7 +107,7 @@ def _read(path: str) -> str:
         raise ConfigError(path, None, None, exc.strerror or str(exc)) from None
 
 
-def _parser(prog: str, what: str) -> argparse.ArgumentParser:
+def _parser(prog: str, what: str, log_default: str = "info") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=what)
     parser.add_argument(
         "config",
@@ -118,7 +118,7 @@ def _parser(prog: str, what: str) -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="how much to log (default: info)",
+        help=f"how much to log (default: {log_default})",
     )
     parser.add_argument(
         "--log-format",
@@ -244,6 +244,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         "Run a vnet node: register local services at the route and map the "
         "group's services to local ports. With [vnet] terminal=true and a "
         "terminal, it opens the console.",
+        log_default="info; warning with -c",
     )
     parser.add_argument(
         "-c",
