@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/vnetrpc/v1/*.proto)
 
-.PHONY: venv demo test generate check-generated lint bench clean
+.PHONY: venv demo test generate check-generated lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: venv
 
 bench: venv
 	$(PY) -m bench $(ARGS)
+
+soak: venv
+	$(PY) tools/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .gen-check build *.egg-info .pytest_cache .mypy_cache .ruff_cache
