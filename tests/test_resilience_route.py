@@ -83,6 +83,7 @@ async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets() -> No
     await writer.drain()
     await wait_until(lambda: len(route.servicer.splices) == 1, "the quiet tunnel")
     transfer = asyncio.create_task(exchange(x_port, 4 << 20, 4 << 20))
+    await wait_until(lambda: len(route.servicer.splices) == 2, "the transfer's tunnel")
     stopping = asyncio.create_task(route.stop("test says stop"))
     async with asyncio.timeout(TIMEOUT):
         event = await control.read()
@@ -91,6 +92,12 @@ async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets() -> No
     assert event.going_away.grace_ms == 1000
     status = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # No new tunnels while it goes away: they would only be reset in a moment.
+    assert route.servicer.stopping
+    async with asyncio.timeout(TIMEOUT):
+        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", x_port)
+        await read_until_reset(late_reader)
+        late_writer.close()
     await transfer  # finished within the grace, byte-exact
     async with asyncio.timeout(TIMEOUT):
         await read_until_reset(reader)  # the idle one was reset, not closed cleanly
@@ -230,4 +237,37 @@ async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
     control.cancel()
     await victim.close()
     await relay.close()
+    await route.stop()
+
+
+async def test_tunnels_are_forgotten_when_both_ends_go_at_once() -> None:
+    # Found by `make soak`: when the serving node died, both handlers of a
+    # tunnel could be cancelled, and nobody removed it from the route's books.
+    from tests.services import endless_source_server
+
+    route = await _route()
+    source = await endless_source_server()
+    home = await _node(route, serves=(ServeConfig(key="s", port=source.port, serveid=701),))
+    office = await _node(route, uses=(UseConfig(key="s", serveid=701, port=0),))
+    port = await use_port(office, "s")
+    clients = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readexactly(65536)
+        clients.append((reader, writer))
+    assert len(route.servicer.splices) == 20
+    # As if killed: its connection drops, no goodbye.
+    await home.client.channel.close(None)
+    async with asyncio.timeout(TIMEOUT):
+        for reader, _ in clients:
+            await read_until_reset(reader)
+    await wait_until(lambda: not route.servicer.splices, "the route to forget every tunnel")
+    for session in route.servicer.sessions.values():
+        assert not session.splices
+    assert route.servicer.stats.opened == route.servicer.stats.closed == 20
+    for _, writer in clients:
+        writer.close()
+    await office.stop()
+    await home.stop()
+    await source.close()
     await route.stop()

@@ -147,6 +147,8 @@ class RouteServicer:
         # Unserve requests waiting for the asked node: id -> (asked, answer).
         self.unserves: dict[str, tuple[Session, asyncio.Future[pb.AnswerUnserveRequest]]] = {}
         self.splices: set[Splice] = set()
+        # Set when the route starts going away.
+        self.stopping = False
         self.stats = SpliceStats()
         self.auth_failures = 0
         # Refused calls by status code name, for the metrics endpoint.
@@ -452,6 +454,8 @@ class RouteServicer:
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
         session = self._session(context)
+        if self.stopping:
+            raise Unanswered("the route is stopping")
         raw = _metadata(context, wire.MD_SERVEID)
         if not raw.isdigit() or not 1 <= int(raw) <= 999:
             raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
@@ -616,16 +620,24 @@ class RouteServicer:
     async def go_away(self, reason: str) -> None:
         """Tell every node the route is stopping; let tunnels finish for a while."""
         grace = self.timeouts.stop_grace
+        # No new tunnels from now on: they would only be reset in a moment.
+        self.stopping = True
         event = pb.ControlEvent(going_away=pb.GoingAway(reason=reason, grace_ms=int(grace * 1000)))
         for session in self.sessions.values():
             session.push(event)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         waits = [asyncio.create_task(s.done.wait()) for s in self.splices]
         if waits:
             _, unfinished = await asyncio.wait(waits, timeout=grace)
             for waiting in unfinished:
                 waiting.cancel()
         if self.splices:
-            log.info("resetting %d tunnel(s) still open after %.1fs", len(self.splices), grace)
+            log.info(
+                "resetting %d tunnel(s) still open after %.1fs",
+                len(self.splices),
+                loop.time() - started,
+            )
 
     async def close(self) -> None:
         for timer in list(self._timers):

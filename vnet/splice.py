@@ -69,6 +69,19 @@ class Splice:
         self.stats.opened += 1
         self.dial.pump = asyncio.create_task(self._pump(self.dial, self.accept, "dial"))
         self.accept.pump = asyncio.create_task(self._pump(self.accept, self.dial, "accept"))
+        # The end is noticed by the pumps themselves, not by whoever waits:
+        # both handlers may be cancelled (both nodes gone) and wait no more.
+        self.dial.pump.add_done_callback(self._pump_done)
+        self.accept.pump.add_done_callback(self._pump_done)
+
+    def _pump_done(self, _: asyncio.Task[None]) -> None:
+        pumps = (self.dial.pump, self.accept.pump)
+        if self.done.is_set() or not all(p is not None and p.done() for p in pumps):
+            return
+        self.done.set()
+        self.stats.closed += 1
+        self.on_done(self)
+        log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
 
     @property
     def half_closed(self) -> bool:
@@ -132,16 +145,9 @@ class Splice:
 
     async def wait(self) -> None:
         """Until both pumps ended; the caller's RPC may end then."""
-        pumps = [leg.pump for leg in (self.dial, self.accept) if leg.pump is not None]
         try:
-            await asyncio.wait(pumps)
+            await self.done.wait()
         except asyncio.CancelledError:
             # Our own caller went away: its pump cannot go on either.
             self.abort()
             raise
-        finally:
-            if all(p.done() for p in pumps) and not self.done.is_set():
-                self.done.set()
-                self.stats.closed += 1
-                self.on_done(self)
-                log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
