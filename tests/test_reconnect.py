@@ -84,6 +84,8 @@ async def test_nodes_come_back_after_a_route_restart(how: str) -> None:
     assert _serves(route) == before
     assert (home.vnetid, office.vnetid, third.vnetid) == vnetids
     assert await use_port(office, "ssh") == use
+    # The route has it; the office hears so on its control stream.
+    await wait_until(lambda: 700 in office.remote, "the office to see serveid 700 again")
     assert await echo_round_trip(use, b"after") == b"after"
     for node in (third, office, home):
         await node.stop()
