@@ -92,12 +92,7 @@ async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets() -> No
     assert event.going_away.grace_ms == 1000
     status = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
-    # No new tunnels while it goes away: they would only be reset in a moment.
     assert route.servicer.stopping
-    async with asyncio.timeout(TIMEOUT):
-        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", x_port)
-        await read_until_reset(late_reader)
-        late_writer.close()
     await transfer  # finished within the grace, byte-exact
     async with asyncio.timeout(TIMEOUT):
         await read_until_reset(reader)  # the idle one was reset, not closed cleanly

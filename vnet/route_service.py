@@ -454,8 +454,6 @@ class RouteServicer:
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
         session = self._session(context)
-        if self.stopping:
-            raise Unanswered("the route is stopping")
         raw = _metadata(context, wire.MD_SERVEID)
         if not raw.isdigit() or not 1 <= int(raw) <= 999:
             raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
@@ -620,7 +618,8 @@ class RouteServicer:
     async def go_away(self, reason: str) -> None:
         """Tell every node the route is stopping; let tunnels finish for a while."""
         grace = self.timeouts.stop_grace
-        # No new tunnels from now on: they would only be reset in a moment.
+        # New tunnels are still accepted: a short connection can finish in
+        # the grace (measured with make soak: refusing them failed more).
         self.stopping = True
         event = pb.ControlEvent(going_away=pb.GoingAway(reason=reason, grace_ms=int(grace * 1000)))
         for session in self.sessions.values():
