@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import statistics
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -51,6 +52,9 @@ def rows(
     """Header and cells; ratio columns only when vnet and the baseline were both measured."""
     header = ["measurement", *paths]
     ratios = [base for base in ("direct", "relay") if base in paths and "vnet" in paths]
+    if spread:
+        # A ratio of ranges means nothing; the median table has the ratios.
+        ratios = []
     header += [f"vnet/{base}" for base in ratios]
     body = []
     for metric in metrics:
@@ -116,6 +120,28 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def revision(repo: Path) -> str:
+    """The commit measured, and whether vnet/ differed from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "vnet"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout?)"
+    return f"{head} + uncommitted changes in vnet/" if dirty else head
 
 
 def machine() -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ import signal
 import struct
 import sys
 from collections.abc import Coroutine, Sequence
+from typing import cast
 
 HEADER = struct.Struct("!Q")
 # Received bulk data is thrown away, so every sink connection can read into the same buffer:
@@ -37,8 +38,8 @@ class Sink(asyncio.BufferedProtocol):
         self.acked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _SCRATCH
@@ -66,8 +67,8 @@ class Echo(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is not None:

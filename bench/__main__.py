@@ -1,0 +1,292 @@
+"""`python -m bench`: measure vnet against direct TCP, a plain relay and socat.
+
+Every path is measured by this process (never by a relay's own process), in alternating order,
+--repeat times; the tables show medians. See docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shlex
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+from bench import client, report
+from bench.paths import ALL_PATHS, BenchPath, start_paths
+from bench.procs import BenchError, Children, group_cpu_seconds
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    bulk_mib: int
+    pings: int
+    conns: int
+    parallel_conns: int
+    parallel: int
+    repeat: int
+
+
+FULL = Sizes(bulk_mib=1024, pings=5000, conns=500, parallel_conns=2000, parallel=16, repeat=3)
+QUICK = Sizes(bulk_mib=64, pings=1000, conns=100, parallel_conns=400, parallel=16, repeat=1)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes, 1 repetition (smoke run)")
+    p.add_argument("--bulk-mib", type=int, help=f"bulk transfer size (default {FULL.bulk_mib})")
+    p.add_argument("--pings", type=int, help=f"ping-pong round trips (default {FULL.pings})")
+    p.add_argument("--conns", type=int, help=f"serial connections (default {FULL.conns})")
+    p.add_argument(
+        "--parallel-conns",
+        type=int,
+        help=f"connections in the parallel test (default {FULL.parallel_conns})",
+    )
+    p.add_argument("--parallel", type=int, help=f"connections in flight (default {FULL.parallel})")
+    p.add_argument("--repeat", type=int, help=f"repetitions per path (default {FULL.repeat})")
+    p.add_argument(
+        "--paths",
+        default=",".join(ALL_PATHS),
+        help=f"comma-separated subset of {','.join(ALL_PATHS)} (default: all)",
+    )
+    p.add_argument(
+        "--write",
+        "--markdown",
+        dest="markdown",
+        metavar="FILE",
+        help="also write the results as Markdown (replacing only the generated block if FILE "
+        "already has one), e.g. --write docs/BENCHMARKS.md",
+    )
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    for name in Sizes.__dataclass_fields__:
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(base, name))
+        elif getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
+    unknown = set(args.paths) - set(ALL_PATHS)
+    if unknown or not args.paths:
+        p.error(f"--paths: unknown {', '.join(sorted(unknown)) or 'empty list'}")
+    return args
+
+
+def _metrics(args: argparse.Namespace) -> list[report.Metric]:
+    return [
+        report.Metric("bulk", f"bulk {args.bulk_mib} MiB, 1 conn (MB/s)", True),
+        report.Metric("ping_p50", "1-byte ping-pong p50 (us)", False),
+        report.Metric("ping_p99", "1-byte ping-pong p99 (us)", False),
+        report.Metric("serial_rate", "new conns/s, one at a time", True),
+        report.Metric("serial_p50", "conn lifetime p50, one at a time (us)", False),
+        report.Metric("parallel_rate", f"new conns/s, {args.parallel} in parallel", True),
+        report.Metric(
+            "parallel_p50", f"conn lifetime p50, {args.parallel} in parallel (us)", False
+        ),
+    ]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# One kind of measurement on one path: returns metric key -> value.
+Measure = Callable[[BenchPath], dict[str, float]]
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, children: Children) -> None:
+        self.args = args
+        self.children = children
+        self.results: report.Results = {}
+        # path -> process role -> CPU % of one core during each bulk run.
+        self.cpu: dict[str, dict[str, list[float]]] = {}
+
+    def bulk(self, path: BenchPath) -> dict[str, float]:
+        nbytes = self.args.bulk_mib * 1024 * 1024
+        # At least 20 MB/s or 60 s, whichever is longer: far slower than that is a bug.
+        deadline = max(60.0, nbytes / 20e6)
+        before = {role: group_cpu_seconds(pid) for role, pid in path.processes.items()}
+        own = time.process_time()
+        start = time.perf_counter()
+        mbps = client.bulk(path.sink, nbytes, deadline)
+        wall = time.perf_counter() - start
+        cpu = self.cpu.setdefault(path.name, {})
+        cpu.setdefault("bench client", []).append(100 * (time.process_time() - own) / wall)
+        for role, pid in path.processes.items():
+            used = group_cpu_seconds(pid) - before[role]
+            cpu.setdefault(role, []).append(100 * used / wall)
+        return {"bulk": mbps}
+
+    def ping(self, path: BenchPath) -> dict[str, float]:
+        samples = client.ping_pong(path.echo, self.args.pings)
+        return {"ping_p50": statistics.median(samples), "ping_p99": _percentile(samples, 0.99)}
+
+    def serial(self, path: BenchPath) -> dict[str, float]:
+        n = self.args.conns
+        res = client.serial_connections(path.echo, n, max(60.0, n * 0.1))
+        return {"serial_rate": res.per_second, "serial_p50": statistics.median(res.latencies_us)}
+
+    def parallel(self, path: BenchPath) -> dict[str, float]:
+        n = self.args.parallel_conns
+        res = client.parallel_connections(path.echo, n, self.args.parallel, max(60.0, n * 0.1))
+        return {
+            "parallel_rate": res.per_second,
+            "parallel_p50": statistics.median(res.latencies_us),
+        }
+
+    def warm_up(self, path: BenchPath) -> None:
+        """Untimed traffic first, so one-off costs (imports, HTTP/2 window growth) are not
+        charged to whichever path happens to run first."""
+        self._guard(path, "warm-up", lambda: client.bulk(path.sink, 16 * 1024 * 1024, 60.0))
+        self._guard(path, "warm-up", lambda: client.ping_pong(path.echo, 200))
+        self._guard(path, "warm-up", lambda: client.serial_connections(path.echo, 20, 60.0))
+
+    def _guard(self, path: BenchPath, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (OSError, BenchError) as exc:
+            # A dead child explains the failure better than the socket error it caused.
+            self.children.check()
+            raise BenchError(
+                f"{what} over {path.name} failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def run(self, paths: dict[str, BenchPath]) -> None:
+        kinds: list[tuple[str, Measure]] = [
+            ("bulk", self.bulk),
+            ("ping-pong", self.ping),
+            ("serial conns", self.serial),
+            ("parallel conns", self.parallel),
+        ]
+        for path in paths.values():
+            self.warm_up(path)
+        order = list(paths.values())
+        for rep in range(self.args.repeat):
+            # Rotate who goes first, so drift (thermal, page cache, TIME_WAIT build-up) is
+            # spread over the paths instead of always hitting the same one.
+            turn = order[rep % len(order) :] + order[: rep % len(order)]
+            for kind, measure in kinds:
+                for path in turn:
+                    self.children.check()
+                    got = self._guard(path, kind, functools.partial(measure, path))
+                    for key, value in got.items():
+                        self.results.setdefault(key, {}).setdefault(path.name, []).append(value)
+                    shown = "  ".join(f"{k}={v:,.0f}" for k, v in got.items())
+                    _say(f"[{rep + 1}/{self.args.repeat}] {kind:<15} {path.name:<7} {shown}")
+
+    def cpu_table(self, names: list[str]) -> tuple[list[str], list[list[str]]]:
+        roles: list[str] = ["bench client"]
+        for name in names:
+            roles += [r for r in self.cpu.get(name, {}) if r not in roles]
+        body = []
+        for role in roles:
+            cells = [role]
+            for name in names:
+                values = self.cpu.get(name, {}).get(role)
+                cells.append(f"{statistics.median(values):.0f}" if values else "-")
+            body.append(cells)
+        return ["process", *names], body
+
+
+def _settings(
+    args: argparse.Namespace, describe: list[tuple[str, str]], load: tuple[float, float, float]
+) -> list[tuple[str, str]]:
+    return [
+        # Anything else running skews a 2-core box badly; this at least shows it was there.
+        ("load average before the run", " / ".join(f"{x:.2f}" for x in load)),
+        ("bulk", f"{args.bulk_mib} MiB, client -> sink, one connection, 4 MiB sendall()"),
+        ("ping-pong", f"{args.pings} round trips of 1 byte on one connection (after 50 warm-up)"),
+        ("connections", "connect, 1 byte each way, half-close, wait for the far close"),
+        ("serial / parallel", f"{args.conns} / {args.parallel_conns} ({args.parallel} threads)"),
+        ("repetitions", f"{args.repeat}, paths alternating, rotating who goes first"),
+        ("client", "blocking sockets in the bench process, TCP_NODELAY"),
+        ("vnet revision", report.revision(REPO)),
+        *describe,
+    ]
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM becomes an exception so the finally blocks stop every child.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    load = os.getloadavg()
+    began = time.monotonic()
+    env = dict(os.environ)
+    # Children start in a temp directory; they must still import bench from this checkout.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="vnet-bench-") as tmp:
+        children = Children(Path(tmp), env)
+        try:
+            started = start_paths(args.paths, children, Path(tmp))
+            ready = time.monotonic() - began
+            _say(f"paths ready after {ready:.1f} s: {', '.join(started.paths)}")
+            for note in started.notes:
+                _say(note)
+            runner = Runner(args, children)
+            runner.run(started.paths)
+        except BenchError as exc:
+            _say(f"bench: {exc}")
+            for child in children.started:
+                _say(f"--- {child.name} ({shlex.join(child.argv)}), last lines:\n{child.tail()}")
+            return 1
+        except KeyboardInterrupt:
+            _say("bench: interrupted; stopping the child processes")
+            return 130
+        finally:
+            # A second Ctrl-C must not cut the cleanup short and leave children running; the
+            # cleanup is bounded (a few seconds per child at most).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            children.stop_all()
+    took = time.monotonic() - began
+    names = list(started.paths)
+    metrics = _metrics(args)
+    medians = report.rows(metrics, names, runner.results)
+    spreads = report.rows(metrics, names, runner.results, spread=True)
+    cpu = runner.cpu_table(names)
+    print(report.plain_table(*medians))
+    print()
+    print("CPU during the bulk transfer, % of one core (median):")
+    print(report.plain_table(*cpu))
+    notes = [
+        *started.notes,
+        "MB/s is 10^6 bytes per second. vnet/x is vnet's median divided by x's: below 1 on "
+        "throughput and rates, above 1 on latencies, means vnet is slower.",
+        f"The run took {took:.0f} s.",
+    ]
+    for note in notes:
+        print(note)
+    if args.markdown:
+        command = shlex.join(["python", "-m", "bench", *argv])
+        block = report.markdown_block(
+            command, _settings(args, started.describe, load), medians, spreads, cpu, notes
+        )
+        did = report.write_markdown(Path(args.markdown), block)
+        _say(f"{did} {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
