@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import client, report
+from bench import client, isolation, report
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
@@ -246,6 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _say(note)
             runner = Runner(args, children)
             runner.run(started.paths)
+            iso = None
+            if "vnet" in started.paths:
+                _say("isolation: one stalled reader, then the same measurements again")
+                iso = runner._guard(
+                    started.paths["vnet"],
+                    "isolation",
+                    lambda: isolation.run(started.paths["vnet"], args.bulk_mib, args.pings),
+                )
         except BenchError as exc:
             _say(f"bench: {exc}")
             for child in children.started:
@@ -270,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("CPU during the bulk transfer, % of one core (median):")
     print(report.plain_table(*cpu))
+    if iso is not None:
+        print()
+        print("vnet with one tunnel's reader stalled (its echoes piling up):")
+        print(report.plain_table(*iso))
     notes = [
         *started.notes,
         "MB/s is 10^6 bytes per second. vnet/x is vnet's median divided by x's: below 1 on "
@@ -283,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         block = report.markdown_block(
             command, _settings(args, started.describe, load), medians, spreads, cpu, notes
         )
+        if iso is not None:
+            extra = (
+                "\nvnet with one tunnel's reader stalled (bench/isolation.py: 256 MiB pushed "
+                "to the echo service, its echoes never read), each figure measured unloaded "
+                "and then during the stall:\n\n" + report.markdown_table(*iso) + "\n"
+            )
+            block = block.replace(report.END, extra + report.END)
         did = report.write_markdown(Path(args.markdown), block)
         _say(f"{did} {args.markdown}")
     return 0

@@ -32,6 +32,8 @@ class BenchPath:
     echo: Address
     # Processes that carry this path's traffic, by role; CPU use is reported per role.
     processes: dict[str, int] = field(default_factory=dict)
+    # vnet only: the route's address, for control-plane pings.
+    route: Address | None = None
 
 
 @dataclass
@@ -142,6 +144,7 @@ def start_paths(wanted: Sequence[str], children: Children, workdir: Path) -> Sta
                 "vnet home": home.proc.pid,
                 **targets,
             },
+            route=(HOST, route_port),
         )
         describe.append(("vnet", f"vnet-route + 2 x vnet, --log-level {VNET_LOG_LEVEL}"))
     return Started(paths, notes, describe)

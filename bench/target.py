@@ -74,6 +74,16 @@ class Echo(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    # Back-pressure: a client that stops reading its echoes makes us stop reading, as a real
+    # service would, instead of piling its bytes up in this process.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool:
         # Returning False closes our side too: the client's half-close ends the connection.
         return False
