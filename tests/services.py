@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HEADER = struct.Struct("!QQ")
@@ -180,3 +181,45 @@ async def read_until_reset(reader: asyncio.StreamReader) -> None:
     except ConnectionResetError:
         return
     raise AssertionError("clean EOF where a reset was expected: truncation would look complete")
+
+
+async def tcp_relay(
+    target_port: int, source_ip: str | None = None
+) -> tuple[Server, Callable[[], None]]:
+    """A TCP relay to 127.0.0.1:target_port.
+
+    source_ip: the address its connections to the target come from (so the
+    target sees another peer while everything stays on loopback). kill():
+    the connections open now stop forwarding but stay open, like a link that
+    died without a FIN or RST; later ones work normally.
+    """
+    relay = Server(None)  # type: ignore[arg-type]
+    alive: list[list[bool]] = []
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, live: list[bool]
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if live[0]:
+                    writer.write(data)
+                    await writer.drain()
+        if live[0]:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        local = (source_ip, 0) if source_ip else None
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", target_port, local_addr=local
+        )
+        relay.writers.extend((writer, up_writer))
+        live = [True]
+        alive.append(live)
+        await asyncio.gather(pipe(reader, up_writer, live), pipe(up_reader, writer, live))
+
+    def kill() -> None:
+        for live in alive:
+            live[0] = False
+
+    relay.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return relay, kill

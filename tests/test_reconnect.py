@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import TIMEOUT, free_port, use_port, wait_until
-from tests.services import Server, echo_round_trip, echo_server
+from tests.services import echo_round_trip, echo_server, tcp_relay
 from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
 from vnet.node import Node, NodeTimeouts
 from vnet.route import RouteTimeouts, RunningRoute, start_route
@@ -93,43 +91,13 @@ async def test_nodes_come_back_after_a_route_restart(how: str) -> None:
     await service.close()
 
 
-async def _blackhole_relay(target_port: int) -> tuple[Server, Callable[[], None]]:
-    """Forwards connections; kill() makes the ones open now stop forwarding
-    but stay open (a dead link). Later connections work normally."""
-    relay = Server(None)  # type: ignore[arg-type]
-    alive: list[list[bool]] = []
-
-    async def pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, live: list[bool]
-    ) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                if live[0]:
-                    writer.write(data)
-                    await writer.drain()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        relay.writers.extend((writer, up_writer))
-        live = [True]
-        alive.append(live)
-        await asyncio.gather(pipe(reader, up_writer, live), pipe(up_reader, writer, live))
-
-    def kill() -> None:
-        for live in alive:
-            live[0] = False
-
-    relay.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return relay, kill
-
-
 async def test_a_black_holed_link_is_detected_and_the_node_takes_its_session_back() -> None:
     # The route's keepalive is slow, the node's fast: the node rejoins while
     # the route still holds its old session and static serveid, so only the
     # resume token lets it have serveid 700 back.
     service = await echo_server()
     route = await _route(keepalive=60, keepalive_timeout=60)
-    relay, kill = await _blackhole_relay(route.port)
+    relay, kill = await tcp_relay(route.port)
     home = await _node(
         relay.port, "home", serves=(ServeConfig(key="ssh", port=service.port, serveid=700),)
     )

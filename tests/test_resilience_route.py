@@ -16,6 +16,7 @@ from tests.services import (
     exchange,
     exchange_server,
     read_until_reset,
+    tcp_relay,
 )
 from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
 from vnet.node import Node, NodeTimeouts
@@ -187,33 +188,10 @@ async def test_a_free_vnetid_is_given_back_after_a_route_restart() -> None:
     await route.stop()
 
 
-async def _blackhole_relay(target_port: int) -> tuple[Server, asyncio.Event]:
-    """Forwards until `hole` is set; then swallows everything and keeps the
-    sockets open, like a link that died without a FIN or RST."""
-    hole = asyncio.Event()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                if not hole.is_set():
-                    writer.write(data)
-                    await writer.drain()
-
-    relay = Server(None)  # type: ignore[arg-type]
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        relay.writers.extend((writer, up_writer))
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    relay.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return relay, hole
-
-
 @pytest.mark.timeout(60)
 async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
     route = await _route(keepalive=0.5, keepalive_timeout=0.5)
-    relay, hole = await _blackhole_relay(route.port)
+    relay, kill = await tcp_relay(route.port)
     victim = Raw(relay.port)
     joined = await victim.join(None, group="g")
     md = victim.md(None, joined.session)
@@ -225,7 +203,7 @@ async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
         timeout=5,
     )
     assert route.servicer.registry.serves("g")
-    hole.set()
+    kill()
     await wait_until(
         lambda: not route.servicer.registry.serves("g"), "the route to drop the node", TIMEOUT
     )

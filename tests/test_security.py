@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import TIMEOUT, use_port, wait_until
 from tests.rawclient import Raw, status_of, stream_status
-from tests.services import echo_round_trip, echo_server, exchange, exchange_server
+from tests.services import echo_round_trip, echo_server, exchange, exchange_server, tcp_relay
 from vnet import wire
 from vnet.auth import PenaltyPolicy, TokenTable
 from vnet.client import NodeCredentials
@@ -316,33 +316,10 @@ async def test_limits() -> None:
 # --- penalties ------------------------------------------------------------------
 
 
-async def _relay_from(source_ip: str, target_port: int) -> asyncio.Server:
-    """A TCP relay whose connections to the route come from source_ip, so the
-    route sees another address while everything stays on loopback."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(
-            "127.0.0.1", target_port, local_addr=(source_ip, 0)
-        )
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
-
-
 async def test_guessing_is_penalised_per_address_and_recovers() -> None:
     route = await _route(penalty=PenaltyPolicy(max_failures=5, window=60, penalty=1.0))
-    relay = await _relay_from("127.0.0.2", route.port)
-    attacker = Raw(relay.sockets[0].getsockname()[1])
+    relay, _ = await tcp_relay(route.port, source_ip="127.0.0.2")
+    attacker = Raw(relay.port)
     good = Raw(route.port)
     for _ in range(5):
         assert (await status_of(attacker.join("guess")))[0] == UNAUTH
@@ -364,7 +341,7 @@ async def test_guessing_is_penalised_per_address_and_recovers() -> None:
             await asyncio.sleep(0.05)
     await attacker.close()
     await good.close()
-    relay.close()
+    await relay.close()
     await route.stop()
 
 

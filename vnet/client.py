@@ -243,6 +243,13 @@ class RouteClient:
     def _md(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         return ((wire.MD_SESSION, self.session), *self._auth, *extra)
 
+    async def _unary(self, method: Any, request: Any, timeout: float) -> Any:
+        """One unary call with this session; gRPC errors become VnetError, once, here."""
+        try:
+            return await method(request, metadata=self._md(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_of(exc) from None
+
     async def connect(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self.channel.channel_ready(), timeout)
@@ -291,63 +298,37 @@ class RouteClient:
         request = pb.RegisterServeRequest(
             serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info, unserve=unserve
         )
-        try:
-            resp = await self.stub.RegisterServe(request, metadata=self._md(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        resp = await self._unary(self.stub.RegisterServe, request, timeout)
         return Registered(wire.serve_from_pb(resp.serve), resp.reassigned)
 
     async def unregister(self, serveid: int, timeout: float = 10.0) -> None:
-        try:
-            await self.stub.UnregisterServe(
-                pb.UnregisterServeRequest(serveid=serveid), metadata=self._md(), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        request = pb.UnregisterServeRequest(serveid=serveid)
+        await self._unary(self.stub.UnregisterServe, request, timeout)
 
     async def list_serves(self, timeout: float = 10.0) -> list[Serve]:
-        try:
-            resp = await self.stub.ListServes(
-                pb.ListServesRequest(), metadata=self._md(), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        resp = await self._unary(self.stub.ListServes, pb.ListServesRequest(), timeout)
         return wire.serves_from_pb(resp.serves)
 
     async def list_vnets(self, timeout: float = 10.0) -> list[VnetInfo]:
-        try:
-            resp = await self.stub.ListVnets(
-                pb.ListVnetsRequest(), metadata=self._md(), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        resp = await self._unary(self.stub.ListVnets, pb.ListVnetsRequest(), timeout)
         return [VnetInfo(v.vnetid, v.name, v.group, v.serves) for v in resp.vnets]
 
     async def unserve(self, vnetid: str, ip: str, port: int, timeout: float = 30.0) -> Serve:
         """Ask vnet `vnetid` to offer ip:port; the serve it registered for it."""
         request = pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port)
-        try:
-            resp = await self.stub.Unserve(request, metadata=self._md(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        resp = await self._unary(self.stub.Unserve, request, timeout)
         return wire.serve_from_pb(resp.serve)
 
     async def answer_unserve(
         self, request_id: str, serveid: int = 0, refusal: str = "", timeout: float = 10.0
     ) -> None:
         request = pb.AnswerUnserveRequest(request_id=request_id, serveid=serveid, refusal=refusal)
-        try:
-            await self.stub.AnswerUnserve(request, metadata=self._md(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        await self._unary(self.stub.AnswerUnserve, request, timeout)
 
     async def ping(self, timeout: float = 10.0) -> float:
         """Round trip to the route, in seconds."""
         start = time.perf_counter()
-        try:
-            await self.stub.Ping(pb.PingRequest(nonce=1), metadata=self._md(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise wire.error_of(exc) from None
+        await self._unary(self.stub.Ping, pb.PingRequest(nonce=1), timeout)
         return time.perf_counter() - start
 
     async def control(self) -> AsyncIterator[ControlEvent]:
