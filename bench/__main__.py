@@ -1,4 +1,4 @@
-"""`python -m bench`: measure vnet against direct TCP, a plain relay and socat.
+"""`python -m bench`: measure vnet against direct TCP, a plain relay, socat and OpenSSH.
 
 Every path is measured by this process (never by a relay's own process), in alternating order,
 --repeat times; the tables show medians. See docs/BENCHMARKS.md.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import shlex
 import signal
 import statistics
@@ -21,12 +22,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import client, isolation, report
+from bench import client, idle, isolation, output, report
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# Connections in the aggregate-throughput test; each sends bulk/N bytes.
+CONCURRENCY = (8, 64)
+FULL_IDLE = (1000, 10_000)
+QUICK_IDLE = (200,)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class Sizes:
 
 
 FULL = Sizes(bulk_mib=1024, pings=5000, conns=500, parallel_conns=2000, parallel=16, repeat=3)
-QUICK = Sizes(bulk_mib=64, pings=1000, conns=100, parallel_conns=400, parallel=16, repeat=1)
+QUICK = Sizes(bulk_mib=64, pings=1000, conns=50, parallel_conns=400, parallel=16, repeat=1)
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -62,6 +67,18 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(ALL_PATHS)} (default: all)",
     )
     p.add_argument(
+        "--idle-tunnels",
+        help=f"idle vnet tunnel counts for the memory test (default "
+        f"{','.join(map(str, FULL_IDLE))}; --quick: {','.join(map(str, QUICK_IDLE))})",
+    )
+    p.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel memory test")
+    p.add_argument(
+        "--chart",
+        metavar="PNG",
+        help="also draw throughput and latency charts (needs `pip install matplotlib`), "
+        "e.g. --chart docs/bench-throughput.png",
+    )
+    p.add_argument(
         "--write",
         "--markdown",
         dest="markdown",
@@ -76,6 +93,15 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, name, getattr(base, name))
         elif getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        idle_text = args.idle_tunnels or ",".join(map(str, QUICK_IDLE if args.quick else FULL_IDLE))
+        args.idle_tunnels = sorted({int(x) for x in idle_text.split(",") if x.strip()})
+    except ValueError:
+        p.error("--idle-tunnels: a comma-separated list of counts")
+    if not args.idle_tunnels or min(args.idle_tunnels) < 1:
+        p.error("--idle-tunnels: counts must be at least 1")
+    # Under load a round trip can take ms; a tenth of --pings keeps the run short.
+    args.loaded_pings = max(100, args.pings // 10)
     args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     unknown = set(args.paths) - set(ALL_PATHS)
     if unknown or not args.paths:
@@ -88,6 +114,14 @@ def _metrics(args: argparse.Namespace) -> list[report.Metric]:
         report.Metric("bulk", f"bulk {args.bulk_mib} MiB, 1 conn (MB/s)", True),
         report.Metric("ping_p50", "1-byte ping-pong p50 (us)", False),
         report.Metric("ping_p99", "1-byte ping-pong p99 (us)", False),
+        *(
+            report.Metric(
+                f"bulk{n}", f"bulk {args.bulk_mib} MiB over {n} conns, total (MB/s)", True
+            )
+            for n in CONCURRENCY
+        ),
+        report.Metric("loaded_p50", "ping-pong p50 with a bulk conn running (us)", False),
+        report.Metric("loaded_p99", "ping-pong p99 with a bulk conn running (us)", False),
         report.Metric("serial_rate", "new conns/s, one at a time", True),
         report.Metric("serial_p50", "conn lifetime p50, one at a time (us)", False),
         report.Metric("parallel_rate", f"new conns/s, {args.parallel} in parallel", True),
@@ -138,6 +172,27 @@ class Runner:
         samples = client.ping_pong(path.echo, self.args.pings)
         return {"ping_p50": statistics.median(samples), "ping_p99": _percentile(samples, 0.99)}
 
+    def concurrent(self, path: BenchPath) -> dict[str, float]:
+        total = self.args.bulk_mib * 1024 * 1024
+        return {
+            f"bulk{n}": client.concurrent_bulk(path.sink, total, n, max(60.0, total / 20e6))
+            for n in CONCURRENCY
+        }
+
+    def loaded_ping(self, path: BenchPath) -> dict[str, float]:
+        """Ping-pong on one tunnel while another tunnel of the same path carries bulk data:
+        what an interactive session feels while a download runs next to it."""
+        background = client.Background(path.sink)
+        try:
+            background.wait_flowing(16 * 1024 * 1024, 30.0)
+            samples = client.ping_pong(path.echo, self.args.loaded_pings)
+        finally:
+            background.stop()
+        return {
+            "loaded_p50": statistics.median(samples),
+            "loaded_p99": _percentile(samples, 0.99),
+        }
+
     def serial(self, path: BenchPath) -> dict[str, float]:
         n = self.args.conns
         res = client.serial_connections(path.echo, n, max(60.0, n * 0.1))
@@ -172,6 +227,8 @@ class Runner:
         kinds: list[tuple[str, Measure]] = [
             ("bulk", self.bulk),
             ("ping-pong", self.ping),
+            ("concurrent bulk", self.concurrent),
+            ("ping under bulk", self.loaded_ping),
             ("serial conns", self.serial),
             ("parallel conns", self.parallel),
         ]
@@ -205,31 +262,24 @@ class Runner:
         return ["process", *names], body
 
 
-def _settings(
-    args: argparse.Namespace, describe: list[tuple[str, str]], load: tuple[float, float, float]
-) -> list[tuple[str, str]]:
-    return [
-        # Anything else running skews a 2-core box badly; this at least shows it was there.
-        ("load average before the run", " / ".join(f"{x:.2f}" for x in load)),
-        ("bulk", f"{args.bulk_mib} MiB, client -> sink, one connection, 4 MiB sendall()"),
-        ("ping-pong", f"{args.pings} round trips of 1 byte on one connection (after 50 warm-up)"),
-        ("connections", "connect, 1 byte each way, half-close, wait for the far close"),
-        ("serial / parallel", f"{args.conns} / {args.parallel_conns} ({args.parallel} threads)"),
-        ("repetitions", f"{args.repeat}, paths alternating, rotating who goes first"),
-        ("client", "blocking sockets in the bench process, TCP_NODELAY"),
-        ("vnet revision", report.revision(REPO)),
-        *describe,
-    ]
-
-
 def _stop(signum: int, frame: FrameType | None) -> None:
     # SIGTERM becomes an exception so the finally blocks stop every child.
     raise KeyboardInterrupt
 
 
+def _raise_fd_limit() -> None:
+    """Soft fd limit up to the hard one, before any child starts: the idle test holds
+    thousands of sockets here, and office, home and the target (which inherit the limit)
+    as many again each."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
+    _raise_fd_limit()
     signal.signal(signal.SIGTERM, _stop)
     load = os.getloadavg()
     began = time.monotonic()
@@ -244,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"paths ready after {ready:.1f} s: {', '.join(started.paths)}")
             for note in started.notes:
                 _say(note)
+            idle_table = None
+            if "vnet" in started.paths and not args.no_idle:
+                # First, while the route is fresh: memory a busy run freed inside the process
+                # would otherwise be reused by the new tunnels and hide their cost.
+                _say(f"idle tunnels: {', '.join(map(str, args.idle_tunnels))} through vnet")
+                idle_table = idle.run(started.paths["vnet"], args.idle_tunnels, children, _say)
             runner = Runner(args, children)
             runner.run(started.paths)
             iso = None
@@ -269,41 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             children.stop_all()
     took = time.monotonic() - began
-    names = list(started.paths)
     metrics = _metrics(args)
-    medians = report.rows(metrics, names, runner.results)
-    spreads = report.rows(metrics, names, runner.results, spread=True)
-    cpu = runner.cpu_table(names)
-    print(report.plain_table(*medians))
-    print()
-    print("CPU during the bulk transfer, % of one core (median):")
-    print(report.plain_table(*cpu))
-    if iso is not None:
-        print()
-        print("vnet with one tunnel's reader stalled (its echoes piling up):")
-        print(report.plain_table(*iso))
-    notes = [
-        *started.notes,
-        "MB/s is 10^6 bytes per second. vnet/x is vnet's median divided by x's: below 1 on "
-        "throughput and rates, above 1 on latencies, means vnet is slower.",
-        f"The run took {took:.0f} s.",
-    ]
-    for note in notes:
-        print(note)
-    if args.markdown:
-        command = shlex.join(["python", "-m", "bench", *argv])
-        block = report.markdown_block(
-            command, _settings(args, started.describe, load), medians, spreads, cpu, notes
-        )
-        if iso is not None:
-            extra = (
-                "\nvnet with one tunnel's reader stalled (bench/isolation.py: 256 MiB pushed "
-                "to the echo service, its echoes never read), each figure measured unloaded "
-                "and then during the stall:\n\n" + report.markdown_table(*iso) + "\n"
-            )
-            block = block.replace(report.END, extra + report.END)
-        did = report.write_markdown(Path(args.markdown), block)
-        _say(f"{did} {args.markdown}")
+    output.finish(
+        output.Run(args, argv, load, took, CONCURRENCY, started, runner.results, idle_table, iso),
+        metrics,
+        runner.cpu_table(list(started.paths)),
+    )
     return 0
 
 

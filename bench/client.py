@@ -185,3 +185,92 @@ def probe_sink(addr: Address) -> None:
 def probe_listen(addr: Address) -> None:
     with contextlib.closing(socket.create_connection(addr, timeout=2.0)):
         pass
+
+
+def concurrent_bulk(addr: Address, total: int, conns: int, deadline_s: float) -> float:
+    """conns connections each send total/conns bytes to the sink at once; total MB/s.
+
+    All connections are open before the clock starts, and the clock stops at the last
+    sink's ack: the figure is what the path carries in aggregate, not connection setup.
+    """
+    each = total // conns
+    socks = [_connect(addr) for _ in range(conns)]
+    errors: list[BaseException] = []
+    gate = threading.Barrier(conns + 1, timeout=IO_TIMEOUT)
+
+    def send(sock: socket.socket) -> None:
+        try:
+            gate.wait()
+            sock.sendall(HEADER.pack(each))
+            left = each
+            while left:
+                n = min(left, CHUNK)
+                sock.sendall(_PAYLOAD[:n])
+                left -= n
+            (count,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
+            if count != each:
+                raise BenchError(f"sink counted {count} bytes, {each} were sent")
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(s,), daemon=True) for s in socks]
+    try:
+        for thread in threads:
+            thread.start()
+        gate.wait()
+        start = time.perf_counter()
+        deadline = start + deadline_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.perf_counter()))
+        elapsed = time.perf_counter() - start
+    finally:
+        # Closing unblocks any thread still in a socket call, so none outlives the test.
+        for sock in socks:
+            sock.close()
+    if any(thread.is_alive() for thread in threads):
+        raise BenchError(f"{conns} concurrent bulk transfers to {addr} exceeded {deadline_s:.0f} s")
+    if errors:
+        raise BenchError(f"concurrent bulk to {addr} failed: {errors[0]!r}")
+    return each * conns / elapsed / 1e6
+
+
+class Background:
+    """A bulk transfer to the sink that runs until stop(), in a thread of its own.
+
+    It declares an endless length and just stops sending, so there is no gap between
+    transfers while something else is measured next to it.
+    """
+
+    def __init__(self, addr: Address) -> None:
+        self.sock = _connect(addr)
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._push, daemon=True)
+        self._thread.start()
+
+    def _push(self) -> None:
+        try:
+            self.sock.sendall(HEADER.pack(2**62))
+            while not self._stop.is_set():
+                self.sock.sendall(_PAYLOAD[: 1024 * 1024])
+                self.sent += 1024 * 1024
+        except OSError as exc:
+            if not self._stop.is_set():
+                self.error = exc
+
+    def wait_flowing(self, nbytes: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sent < nbytes:
+            if self.error is not None or time.monotonic() > deadline:
+                raise BenchError(f"background bulk did not get going: {self.error!r}")
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        """Stop and return how many bytes were sent; raises if the transfer broke."""
+        self._stop.set()
+        self._thread.join(IO_TIMEOUT + 5)
+        self.sock.close()
+        if self.error is not None:
+            raise BenchError(f"background bulk failed: {self.error!r}")
+        return self.sent

@@ -119,13 +119,13 @@ def run(path: BenchPath, bulk_mib: int, pings: int) -> tuple[list[str], list[lis
         held = stall.sent
     finally:
         stall.close()
-    rows = [
-        ["bulk on another tunnel (MB/s)", before.bulk, during.bulk],
-        ["ping-pong p50 on another tunnel (us)", before.ping_p50, during.ping_p50],
-        ["ping-pong p99 on another tunnel (us)", before.ping_p99, during.ping_p99],
-        ["route Ping RPC p50 (us)", before.control_p50, during.control_p50],
-        ["route Ping RPC max (us)", before.control_max, during.control_max],
-        ["route RSS (MiB)", before.route_rss, during.route_rss],
+    rows: list[tuple[str, float, float]] = [
+        ("bulk on another tunnel (MB/s)", before.bulk, during.bulk),
+        ("ping-pong p50 on another tunnel (us)", before.ping_p50, during.ping_p50),
+        ("ping-pong p99 on another tunnel (us)", before.ping_p99, during.ping_p99),
+        ("route Ping RPC p50 (us)", before.control_p50, during.control_p50),
+        ("route Ping RPC max (us)", before.control_max, during.control_max),
+        ("route RSS (MiB)", before.route_rss, during.route_rss),
     ]
     table = [[name, f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}x" if a else "-"] for name, a, b in rows]
     table.append(

@@ -1,8 +1,8 @@
 """The paths a connection can take to the target, each started and checked end to end.
 
 direct: straight to the target. relay: through bench.relay. socat: through socat, when
-installed. vnet: office's use port -> office node -> route -> home node -> target, with
-the real `vnet-route` and `vnet` commands.
+installed. ssh: the OpenSSH chain (bench/sshchain.py), when installed. vnet: office's use port
+-> office node -> route -> home node -> target, with the real `vnet-route` and `vnet` commands.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import sshchain
 from bench.client import Address, probe_echo, probe_listen, probe_sink
 from bench.procs import HOST, Children, command, free_port, wait_ready, write_vnet_configs
 
-ALL_PATHS = ("direct", "relay", "socat", "vnet")
+ALL_PATHS = ("direct", "relay", "socat", "ssh", "vnet")
 # socat's default 8 KiB buffer would make it a strawman; 256 KiB matches bench.relay's reads.
 SOCAT_BUFFER = 256 * 1024
 # Logging is per connection at info level in places; the run measures the data path.
@@ -111,6 +112,21 @@ def start_paths(wanted: Sequence[str], children: Children, workdir: Path) -> Sta
                 "socat", ssink, secho, {"socat": started["sink"][1], **targets}
             )
             describe.append(("socat", f"`socat -b {SOCAT_BUFFER} TCP-LISTEN:...,fork TCP:...`"))
+
+    if "ssh" in wanted:
+        why = sshchain.missing()
+        if why is not None:
+            notes.append(f"ssh: skipped, {why}")
+        else:
+            chain = sshchain.start(children, workdir, sink_port, echo_port)
+            paths["ssh"] = BenchPath("ssh", chain.sink, chain.echo, {**chain.processes, **targets})
+            describe.append(
+                (
+                    "ssh",
+                    f"{sshchain.version()}: sshd + `ssh -N -R` (home) + `ssh -N -L` (office), "
+                    "default cipher, ed25519 keys made per run",
+                )
+            )
 
     if "vnet" in wanted:
         route_port, use_sink, use_echo = free_port(), free_port(), free_port()

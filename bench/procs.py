@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+MAX_TUNNELS = 20_000
 _taken: set[int] = set()
 
 
@@ -79,21 +80,28 @@ def command(name: str, module_args: Sequence[str]) -> list[str]:
 
 
 def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user+system, reaped children included) of every process in a group.
+    """CPU time (user+system, reaped children included) of a process group and its descendants.
 
-    A group rather than a pid because socat serves each connection in a forked child.
+    A group rather than a pid because socat serves each connection in a forked child; and the
+    descendants too because sshd's per-connection children start sessions of their own.
     """
-    ticks = 0
+    stats: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, pgrp, ticks)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            # After the ")" ending the command name: state, ppid, pgrp, ..., and utime, stime,
+            # cutime, cstime at indexes 11-14 (fields 14-17 of proc(5)).
+            ticks = sum(int(f) for f in fields[11:15])
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), ticks)
+        except (OSError, IndexError, ValueError):
             continue
-        # After the ")" ending the command name: state, ppid, pgrp, ..., and utime, stime,
-        # cutime, cstime at indexes 11-14 (fields 14-17 of proc(5)).
-        if int(fields[2]) == pgid:
-            ticks += sum(int(f) for f in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    inside = {pid for pid, (_, pgrp, _) in stats.items() if pgrp == pgid}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in stats.items() if ppid in inside} - inside
+        inside |= more
+        grew = bool(more)
+    return sum(stats[pid][2] for pid in inside) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -196,6 +204,8 @@ def write_vnet_configs(
     workdir: Path, route_port: int, sink: int, echo: int, use_sink: int, use_echo: int
 ) -> tuple[Path, Path, Path]:
     route = f"[route]\nip={HOST}\nport={route_port}\n"
+    # The idle-tunnel test holds up to 10,000 tunnels from one node; the default cap is 2048.
+    route_only = f"{route}max_tunnels_per_node={MAX_TUNNELS}\n"
     home = (
         f"{route}[vnet]\nname=home\ngroup=bench\n"
         f"[serve.sink]\nserveid=701\nport={sink}\n"
@@ -207,6 +217,6 @@ def write_vnet_configs(
         f"[use.echo]\nserveid=702\nport={use_echo}\n"
     )
     paths = (workdir / "route.ini", workdir / "home.ini", workdir / "office.ini")
-    for path, text in zip(paths, (route, home, office), strict=True):
+    for path, text in zip(paths, (route_only, home, office), strict=True):
         path.write_text(text)
     return paths

@@ -51,7 +51,7 @@ def rows(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and cells; ratio columns only when vnet and the baseline were both measured."""
     header = ["measurement", *paths]
-    ratios = [base for base in ("direct", "relay") if base in paths and "vnet" in paths]
+    ratios = [base for base in ("direct", "relay", "ssh") if base in paths and "vnet" in paths]
     if spread:
         # A ratio of ranges means nothing; the median table has the ratios.
         ratios = []
