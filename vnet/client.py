@@ -346,9 +346,14 @@ class RouteClient:
             call.cancel()
         raise RouteUnavailable("the route closed the control stream")
 
-    def dial(self, serveid: int) -> Any:
-        """A raw tunnel call to a serve of the group."""
-        return self._dial(metadata=self._md((wire.MD_SERVEID, str(serveid))))
+    def dial(self, serveid: int, tunnel_id: str = "") -> Any:
+        """A raw tunnel call to a serve of the group.
+
+        tunnel_id (16 hex digits) names the tunnel in both nodes' logs; the
+        route takes it unless it is malformed or in use.
+        """
+        extra = ((wire.MD_TUNNEL, tunnel_id),) if tunnel_id else ()
+        return self._dial(metadata=self._md((wire.MD_SERVEID, str(serveid)), *extra))
 
     def accept(self, tunnel_id: str) -> Any:
         """A raw tunnel call answering an OpenTunnel."""

@@ -114,7 +114,11 @@ class Node:
         self.remote: dict[int, Serve] = {}
         self.serves: dict[str, ServeState] = {}
         # Through a lambda: the client is replaced on each reconnect.
-        self._uses = Uses(self.remote, lambda serveid: self.client.dial(serveid), self._spawn)
+        self._uses = Uses(
+            self.remote,
+            lambda serveid, tunnel_id: self.client.dial(serveid, tunnel_id),
+            self._spawn,
+        )
         self.uses: dict[str, UseState] = self._uses.states
         # Why the route went away, once it has.
         self.lost = ""

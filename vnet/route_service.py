@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -68,6 +68,8 @@ class RouteTimeouts:
     # A tunnel closed in one direction and silent this long is reset.
     half_close_idle: float = 300.0
 
+
+_TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
 
 # One answer for every authentication failure, so it tells nothing.
 BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
@@ -479,7 +481,11 @@ class RouteServicer:
         serve: Serve,
         context: grpc.aio.ServicerContext[bytes, bytes],
     ) -> None:
-        tunnel_id = secrets.token_hex(8)
+        # The dialling node may name the tunnel, so both nodes log the same
+        # id; only a well-formed one not in use is taken.
+        tunnel_id = _metadata(context, wire.MD_TUNNEL)
+        if not _TUNNEL_ID.fullmatch(tunnel_id) or tunnel_id in self.pending:
+            tunnel_id = secrets.token_hex(8)
         loop = asyncio.get_running_loop()
         started = loop.time()
         pending = _Pending(owner, serve.serveid, session, context, loop.create_future())
@@ -535,9 +541,6 @@ class RouteServicer:
             stats=self.stats,
             on_done=forget,
         )
-        # The dialling node learns the tunnel's id, for its logs.
-        with contextlib.suppress(Exception):
-            await pending.ctx.send_initial_metadata(((wire.MD_TUNNEL, tunnel_id),))
         splice.start()
         self.splices.add(splice)
         for end in ends:

@@ -129,9 +129,7 @@ async def relay(
         raise
     finally:
         counters.open -= 1
-        extra = dict(fields or {})
-        if "tunnel" not in extra:
-            extra["tunnel"] = await _tunnel_id(call)
+        extra = fields or {}
         if reason:
             counters.resets += 1
             for task in (up, down):
@@ -146,15 +144,6 @@ async def relay(
                 await writer.wait_closed()
             log.debug("%s: closed", label, extra=extra)
     return not reason
-
-
-async def _tunnel_id(call: Any) -> str:
-    """The route's id for this tunnel, which it sends the dialling side first."""
-    with contextlib.suppress(Exception):
-        for key, value in await asyncio.wait_for(call.initial_metadata(), 0.05) or ():
-            if key == wire.MD_TUNNEL:
-                return str(value)
-    return ""
 
 
 def _describe(exc: BaseException) -> str:

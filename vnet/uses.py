@@ -12,6 +12,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import secrets
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ class Uses:
     """The uses of one node, by name, and their listeners."""
 
     def __init__(
-        self, remote: Mapping[int, Serve], dial: Callable[[int], Any], spawn: Spawn
+        self, remote: Mapping[int, Serve], dial: Callable[[int, str], Any], spawn: Spawn
     ) -> None:
         # The group's serves as the control stream tells them (owned by the node).
         self.remote = remote
@@ -160,5 +161,11 @@ class Uses:
             tunnel.reset_socket(writer)
             return
         serve = self.remote[serveid]
-        fields: dict[str, object] = {"vnetid": serve.vnetid, "serveid": serveid}
-        await tunnel.relay(reader, writer, self._dial_call(serveid), label, fields, state.counters)
+        tunnel_id = secrets.token_hex(8)
+        fields: dict[str, object] = {
+            "vnetid": serve.vnetid,
+            "serveid": serveid,
+            "tunnel": tunnel_id,
+        }
+        call = self._dial_call(serveid, tunnel_id)
+        await tunnel.relay(reader, writer, call, label, fields, state.counters)

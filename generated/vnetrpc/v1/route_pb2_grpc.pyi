@@ -10,7 +10,9 @@ serveid in 1-999). Nodes see only the serves and nodes of their own group.
 
 Every call after Join carries the session it returned in the metadata key
 "vnet-session". Tunnel calls also carry "vnet-serveid" (Dial) or
-"vnet-tunnel" (Accept).
+"vnet-tunnel" (Accept). A Dial may carry "vnet-tunnel" too (16 lower-case
+hex digits) to name its tunnel, so both nodes' logs use one id; the route
+takes it when it is well-formed and not in use, else makes its own.
 
 Where the route has tokens, every call, Join and each tunnel stream
 included, carries "authorization: Bearer TOKEN". A token for one group is
