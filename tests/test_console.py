@@ -28,7 +28,7 @@ from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.output.plain_text import PlainTextOutput
 
 from tests.conftest import TIMEOUT, MakeNode, free_port, refused, use_port, wait_until
-from tests.procs import command, node_ini
+from tests.procs import Procs, command, node_ini
 from tests.services import (
     BLOCK,
     HEADER,
@@ -616,22 +616,8 @@ async def test_script_when_the_route_is_down(tmp_path: Path) -> None:
 
 async def run_vnet(*args: str, cwd: Path, timeout: float = 30.0) -> tuple[int, str, str, float]:
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        command("vnet"),
-        *args,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode(), time.monotonic() - started
+    rc, out, err = await Procs(cwd).run(command("vnet"), *args, cwd=cwd, timeout=timeout)
+    return rc, out, err, time.monotonic() - started
 
 
 @pytest.mark.e2e
