@@ -80,7 +80,9 @@ async def build_wheel(tmp: Path) -> Path:
         else:
             shutil.copy2(path, src / name)
     out = tmp / "dist"
-    if importlib.util.find_spec("build") is not None:
+    # find_spec("build") alone would also find a stray build/ folder in the
+    # working directory (a namespace package), so look for build's __main__.
+    if importlib.util.find_spec("build.__main__") is not None:
         args: tuple[str | Path, ...] = ("-m", "build", "--wheel", "--outdir", out, src)
     else:
         args = ("-m", "pip", "wheel", "--no-deps", "--timeout", "15", "--retries", "1")
