@@ -82,7 +82,11 @@ async def build_wheel(tmp: Path) -> Path:
     out = tmp / "dist"
     # find_spec("build") alone would also find a stray build/ folder in the
     # working directory (a namespace package), so look for build's __main__.
-    if importlib.util.find_spec("build.__main__") is not None:
+    try:
+        has_build = importlib.util.find_spec("build.__main__") is not None
+    except ModuleNotFoundError:
+        has_build = False
+    if has_build:
         args: tuple[str | Path, ...] = ("-m", "build", "--wheel", "--outdir", out, src)
     else:
         args = ("-m", "pip", "wheel", "--no-deps", "--timeout", "15", "--retries", "1")

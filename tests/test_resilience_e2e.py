@@ -36,17 +36,19 @@ async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
 
 
 async def _echo_ok(port: int) -> bool:
+    writer = None
     try:
         async with asyncio.timeout(2):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             body = pattern(50_000, seed=port)
             writer.write(body)
             writer.write_eof()
-            got = await read_exactly_or_eof(reader)
-            writer.close()
-            return got == body
+            return await read_exactly_or_eof(reader) == body
     except (OSError, TimeoutError):
         return False
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 async def _until_echo_works(port: int, within: float) -> float:
