@@ -42,6 +42,22 @@ class Raw:
             pb.JoinRequest(name=name, group=group), metadata=self.md(token), timeout=5
         )
 
+    async def join_and_serve(
+        self, token: str | None, serveid: int, group: str = "a", name: str = "raw"
+    ) -> tuple[Any, Any, Any]:
+        """Join, open the control stream (read its snapshot) and register a
+        serve, as a node does: (join response, metadata, control call)."""
+        joined = await self.join(token, group=group, name=name)
+        md = self.md(token, joined.session)
+        control = self.stub.Control(pb.ControlRequest(), metadata=md)
+        await control.read()
+        await self.stub.RegisterServe(
+            pb.RegisterServeRequest(serveid=serveid, name="ssh", ip="127.0.0.1", port=22),
+            metadata=md,
+            timeout=5,
+        )
+        return joined, md, control
+
     def dial(self, metadata: Any) -> Any:
         return self.channel.stream_stream(DIAL)(metadata=metadata, timeout=10)
 

@@ -129,15 +129,7 @@ async def test_half_closed_idle_tunnels_are_reset() -> None:
 async def test_resume_replaces_only_its_own_stale_session() -> None:
     route = await _route()
     old = Raw(route.port)
-    first = await old.join(None, group="g")
-    md = old.md(None, first.session)
-    control = old.stub.Control(pb.ControlRequest(), metadata=md)
-    await control.read()
-    await old.stub.RegisterServe(
-        pb.RegisterServeRequest(serveid=700, name="ssh", ip="127.0.0.1", port=22),
-        metadata=md,
-        timeout=5,
-    )
+    first, md, control = await old.join_and_serve(None, 700, group="g")
     # Someone else naming that vnetid, without its resume token, gets a new one
     # and cannot take the static serveid.
     other = Raw(route.port)
@@ -193,15 +185,7 @@ async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
     route = await _route(keepalive=0.5, keepalive_timeout=0.5)
     relay, kill = await tcp_relay(route.port)
     victim = Raw(relay.port)
-    joined = await victim.join(None, group="g")
-    md = victim.md(None, joined.session)
-    control = victim.stub.Control(pb.ControlRequest(), metadata=md)
-    await control.read()
-    await victim.stub.RegisterServe(
-        pb.RegisterServeRequest(serveid=700, name="ssh", ip="127.0.0.1", port=22),
-        metadata=md,
-        timeout=5,
-    )
+    _, _, control = await victim.join_and_serve(None, 700, group="g")
     assert route.servicer.registry.serves("g")
     kill()
     await wait_until(

@@ -129,15 +129,7 @@ async def test_other_groups_serves_look_like_nonexistent_ones(secured: RunningRo
 
 async def test_only_the_serves_owner_can_accept_its_tunnel(secured: RunningRoute) -> None:
     owner = Raw(secured.port)
-    owner_session = (await owner.join("token-a", name="owner")).session
-    owner_md = owner.md("token-a", owner_session)
-    control = owner.stub.Control(pb.ControlRequest(), metadata=owner_md)
-    await control.read()  # the snapshot
-    await owner.stub.RegisterServe(
-        pb.RegisterServeRequest(serveid=701, name="s", ip="127.0.0.1", port=22),
-        metadata=owner_md,
-        timeout=5,
-    )
+    _, owner_md, control = await owner.join_and_serve("token-a", 701, name="owner")
     dialer = Raw(secured.port)
     dialer_md = dialer.md("token-a", (await dialer.join("token-a", name="dialer")).session)
     dial = dialer.dial((*dialer_md, ("vnet-serveid", "701")))

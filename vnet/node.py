@@ -406,6 +406,15 @@ class Node:
         """Refuse a change that `save` could not write and the node start from again."""
         config_save.checked(dataclasses.replace(self.config, serves=serves, uses=uses))
 
+    def _deactivate(self, state: ServeState | UseState, name: str) -> None:
+        """`close`: mark inactive in the config and stop meaning to run."""
+        if not state.running and not state.config.active:
+            raise NodeRequestError(f"{name} is already closed")
+        state.running = False
+        state.error = ""
+        state.config = dataclasses.replace(state.config, active=False)
+        self._commit()
+
     def _require_route(self) -> None:
         if not self.connected:
             raise RouteUnavailable(f"the route is not connected ({self.lost or 'not started'})")
@@ -443,12 +452,7 @@ class Node:
     async def close_serve(self, key: str) -> None:
         """Unregister and mark inactive; tunnels already open carry on."""
         state = self.serve(key)
-        if not state.running and not state.config.active:
-            raise NodeRequestError(f"[serve.{key}] is already closed")
-        state.running = False
-        state.error = ""
-        state.config = dataclasses.replace(state.config, active=False)
-        self._commit()
+        self._deactivate(state, f"[serve.{key}]")
         await self._unregister(state)
 
     async def add_serve(self, serve: ServeConfig) -> int | None:
@@ -505,12 +509,7 @@ class Node:
     async def close_use(self, key: str) -> None:
         """Stop listening and mark inactive; connections already accepted carry on."""
         state = self.use(key)
-        if not state.running and not state.config.active:
-            raise NodeRequestError(f"[use.{key}] is already closed")
-        state.running = False
-        state.error = ""
-        state.config = dataclasses.replace(state.config, active=False)
-        self._commit()
+        self._deactivate(state, f"[use.{key}]")
         was = state.port
         async with state.lock:
             self._uses.close(state)
