@@ -36,6 +36,7 @@ from vnet.client import (
 from vnet.config import NodeConfig, ServeConfig, UseConfig
 from vnet.errors import NotFound, RouteUnavailable, VnetError
 from vnet.node_state import NodeRequestError, NodeTimeouts, ServeState
+from vnet.pacing import Pacer
 from vnet.registry import Serve
 from vnet.unserves import Unserves
 from vnet.uses import Uses, UseState
@@ -65,11 +66,14 @@ class Node:
         # The group's serves, as the control stream tells them.
         self.remote: dict[int, Serve] = {}
         self.serves: dict[str, ServeState] = {}
+        # All tunnels share the connection to the route, both ways.
+        self._pacer = Pacer()
         # Through a lambda: the client is replaced on each reconnect.
         self._uses = Uses(
             self.remote,
             lambda serveid, tunnel_id: self.client.dial(serveid, tunnel_id),
             self._spawn,
+            self._pacer,
         )
         self.uses: dict[str, UseState] = self._uses.states
         # Why the route went away, once it has.
@@ -637,7 +641,7 @@ class Node:
                 "serveid": event.serveid,
                 "tunnel": event.tunnel_id,
             }
-            await tunnel.relay(reader, writer, call, label, fields)
+            await tunnel.relay(reader, writer, call, label, fields, pacer=self._pacer)
         finally:
             if offered:
                 self.unserves.closed(event.serveid)

@@ -19,15 +19,15 @@ from typing import Any
 
 import grpc
 
-from vnet import wire
+from vnet import pacing, wire
 from vnet.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-# One read of the local socket becomes one message. grpc.aio costs about the
-# same per message whatever its size, so bulk transfers want large messages;
-# reads return what is there, so interactive traffic stays small.
-CHUNK = 1024 * 1024
+# One read of the local socket becomes one message, at most this big (see
+# vnet/pacing.py for when it is smaller); reads return what is there, so
+# interactive traffic stays small.
+CHUNK = pacing.BULK_READ
 # asyncio's StreamReader never returns more than its limit from read().
 READER_LIMIT = 2 * CHUNK
 
@@ -60,11 +60,16 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _upstream(reader: asyncio.StreamReader, call: Any, counters: Counters) -> None:
+async def _upstream(
+    reader: asyncio.StreamReader, call: Any, counters: Counters, pacer: pacing.Pacer
+) -> None:
+    loop = asyncio.get_running_loop()
+    lane = pacing.Lane()
     while True:
-        data = await reader.read(CHUNK)
+        data = await reader.read(pacer.read_size(lane, loop.time()))
         if not data:
             break
+        pacer.note(lane, len(data), loop.time())
         await call.write(wire.encode_data(data))
         counters.bytes_out += len(data)
     await call.write(wire.FIN_FRAME)
@@ -104,6 +109,7 @@ async def relay(
     label: str,
     fields: dict[str, object] | None = None,
     counters: Counters = _NO_COUNTERS,
+    pacer: pacing.Pacer | None = None,
 ) -> bool:
     """Carry one connection over call until both directions end.
 
@@ -113,7 +119,7 @@ async def relay(
     """
     counters.opened += 1
     counters.open += 1
-    up = asyncio.create_task(_upstream(reader, call, counters))
+    up = asyncio.create_task(_upstream(reader, call, counters, pacer or pacing.Pacer()))
     down = asyncio.create_task(_downstream(call, writer, counters))
     reason = ""
     try:

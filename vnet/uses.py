@@ -19,6 +19,7 @@ from typing import Any
 
 from vnet import tunnel
 from vnet.config import UseConfig
+from vnet.pacing import Pacer
 from vnet.registry import Serve
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,18 @@ class Uses:
     """The uses of one node, by name, and their listeners."""
 
     def __init__(
-        self, remote: Mapping[int, Serve], dial: Callable[[int, str], Any], spawn: Spawn
+        self,
+        remote: Mapping[int, Serve],
+        dial: Callable[[int, str], Any],
+        spawn: Spawn,
+        pacer: Pacer,
     ) -> None:
         # The group's serves as the control stream tells them (owned by the node).
         self.remote = remote
         self.states: dict[str, UseState] = {}
         self._dial_call = dial
         self._spawn = spawn
+        self._pacer = pacer
         self._ids = itertools.count(1)
         # Until then (loop time), a serve missing from the group does not
         # close its use's listener: after a reconnect the serving nodes may
@@ -168,4 +174,4 @@ class Uses:
             "tunnel": tunnel_id,
         }
         call = self._dial_call(serveid, tunnel_id)
-        await tunnel.relay(reader, writer, call, label, fields, state.counters)
+        await tunnel.relay(reader, writer, call, label, fields, state.counters, self._pacer)

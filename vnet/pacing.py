@@ -1,0 +1,72 @@
+"""How big a message a tunnel sends next: bulk transfers yield to interactive traffic.
+
+All of a node's tunnels share one HTTP/2 connection to the route. grpc.aio costs
+about the same per message whatever its size, so a bulk transfer wants 1 MiB
+messages; but every megabyte queued on the shared connection is a millisecond
+or more that a keystroke or a request behind it waits (measured in
+docs/BENCHMARKS.md: 1 MiB messages put ~8 ms p50 / 24 ms p99 on a ping-pong next
+to a bulk transfer, 64 KiB messages ~1 ms / 3.5 ms). So a tunnel reads 1 MiB at
+a time unless some *other* tunnel of the node has recently shown interactive
+traffic, in which case it reads 64 KiB: the bulk transfer slows down only while
+someone is typing, and an idle node's single download runs at full speed.
+
+A read is interactive when it comes back small; a tunnel's first read does not
+count, because most protocols open with a small request (an HTTP request line, a
+length header) before a bulk body. Pure: no asyncio, the caller passes the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BULK_READ = 1024 * 1024
+SHARED_READ = 64 * 1024
+# Reads below this are what typing, pings and request/response traffic look like.
+INTERACTIVE_BELOW = 16 * 1024
+# How long one interactive read keeps the bulk tunnels on smaller messages;
+# longer than the gap between keystrokes in a burst, short enough that a
+# download gets its speed back soon after the typing stops.
+HOLD_S = 0.25
+
+
+@dataclass
+class Lane:
+    """One tunnel's history, as the pacer sees it."""
+
+    reads: int = 0
+
+
+class Pacer:
+    """One per node, consulted by every tunnel's upstream pump before each read."""
+
+    def __init__(
+        self,
+        bulk: int = BULK_READ,
+        shared: int = SHARED_READ,
+        interactive_below: int = INTERACTIVE_BELOW,
+        hold: float = HOLD_S,
+    ) -> None:
+        self.bulk = bulk
+        self.shared = shared
+        self.interactive_below = interactive_below
+        self.hold = hold
+        self._interactive_at = float("-inf")
+        self._interactive_lane: Lane | None = None
+
+    def read_size(self, lane: Lane, now: float) -> int:
+        """How much lane may read (and send as one message) now."""
+        if lane is not self._interactive_lane and now - self._interactive_at < self.hold:
+            return self.shared
+        return self.bulk
+
+    def note(self, lane: Lane, nbytes: int, now: float) -> None:
+        """Record that lane read nbytes (> 0) at now."""
+        lane.reads += 1
+        if nbytes >= self.interactive_below or lane.reads == 1:
+            return
+        self._interactive_at = now
+        self._interactive_lane = lane
+
+    def sharing(self, now: float) -> bool:
+        """Whether bulk tunnels are on the smaller messages now (for tests and metrics)."""
+        return now - self._interactive_at < self.hold
