@@ -246,7 +246,7 @@ class Runner:
                     for key, value in got.items():
                         self.results.setdefault(key, {}).setdefault(path.name, []).append(value)
                     shown = "  ".join(f"{k}={v:,.0f}" for k, v in got.items())
-                    _say(f"[{rep + 1}/{self.args.repeat}] {kind:<15} {path.name:<7} {shown}")
+                    _say(f"[{rep + 1}/{self.args.repeat}] {kind:<15} {path.name:<8} {shown}")
 
     def cpu_table(self, names: list[str]) -> tuple[list[str], list[list[str]]]:
         roles: list[str] = ["bench client"]
@@ -292,8 +292,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = start_paths(args.paths, children, Path(tmp))
             ready = time.monotonic() - began
             _say(f"paths ready after {ready:.1f} s: {', '.join(started.paths)}")
+            # The idle-tunnel and isolation tests are about vnet's tunnels, not its transport:
+            # they run on the plaintext vnet path only, never on vnet-tls.
+            if "vnet" not in started.paths and "vnet-tls" in started.paths:
+                started.notes.append(
+                    "idle tunnels and isolation: skipped, they run on the vnet path only "
+                    "(not selected)"
+                )
             for note in started.notes:
                 _say(note)
+            if not started.paths:
+                # e.g. --paths vnet-tls without trustme, or --paths ssh without OpenSSH.
+                _say("bench: nothing to measure, every selected path was skipped")
+                return 1
             idle_table = None
             if "vnet" in started.paths and not args.no_idle:
                 # First, while the route is fresh: memory a busy run freed inside the process

@@ -36,6 +36,7 @@ def _settings(
     concurrency: Sequence[int],
     describe: list[tuple[str, str]],
     load: tuple[float, float, float],
+    names: Sequence[str],
 ) -> list[tuple[str, str]]:
     return [
         # Anything else running skews a 2-core box badly; this at least shows it was there.
@@ -58,6 +59,8 @@ def _settings(
             "idle tunnels",
             "skipped (--no-idle)"
             if args.no_idle
+            else "skipped (vnet path not selected)"
+            if "vnet" not in names
             else f"{' / '.join(f'{n:,}' for n in args.idle_tunnels)} through vnet's echo port",
         ),
         ("repetitions", f"{args.repeat}, paths alternating, rotating who goes first"),
@@ -94,7 +97,7 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
         )
     goals = targets.rows(results, idle_table, args.idle_tunnels, args.bulk_mib)
     print()
-    print("issue 7 targets (vnet against the ssh chain):")
+    print("issue 7 targets (vnet, and vnet-tls, against the ssh chain):")
     print(report.plain_table(*goals))
     chart_note = []
     if args.chart:
@@ -104,8 +107,9 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
         *started.notes,
         *(idle_table.notes if idle_table is not None else []),
         *chart_note,
-        "MB/s is 10^6 bytes per second. vnet/x is vnet's median divided by x's: below 1 on "
-        "throughput and rates, above 1 on latencies, means vnet is slower.",
+        "MB/s is 10^6 bytes per second. vnet/x is vnet's median divided by x's (vnet-tls/ssh "
+        "likewise, for vnet over TLS): below 1 on throughput and rates, above 1 on latencies, "
+        "means vnet is slower.",
         f"The run took {run.took:.0f} s.",
     ]
     for note in notes:
@@ -114,7 +118,7 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
         command = shlex.join(["python", "-m", "bench", *run.argv])
         block = report.markdown_block(
             command,
-            _settings(args, run.concurrency, started.describe, run.load),
+            _settings(args, run.concurrency, started.describe, run.load, names),
             medians,
             spreads,
             cpu,
@@ -130,7 +134,7 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
         block = block.replace(
             report.END,
             idle_block
-            + "\nissue 7 targets, vnet against the ssh chain (medians above):\n\n"
+            + "\nissue 7 targets, vnet and vnet-tls against the ssh chain (medians above):\n\n"
             + report.markdown_table(*goals)
             + "\n"
             + report.END,

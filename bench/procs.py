@@ -200,19 +200,40 @@ def wait_ready(
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class VnetTls:
+    """TLS for a vnet trio: the route's certificate and key, and the CA the nodes trust."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 def write_vnet_configs(
-    workdir: Path, route_port: int, sink: int, echo: int, use_sink: int, use_echo: int
+    workdir: Path,
+    route_port: int,
+    sink: int,
+    echo: int,
+    use_sink: int,
+    use_echo: int,
+    tls: VnetTls | None = None,
 ) -> tuple[Path, Path, Path]:
+    """route.ini, home.ini and office.ini in workdir; with tls, the route serves TLS only and
+    both nodes verify it against tls.ca."""
     route = f"[route]\nip={HOST}\nport={route_port}\n"
     # The idle-tunnel test holds up to 10,000 tunnels from one node; the default cap is 2048.
     route_only = f"{route}max_tunnels_per_node={MAX_TUNNELS}\n"
+    node_tls = ""
+    if tls is not None:
+        route_only += f"tls_cert={tls.cert}\ntls_key={tls.key}\n"
+        node_tls = f"tls=true\ntls_ca={tls.ca}\n"
     home = (
-        f"{route}[vnet]\nname=home\ngroup=bench\n"
+        f"{route}[vnet]\nname=home\ngroup=bench\n{node_tls}"
         f"[serve.sink]\nserveid=701\nport={sink}\n"
         f"[serve.echo]\nserveid=702\nport={echo}\n"
     )
     office = (
-        f"{route}[vnet]\nname=office\ngroup=bench\n"
+        f"{route}[vnet]\nname=office\ngroup=bench\n{node_tls}"
         f"[use.sink]\nserveid=701\nport={use_sink}\n"
         f"[use.echo]\nserveid=702\nport={use_echo}\n"
     )

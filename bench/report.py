@@ -26,6 +26,10 @@ class Metric:
     decimals: int = 0
 
 
+# The ratio columns, (numerator, denominator) paths: plaintext vnet against every unencrypted
+# baseline and ssh; vnet over TLS against ssh, the only other encrypted path.
+RATIOS = [("vnet", "direct"), ("vnet", "relay"), ("vnet", "ssh"), ("vnet-tls", "ssh")]
+
 # Results: metric key -> path -> one value per repetition.
 Results = dict[str, dict[str, list[float]]]
 
@@ -49,13 +53,13 @@ def _ratio(a: float | None, b: float | None) -> str:
 def rows(
     metrics: Sequence[Metric], paths: Sequence[str], results: Results, spread: bool = False
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and cells; ratio columns only when vnet and the baseline were both measured."""
+    """Header and cells; a ratio column only when both of its paths were measured."""
     header = ["measurement", *paths]
-    ratios = [base for base in ("direct", "relay", "ssh") if base in paths and "vnet" in paths]
+    ratios = [(top, base) for top, base in RATIOS if top in paths and base in paths]
     if spread:
         # A ratio of ranges means nothing; the median table has the ratios.
         ratios = []
-    header += [f"vnet/{base}" for base in ratios]
+    header += [f"{top}/{base}" for top, base in ratios]
     body = []
     for metric in metrics:
         per_path = results.get(metric.key, {})
@@ -68,9 +72,8 @@ def rows(
                 )
             else:
                 cells.append(_fmt(median(values), metric.decimals))
-        vnet = median(per_path.get("vnet", []))
-        for base in ratios:
-            cells.append(_ratio(vnet, median(per_path.get(base, []))))
+        for top, base in ratios:
+            cells.append(_ratio(median(per_path.get(top, [])), median(per_path.get(base, []))))
         body.append(cells)
     return header, body
 
