@@ -118,6 +118,8 @@ async def test_node_metrics_count_each_uses_connections_and_bytes() -> None:
     # The exchange's own framing: a 16-byte header out, a 32-byte digest back.
     assert m[("vnet_use_bytes_total", (("direction", "out"), ("use", "s")))] == MIB + 32
     assert m[("vnet_use_bytes_total", (("direction", "in"), ("use", "s")))] == 3 * MIB + 64
+    # One tunnel at a time: nothing to yield to.
+    assert m[("vnet_node_bulk_yields_total", ())] == 0
     await asyncio.to_thread(endpoint.close)
     await office.stop()
     await home.stop()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from tests.conftest import TIMEOUT, MakeNode, use_port, wait_until
+from tests.services import Server, echo_server, exchange, exchange_server
+from vnet.config import ServeConfig, UseConfig
+from vnet.node import Node
 from vnet.pacing import BULK_READ, HOLD_S, SHARED_READ, Lane, Pacer
 
 
@@ -17,6 +23,7 @@ def test_bulk_yields_while_another_tunnel_is_interactive_and_recovers_after() ->
     pacer, bulk, ping = Pacer(), Lane(), Lane()
     pacer.note(bulk, BULK_READ, 0.0)
     pacer.note(ping, 1, 0.0)  # a first read: a request line, not yet interactive
+    pacer.note(ping, 1, 0.001)  # one short read: the tail of a transfer, maybe
     assert pacer.read_size(bulk, 0.001) == BULK_READ
     pacer.note(ping, 1, 0.002)
     assert pacer.sharing(0.002)
@@ -33,3 +40,65 @@ def test_large_reads_are_not_interactive() -> None:
     for t in range(3):
         pacer.note(a, SHARED_READ, t * 0.001)
     assert pacer.read_size(b, 0.003) == BULK_READ
+
+
+# --- through a real route and nodes ------------------------------------------
+
+
+async def _pinger(port: int, rounds: list[int], stop: asyncio.Event) -> None:
+    """1-byte round trips through an echo tunnel until stop; each must come back intact."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while not stop.is_set():
+            writer.write(b"p")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == b"p"
+            rounds[0] += 1
+    finally:
+        writer.close()
+
+
+async def _home_and_office(make_node: MakeNode) -> tuple[Node, int, int, list[Server]]:
+    sink, echo = await exchange_server(), await echo_server()
+    await make_node(
+        "home",
+        serves=[
+            ServeConfig(key="sink", port=sink.port, serveid=701),
+            ServeConfig(key="echo", port=echo.port, serveid=702),
+        ],
+    )
+    office = await make_node(
+        "office",
+        uses=[
+            UseConfig(key="sink", serveid=701, port=0),
+            UseConfig(key="echo", serveid=702, port=0),
+        ],
+    )
+    return office, await use_port(office, "sink"), await use_port(office, "echo"), [sink, echo]
+
+
+async def test_a_transfer_next_to_an_interactive_tunnel_yields_and_arrives_intact(
+    make_node: MakeNode,
+) -> None:
+    office, sink_port, echo_port, servers = await _home_and_office(make_node)
+    rounds, stop = [0], asyncio.Event()
+    pinger = asyncio.create_task(_pinger(echo_port, rounds, stop))
+    try:
+        await wait_until(lambda: rounds[0] >= 5 or pinger.done(), "pings through the tunnel")
+        await exchange(sink_port, 16 * 1024 * 1024, 1024)
+        assert office.pacer.yielded > 0
+        assert not pinger.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(pinger, TIMEOUT)
+        for server in servers:
+            await server.close()
+
+
+async def test_a_transfer_alone_never_yields(make_node: MakeNode) -> None:
+    office, sink_port, _, servers = await _home_and_office(make_node)
+    await exchange(sink_port, 16 * 1024 * 1024, 1024)
+    await exchange(sink_port, 1024, 16 * 1024 * 1024)
+    assert office.pacer.yielded == 0
+    for server in servers:
+        await server.close()

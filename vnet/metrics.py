@@ -99,6 +99,11 @@ class NodeCollector:
             moved.add_metric([key, "out"], c.bytes_out)
             moved.add_metric([key, "in"], c.bytes_in)
         yield from (opened, open_now, resets, moved)
+        yield CounterMetricFamily(
+            "vnet_node_bulk_yields",
+            "Reads of bulk tunnels cut to 64 KiB because another tunnel was interactive",
+            value=node.pacer.yielded,
+        )
 
 
 def serve_node_metrics(node: Node, host: str, port: int) -> MetricsServer:

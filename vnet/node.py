@@ -67,13 +67,13 @@ class Node:
         self.remote: dict[int, Serve] = {}
         self.serves: dict[str, ServeState] = {}
         # All tunnels share the connection to the route, both ways.
-        self._pacer = Pacer()
+        self.pacer = Pacer()
         # Through a lambda: the client is replaced on each reconnect.
         self._uses = Uses(
             self.remote,
             lambda serveid, tunnel_id: self.client.dial(serveid, tunnel_id),
             self._spawn,
-            self._pacer,
+            self.pacer,
         )
         self.uses: dict[str, UseState] = self._uses.states
         # Why the route went away, once it has.
@@ -641,7 +641,7 @@ class Node:
                 "serveid": event.serveid,
                 "tunnel": event.tunnel_id,
             }
-            await tunnel.relay(reader, writer, call, label, fields, pacer=self._pacer)
+            await tunnel.relay(reader, writer, call, label, fields, pacer=self.pacer)
         finally:
             if offered:
                 self.unserves.closed(event.serveid)

@@ -10,9 +10,11 @@ a time unless some *other* tunnel of the node has recently shown interactive
 traffic, in which case it reads 64 KiB: the bulk transfer slows down only while
 someone is typing, and an idle node's single download runs at full speed.
 
-A read is interactive when it comes back small; a tunnel's first read does not
-count, because most protocols open with a small request (an HTTP request line, a
-length header) before a bulk body. Pure: no asyncio, the caller passes the time.
+A tunnel counts as interactive from its second small read after the first read:
+most protocols open with a small request (an HTTP request line, a length header)
+before a bulk body, and a bulk transfer ends with one short read, and neither of
+those should slow the node's other transfers. Pure: no asyncio, the caller
+passes the time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Lane:
     """One tunnel's history, as the pacer sees it."""
 
     reads: int = 0
+    small_reads: int = 0
 
 
 class Pacer:
@@ -52,10 +55,13 @@ class Pacer:
         self.hold = hold
         self._interactive_at = float("-inf")
         self._interactive_lane: Lane | None = None
+        # Reads held to the shared size: how often bulk yielded (a metric).
+        self.yielded = 0
 
     def read_size(self, lane: Lane, now: float) -> int:
         """How much lane may read (and send as one message) now."""
         if lane is not self._interactive_lane and now - self._interactive_at < self.hold:
+            self.yielded += 1
             return self.shared
         return self.bulk
 
@@ -63,6 +69,9 @@ class Pacer:
         """Record that lane read nbytes (> 0) at now."""
         lane.reads += 1
         if nbytes >= self.interactive_below or lane.reads == 1:
+            return
+        lane.small_reads += 1
+        if lane.small_reads < 2:
             return
         self._interactive_at = now
         self._interactive_lane = lane
