@@ -149,23 +149,28 @@ class Runner:
         self.args = args
         self.children = children
         self.results: report.Results = {}
-        # path -> process role -> CPU % of one core during each bulk run.
-        self.cpu: dict[str, dict[str, list[float]]] = {}
+        # phase -> path -> process role -> CPU % of one core during each run of the phase.
+        self.cpu: dict[str, dict[str, dict[str, list[float]]]] = {}
+
+    def _accounted(self, phase: str, path: BenchPath, fn: Callable[[], T]) -> T:
+        """fn(), with each process's CPU use over its wall time recorded under phase."""
+        before = {role: group_cpu_seconds(pid) for role, pid in path.processes.items()}
+        own = time.process_time()
+        start = time.perf_counter()
+        result = fn()
+        wall = time.perf_counter() - start
+        cpu = self.cpu.setdefault(phase, {}).setdefault(path.name, {})
+        cpu.setdefault("bench client", []).append(100 * (time.process_time() - own) / wall)
+        for role, pid in path.processes.items():
+            used = group_cpu_seconds(pid) - before[role]
+            cpu.setdefault(role, []).append(100 * used / wall)
+        return result
 
     def bulk(self, path: BenchPath) -> dict[str, float]:
         nbytes = self.args.bulk_mib * 1024 * 1024
         # At least 20 MB/s or 60 s, whichever is longer: far slower than that is a bug.
         deadline = max(60.0, nbytes / 20e6)
-        before = {role: group_cpu_seconds(pid) for role, pid in path.processes.items()}
-        own = time.process_time()
-        start = time.perf_counter()
-        mbps = client.bulk(path.sink, nbytes, deadline)
-        wall = time.perf_counter() - start
-        cpu = self.cpu.setdefault(path.name, {})
-        cpu.setdefault("bench client", []).append(100 * (time.process_time() - own) / wall)
-        for role, pid in path.processes.items():
-            used = group_cpu_seconds(pid) - before[role]
-            cpu.setdefault(role, []).append(100 * used / wall)
+        mbps = self._accounted("bulk", path, lambda: client.bulk(path.sink, nbytes, deadline))
         return {"bulk": mbps}
 
     def ping(self, path: BenchPath) -> dict[str, float]:
@@ -200,7 +205,13 @@ class Runner:
 
     def parallel(self, path: BenchPath) -> dict[str, float]:
         n = self.args.parallel_conns
-        res = client.parallel_connections(path.echo, n, self.args.parallel, max(60.0, n * 0.1))
+        res = self._accounted(
+            "parallel",
+            path,
+            lambda: client.parallel_connections(
+                path.echo, n, self.args.parallel, max(60.0, n * 0.1)
+            ),
+        )
         return {
             "parallel_rate": res.per_second,
             "parallel_p50": statistics.median(res.latencies_us),
@@ -248,15 +259,16 @@ class Runner:
                     shown = "  ".join(f"{k}={v:,.0f}" for k, v in got.items())
                     _say(f"[{rep + 1}/{self.args.repeat}] {kind:<15} {path.name:<8} {shown}")
 
-    def cpu_table(self, names: list[str]) -> tuple[list[str], list[list[str]]]:
+    def cpu_table(self, names: list[str], phase: str) -> tuple[list[str], list[list[str]]]:
+        per_path = self.cpu.get(phase, {})
         roles: list[str] = ["bench client"]
         for name in names:
-            roles += [r for r in self.cpu.get(name, {}) if r not in roles]
+            roles += [r for r in per_path.get(name, {}) if r not in roles]
         body = []
         for role in roles:
             cells = [role]
             for name in names:
-                values = self.cpu.get(name, {}).get(role)
+                values = per_path.get(name, {}).get(role)
                 cells.append(f"{statistics.median(values):.0f}" if values else "-")
             body.append(cells)
         return ["process", *names], body
@@ -340,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     output.finish(
         output.Run(args, argv, load, took, CONCURRENCY, started, runner.results, idle_table, iso),
         metrics,
-        runner.cpu_table(list(started.paths)),
+        runner.cpu_table(list(started.paths), "bulk"),
+        runner.cpu_table(list(started.paths), "parallel"),
     )
     return 0
 

@@ -70,7 +70,7 @@ def _settings(
     ]
 
 
-def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
+def finish(run: Run, metrics: list[report.Metric], cpu: Table, cpu_conns: Table) -> None:
     args, started, results = run.args, run.started, run.results
     iso, idle_table = run.iso, run.idle
     names = list(started.paths)
@@ -80,6 +80,9 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
     print()
     print("CPU during the bulk transfer, % of one core (median):")
     print(report.plain_table(*cpu))
+    print()
+    print(f"CPU during the {args.parallel} parallel connections, % of one core (median):")
+    print(report.plain_table(*cpu_conns))
     if iso is not None:
         print()
         print("vnet with one tunnel's reader stalled (its echoes piling up):")
@@ -124,6 +127,11 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table) -> None:
             cpu,
             notes,
         )
+        conns_block = (
+            f"\nCPU used by each process while opening connections {args.parallel} in parallel "
+            "(median, % of one core):\n\n" + report.markdown_table(*cpu_conns) + "\n"
+        )
+        block = block.replace(report.END, conns_block + report.END)
         if iso is not None:
             extra = (
                 "\nvnet with one tunnel's reader stalled (bench/isolation.py: 256 MiB pushed "
