@@ -104,6 +104,11 @@ class Splice:
                 else:
                     self.stats.bytes_to_dialer += len(msg)
                 last = msg
+                # Nothing follows a fin or reset (route.proto), so the node
+                # need not half-close as well: one call operation less at
+                # each end of every tunnel.
+                if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is not None:
+                    break
             # Parsed once, at the end: only the last frame says how it ended.
             kind = wire.terminal_kind(last)
             if kind is wire.FrameKind.FIN:

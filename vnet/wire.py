@@ -44,6 +44,8 @@ MD_AUTH = "authorization"
 # read by hand: field 1 (bytes), wire type 2. The tests check that this is
 # the same encoding protobuf produces.
 _DATA_TAG = 0x0A
+# The first byte of every data frame our nodes write.
+DATA_TAG = bytes([_DATA_TAG])
 _FIN_TAG = 0x12
 _RESET_TAG = 0x1A
 FIN_FRAME = pb.TunnelFrame(fin=pb.Fin()).SerializeToString()
