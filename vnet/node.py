@@ -622,10 +622,11 @@ class Node:
                 await tunnel.refuse(self.client.accept(event.tunnel_id), reason)
                 return
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, serve.port, limit=tunnel.READER_LIMIT),
-                self.timeouts.target_connect,
-            )
+            # asyncio.timeout, not wait_for: no extra task for every tunnel.
+            async with asyncio.timeout(self.timeouts.target_connect):
+                reader, writer = await asyncio.open_connection(
+                    host, serve.port, limit=tunnel.READER_LIMIT
+                )
         except (OSError, TimeoutError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
             reason = f"cannot connect to {serve.ip}:{serve.port}: {detail}"
