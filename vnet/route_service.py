@@ -504,6 +504,12 @@ class RouteServicer:
                 grpc.StatusCode.UNAVAILABLE,
                 f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
             )
+        except asyncio.CancelledError:
+            # Gone after Accept made the splice: its pump will never run here.
+            made = pending.splice
+            if made.done() and not made.cancelled() and made.exception() is None:
+                await made.result().lost(made.result().dial)
+            raise
         finally:
             self.pending.pop(tunnel_id, None)
         self.observe_setup(loop.time() - started)
@@ -514,7 +520,8 @@ class RouteServicer:
             serve.serveid,
             serve.vnetid,
         )
-        await splice.wait()
+        # This handler pumps the dialling node's stream until the tunnel ends.
+        await splice.run(splice.dial)
         await _end_unless_told(splice.dial, context)
 
     async def Accept(
@@ -541,14 +548,14 @@ class RouteServicer:
             stats=self.stats,
             on_done=forget,
         )
-        splice.start()
         self.splices.add(splice)
         for end in ends:
             end.splices.add(splice)
         pending.splice.set_result(splice)
         session.tunnels += 1
         try:
-            await splice.wait()
+            # This handler pumps the serving node's stream until the tunnel ends.
+            await splice.run(splice.accept)
         finally:
             session.tunnels -= 1
         await _end_unless_told(splice.accept, context)
@@ -629,7 +636,7 @@ class RouteServicer:
             session.push(event)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        waits = [asyncio.create_task(s.done.wait()) for s in self.splices]
+        waits = [s.closed_future() for s in self.splices]
         if waits:
             _, unfinished = await asyncio.wait(waits, timeout=grace)
             for waiting in unfinished:

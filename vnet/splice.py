@@ -1,9 +1,14 @@
 """The route's half of a tunnel: two streams spliced by two pumps.
 
-Frames pass through as the bytes they arrived as. Each leg's context is
-written only by the pump that reads the other leg, so no context ever has two
-writers. A pump that sees a reset (forwarded or its own) stops the other pump
-too: the tunnel is dead both ways, and both nodes are told with a reset frame.
+Frames pass through as the bytes they arrived as. Each pump runs in the
+handler of the leg it reads (Dial's handler reads the dialling node's stream
+and writes the serving node's, Accept's the other way), so a tunnel costs no
+tasks of its own: an idle tunnel is two handlers each waiting in a read. Each
+leg's context is written only by the pump that reads the other leg, so no
+context ever has two writers. A pump that sees a reset (forwarded or its own)
+stops the other pump too: the tunnel is dead both ways, and both nodes are
+told with a reset frame. A handler whose pump ended waits for the other pump
+before its RPC may end: the other pump may still be writing to its stream.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -35,63 +40,139 @@ class SpliceStats:
     bytes_to_dialer: int = 0
 
 
-@dataclass(eq=False)
+# A leg's pump: not started yet, running, ended.
+_IDLE, _PUMPING, _PUMPED = 0, 1, 2
+
+
 class Leg:
-    ctx: grpc.aio.ServicerContext[bytes, bytes]
-    pump: asyncio.Task[None] | None = None
-    # This direction ended with a fin: the tunnel is half-closed.
-    finished: bool = False
-    # The pump reading this leg is telling the other leg how it ended; it
-    # must not be cancelled then, or that word is lost.
-    ending: bool = False
-    # A fin or reset frame was written to this leg's stream: its node knows
-    # how the tunnel ended. If not, the RPC must not end with OK.
-    told: bool = False
+    """One stream of a tunnel, and the pump that reads it."""
+
+    # Slots: a route holds two of these per open tunnel.
+    __slots__ = ("ctx", "task", "state", "stopped", "finished", "ending", "told")
+
+    def __init__(self, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        self.ctx = ctx
+        # The handler task the pump runs in, once it runs.
+        self.task: asyncio.Task[None] | None = None
+        self.state = _IDLE
+        # The other side asked this pump to stop (a cancel of ours, not grpc's).
+        self.stopped = False
+        # This direction ended with a fin: the tunnel is half-closed.
+        self.finished = False
+        # The pump reading this leg is telling the other leg how it ended; it
+        # must not be cancelled then, or that word is lost.
+        self.ending = False
+        # A fin or reset frame was written to this leg's stream: its node knows
+        # how the tunnel ended. If not, the RPC must not end with OK.
+        self.told = False
 
 
-@dataclass(eq=False)
 class Splice:
     """One tunnel: the dialling node's leg and the serving node's leg."""
 
-    tunnel_id: str
-    serveid: int
-    dial: Leg
-    accept: Leg
-    stats: SpliceStats
-    on_done: Callable[[Splice], None] = lambda _: None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    # When a frame last went through, by the loop's clock: for idle reaping.
-    last_activity: float = 0.0
-    _abort_reason: str = ""
+    __slots__ = (
+        "tunnel_id",
+        "serveid",
+        "dial",
+        "accept",
+        "stats",
+        "on_done",
+        "last_activity",
+        "_abort_reason",
+        "_waiters",
+        "_closed",
+    )
 
-    def start(self) -> None:
+    def __init__(
+        self,
+        tunnel_id: str,
+        serveid: int,
+        dial: Leg,
+        accept: Leg,
+        stats: SpliceStats,
+        on_done: Callable[[Splice], None] = lambda _: None,
+    ) -> None:
+        self.tunnel_id = tunnel_id
+        self.serveid = serveid
+        self.dial = dial
+        self.accept = accept
+        self.stats = stats
+        self.on_done = on_done
+        # When a frame last went through, by the loop's clock: for idle reaping.
         self.last_activity = asyncio.get_running_loop().time()
-        self.stats.opened += 1
-        self.dial.pump = asyncio.create_task(self._pump(self.dial, self.accept, "dial"))
-        self.accept.pump = asyncio.create_task(self._pump(self.accept, self.dial, "accept"))
-        # The end is noticed by the pumps themselves, not by whoever waits:
-        # both handlers may be cancelled (both nodes gone) and wait no more.
-        self.dial.pump.add_done_callback(self._pump_done)
-        self.accept.pump.add_done_callback(self._pump_done)
-
-    def _pump_done(self, _: asyncio.Task[None]) -> None:
-        pumps = (self.dial.pump, self.accept.pump)
-        if self.done.is_set() or not all(p is not None and p.done() for p in pumps):
-            return
-        self.done.set()
-        self.stats.closed += 1
-        self.on_done(self)
-        log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
+        self._abort_reason = ""
+        # Futures of whoever waits for the end; made only when someone waits.
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._closed = False
+        stats.opened += 1
 
     @property
     def half_closed(self) -> bool:
         return self.dial.finished or self.accept.finished
+
+    def _other(self, leg: Leg) -> Leg:
+        return self.accept if leg is self.dial else self.dial
+
+    async def run(self, src: Leg) -> None:
+        """Pump src into the other leg in the calling handler, then wait for the other pump.
+
+        The caller's RPC may end when this returns. A cancel from gRPC (src's
+        node went away) resets the tunnel and is raised again; a stop asked by
+        the other pump is not.
+        """
+        dst = self._other(src)
+        if src.state != _IDLE:
+            raise RuntimeError("a leg is pumped once")
+        # Stopped before it started: like a pump task cancelled before its first step.
+        if not src.stopped:
+            src.task = asyncio.current_task()
+            src.state = _PUMPING
+        try:
+            if src.task is not None:
+                await self._pump(src, dst, self._name(src))
+        finally:
+            src.state = _PUMPED
+            src.task = None
+            if dst.state == _PUMPED:
+                self._finish()
+        await self.wait()
+
+    async def lost(self, src: Leg) -> None:
+        """src's handler is ending before its pump started (its node went away): reset."""
+        if src.state != _IDLE:
+            return
+        src.state = _PUMPED
+        dst = self._other(src)
+        try:
+            if not src.stopped:
+                src.ending = True
+                await self._tell_reset(src, dst, f"{self._name(src)} side went away")
+        finally:
+            if dst.state == _PUMPED:
+                self._finish()
+
+    def _name(self, leg: Leg) -> str:
+        return "dial" if leg is self.dial else "accept"
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stats.closed += 1
+        if self._waiters is not None:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters = None
+        self.on_done(self)
+        log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
 
     async def _pump(self, src: Leg, dst: Leg, name: str) -> None:
         loop = asyncio.get_running_loop()
         to_serve = src is self.dial
         last = b""
         reason = ""
+        cancelled = False
         try:
             while True:
                 msg = await src.ctx.read()
@@ -117,30 +198,47 @@ class Splice:
             if kind is wire.FrameKind.RESET:
                 dst.told = True
                 self.stats.resets += 1
-                self._stop_other(src)
+                self._stop(dst)
                 return
             reason = f"{name} side ended without fin"
         except asyncio.CancelledError:
             reason = self._abort_reason or f"{name} side went away"
+            cancelled = True
         except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
             reason = f"{name} side failed: {type(exc).__name__}"
         src.ending = True
+        await self._tell_reset(src, dst, reason)
+        if cancelled:
+            task = src.task
+            # Our own stop is taken back; any other cancel (gRPC's: this
+            # handler's RPC is gone) goes on up.
+            if task is None or not src.stopped or task.uncancel() > 0:
+                raise asyncio.CancelledError
+
+    async def _tell_reset(self, src: Leg, dst: Leg, reason: str) -> None:
         self.stats.resets += 1
         log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
-        # Bounded: the far side may be the one that is gone or stuck.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(dst.ctx.write(wire.encode_reset(reason)), RESET_WRITE_TIMEOUT)
-            dst.told = True
-        self._stop_other(src)
-
-    def _stop_other(self, src: Leg) -> None:
-        other = self.accept if src is self.dial else self.dial
-        self._stop(other)
+        try:
+            # Bounded: the far side may be the one that is gone or stuck.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    dst.ctx.write(wire.encode_reset(reason)), RESET_WRITE_TIMEOUT
+                )
+                dst.told = True
+        finally:
+            self._stop(dst)
 
     @staticmethod
     def _stop(leg: Leg) -> None:
-        if leg.pump is not None and not leg.ending and leg.pump is not asyncio.current_task():
-            leg.pump.cancel()
+        if leg.stopped or leg.ending or leg.state == _PUMPED:
+            return
+        leg.stopped = True
+        if (
+            leg.state == _PUMPING
+            and leg.task is not None
+            and leg.task is not asyncio.current_task()
+        ):
+            leg.task.cancel()
 
     def abort(self, reason: str = "") -> None:
         """Reset both ends now."""
@@ -149,10 +247,27 @@ class Splice:
             self._stop(leg)
 
     async def wait(self) -> None:
-        """Until both pumps ended; the caller's RPC may end then."""
+        """Until both pumps ended; a caller cancelled meanwhile resets the tunnel."""
+        if self._closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
         try:
-            await self.done.wait()
+            await waiter
         except asyncio.CancelledError:
-            # Our own caller went away: its pump cannot go on either.
+            # Our own caller went away: the other pump cannot go on either.
             self.abort()
             raise
+
+    def closed_future(self) -> asyncio.Future[None]:
+        """A future done when both pumps ended (for whoever waits without a task)."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self._closed:
+            waiter.set_result(None)
+            return waiter
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        return waiter
