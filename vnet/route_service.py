@@ -158,6 +158,8 @@ class RouteServicer:
         # Called with each tunnel's set-up time (Dial to spliced), in seconds.
         self.observe_setup: Callable[[float], None] = lambda _: None
         self._timers: set[asyncio.Task[None]] = set()
+        # Made once: every splice's on_done, not a bound method each.
+        self._forget = self._forget_splice
 
     # --- sessions --------------------------------------------------------
 
@@ -455,6 +457,20 @@ class RouteServicer:
     async def Dial(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
+        session, owner, serve = self._dial_target(context)
+        session.tunnels += 1
+        try:
+            splice = await self._accepted(session, owner, serve, context)
+            # This handler pumps the dialling node's stream until the tunnel ends.
+            await splice.run(splice.dial)
+            await _end_unless_told(splice.dial, context)
+        finally:
+            session.tunnels -= 1
+
+    def _dial_target(
+        self, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> tuple[Session, Session, Serve]:
+        """The caller, the serve's node and the serve; refused here, before anything waits."""
         session = self._session(context)
         raw = _metadata(context, wire.MD_SERVEID)
         if not raw.isdigit() or not 1 <= int(raw) <= 999:
@@ -468,19 +484,20 @@ class RouteServicer:
             raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
         if owner.tunnels >= cap:
             raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
-        session.tunnels += 1
-        try:
-            await self._dial(session, owner, serve, context)
-        finally:
-            session.tunnels -= 1
+        return session, owner, serve
 
-    async def _dial(
+    async def _accepted(
         self,
         session: Session,
         owner: Session,
         serve: Serve,
         context: grpc.aio.ServicerContext[bytes, bytes],
-    ) -> None:
+    ) -> Splice:
+        """Ask the serve's node to accept; the splice its Accept made.
+
+        A coroutine of its own so that its frame (the pending entry, the
+        future) is gone while the tunnel runs.
+        """
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
         tunnel_id = _metadata(context, wire.MD_TUNNEL)
@@ -488,8 +505,8 @@ class RouteServicer:
             tunnel_id = secrets.token_hex(8)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        pending = _Pending(owner, serve.serveid, session, context, loop.create_future())
-        self.pending[tunnel_id] = pending
+        made: asyncio.Future[Splice] = loop.create_future()
+        self.pending[tunnel_id] = _Pending(owner, serve.serveid, session, context, made)
         owner.push(
             pb.ControlEvent(
                 open_tunnel=pb.OpenTunnel(
@@ -498,7 +515,7 @@ class RouteServicer:
             )
         )
         try:
-            splice = await asyncio.wait_for(pending.splice, self.timeouts.accept)
+            splice = await asyncio.wait_for(made, self.timeouts.accept)
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -506,7 +523,6 @@ class RouteServicer:
             )
         except asyncio.CancelledError:
             # Gone after Accept made the splice: its pump will never run here.
-            made = pending.splice
             if made.done() and not made.cancelled() and made.exception() is None:
                 await made.result().lost(made.result().dial)
             raise
@@ -520,9 +536,7 @@ class RouteServicer:
             serve.serveid,
             serve.vnetid,
         )
-        # This handler pumps the dialling node's stream until the tunnel ends.
-        await splice.run(splice.dial)
-        await _end_unless_told(splice.dial, context)
+        return splice
 
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -533,25 +547,20 @@ class RouteServicer:
         if pending is None or pending.owner is not session or pending.splice.done():
             raise NotFound("no such tunnel waiting for this vnet")
         del self.pending[tunnel_id]
-        ends = (pending.dialer, session)
-
-        def forget(done: Splice) -> None:
-            self.splices.discard(done)
-            for end in ends:
-                end.splices.discard(done)
-
         splice = Splice(
             tunnel_id=tunnel_id,
             serveid=pending.serveid,
             dial=Leg(pending.ctx),
             accept=Leg(context),
             stats=self.stats,
-            on_done=forget,
+            on_done=self._forget,
+            ends=(pending.dialer, session),
         )
         self.splices.add(splice)
-        for end in ends:
-            end.splices.add(splice)
+        pending.dialer.splices.add(splice)
+        session.splices.add(splice)
         pending.splice.set_result(splice)
+        del pending  # not held while the tunnel runs
         session.tunnels += 1
         try:
             # This handler pumps the serving node's stream until the tunnel ends.
@@ -559,6 +568,11 @@ class RouteServicer:
         finally:
             session.tunnels -= 1
         await _end_unless_told(splice.accept, context)
+
+    def _forget_splice(self, done: Splice) -> None:
+        self.splices.discard(done)
+        for end in done.ends:
+            end.splices.discard(done)
 
     # --- plumbing ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -77,6 +78,7 @@ class Splice:
         "accept",
         "stats",
         "on_done",
+        "ends",
         "last_activity",
         "_abort_reason",
         "_waiters",
@@ -91,6 +93,7 @@ class Splice:
         accept: Leg,
         stats: SpliceStats,
         on_done: Callable[[Splice], None] = lambda _: None,
+        ends: tuple[Any, ...] = (),
     ) -> None:
         self.tunnel_id = tunnel_id
         self.serveid = serveid
@@ -98,6 +101,8 @@ class Splice:
         self.accept = accept
         self.stats = stats
         self.on_done = on_done
+        # Whoever keeps this splice (the route's sessions), for on_done.
+        self.ends = ends
         # When a frame last went through, by the loop's clock: for idle reaping.
         self.last_activity = asyncio.get_running_loop().time()
         self._abort_reason = ""
@@ -118,18 +123,62 @@ class Splice:
 
         The caller's RPC may end when this returns. A cancel from gRPC (src's
         node went away) resets the tunnel and is raised again; a stop asked by
-        the other pump is not.
+        the other pump is not. One coroutine, not a pump awaited by a runner:
+        an idle tunnel holds two of these frames.
         """
         dst = self._other(src)
         if src.state != _IDLE:
             raise RuntimeError("a leg is pumped once")
-        # Stopped before it started: like a pump task cancelled before its first step.
-        if not src.stopped:
-            src.task = asyncio.current_task()
-            src.state = _PUMPING
+        if src.stopped:
+            # Stopped before it started: like a pump task cancelled before its first step.
+            src.state = _PUMPED
+            if dst.state == _PUMPED:
+                self._finish()
+            await self.wait()
+            return
+        src.task = asyncio.current_task()
+        src.state = _PUMPING
+        loop = asyncio.get_running_loop()
+        to_serve = src is self.dial
+        name = "dial" if to_serve else "accept"
+        last = b""
+        reason = ""
+        cancelled = False
         try:
-            if src.task is not None:
-                await self._pump(src, dst, self._name(src))
+            try:
+                while True:
+                    msg = await src.ctx.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    await dst.ctx.write(msg)
+                    self.last_activity = loop.time()
+                    if to_serve:
+                        self.stats.bytes_to_serve += len(msg)
+                    else:
+                        self.stats.bytes_to_dialer += len(msg)
+                    last = msg
+                # Parsed once, at the end: only the last frame says how it ended.
+                kind = wire.terminal_kind(last)
+                if kind is wire.FrameKind.FIN:
+                    src.finished = dst.told = True
+                elif kind is wire.FrameKind.RESET:
+                    dst.told = True
+                    self.stats.resets += 1
+                    self._stop(dst)
+                else:
+                    reason = f"{name} side ended without fin"
+            except asyncio.CancelledError:
+                reason = self._abort_reason or f"{name} side went away"
+                cancelled = True
+            except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
+                reason = f"{name} side failed: {type(exc).__name__}"
+            if reason:
+                src.ending = True
+                await self._tell_reset(dst, reason)
+            # Our own stop is taken back; any other cancel (gRPC's: this
+            # handler's RPC is gone) goes on up.
+            if cancelled and (not src.stopped or src.task.uncancel() > 0):
+                raise asyncio.CancelledError
         finally:
             src.state = _PUMPED
             src.task = None
@@ -146,7 +195,7 @@ class Splice:
         try:
             if not src.stopped:
                 src.ending = True
-                await self._tell_reset(src, dst, f"{self._name(src)} side went away")
+                await self._tell_reset(dst, f"{self._name(src)} side went away")
         finally:
             if dst.state == _PUMPED:
                 self._finish()
@@ -167,55 +216,7 @@ class Splice:
         self.on_done(self)
         log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
 
-    async def _pump(self, src: Leg, dst: Leg, name: str) -> None:
-        loop = asyncio.get_running_loop()
-        to_serve = src is self.dial
-        last = b""
-        reason = ""
-        cancelled = False
-        try:
-            while True:
-                msg = await src.ctx.read()
-                if msg is grpc.aio.EOF:
-                    break
-                await dst.ctx.write(msg)
-                self.last_activity = loop.time()
-                if to_serve:
-                    self.stats.bytes_to_serve += len(msg)
-                else:
-                    self.stats.bytes_to_dialer += len(msg)
-                last = msg
-                # Nothing follows a fin or reset (route.proto), so the node
-                # need not half-close as well: one call operation less at
-                # each end of every tunnel.
-                if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is not None:
-                    break
-            # Parsed once, at the end: only the last frame says how it ended.
-            kind = wire.terminal_kind(last)
-            if kind is wire.FrameKind.FIN:
-                src.finished = dst.told = True
-                return
-            if kind is wire.FrameKind.RESET:
-                dst.told = True
-                self.stats.resets += 1
-                self._stop(dst)
-                return
-            reason = f"{name} side ended without fin"
-        except asyncio.CancelledError:
-            reason = self._abort_reason or f"{name} side went away"
-            cancelled = True
-        except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
-            reason = f"{name} side failed: {type(exc).__name__}"
-        src.ending = True
-        await self._tell_reset(src, dst, reason)
-        if cancelled:
-            task = src.task
-            # Our own stop is taken back; any other cancel (gRPC's: this
-            # handler's RPC is gone) goes on up.
-            if task is None or not src.stopped or task.uncancel() > 0:
-                raise asyncio.CancelledError
-
-    async def _tell_reset(self, src: Leg, dst: Leg, reason: str) -> None:
+    async def _tell_reset(self, dst: Leg, reason: str) -> None:
         self.stats.resets += 1
         log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
         try:
