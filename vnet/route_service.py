@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -457,10 +457,17 @@ class RouteServicer:
     async def Dial(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
-        session, owner, serve = self._dial_target(context)
+        # Translates its own refusals (no wrapper coroutine held per tunnel).
+        try:
+            session, owner, serve = self._dial_target(context)
+        except VnetError as exc:
+            await _refuse(context, exc, self.rejected)
         session.tunnels += 1
         try:
-            splice = await self._accepted(session, owner, serve, context)
+            try:
+                splice = await self._accepted(session, owner, serve, context)
+            except VnetError as exc:
+                await _refuse(context, exc, self.rejected)
             # This handler pumps the dialling node's stream until the tunnel ends.
             await splice.run(splice.dial)
             await _end_unless_told(splice.dial, context)
@@ -541,11 +548,15 @@ class RouteServicer:
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
-        session = self._session(context)
-        tunnel_id = _metadata(context, wire.MD_TUNNEL)
-        pending = self.pending.get(tunnel_id)
-        if pending is None or pending.owner is not session or pending.splice.done():
-            raise NotFound("no such tunnel waiting for this vnet")
+        # Translates its own refusals (no wrapper coroutine held per tunnel).
+        try:
+            session = self._session(context)
+            tunnel_id = _metadata(context, wire.MD_TUNNEL)
+            pending = self.pending.get(tunnel_id)
+            if pending is None or pending.owner is not session or pending.splice.done():
+                raise NotFound("no such tunnel waiting for this vnet")
+        except VnetError as exc:
+            await _refuse(context, exc, self.rejected)
         del self.pending[tunnel_id]
         splice = Splice(
             tunnel_id=tunnel_id,
@@ -588,7 +599,8 @@ class RouteServicer:
 
         def raw_stream(fn: Handler) -> grpc.RpcMethodHandler:
             # No (de)serializers: frames go through as the bytes they came as.
-            return grpc.stream_stream_rpc_method_handler(_translated(fn, self.rejected))
+            # The handler translates VnetError itself.
+            return grpc.stream_stream_rpc_method_handler(fn)
 
         return grpc.method_handlers_generic_handler(
             wire.SERVICE,
@@ -676,16 +688,26 @@ async def _end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, by
         await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel reset")
 
 
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: VnetError,
+    rejected: collections.Counter[str],
+) -> NoReturn:
+    """End the call with VnetError's status: the one translation table."""
+    code = wire.status_of(exc)
+    rejected[code.name] += 1
+    await context.abort(code, str(exc))
+    raise AssertionError("abort returned")  # abort always raises
+
+
 def _translated(fn: Handler, rejected: collections.Counter[str]) -> Handler:
-    """Turn VnetError into the matching status: the one translation table."""
+    """Turn VnetError into the matching status."""
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await fn(request, context)
         except VnetError as exc:
-            code = wire.status_of(exc)
-            rejected[code.name] += 1
-            await context.abort(code, str(exc))
+            await _refuse(context, exc, rejected)
 
     return call
 
@@ -698,8 +720,6 @@ def _translated_stream(
             async for item in fn(request, context):
                 yield item
         except VnetError as exc:
-            code = wire.status_of(exc)
-            rejected[code.name] += 1
-            await context.abort(code, str(exc))
+            await _refuse(context, exc, rejected)
 
     return call
