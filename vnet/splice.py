@@ -157,7 +157,12 @@ class Splice:
                     else:
                         self.stats.bytes_to_dialer += len(msg)
                     last = msg
-                # Parsed once, at the end: only the last frame says how it ended.
+                    # Nothing follows a fin or reset (route.proto), so the node
+                    # need not half-close as well: one call operation less at
+                    # each end of every tunnel.
+                    if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is not None:
+                        break
+                # Only the last frame says how the direction ended.
                 kind = wire.terminal_kind(last)
                 if kind is wire.FrameKind.FIN:
                     src.finished = dst.told = True
