@@ -1,8 +1,9 @@
 """The route's servicer: sessions, control streams, registry calls, tunnels.
 
 A thin adapter: registry decisions live in vnet.registry, credentials in
-vnet.auth, message shapes in vnet.wire, the byte pumps in vnet.splice.
-The server around it (ports, TLS, health, reflection) is vnet.route.
+vnet.auth, message shapes in vnet.wire, the byte pumps in vnet.splice, the
+method table and status translation in vnet.route_rpc. The server around it
+(ports, TLS, health, reflection) is vnet.route.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
-from vnet import wire
+from vnet import route_rpc, wire
 from vnet.auth import PenaltyBox, peer_address
 from vnet.config import RouteLimits
 from vnet.errors import (
@@ -123,9 +124,6 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
         if k == key:
             return v if isinstance(v, str) else v.decode("ascii", "replace")
     return ""
-
-
-Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class RouteServicer:
@@ -461,16 +459,16 @@ class RouteServicer:
         try:
             session, owner, serve = self._dial_target(context)
         except VnetError as exc:
-            await _refuse(context, exc, self.rejected)
+            await route_rpc.refuse(context, exc, self.rejected)
         session.tunnels += 1
         try:
             try:
                 splice = await self._accepted(session, owner, serve, context)
             except VnetError as exc:
-                await _refuse(context, exc, self.rejected)
+                await route_rpc.refuse(context, exc, self.rejected)
             # This handler pumps the dialling node's stream until the tunnel ends.
             await splice.run(splice.dial)
-            await _end_unless_told(splice.dial, context)
+            await route_rpc.end_unless_told(splice.dial, context)
         finally:
             session.tunnels -= 1
 
@@ -556,7 +554,7 @@ class RouteServicer:
             if pending is None or pending.owner is not session or pending.splice.done():
                 raise NotFound("no such tunnel waiting for this vnet")
         except VnetError as exc:
-            await _refuse(context, exc, self.rejected)
+            await route_rpc.refuse(context, exc, self.rejected)
         del self.pending[tunnel_id]
         splice = Splice(
             tunnel_id=tunnel_id,
@@ -578,56 +576,16 @@ class RouteServicer:
             await splice.run(splice.accept)
         finally:
             session.tunnels -= 1
-        await _end_unless_told(splice.accept, context)
+        await route_rpc.end_unless_told(splice.accept, context)
 
     def _forget_splice(self, done: Splice) -> None:
         self.splices.discard(done)
         for end in done.ends:
             end.splices.discard(done)
 
-    # --- plumbing ----------------------------------------------------------
-
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""
-
-        def unary(fn: Handler, req: Any, resp: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                _translated(fn, self.rejected),
-                request_deserializer=req.FromString,
-                response_serializer=resp.SerializeToString,
-            )
-
-        def raw_stream(fn: Handler) -> grpc.RpcMethodHandler:
-            # No (de)serializers: frames go through as the bytes they came as.
-            # The handler translates VnetError itself.
-            return grpc.stream_stream_rpc_method_handler(fn)
-
-        return grpc.method_handlers_generic_handler(
-            wire.SERVICE,
-            {
-                "Join": unary(self.Join, pb.JoinRequest, pb.JoinResponse),
-                "RegisterServe": unary(
-                    self.RegisterServe, pb.RegisterServeRequest, pb.RegisterServeResponse
-                ),
-                "UnregisterServe": unary(
-                    self.UnregisterServe, pb.UnregisterServeRequest, pb.UnregisterServeResponse
-                ),
-                "ListServes": unary(self.ListServes, pb.ListServesRequest, pb.ListServesResponse),
-                "ListVnets": unary(self.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
-                "Ping": unary(self.Ping, pb.PingRequest, pb.PingResponse),
-                "Unserve": unary(self.Unserve, pb.UnserveRequest, pb.UnserveResponse),
-                "AnswerUnserve": unary(
-                    self.AnswerUnserve, pb.AnswerUnserveRequest, pb.AnswerUnserveResponse
-                ),
-                "Control": grpc.unary_stream_rpc_method_handler(
-                    _translated_stream(self.Control, self.rejected),
-                    request_deserializer=pb.ControlRequest.FromString,
-                    response_serializer=pb.ControlEvent.SerializeToString,
-                ),
-                "Dial": raw_stream(self.Dial),
-                "Accept": raw_stream(self.Accept),
-            },
-        )
+        return route_rpc.method_handlers(self)
 
     async def reap_half_closed(self) -> None:
         """Reset tunnels closed one way and then silent past the limit.
@@ -679,47 +637,3 @@ class RouteServicer:
             timer.cancel()
         for session in list(self.sessions.values()):
             self._drop(session, "route stopping")
-
-
-async def _end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
-    """A stream whose node got neither fin nor reset must not end with OK:
-    a client could take a truncated transfer for a complete one."""
-    if not leg.told:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel reset")
-
-
-async def _refuse(
-    context: grpc.aio.ServicerContext[Any, Any],
-    exc: VnetError,
-    rejected: collections.Counter[str],
-) -> NoReturn:
-    """End the call with VnetError's status: the one translation table."""
-    code = wire.status_of(exc)
-    rejected[code.name] += 1
-    await context.abort(code, str(exc))
-    raise AssertionError("abort returned")  # abort always raises
-
-
-def _translated(fn: Handler, rejected: collections.Counter[str]) -> Handler:
-    """Turn VnetError into the matching status."""
-
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await fn(request, context)
-        except VnetError as exc:
-            await _refuse(context, exc, rejected)
-
-    return call
-
-
-def _translated_stream(
-    fn: Callable[..., AsyncIterator[Any]], rejected: collections.Counter[str]
-) -> Callable[..., AsyncIterator[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            async for item in fn(request, context):
-                yield item
-        except VnetError as exc:
-            await _refuse(context, exc, rejected)
-
-    return call
