@@ -93,6 +93,13 @@ def test_defaults() -> None:
     assert config.uses == (UseConfig(key="web", serveid=701, port=None),)
 
 
+def test_bulk_while_interactive_defaults_to_200_and_0_turns_it_off() -> None:
+    route = "[route]\nip=a\nport=1\n"
+    assert parse_node_config("c.ini", route).vnet.bulk_while_interactive == 200
+    off = parse_node_config("c.ini", route + "[vnet]\nbulk_while_interactive=0\n")
+    assert off.vnet.bulk_while_interactive == 0
+
+
 def test_serveid_000_means_assign() -> None:
     config = parse_node_config("c.ini", "[route]\nip=a\nport=1\n[serve.x]\nserveid=000\nport=22\n")
     assert config.serves[0].serveid == 0
@@ -120,6 +127,10 @@ def test_route_reads_only_route_section() -> None:
         ("[route]\nip=1.2.3.4\n", "c.ini: [route] port: is required"),
         ("[route]\nip=a\nport=http\n", "c.ini: [route] port: 'http' is not a whole number"),
         ("[route]\nip=a\nport=70000\n", "c.ini: [route] port: 70000 is out of range (1-65535)"),
+        (
+            "[route]\nip=a\nport=1\n[vnet]\nbulk_while_interactive=2000000\n",
+            "c.ini: [vnet] bulk_while_interactive: 2000000 is out of range (0-1000000)",
+        ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nserveid=1000\nport=22\n",
             "c.ini: [serve.x] serveid: '1000' is not a serveid (0-999, up to 3 digits)",

@@ -35,6 +35,36 @@ def test_bulk_yields_while_another_tunnel_is_interactive_and_recovers_after() ->
     assert not pacer.sharing(0.002 + HOLD_S + 0.001)
 
 
+def _sharing(pacer: Pacer, now: float) -> Lane:
+    """Make some lane interactive at now; returns it."""
+    ping = Lane()
+    for _ in range(3):
+        pacer.note(ping, 1, now)
+    assert pacer.sharing(now)
+    return ping
+
+
+def test_while_sharing_bulk_pauses_to_keep_under_the_rate() -> None:
+    pacer, bulk = Pacer(shared_rate=1_000_000), Lane()
+    ping = _sharing(pacer, 10.0)
+    # 64 KiB at 1 MB/s is 65.5 ms, less the 2 ms of burst allowed.
+    assert abs(pacer.pause(bulk, 65_536, 10.0) - (0.065536 - 0.002)) < 1e-9
+    # The debt is the node's, not the lane's: another bulk tunnel waits longer.
+    assert pacer.pause(Lane(), 65_536, 10.0) > 0.12
+    # The interactive tunnel itself never waits.
+    assert pacer.pause(ping, 65_536, 10.0) == 0.0
+
+
+def test_no_pause_when_not_sharing_when_off_or_when_the_debt_is_small() -> None:
+    pacer, bulk = Pacer(shared_rate=1_000_000), Lane()
+    assert pacer.pause(bulk, 65_536, 1.0) == 0.0
+    _sharing(pacer, 2.0)
+    assert pacer.pause(bulk, 1_000, 2.0) == 0.0  # 1 ms of debt less 2 ms of burst
+    off = Pacer(shared_rate=0)
+    _sharing(off, 2.0)
+    assert off.pause(bulk, 65_536, 2.0) == 0.0
+
+
 def test_large_reads_are_not_interactive() -> None:
     pacer, a, b = Pacer(), Lane(), Lane()
     for t in range(3):

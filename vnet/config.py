@@ -20,6 +20,7 @@ DEFAULT_ROUTE_IP = "127.0.0.1"
 DEFAULT_ROUTE_PORT = 7749
 DEFAULT_GROUP = "default"
 DEFAULT_KEEPALIVE = 10
+DEFAULT_BULK_WHILE_INTERACTIVE = 200
 SERVEID_MAX = 999
 STATIC_SERVEID_MIN = 500
 
@@ -60,6 +61,7 @@ VNET_KEYS = frozenset(
         "tls_server_name",
         "keepalive",
         "metrics",
+        "bulk_while_interactive",
     }
     | SECRET_KEYS
 )
@@ -157,6 +159,9 @@ class VnetConfig:
     keepalive: int = DEFAULT_KEEPALIVE
     # Where to serve this node's Prometheus metrics, "HOST:PORT"; "": nowhere.
     metrics: str = ""
+    # MB/s the node's bulk transfers may send together while another of its
+    # tunnels is interactive (vnet/pacing.py); 0: no limit.
+    bulk_while_interactive: int = DEFAULT_BULK_WHILE_INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -401,6 +406,9 @@ def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
         allow_unserve=sec.boolean("allow_unserve", False),
         unserve_remote=sec.boolean("unserve_remote", False),
         unserve_num=sec.integer("unserve_num", 1, 0, 10_000),
+        bulk_while_interactive=sec.integer(
+            "bulk_while_interactive", DEFAULT_BULK_WHILE_INTERACTIVE, 0, 1_000_000
+        ),
     )
 
 

@@ -67,7 +67,7 @@ class Node:
         self.remote: dict[int, Serve] = {}
         self.serves: dict[str, ServeState] = {}
         # All tunnels share the connection to the route, both ways.
-        self.pacer = Pacer()
+        self.pacer = Pacer(shared_rate=config.vnet.bulk_while_interactive * 1_000_000)
         # Through a lambda: the client is replaced on each reconnect.
         self._uses = Uses(
             self.remote,

@@ -15,6 +15,14 @@ most protocols open with a small request (an HTTP request line, a length header)
 before a bulk body, and a bulk transfer ends with one short read, and neither of
 those should slow the node's other transfers. Pure: no asyncio, the caller
 passes the time.
+
+Smaller frames alone are not enough where the relay is CPU-bound (this
+project's benchmark box: five busy processes on two cores): a ping then waits
+for CPU in every process behind bulk frames, and its p99 stays near 11 ms. So
+while sharing, the node's bulk tunnels together also keep under a rate
+([vnet] bulk_while_interactive, 200 MB/s by default: p99 ~2.5 ms measured),
+which leaves the processes idle often enough to answer at once. It is above
+most WAN links, so across the internet it rarely binds; 0 turns it off.
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ INTERACTIVE_BELOW = 16 * 1024
 # longer than the gap between keystrokes in a burst, short enough that a
 # download gets its speed back soon after the typing stops.
 HOLD_S = 0.25
+# Bytes/s all bulk tunnels of a node may send together while sharing.
+SHARED_RATE = 200_000_000
+# A pause shorter than this is not taken (the loop's timers are ~1 ms coarse);
+# the debt carries over to the next read instead.
+MIN_PAUSE_S = 0.001
+# How far behind the rate the bulk tunnels may fall and then catch up at once.
+BURST_S = 0.002
 
 
 @dataclass
@@ -48,8 +63,11 @@ class Pacer:
         shared: int = SHARED_READ,
         interactive_below: int = INTERACTIVE_BELOW,
         hold: float = HOLD_S,
+        shared_rate: float = SHARED_RATE,
     ) -> None:
         self.bulk = bulk
+        # 0: no rate limit while sharing, only the smaller reads.
+        self.shared_rate = shared_rate
         self.shared = shared
         self.interactive_below = interactive_below
         self.hold = hold
@@ -57,6 +75,8 @@ class Pacer:
         self._interactive_lane: Lane | None = None
         # Reads held to the shared size: how often bulk yielded (a metric).
         self.yielded = 0
+        # The time by which the bulk bytes sent while sharing are paid for.
+        self._paid_until = float("-inf")
 
     def read_size(self, lane: Lane, now: float) -> int:
         """How much lane may read (and send as one message) now."""
@@ -75,6 +95,15 @@ class Pacer:
             return
         self._interactive_at = now
         self._interactive_lane = lane
+
+    def pause(self, lane: Lane, nbytes: int, now: float) -> float:
+        """Seconds lane should wait after sending nbytes (0: go on), to keep the
+        node's bulk tunnels under shared_rate while another tunnel is interactive."""
+        if not self.shared_rate or lane is self._interactive_lane or not self.sharing(now):
+            return 0.0
+        self._paid_until = max(self._paid_until, now - BURST_S) + nbytes / self.shared_rate
+        wait = self._paid_until - now
+        return wait if wait >= MIN_PAUSE_S else 0.0
 
     def sharing(self, now: float) -> bool:
         """Whether bulk tunnels are on the smaller messages now (for tests and metrics)."""

@@ -72,6 +72,9 @@ async def _upstream(
         pacer.note(lane, len(data), loop.time())
         await call.write(wire.encode_data(data))
         counters.bytes_out += len(data)
+        pause = pacer.pause(lane, len(data), loop.time())
+        if pause:
+            await asyncio.sleep(pause)
     # No half-close after it: the route stops reading at a fin, and the
     # extra operation cost 7% of the tunnel setup rate.
     await call.write(wire.FIN_FRAME)
