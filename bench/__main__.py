@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import client, idle, isolation, output, report
+from bench import client, floor, idle, isolation, output, report
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
@@ -323,6 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # would otherwise be reused by the new tunnels and hide their cost.
                 _say(f"idle tunnels: {', '.join(map(str, args.idle_tunnels))} through vnet")
                 idle_table = idle.run(started.paths["vnet"], args.idle_tunnels, children, _say)
+                # What grpc.aio alone costs per stream: the floor under the route's two.
+                for size, kib in floor.measure(args.idle_tunnels).items():
+                    idle_table.notes.append(
+                        f"bench/floor.py: a bare grpc.aio server holding {size:,} idle bidi "
+                        f"streams grew {kib:.1f} KiB per stream; a tunnel is two streams at "
+                        f"the route, so {2 * kib:.1f} KiB"
+                    )
             runner = Runner(args, children)
             runner.run(started.paths)
             iso = None
