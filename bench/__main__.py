@@ -28,6 +28,8 @@ from bench.procs import BenchError, Children, group_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# Untimed round trips before the timed ones (their CPU is counted with them).
+PING_WARMUP = 50
 # Connections in the aggregate-throughput test; each sends bulk/N bytes.
 CONCURRENCY = (8, 64)
 FULL_IDLE = (1000, 10_000)
@@ -152,18 +154,22 @@ class Runner:
         # phase -> path -> process role -> CPU % of one core during each run of the phase.
         self.cpu: dict[str, dict[str, dict[str, list[float]]]] = {}
 
-    def _accounted(self, phase: str, path: BenchPath, fn: Callable[[], T]) -> T:
-        """fn(), with each process's CPU use over its wall time recorded under phase."""
+    def _accounted(
+        self, phase: str, path: BenchPath, fn: Callable[[], T], per: int | None = None
+    ) -> T:
+        """fn(), with each process's CPU use recorded under phase: % of one core over the
+        wall time, or, given per (operations fn did), microseconds of CPU per operation."""
         before = {role: group_cpu_seconds(pid) for role, pid in path.processes.items()}
         own = time.process_time()
         start = time.perf_counter()
         result = fn()
         wall = time.perf_counter() - start
+        used = {role: group_cpu_seconds(pid) - before[role] for role, pid in path.processes.items()}
+        used["bench client"] = time.process_time() - own
         cpu = self.cpu.setdefault(phase, {}).setdefault(path.name, {})
-        cpu.setdefault("bench client", []).append(100 * (time.process_time() - own) / wall)
-        for role, pid in path.processes.items():
-            used = group_cpu_seconds(pid) - before[role]
-            cpu.setdefault(role, []).append(100 * used / wall)
+        for role, seconds in used.items():
+            value = 1e6 * seconds / per if per else 100 * seconds / wall
+            cpu.setdefault(role, []).append(value)
         return result
 
     def bulk(self, path: BenchPath) -> dict[str, float]:
@@ -174,7 +180,13 @@ class Runner:
         return {"bulk": mbps}
 
     def ping(self, path: BenchPath) -> dict[str, float]:
-        samples = client.ping_pong(path.echo, self.args.pings)
+        # CPU per round trip says where a round trip's time goes: the hops are sequential.
+        samples = self._accounted(
+            "ping",
+            path,
+            lambda: client.ping_pong(path.echo, self.args.pings, PING_WARMUP),
+            per=self.args.pings + PING_WARMUP,
+        )
         return {"ping_p50": statistics.median(samples), "ping_p99": _percentile(samples, 0.99)}
 
     def concurrent(self, path: BenchPath) -> dict[str, float]:
@@ -361,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics,
         runner.cpu_table(list(started.paths), "bulk"),
         runner.cpu_table(list(started.paths), "parallel"),
+        runner.cpu_table(list(started.paths), "ping"),
     )
     return 0
 

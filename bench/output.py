@@ -70,7 +70,9 @@ def _settings(
     ]
 
 
-def finish(run: Run, metrics: list[report.Metric], cpu: Table, cpu_conns: Table) -> None:
+def finish(
+    run: Run, metrics: list[report.Metric], cpu: Table, cpu_conns: Table, cpu_ping: Table
+) -> None:
     args, started, results = run.args, run.started, run.results
     iso, idle_table = run.iso, run.idle
     names = list(started.paths)
@@ -83,6 +85,9 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table, cpu_conns: Table)
     print()
     print(f"CPU during the {args.parallel} parallel connections, % of one core (median):")
     print(report.plain_table(*cpu_conns))
+    print()
+    print("CPU per 1-byte ping-pong round trip, us (median):")
+    print(report.plain_table(*cpu_ping))
     if iso is not None:
         print()
         print("vnet with one tunnel's reader stalled (its echoes piling up):")
@@ -131,7 +136,12 @@ def finish(run: Run, metrics: list[report.Metric], cpu: Table, cpu_conns: Table)
             f"\nCPU used by each process while opening connections {args.parallel} in parallel "
             "(median, % of one core):\n\n" + report.markdown_table(*cpu_conns) + "\n"
         )
-        block = block.replace(report.END, conns_block + report.END)
+        ping_block = (
+            "\nCPU used by each process per 1-byte ping-pong round trip (median, microseconds; "
+            "the hops of a round trip run one after another, so their sum is about the round "
+            "trip's time):\n\n" + report.markdown_table(*cpu_ping) + "\n"
+        )
+        block = block.replace(report.END, conns_block + ping_block + report.END)
         if iso is not None:
             extra = (
                 "\nvnet with one tunnel's reader stalled (bench/isolation.py: 256 MiB pushed "
