@@ -780,7 +780,9 @@ Global___PingResponse: _TypeAlias = PingResponse  # noqa: Y015
 class TunnelFrame(_message.Message):
     """One message of a tunnel stream. Each direction is a run of data frames
     ended by exactly one fin or reset frame; after it the sender sends nothing
-    more on that direction.
+    more on that direction. The route stops reading a stream at its fin or
+    reset, so a node need not half-close its call after one (it may). A stream
+    that ends, or fails, before either makes the route reset the other node.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
