@@ -88,3 +88,18 @@ async def use_port(node: Node, key: str) -> int:
     port = node.uses[key].port
     assert port is not None
     return port
+
+
+async def home_and_office(
+    make_node: MakeNode, serves: Sequence[tuple[str, int, int]]
+) -> tuple[Node, dict[str, int]]:
+    """A node "home" serving each (key, port, serveid) and a node "office" using them all
+    on free ports; returns office and its use ports by key, once all listen."""
+    await make_node(
+        "home",
+        serves=[ServeConfig(key=key, port=port, serveid=sid) for key, port, sid in serves],
+    )
+    office = await make_node(
+        "office", uses=[UseConfig(key=key, serveid=sid, port=0) for key, _, sid in serves]
+    )
+    return office, {key: await use_port(office, key) for key, _, _ in serves}

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import TIMEOUT, MakeNode, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, home_and_office, wait_until
 from tests.services import Server, echo_server, exchange, exchange_server
-from vnet.config import ServeConfig, UseConfig
 from vnet.node import Node
 from vnet.pacing import BULK_READ, HOLD_S, SHARED_READ, Lane, Pacer
 
@@ -90,21 +89,10 @@ async def _pinger(port: int, rounds: list[int], stop: asyncio.Event) -> None:
 
 async def _home_and_office(make_node: MakeNode) -> tuple[Node, int, int, list[Server]]:
     sink, echo = await exchange_server(), await echo_server()
-    await make_node(
-        "home",
-        serves=[
-            ServeConfig(key="sink", port=sink.port, serveid=701),
-            ServeConfig(key="echo", port=echo.port, serveid=702),
-        ],
+    office, ports = await home_and_office(
+        make_node, [("sink", sink.port, 701), ("echo", echo.port, 702)]
     )
-    office = await make_node(
-        "office",
-        uses=[
-            UseConfig(key="sink", serveid=701, port=0),
-            UseConfig(key="echo", serveid=702, port=0),
-        ],
-    )
-    return office, await use_port(office, "sink"), await use_port(office, "echo"), [sink, echo]
+    return office, ports["sink"], ports["echo"], [sink, echo]
 
 
 async def test_a_transfer_next_to_an_interactive_tunnel_yields_and_arrives_intact(

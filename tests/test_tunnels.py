@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import MakeNode, use_port, wait_until
+from tests.conftest import MakeNode, home_and_office, use_port, wait_until
 from tests.services import (
     HEADER,
     digest,
@@ -110,22 +110,10 @@ async def test_a_stalled_reader_does_not_stall_other_tunnels(make_node: MakeNode
 
     source = await endless_source_server()
     service = await exchange_server()
-    await make_node(
-        "home",
-        serves=[
-            ServeConfig(key="src", port=source.port, serveid=710),
-            ServeConfig(key="xchg", port=service.port, serveid=711),
-        ],
+    office, ports = await home_and_office(
+        make_node, [("src", source.port, 710), ("xchg", service.port, 711)]
     )
-    office = await make_node(
-        "office",
-        uses=[
-            UseConfig(key="src", serveid=710, port=0),
-            UseConfig(key="xchg", serveid=711, port=0),
-        ],
-    )
-    src_port = await use_port(office, "src")
-    xchg_port = await use_port(office, "xchg")
+    src_port, xchg_port = ports["src"], ports["xchg"]
     async with asyncio.timeout(60):
         stalled_reader, stalled_writer = await asyncio.open_connection("127.0.0.1", src_port)
         await stalled_reader.readexactly(1 << 20)
