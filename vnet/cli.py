@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from vnet import __version__
 from vnet.config import NodeConfig, RouteSettings, parse_node_config, parse_route_config
 from vnet.errors import ConfigError, RouteUnavailable, VnetError
+from vnet.files import read_config_text
 
 if TYPE_CHECKING:
     from vnet.client import NodeCredentials
@@ -93,18 +94,6 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> str:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return "signalled"
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ConfigError(path, None, None, "no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, None, "is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(path, None, None, exc.strerror or str(exc)) from None
 
 
 def _parser(prog: str, what: str, log_default: str = "info") -> argparse.ArgumentParser:
@@ -182,7 +171,9 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         defaults = args.config is None and not os.path.exists(path)
         try:
-            return _check("vnet-route", path, None if defaults else _read(path), node=False)
+            return _check(
+                "vnet-route", path, None if defaults else read_config_text(path), node=False
+            )
         except ConfigError as exc:
             print(f"vnet-route: {exc}", file=sys.stderr)
             return EXIT_ERROR
@@ -190,7 +181,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
         if args.config is None and not os.path.exists(path):
             settings = parse_route_config("(defaults)", None)
         else:
-            settings = parse_route_config(path, _read(path))
+            settings = parse_route_config(path, read_config_text(path))
         security = load_security(settings)
     except ConfigError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
@@ -273,12 +264,12 @@ def node_main(argv: Sequence[str] | None = None) -> int:
 
     if args.check:
         try:
-            return _check("vnet", path, _read(path), node=True)
+            return _check("vnet", path, read_config_text(path), node=True)
         except ConfigError as exc:
             print(f"vnet: {exc}", file=sys.stderr)
             return EXIT_ERROR
     try:
-        config = parse_node_config(path, _read(path))
+        config = parse_node_config(path, read_config_text(path))
         credentials = load_credentials(config)
     except ConfigError as exc:
         print(f"vnet: {exc}", file=sys.stderr)

@@ -18,7 +18,8 @@ import grpc
 
 from vnet import wire
 from vnet.config import NodeConfig, resolve_secret
-from vnet.errors import ConfigError, RouteUnavailable, VnetError
+from vnet.errors import RouteUnavailable, VnetError
+from vnet.files import read_pem, read_text
 from vnet.registry import Serve
 from vnetrpc.v1 import route_pb2 as pb
 from vnetrpc.v1 import route_pb2_grpc as pb_grpc
@@ -159,20 +160,12 @@ def load_credentials(
     """Read the node's token and TLS files; ConfigError names the key at fault."""
     v = config.vnet
     env = os.environ if environ is None else environ
-    token = resolve_secret(config.path, "vnet", v.token, v.token_env, v.token_file, env, _read_text)
+    token = resolve_secret(config.path, "vnet", v.token, v.token_env, v.token_file, env, read_text)
     if not v.tls:
         return NodeCredentials(token=token)
 
     def pem(key: str, path: str) -> bytes | None:
-        if not path:
-            return None
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            raise ConfigError(
-                config.path, "vnet", key, f"cannot read {path}: {exc.strerror or exc}"
-            ) from None
+        return read_pem(config.path, "vnet", key, path) if path else None
 
     return NodeCredentials(
         token=token,
@@ -183,11 +176,6 @@ def load_credentials(
             server_name=v.tls_server_name,
         ),
     )
-
-
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
 
 
 def client_for(

@@ -34,6 +34,7 @@ from vnet.commands import (
 from vnet.config import NodeConfig, parse_node_config
 from vnet.config_diff import ConfigDiff, SectionDiff
 from vnet.errors import ConfigError, RouteUnavailable, VnetError
+from vnet.files import read_config_text
 from vnet.node import Node
 from vnet.tables import ServeView, UseView
 
@@ -96,16 +97,7 @@ def completion_data(node: Node, status: Status) -> CompletionData:
 
 def read_config(path: str) -> NodeConfig:
     """Parse a node config file; ConfigError names the file and what is wrong."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(path, None, None, "no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, None, "is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(path, None, None, exc.strerror or str(exc)) from None
-    return parse_node_config(path, text)
+    return parse_node_config(path, read_config_text(path))
 
 
 def write_config(path: str, config: NodeConfig) -> None:

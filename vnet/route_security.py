@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from vnet.auth import PenaltyPolicy, TokenTable
 from vnet.config import RouteSettings, resolve_secret
-from vnet.errors import ConfigError
+from vnet.files import read_pem, read_text
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def load_security(
     env = os.environ if environ is None else environ
 
     def secret(section: str, token: str, token_env: str, token_file: str) -> str:
-        return resolve_secret(settings.path, section, token, token_env, token_file, env, _read_text)
+        return resolve_secret(settings.path, section, token, token_env, token_file, env, read_text)
 
     all_groups = secret("route", settings.token, settings.token_env, settings.token_file)
     per_group = {
@@ -53,13 +53,7 @@ def load_security(
     if settings.tls_cert:
 
         def pem(key: str, path: str) -> bytes:
-            try:
-                with open(path, "rb") as f:
-                    return f.read()
-            except OSError as exc:
-                raise ConfigError(
-                    settings.path, "route", key, f"cannot read {path}: {exc.strerror or exc}"
-                ) from None
+            return read_pem(settings.path, "route", key, path)
 
         tls = ServerTls(
             cert_chain=pem("tls_cert", settings.tls_cert),
@@ -69,8 +63,3 @@ def load_security(
             else None,
         )
     return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls)
-
-
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
