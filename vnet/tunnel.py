@@ -24,12 +24,11 @@ from vnet.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-# One read of the local socket becomes one message, at most this big (see
-# vnet/pacing.py for when it is smaller); reads return what is there, so
-# interactive traffic stays small.
-CHUNK = pacing.BULK_READ
-# asyncio's StreamReader never returns more than its limit from read().
-READER_LIMIT = 2 * CHUNK
+# One read of the local socket becomes one message, at most pacing.BULK_READ
+# (vnet/pacing.py says when less); reads return what is there, so interactive
+# traffic stays small. asyncio's StreamReader never returns more than its
+# limit from read().
+READER_LIMIT = 2 * pacing.BULK_READ
 
 
 class TunnelReset(Exception):
