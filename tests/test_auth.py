@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vnet.auth import (
@@ -14,6 +16,7 @@ from vnet.auth import (
 )
 from vnet.config import resolve_secret
 from vnet.errors import ConfigError
+from vnet.files import read_text
 
 
 def test_no_tokens_admits_everyone() -> None:
@@ -124,6 +127,13 @@ def test_secrets_from_env_and_file() -> None:
         resolve_secret("c.ini", "vnet", "", "", "/nope", env, read)
     with pytest.raises(ConfigError, match=r"token_env: give only one of token, token_env"):
         resolve_secret("c.ini", "vnet", "a", "TOK", "", env, read)
+
+
+def test_a_token_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / "bad.token").write_bytes(b"\xff\xfe bad")
+    bad = str(tmp_path / "bad.token")
+    with pytest.raises(ConfigError, match=r"c.ini: \[vnet\] token_file: .*bad.token is not UTF-8"):
+        resolve_secret("c.ini", "vnet", "", "", bad, {}, read_text)
 
 
 def test_admits_somewhere() -> None:

@@ -240,6 +240,10 @@ def resolve_secret(
             raise ConfigError(
                 path, section, "token_file", f"cannot read {token_file}: {exc.strerror or exc}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                path, section, "token_file", f"{token_file} is not UTF-8 text"
+            ) from None
         if not value:
             raise ConfigError(path, section, "token_file", f"{token_file} is empty")
         return value
