@@ -6,9 +6,11 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 
+from tests.procs import Procs
 from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
 from vnet.node import Node, NodeTimeouts
 from vnet.route import RouteTimeouts, RunningRoute, start_route
@@ -40,6 +42,14 @@ async def refused(port: int) -> bool:
         return True
     writer.close()
     return False
+
+
+@pytest.fixture
+async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
+    """The real commands as subprocesses, all stopped when the test ends."""
+    running = Procs(tmp_path)
+    yield running
+    await running.stop_all()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,6 @@ from tests.conftest import free_port
 from tests.procs import Procs, command, node_ini
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    running = Procs(tmp_path)
-    yield running
-    await running.stop_all()
 
 
 async def test_check_good_files(procs: Procs, tmp_path: Path) -> None:

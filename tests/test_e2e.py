@@ -7,7 +7,6 @@ import json
 import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from vnet.client import RouteClient
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    running = Procs(tmp_path)
-    yield running
-    await running.stop_all()
 
 
 async def start_route(procs: Procs, tmp_path: Path) -> int:

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -94,13 +93,6 @@ def node_bin() -> str:
         pytest.skip("node and npm are needed for the JavaScript client (examples/node-client)")
     _install()
     return node
-
-
-@pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    running = Procs(tmp_path)
-    yield running
-    await running.stop_all()
 
 
 def client_args(node: str, port: int, *args: str, group: str = "g") -> list[str]:

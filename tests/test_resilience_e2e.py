@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.e2e
 
 # Restarted routes are reached again within this (the nodes' backoff tops at 15 s).
 RECOVERY = 30.0
-
-
-@pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    running = Procs(tmp_path)
-    yield running
-    await running.stop_all()
 
 
 async def _echo_ok(port: int) -> bool:

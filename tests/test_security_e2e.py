@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from tests.procs import Procs, command, node_ini
 from tests.services import echo_server, pattern, read_exactly_or_eof
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    running = Procs(tmp_path)
-    yield running
-    await running.stop_all()
 
 
 async def test_protected_mode_refuses_a_public_route_without_a_token(
