@@ -154,7 +154,8 @@ def test_route_reads_only_route_section() -> None:
         ),
         (
             "[route]\nip=a\nport=1\n[server.x]\nport=22\n",
-            "c.ini:4: [server.x]: unknown section (expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
+            "c.ini:4: [server.x]: unknown section "
+            "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.]\nport=22\n",
@@ -182,7 +183,8 @@ def test_route_reads_only_route_section() -> None:
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserverid=5\n",
-            "c.ini:6: [serve.x] serverid: unknown key (known: active, info, ip, name, port, serveid, type)",
+            "c.ini:6: [serve.x] serverid: unknown key "
+            "(known: active, info, ip, name, port, serveid, type)",
         ),
         (
             "[route]\nip=a\nport=1\n[vnet]\nterminal=maybe\n",

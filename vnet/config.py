@@ -512,8 +512,10 @@ def check_node_config(path: str, text: str) -> Checked[NodeConfig]:
             serves.append(_serve(problems, section))
         elif section.name.startswith("use."):
             use = _use(problems, section)
-            if use.serveid == 0:
-                line = section.entries.get("serveid", section).line
+            given = section.entries.get("serveid")
+            # Not set, or 0/000; a bad value is an error, reported already.
+            if given is None or given.value.strip("0") == "":
+                line = (given or section).line
                 problems.warn(line, section.name, "serveid", "not set, so this use is disabled")
             uses.append(use)
         elif section.name.startswith("group."):

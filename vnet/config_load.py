@@ -63,7 +63,8 @@ def _finish(checked: Checked[Any], extra: list[ConfigError], value: T | None) ->
     return Loaded(
         path=checked.problems.path,
         value=None if errors else value,
-        errors=tuple(errors),
+        # File order, as the check found them and as an editor shows them.
+        errors=tuple(sorted(errors, key=lambda e: e.line or 0)),
         warnings=tuple(checked.problems.warnings),
     )
 

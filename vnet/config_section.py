@@ -112,7 +112,7 @@ class SectionReader:
         if len(raw.lstrip("0")) > len(str(high)):
             self.fail(key, f"{shown(raw)} is out of range ({low}-{high})")
             return default
-        value = int(raw)
+        value = int(raw.lstrip("0") or "0")
         if not low <= value <= high:
             self.fail(key, f"{value} is out of range ({low}-{high})")
             return default
