@@ -297,3 +297,13 @@ def test_shipped_examples_pass_the_start_s_own_validation() -> None:
             loaded = config_load.load_route(str(path), environ={})
         assert loaded.errors == (), path
         assert loaded.value is not None
+
+
+def test_odd_file_names_are_escaped_in_messages(tmp_path: Path) -> None:
+    node = tmp_path / "node.ini"
+    node.write_text(ROUTE + "[vnet]\ntoken_file=a\x00b\u202ec\n")
+    [problem] = config_load.load_node(str(node)).errors
+    assert str(problem) == (
+        f"{node}:5: [vnet] token_file: cannot read 'a\\x00b\\u202ec': "
+        "the path contains a NUL character"
+    )

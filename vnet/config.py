@@ -22,7 +22,7 @@ from vnet.auth import insecure_reason
 from vnet.config_section import SectionReader, token_problem
 from vnet.errors import ConfigError
 from vnet.ini import Problems, Section, label, read_ini
-from vnet.limits import INFO_MAX, NAME_MAX, shown, text_problem
+from vnet.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
 
 # Where the rest of vnet has always found it.
 from vnet.limits import SERVEID_MAX as SERVEID_MAX
@@ -229,6 +229,7 @@ def resolve_secret(
 
     environ and read_text are passed in so this stays free of I/O.
     """
+    env_name, file_name = quoted_if_odd(token_env), quoted_if_odd(token_file)
     given = [
         k for k, v in (("token", token), ("token_env", token_env), ("token_file", token_file)) if v
     ]
@@ -238,23 +239,23 @@ def resolve_secret(
         value = environ.get(token_env, "").strip()
         if not value:
             raise ConfigError(
-                path, section, "token_env", f"environment variable {token_env} is not set"
+                path, section, "token_env", f"environment variable {env_name} is not set"
             )
-        return _token(path, section, "token_env", value, f"environment variable {token_env}")
+        return _token(path, section, "token_env", value, f"environment variable {env_name}")
     if token_file:
         try:
             value = read_text(token_file).strip()
         except OSError as exc:
             raise ConfigError(
-                path, section, "token_file", f"cannot read {token_file}: {exc.strerror or exc}"
+                path, section, "token_file", f"cannot read {file_name}: {exc.strerror or exc}"
             ) from None
         except UnicodeDecodeError:
             raise ConfigError(
-                path, section, "token_file", f"{token_file} is not UTF-8 text"
+                path, section, "token_file", f"{file_name} is not UTF-8 text"
             ) from None
         if not value:
-            raise ConfigError(path, section, "token_file", f"{token_file} is empty")
-        return _token(path, section, "token_file", value, token_file)
+            raise ConfigError(path, section, "token_file", f"{file_name} is empty")
+        return _token(path, section, "token_file", value, file_name)
     return token
 
 

@@ -16,6 +16,7 @@ import os
 import stat
 
 from vnet.errors import ConfigError
+from vnet.limits import quoted_if_odd
 
 KIB = 1024
 # A token is a line of text; 64 KiB is far more than any real one.
@@ -99,5 +100,5 @@ def read_pem(config_path: str, section: str, key: str, path: str) -> bytes:
         return read_capped(path, PEM_MAX_BYTES, "a PEM file")
     except OSError as exc:
         raise ConfigError(
-            config_path, section, key, f"cannot read {path}: {exc.strerror or exc}"
+            config_path, section, key, f"cannot read {quoted_if_odd(path)}: {exc.strerror or exc}"
         ) from None

@@ -5,7 +5,9 @@ interpolation, `;` and `#` comments, also after a value when a space comes
 before them), but with the line of every section and key kept, so that each
 problem names its line, and with problems appended to a collector instead of
 raised, so that one pass finds them all: `--check` and the real start call
-the same code and see the same problems.
+the same code and see the same problems. One difference: an indented line is
+a line of its own, not the continuation of the value above (the format has
+no multi-line values, and a continued value only failed later, obscurely).
 
 Pure: text in, sections and problems out.
 """

@@ -34,6 +34,13 @@ def shown(value: str) -> str:
     return f"{value[:SHOWN_MAX]!r}... ({len(value)} characters)"
 
 
+def quoted_if_odd(value: str) -> str:
+    """value as it is when it prints safely (a path, a variable's name); else shown()."""
+    if value.isprintable() and len(value) <= HOST_MAX:
+        return value
+    return shown(value)
+
+
 def text_problem(value: str, limit: int) -> str:
     """Why value is not an acceptable name or info text ("" when it is).
 
