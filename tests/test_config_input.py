@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,3 +309,27 @@ def test_odd_file_names_are_escaped_in_messages(tmp_path: Path) -> None:
         f"{node}:5: [vnet] token_file: cannot read 'a\\x00b\\u202ec': "
         "the path contains a NUL character"
     )
+
+
+def test_the_ssh_example_route_starts_as_shipped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's scenario: the real entry point gets as far as binding."""
+    from vnet import cli
+
+    started: list[object] = []
+
+    def record(main: Coroutine[Any, Any, int]) -> int:
+        main.close()
+        started.append(main)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", record)
+    route = str(ROOT / "examples" / "ssh" / "route.ini")
+    assert cli.route_main(["--check", route]) == 0
+    assert cli.route_main([route]) == 0
+    assert len(started) == 1
+    for node in ("home.ini", "office.ini"):
+        assert cli.node_main([str(ROOT / "examples" / "ssh" / node)]) == 0
+    assert len(started) == 3
+    assert "refusing" not in capsys.readouterr().err
