@@ -117,7 +117,8 @@ def _parser(prog: str, what: str, log_default: str = "info") -> argparse.Argumen
     parser.add_argument(
         "--check",
         action="store_true",
-        help="check the config file, print every problem, start nothing; exit 0 if it is good",
+        help="check the config file and the files it names as the start would, print every "
+        "problem and warning, start nothing; exit 0 if it would start",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser

@@ -79,8 +79,9 @@ class SectionReader:
         value = self.text(key, "")
         problem = token_problem(value)
         if problem:
+            # Kept: the token is given, if wrongly, so protected mode has no
+            # second, misleading complaint that there is none.
             self.fail(key, problem)
-            return ""
         return value
 
     def require(self, key: str) -> bool:
