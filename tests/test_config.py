@@ -108,7 +108,7 @@ def test_serveid_000_means_assign() -> None:
 def test_use_without_serveid_is_disabled_with_a_warning() -> None:
     config = parse_node_config("c.ini", "[route]\nip=a\nport=1\n[use.x]\nport=2222\n")
     assert config.uses[0].serveid == 0
-    assert config.warnings == ("c.ini: [use.x] serveid: not set, so this use is disabled",)
+    assert config.warnings == ("c.ini:4: [use.x] serveid: not set, so this use is disabled",)
 
 
 def test_route_defaults_without_a_file() -> None:
@@ -123,75 +123,74 @@ def test_route_reads_only_route_section() -> None:
     ("text", "message"),
     [
         ("[vnet]\nname=x\n", "c.ini: [route]: section is missing"),
-        ("[route]\nport=7749\n", "c.ini: [route] ip: is required"),
-        ("[route]\nip=1.2.3.4\n", "c.ini: [route] port: is required"),
-        ("[route]\nip=a\nport=http\n", "c.ini: [route] port: 'http' is not a whole number"),
-        ("[route]\nip=a\nport=70000\n", "c.ini: [route] port: 70000 is out of range (1-65535)"),
+        ("[route]\nport=7749\n", "c.ini:1: [route] ip: is required"),
+        ("[route]\nip=1.2.3.4\n", "c.ini:1: [route] port: is required"),
+        ("[route]\nip=a\nport=http\n", "c.ini:3: [route] port: 'http' is not a whole number"),
+        ("[route]\nip=a\nport=70000\n", "c.ini:3: [route] port: 70000 is out of range (1-65535)"),
         (
             "[route]\nip=a\nport=1\n[vnet]\nbulk_while_interactive=2000000\n",
-            "c.ini: [vnet] bulk_while_interactive: 2000000 is out of range (0-1000000)",
+            "c.ini:5: [vnet] bulk_while_interactive: 2000000 is out of range (0-1000000)",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nserveid=1000\nport=22\n",
-            "c.ini: [serve.x] serveid: '1000' is not a serveid (0-999, up to 3 digits)",
+            "c.ini:5: [serve.x] serveid: '1000' is not a serveid (0-999, up to 3 digits)",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nserveid=-1\nport=22\n",
-            "c.ini: [serve.x] serveid: '-1' is not a serveid (0-999, up to 3 digits)",
+            "c.ini:5: [serve.x] serveid: '-1' is not a serveid (0-999, up to 3 digits)",
         ),
         (
             "[route]\nip=a\nport=1\n[use.x]\nserveid=abc\n",
-            "c.ini: [use.x] serveid: 'abc' is not a serveid (0-999, up to 3 digits)",
+            "c.ini:5: [use.x] serveid: 'abc' is not a serveid (0-999, up to 3 digits)",
         ),
-        ("[route]\nip=a\nport=1\n[serve.x]\nserveid=5\n", "c.ini: [serve.x] port: is required"),
+        ("[route]\nip=a\nport=1\n[serve.x]\nserveid=5\n", "c.ini:4: [serve.x] port: is required"),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\ntype=udp\n",
-            "c.ini: [serve.x] type: 'udp' is not supported (vnet carries tcp only)",
+            "c.ini:6: [serve.x] type: 'udp' is not supported (vnet carries tcp only)",
         ),
         (
             "[route]\nip=a\nport=1\n[use.x]\nserveid=5\nport=abc\n",
-            "c.ini: [use.x] port: 'abc' is not a whole number",
+            "c.ini:6: [use.x] port: 'abc' is not a whole number",
         ),
         (
             "[route]\nip=a\nport=1\n[server.x]\nport=22\n",
-            "c.ini: [server.x]: unknown section "
+            "c.ini:4: [server.x]: unknown section "
             "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.]\nport=22\n",
-            "c.ini: [serve.]: [serve.NAME] needs a name after the dot",
+            "c.ini:4: [serve.]: [serve.NAME] needs a name after the dot",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\n[serve.x]\nport=23\n",
-            "c.ini: [serve.x]: section appears twice",
+            "c.ini:6: [serve.x]: section appears twice (first at line 4)",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\nport=23\n",
-            "c.ini: [serve.x] port: key appears twice",
+            "c.ini:6: [serve.x] port: key appears twice (first at line 5)",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\nname=n\n[serve.y]\nport=23\nname=n\n",
-            "c.ini: [serve.y] name: 'n' is already the name of [serve.x]",
+            "c.ini:9: [serve.y] name: 'n' is already the name of [serve.x]",
         ),
         (
-            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserveid=700\n"
-            "[serve.y]\nport=23\nserveid=700\n",
-            "c.ini: [serve.y] serveid: 700 is already used by [serve.x]",
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserveid=700\n[serve.y]\nport=23\nserveid=700\n",
+            "c.ini:9: [serve.y] serveid: 700 is already used by [serve.x]",
         ),
         (
             "[route]\nip=a\nport=1\n[use.x]\nserveid=1\nport=80\n[use.y]\nserveid=2\nport=80\n",
-            "c.ini: [use.y] port: 80 is already the port of [use.x]",
+            "c.ini:9: [use.y] port: 80 is already the port of [use.x]",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserverid=5\n",
-            "c.ini: [serve.x] serverid: unknown key (known: active, info, ip, name, port, "
-            "serveid, type)",
+            "c.ini:6: [serve.x] serverid: unknown key "
+            "(known: active, info, ip, name, port, serveid, type)",
         ),
         (
             "[route]\nip=a\nport=1\n[vnet]\nterminal=maybe\n",
-            "c.ini: [vnet] terminal: 'maybe' is not true or false",
+            "c.ini:5: [vnet] terminal: 'maybe' is not true or false",
         ),
-        ("port=1\n[route]\nip=a\n", "c.ini: line 1: a key outside any [section]"),
+        ("port=1\n[route]\nip=a\n", "c.ini:1: a key outside any [section]"),
     ],
 )
 def test_errors_name_file_section_key_and_reason(text: str, message: str) -> None:

@@ -209,30 +209,34 @@ async def test_second_route_on_the_same_port_exits_with_a_clear_error(
         (
             "vnet",
             "[route]\nip=127.0.0.1\nport=7749\n[serve.web]\nserveid=1234\nport=80\n",
-            "vnet: bad.ini: [serve.web] serveid: '1234' is not a serveid (0-999, up to 3 digits)",
+            "vnet: bad.ini:5: [serve.web] serveid: '1234' is not a serveid (0-999, up to 3 digits)",
         ),
         (
             "vnet",
             "[route]\nip=127.0.0.1\nport=seven\n",
-            "vnet: bad.ini: [route] port: 'seven' is not a whole number",
+            "vnet: bad.ini:3: [route] port: 'seven' is not a whole number",
         ),
         (
             "vnet",
             "[route]\nip=127.0.0.1\nport=7749\n[serve.web]\nip=127.0.0.1\n",
-            "vnet: bad.ini: [serve.web] port: is required",
+            "vnet: bad.ini:4: [serve.web] port: is required",
         ),
         (
             "vnet",
             "[route]\nip=127.0.0.1\nport=7749\n[tunnel.web]\nport=80\n",
-            "vnet: bad.ini: [tunnel.web]: unknown section "
+            "vnet: bad.ini:4: [tunnel.web]: unknown section "
             "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
         ),
         (
             "vnet",
             "[route]\nip=127.0.0.1\nport=7749\n[use.a]\nserveid=1\n[use.a]\nserveid=2\n",
-            "vnet: bad.ini: [use.a]: section appears twice",
+            "vnet: bad.ini:6: [use.a]: section appears twice (first at line 4)",
         ),
-        ("vnet-route", "[route]\nip=127.0.0.1\n", "vnet-route: bad.ini: [route] port: is required"),
+        (
+            "vnet-route",
+            "[route]\nip=127.0.0.1\n",
+            "vnet-route: bad.ini:1: [route] port: is required",
+        ),
     ],
 )
 async def test_bad_config_exits_with_one_line(

@@ -21,7 +21,7 @@ async def test_protected_mode_refuses_a_public_route_without_a_token(
     rc, out, err = await procs.run(command("vnet-route"), "route.ini")
     assert rc == 1
     assert err.startswith(
-        "vnet-route: route.ini: [route] ip: refusing to listen on 0.0.0.0 without a token"
+        "vnet-route: route.ini:2: [route] ip: refusing to listen on 0.0.0.0 without a token"
     )
     assert "allow_insecure=true" in err
     assert "Traceback" not in err
@@ -92,7 +92,7 @@ async def test_tokens_from_env_and_file_and_tls_from_files(procs: Procs, tmp_pat
         rc, _, err = await procs.run(command("vnet"), "home.ini")
         assert (rc, err) == (
             1,
-            "vnet: home.ini: [vnet] token_env: environment variable TEAM_TOKEN is not set\n",
+            "vnet: home.ini:7: [vnet] token_env: environment variable TEAM_TOKEN is not set\n",
         )
         await home.stop()
     finally:

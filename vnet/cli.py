@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vnet import __version__
-from vnet.config import NodeConfig, RouteSettings, parse_node_config, parse_route_config
-from vnet.errors import ConfigError, RouteUnavailable, VnetError
-from vnet.files import read_config_text
+from vnet.config import NodeConfig, RouteSettings
+from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
+from vnet.errors import RouteUnavailable, VnetError
 
 if TYPE_CHECKING:
     from vnet.client import NodeCredentials
@@ -118,39 +117,35 @@ def _parser(prog: str, what: str, log_default: str = "info") -> argparse.Argumen
     parser.add_argument(
         "--check",
         action="store_true",
-        help="check the config file, print every problem, start nothing; exit 0 if it is good",
+        help="check the config file and the files it names as the start would, print every "
+        "problem and warning, start nothing; exit 0 if it would start",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def _check(prog: str, path: str, text: str | None, node: bool) -> int:
-    """--check: every problem, one line each, naming section and key."""
-    from vnet.config_check import check_node, check_route
-
-    if text is None:
-        print(f"{prog}: {path}: no file; the route would run on its defaults (127.0.0.1:7749)")
-        return EXIT_OK
-    problems = check_node(path, text) if node else check_route(path, text)
-    if not problems:
-        # Tokens and TLS files: read now, as the real start would.
-        try:
-            if node:
-                from vnet.client import load_credentials
-
-                load_credentials(parse_node_config(path, text))
-            else:
-                from vnet.route_security import load_security
-
-                load_security(parse_route_config(path, text))
-        except ConfigError as exc:
-            problems = [exc]
-    for problem in problems:
+def _report(prog: str, loaded: Loaded[Any], check: bool) -> None:
+    """Every problem, one line each: file, line, section, key and reason."""
+    for problem in loaded.errors:
         print(f"{prog}: {problem}", file=sys.stderr)
-    if problems:
-        print(f"{prog}: {path}: {len(problems)} problem(s)", file=sys.stderr)
+    for warning in loaded.warnings:
+        if check:
+            print(f"{prog}: warning: {warning}", file=sys.stderr)
+        else:
+            log.warning("%s", warning)
+    if check and loaded.errors:
+        print(f"{prog}: {loaded.path}: {len(loaded.errors)} problem(s)", file=sys.stderr)
+
+
+def _check(prog: str, loaded: Loaded[Any]) -> int:
+    """--check: what the start would say, without starting; exit 0 if it would start."""
+    _report(prog, loaded, check=True)
+    if loaded.errors:
         return EXIT_ERROR
-    print(f"{prog}: {path}: ok")
+    if loaded.path == DEFAULTS:
+        print(f"{prog}: no {DEFAULT_CONFIG}; the route would run on its defaults (127.0.0.1:7749)")
+    else:
+        print(f"{prog}: {loaded.path}: ok")
     return EXIT_OK
 
 
@@ -165,36 +160,14 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     _setup_logging(args.log_level, args.log_format)
     path = args.config or DEFAULT_CONFIG
-    from vnet.auth import insecure_reason
-    from vnet.route_security import load_security
-
+    # The same validation for --check and the start: what passes one passes the other.
+    loaded = load_route(path, explicit=args.config is not None)
     if args.check:
-        defaults = args.config is None and not os.path.exists(path)
-        try:
-            return _check(
-                "vnet-route", path, None if defaults else read_config_text(path), node=False
-            )
-        except ConfigError as exc:
-            print(f"vnet-route: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-    try:
-        if args.config is None and not os.path.exists(path):
-            settings = parse_route_config("(defaults)", None)
-        else:
-            settings = parse_route_config(path, read_config_text(path))
-        security = load_security(settings)
-    except ConfigError as exc:
-        print(f"vnet-route: {exc}", file=sys.stderr)
+        return _check("vnet-route", loaded)
+    _report("vnet-route", loaded, check=False)
+    if loaded.value is None:
         return EXIT_ERROR
-    reason = insecure_reason(
-        settings.listen.ip,
-        has_tokens=security.tokens.enabled,
-        client_certs=security.tls is not None and security.tls.client_ca is not None,
-        allow_insecure=settings.allow_insecure,
-    )
-    if reason:
-        print(f"vnet-route: {settings.path}: [route] ip: {reason}", file=sys.stderr)
-        return EXIT_ERROR
+    settings, security = loaded.value
     return _run(_route(settings, security))
 
 
@@ -260,22 +233,13 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--timeout must be more than 0")
     _setup_logging(args.log_level or ("warning" if args.commands else "info"), args.log_format)
     path = args.config or DEFAULT_CONFIG
-    from vnet.client import load_credentials
-
+    loaded = load_node(path)
     if args.check:
-        try:
-            return _check("vnet", path, read_config_text(path), node=True)
-        except ConfigError as exc:
-            print(f"vnet: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-    try:
-        config = parse_node_config(path, read_config_text(path))
-        credentials = load_credentials(config)
-    except ConfigError as exc:
-        print(f"vnet: {exc}", file=sys.stderr)
+        return _check("vnet", loaded)
+    _report("vnet", loaded, check=False)
+    if loaded.value is None:
         return EXIT_ERROR
-    for warning in config.warnings:
-        log.warning("%s", warning)
+    config, credentials = loaded.value
     return _run(_node(config, credentials, args.commands or [], args.timeout))
 
 

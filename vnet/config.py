@@ -4,28 +4,36 @@ A file has a [route] section (where the route listens, and where nodes reach
 it), a [vnet] section for a node, and any number of [serve.NAME] and
 [use.NAME] sections. One file may serve both the route and a node.
 
-Pure: reads text, returns frozen dataclasses, raises ConfigError naming the
-file, section and key at fault. Nothing here opens sockets or starts tasks.
+Pure: reads text, returns frozen dataclasses. check_node_config and
+check_route_config find every problem in one pass (vnet.ini), each a
+ConfigError naming the file, line, section and key; `--check` and the real
+start both use them (through vnet.config_load), so they cannot disagree.
+parse_node_config / parse_route_config raise the first problem instead.
+Nothing here opens files or sockets or starts tasks.
 """
 
 from __future__ import annotations
 
-import configparser
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
+from vnet.auth import insecure_reason
+from vnet.config_section import SectionReader, token_problem
 from vnet.errors import ConfigError
+from vnet.ini import Problems, Section, label, read_ini
+from vnet.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
+
+# Where the rest of vnet has always found it.
+from vnet.limits import SERVEID_MAX as SERVEID_MAX
 
 DEFAULT_ROUTE_IP = "127.0.0.1"
 DEFAULT_ROUTE_PORT = 7749
 DEFAULT_GROUP = "default"
 DEFAULT_KEEPALIVE = 10
 DEFAULT_BULK_WHILE_INTERACTIVE = 200
-SERVEID_MAX = 999
 STATIC_SERVEID_MIN = 500
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 SECRET_KEYS = frozenset({"token", "token_env", "token_file"})
 ROUTE_KEYS = frozenset(
@@ -221,33 +229,41 @@ def resolve_secret(
 
     environ and read_text are passed in so this stays free of I/O.
     """
+    env_name, file_name = quoted_if_odd(token_env), quoted_if_odd(token_file)
     given = [
         k for k, v in (("token", token), ("token_env", token_env), ("token_file", token_file)) if v
     ]
     if len(given) > 1:
         raise ConfigError(path, section, given[1], f"give only one of {', '.join(given)}")
     if token_env:
-        value = environ.get(token_env, "")
+        value = environ.get(token_env, "").strip()
         if not value:
             raise ConfigError(
-                path, section, "token_env", f"environment variable {token_env} is not set"
+                path, section, "token_env", f"environment variable {env_name} is not set"
             )
-        return value.strip()
+        return _token(path, section, "token_env", value, f"environment variable {env_name}")
     if token_file:
         try:
             value = read_text(token_file).strip()
         except OSError as exc:
             raise ConfigError(
-                path, section, "token_file", f"cannot read {token_file}: {exc.strerror or exc}"
+                path, section, "token_file", f"cannot read {file_name}: {exc.strerror or exc}"
             ) from None
         except UnicodeDecodeError:
             raise ConfigError(
-                path, section, "token_file", f"{token_file} is not UTF-8 text"
+                path, section, "token_file", f"{file_name} is not UTF-8 text"
             ) from None
         if not value:
-            raise ConfigError(path, section, "token_file", f"{token_file} is empty")
-        return value
+            raise ConfigError(path, section, "token_file", f"{file_name} is empty")
+        return _token(path, section, "token_file", value, file_name)
     return token
+
+
+def _token(path: str, section: str, key: str, value: str, source: str) -> str:
+    problem = token_problem(value)
+    if problem:
+        raise ConfigError(path, section, key, f"the token in {source} {problem}")
+    return value
 
 
 def is_static_serveid(serveid: int) -> bool:
@@ -257,153 +273,106 @@ def is_static_serveid(serveid: int) -> bool:
 
 # --- reading -----------------------------------------------------------------
 
-
-def _parser(path: str, text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(
-        inline_comment_prefixes=(";", "#"),
-        interpolation=None,
-        strict=True,
-        empty_lines_in_values=False,
-    )
-    try:
-        parser.read_string(text, source=path)
-    except configparser.DuplicateSectionError as exc:
-        raise ConfigError(path, exc.section, None, "section appears twice") from None
-    except configparser.DuplicateOptionError as exc:
-        raise ConfigError(path, exc.section, exc.option, "key appears twice") from None
-    except configparser.MissingSectionHeaderError as exc:
-        raise ConfigError(
-            path, None, None, f"line {exc.lineno}: a key outside any [section]"
-        ) from None
-    except configparser.Error as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(path, None, None, first) from None
-    _check_section_kinds(path, parser)
-    return parser
+T = TypeVar("T")
 
 
-def _check_section_kinds(path: str, parser: configparser.ConfigParser) -> None:
-    for section in parser.sections():
-        kind, dot, suffix = section.partition(".")
-        if section in ("route", "vnet"):
-            continue
-        if kind in ("serve", "use", "group") and dot:
+@dataclass(frozen=True)
+class Checked(Generic[T]):
+    """A config and every problem found in it.
+
+    When problems.errors is not empty, config was built with stand-ins for
+    the bad values: use it only to check further, never to run.
+    """
+
+    config: T
+    problems: Problems
+    # Where each (section, key) was written, for problems found later (a
+    # token file that cannot be read); key None: the section's header.
+    lines: Mapping[tuple[str, str | None], int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems.errors
+
+    def line_of(self, section: str | None, key: str | None) -> int | None:
+        if section is None:
+            return None
+        return self.lines.get((section, key), self.lines.get((section, None)))
+
+
+def _where(sections: Mapping[str, Section]) -> dict[tuple[str, str | None], int]:
+    lines: dict[tuple[str, str | None], int] = {}
+    for sec in sections.values():
+        lines[(sec.name, None)] = sec.line
+        for key, entry in sec.entries.items():
+            lines[(sec.name, key)] = entry.line
+    return lines
+
+
+def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) -> list[Section]:
+    """The sections of a known kind; the others are reported."""
+    known = []
+    for sec in sections.values():
+        kind, dot, suffix = sec.name.partition(".")
+        if sec.name in ("route", "vnet"):
+            known.append(sec)
+        elif kind in ("serve", "use", "group") and dot:
             if not suffix.strip():
-                raise ConfigError(path, section, None, f"[{kind}.NAME] needs a name after the dot")
-            continue
-        raise ConfigError(
-            path,
-            section,
-            None,
-            "unknown section (expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
-        )
+                problems.error(
+                    sec.line, sec.name, None, f"[{kind}.NAME] needs a name after the dot"
+                )
+                continue
+            problem = text_problem(suffix, NAME_MAX)
+            if problem:
+                problems.error(sec.line, sec.name, None, f"the name after the dot {problem}")
+            known.append(sec)
+        else:
+            problems.error(
+                sec.line,
+                sec.name,
+                None,
+                "unknown section "
+                "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
+            )
+    return known
 
 
-class _Section:
-    """Typed access to one section's keys, with errors that name the key."""
-
-    def __init__(self, path: str, name: str, values: Mapping[str, str], allowed: frozenset[str]):
-        self.path = path
-        self.name = name
-        self.values = {k: v.strip() for k, v in values.items()}
-        for key in self.values:
-            if key not in allowed:
-                self.fail(key, f"unknown key (known: {', '.join(sorted(allowed))})")
-
-    def fail(self, key: str | None, reason: str) -> ConfigError:
-        raise ConfigError(self.path, self.name, key, reason)
-
-    def has(self, key: str) -> bool:
-        return self.values.get(key, "") != ""
-
-    def text(self, key: str, default: str) -> str:
-        return self.values.get(key, "") or default
-
-    def require(self, key: str) -> str:
-        if not self.has(key):
-            self.fail(key, "is required")
-        return self.values[key]
-
-    def boolean(self, key: str, default: bool) -> bool:
-        raw = self.values.get(key, "").lower()
-        if raw == "":
-            return default
-        if raw in _TRUE:
-            return True
-        if raw in _FALSE:
-            return False
-        self.fail(key, f"{self.values[key]!r} is not true or false")
-        raise AssertionError("unreachable")
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        raw = self.values.get(key, "")
-        if raw == "":
-            return default
-        if not raw.isdigit():
-            self.fail(key, f"{raw!r} is not a whole number")
-        value = int(raw)
-        if not low <= value <= high:
-            self.fail(key, f"{value} is out of range ({low}-{high})")
-        return value
-
-    def port(self, key: str, default: int | None = None) -> int:
-        if not self.has(key):
-            if default is None:
-                self.fail(key, "is required")
-            assert default is not None
-            return default
-        return self.integer(key, 0, 1, 65535)
-
-    def serveid(self) -> int:
-        raw = self.values.get("serveid", "")
-        if raw and (not raw.isdigit() or len(raw) > 3):
-            self.fail("serveid", f"{raw!r} is not a serveid (0-{SERVEID_MAX}, up to 3 digits)")
-        return self.integer("serveid", 0, 0, SERVEID_MAX)
-
-    def tcp_only(self) -> None:
-        kind = self.text("type", "tcp").lower()
-        if kind != "tcp":
-            self.fail("type", f"{kind!r} is not supported (vnet carries tcp only)")
+def _route(
+    problems: Problems, sections: Mapping[str, Section]
+) -> tuple[RouteConfig, SectionReader]:
+    """[route], required in a file: both the route and its nodes need ip and port."""
+    section = sections.get("route")
+    sec = SectionReader(problems, "route", section, ROUTE_KEYS)
+    if section is None:
+        problems.error(None, "route", None, "section is missing")
+        return RouteConfig(), sec
+    sec.require("ip")
+    return RouteConfig(ip=sec.host("ip", DEFAULT_ROUTE_IP), port=sec.port("port")), sec
 
 
-def _route(path: str, parser: configparser.ConfigParser, required: bool) -> RouteConfig:
-    if not parser.has_section("route"):
-        if required:
-            raise ConfigError(path, "route", None, "section is missing")
-        return RouteConfig()
-    sec = _Section(path, "route", parser["route"], ROUTE_KEYS)
-    if required:
-        return RouteConfig(ip=sec.require("ip"), port=sec.port("port"))
-    return RouteConfig(
-        ip=sec.text("ip", DEFAULT_ROUTE_IP), port=sec.port("port", DEFAULT_ROUTE_PORT)
-    )
-
-
-def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
-    values = parser["vnet"] if parser.has_section("vnet") else {}
-    sec = _Section(path, "vnet", values, VNET_KEYS)
+def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
+    sec = SectionReader(problems, "vnet", section, VNET_KEYS)
     tls = sec.boolean("tls", False)
     for key in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
         if sec.has(key) and not tls:
             sec.fail(key, "is set but tls is not true")
-    if sec.has("tls_cert") != sec.has("tls_key"):
-        sec.fail(
-            "tls_key" if sec.has("tls_cert") else "tls_cert", "tls_cert and tls_key go together"
-        )
+    sec.pair("tls_cert", "tls_key")
+    sec.one_secret()
+    metrics = sec.host_port("metrics")
     return VnetConfig(
-        token=sec.text("token", ""),
+        token=sec.token("token"),
         token_env=sec.text("token_env", ""),
         token_file=sec.text("token_file", ""),
         tls=tls,
         tls_ca=sec.text("tls_ca", ""),
         tls_cert=sec.text("tls_cert", ""),
         tls_key=sec.text("tls_key", ""),
-        tls_server_name=sec.text("tls_server_name", ""),
+        tls_server_name=sec.host("tls_server_name", ""),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
         # Checked here, kept as written (the node parses it when it starts).
-        metrics=sec.text("metrics", "") if _host_port(sec, "metrics") else "",
-        name=sec.text("name", ""),
-        group=sec.text("group", DEFAULT_GROUP),
+        metrics=sec.text("metrics", "") if metrics else "",
+        name=sec.name_text("name", ""),
+        group=sec.name_text("group", DEFAULT_GROUP),
         terminal=sec.boolean("terminal", False),
         startserve=sec.boolean("startserve", True),
         startuse=sec.boolean("startuse", True),
@@ -416,79 +385,71 @@ def _vnet(path: str, parser: configparser.ConfigParser) -> VnetConfig:
     )
 
 
-def _serve(path: str, section: str, values: Mapping[str, str]) -> ServeConfig:
-    sec = _Section(path, section, values, SERVE_KEYS)
-    key = section.partition(".")[2]
+def _serve(problems: Problems, section: Section) -> ServeConfig:
+    sec = SectionReader(problems, section.name, section, SERVE_KEYS)
+    key = section.name.partition(".")[2]
     sec.tcp_only()
     return ServeConfig(
         key=key,
         serveid=sec.serveid(),
-        ip=sec.text("ip", "127.0.0.1"),
+        ip=sec.host("ip", "127.0.0.1"),
         port=sec.port("port"),
-        name=sec.text("name", key),
-        info=sec.text("info", ""),
+        # The name defaults to the section's, checked with the section.
+        name=sec.name_text("name", key),
+        info=sec.name_text("info", "", INFO_MAX),
         active=sec.boolean("active", True),
     )
 
 
-def _use(path: str, section: str, values: Mapping[str, str]) -> UseConfig:
-    sec = _Section(path, section, values, USE_KEYS)
+def _use(problems: Problems, section: Section) -> UseConfig:
+    sec = SectionReader(problems, section.name, section, USE_KEYS)
     sec.tcp_only()
     return UseConfig(
-        key=section.partition(".")[2],
+        key=section.name.partition(".")[2],
         serveid=sec.serveid(),
-        ip=sec.text("ip", "127.0.0.1"),
+        ip=sec.host("ip", "127.0.0.1"),
         port=sec.port("port") if sec.has("port") else None,
         active=sec.boolean("active", True),
     )
 
 
-def _host_port(sec: _Section, key: str) -> tuple[str, int] | None:
-    if not sec.has(key):
-        return None
-    host, _, port = sec.values[key].rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        sec.fail(key, f"{sec.values[key]!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def parse_route_config(path: str, text: str | None) -> RouteSettings:
-    """The route's settings; text None means no file, so the defaults.
+def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
+    """The route's settings and every problem in them; text None: no file, the defaults.
 
     Only [route] and [group.NAME] matter to the route; the other sections of
-    a shared file are checked for their kind only.
+    a shared file are checked for their kind only. Protected mode is checked
+    here too: a route that would refuse to start must not pass `--check`.
     """
+    problems = Problems(path)
     if text is None:
-        return RouteSettings(path=path, listen=RouteConfig())
-    parser = _parser(path, text)
-    listen = _route(path, parser, required=True)
-    sec = _Section(path, "route", parser["route"], ROUTE_KEYS)
-    if sec.has("tls_cert") != sec.has("tls_key"):
-        sec.fail(
-            "tls_key" if sec.has("tls_cert") else "tls_cert", "tls_cert and tls_key go together"
-        )
+        return Checked(RouteSettings(path=path, listen=RouteConfig()), problems, {})
+    sections = read_ini(text, problems)
+    known = _check_section_kinds(sections, problems)
+    listen, sec = _route(problems, sections)
+    sec.pair("tls_cert", "tls_key")
     if sec.has("tls_client_ca") and not sec.has("tls_cert"):
         sec.fail("tls_client_ca", "needs tls_cert and tls_key (client certificates need TLS)")
+    sec.one_secret()
     groups = []
-    for section in parser.sections():
-        if section.startswith("group."):
-            gsec = _Section(path, section, parser[section], GROUP_KEYS)
+    for section in known:
+        if section.name.startswith("group."):
+            gsec = SectionReader(problems, section.name, section, GROUP_KEYS)
+            gsec.one_secret()
             groups.append(
                 GroupConfig(
-                    name=section.partition(".")[2],
-                    token=gsec.text("token", ""),
+                    name=section.name.partition(".")[2],
+                    token=gsec.token("token"),
                     token_env=gsec.text("token_env", ""),
                     token_file=gsec.text("token_file", ""),
                 )
             )
     defaults = RouteLimits()
-    metrics = _host_port(sec, "metrics")
-    return RouteSettings(
-        metrics=metrics,
+    settings = RouteSettings(
+        metrics=sec.host_port("metrics"),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
         path=path,
         listen=listen,
-        token=sec.text("token", ""),
+        token=sec.token("token"),
         token_env=sec.text("token_env", ""),
         token_file=sec.text("token_file", ""),
         groups=tuple(groups),
@@ -506,67 +467,126 @@ def parse_route_config(path: str, text: str | None) -> RouteSettings:
             ),
         ),
     )
+    _protected_mode(settings, sec)
+    return Checked(settings, problems, _where(sections))
 
 
-def parse_node_config(path: str, text: str) -> NodeConfig:
-    """A node's settings, checked whole before anything starts."""
-    parser = _parser(path, text)
-    route = _route(path, parser, required=True)
-    vnet = _vnet(path, parser)
+def _protected_mode(settings: RouteSettings, sec: SectionReader) -> None:
+    if "ip" not in sec.values:
+        return  # reported as required already
+    client_certs = bool(settings.tls_client_ca and settings.tls_cert)
+    reason = insecure_reason(
+        settings.listen.ip,
+        has_tokens=settings.has_tokens,
+        client_certs=client_certs,
+        allow_insecure=False,
+    )
+    if reason and not settings.allow_insecure:
+        sec.fail("ip", reason)
+    elif reason:
+        sec.problems.warn(
+            sec.lines.get("allow_insecure"),
+            "route",
+            "allow_insecure",
+            f"true: anyone who can reach {settings.listen.ip} can use every node's services",
+        )
+
+
+def parse_route_config(path: str, text: str | None) -> RouteSettings:
+    """The route's settings; raises the first problem (see check_route_config)."""
+    checked = check_route_config(path, text)
+    checked.problems.raise_first()
+    return checked.config
+
+
+def check_node_config(path: str, text: str) -> Checked[NodeConfig]:
+    """A node's settings and every problem in them, checked whole before anything starts."""
+    problems = Problems(path)
+    sections = read_ini(text, problems)
+    known = _check_section_kinds(sections, problems)
+    route, _ = _route(problems, sections)
+    vnet = _vnet(problems, sections.get("vnet"))
     serves: list[ServeConfig] = []
     uses: list[UseConfig] = []
-    warnings: list[str] = []
-    for section in parser.sections():
-        if section.startswith("serve."):
-            serves.append(_serve(path, section, parser[section]))
-        elif section.startswith("use."):
-            use = _use(path, section, parser[section])
-            if use.serveid == 0:
-                warnings.append(f"{path}: [{section}] serveid: not set, so this use is disabled")
+    for section in known:
+        if section.name.startswith("serve."):
+            serves.append(_serve(problems, section))
+        elif section.name.startswith("use."):
+            use = _use(problems, section)
+            given = section.entries.get("serveid")
+            # Not set, or 0/000; a bad value is an error, reported already.
+            if given is None or given.value.strip("0") == "":
+                line = (given or section).line
+                problems.warn(line, section.name, "serveid", "not set, so this use is disabled")
             uses.append(use)
-    _check_unique(path, serves, uses)
-    return NodeConfig(
+        elif section.name.startswith("group."):
+            # A route's section in a shared file: its keys are the route's to check.
+            pass
+    _check_unique(problems, sections, serves, uses)
+    config = NodeConfig(
         path=path,
         route=route,
         vnet=vnet,
         serves=tuple(serves),
         uses=tuple(uses),
-        warnings=tuple(warnings),
+        warnings=tuple(str(w) for w in problems.warnings),
     )
+    return Checked(config, problems, _where(sections))
 
 
-def _check_unique(path: str, serves: list[ServeConfig], uses: list[UseConfig]) -> None:
+def parse_node_config(path: str, text: str) -> NodeConfig:
+    """A node's settings; raises the first problem (see check_node_config)."""
+    checked = check_node_config(path, text)
+    checked.problems.raise_first()
+    return checked.config
+
+
+def _check_unique(
+    problems: Problems,
+    sections: Mapping[str, Section],
+    serves: list[ServeConfig],
+    uses: list[UseConfig],
+) -> None:
+    """Serve names, serveids and use ports: one dict each, so linear in the file."""
+
+    def line(section: str, key: str) -> int | None:
+        sec = sections.get(section)
+        return sec.entries.get(key, sec).line if sec else None
+
     names: dict[str, str] = {}
     static: dict[int, str] = {}
     for serve in serves:
         section = f"serve.{serve.key}"
         if serve.name in names:
-            raise ConfigError(
-                path,
+            problems.error(
+                line(section, "name"),
                 section,
                 "name",
-                f"{serve.name!r} is already the name of [{names[serve.name]}]",
+                f"{shown(serve.name)} is already the name of [{label(names[serve.name])}]",
             )
-        names[serve.name] = section
+        else:
+            names[serve.name] = section
         if serve.serveid and serve.serveid in static:
-            raise ConfigError(
-                path,
+            problems.error(
+                line(section, "serveid"),
                 section,
                 "serveid",
-                f"{serve.serveid} is already used by [{static[serve.serveid]}]",
+                f"{serve.serveid} is already used by [{label(static[serve.serveid])}]",
             )
-        if serve.serveid:
+        elif serve.serveid:
             static[serve.serveid] = section
     listens: dict[tuple[str, int], str] = {}
     for use in uses:
         if use.port is None or use.serveid == 0:
             continue
         where = (use.ip, use.port)
+        section = f"use.{use.key}"
         if where in listens:
-            raise ConfigError(
-                path,
-                f"use.{use.key}",
+            problems.error(
+                line(section, "port"),
+                section,
                 "port",
-                f"{use.port} is already the port of [{listens[where]}]",
+                f"{use.port} is already the port of [{label(listens[where])}]",
             )
-        listens[where] = f"use.{use.key}"
+        else:
+            listens[where] = section

@@ -13,17 +13,26 @@ class VnetError(Exception):
 
 
 class ConfigError(VnetError):
-    """A configuration file is wrong; names the file, section and key at fault."""
+    """A configuration file is wrong; names the file, line, section and key at fault."""
 
-    def __init__(self, path: str, section: str | None, key: str | None, reason: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        section: str | None,
+        key: str | None,
+        reason: str,
+        line: int | None = None,
+    ) -> None:
         self.path = path
         self.section = section
         self.key = key
         self.reason = reason
+        self.line = line
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = self.path
+        # "file:line:" as compilers write it, so editors can jump there.
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
         if self.section is not None:
             where += f": [{self.section}]"
         if self.key is not None:

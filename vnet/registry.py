@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 from vnet.config import SERVEID_MAX, STATIC_SERVEID_MIN
 from vnet.errors import InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
+from vnet.limits import HOST_MAX, INFO_MAX, NAME_MAX, text_problem
 
 DYNAMIC_RANGE = range(1, STATIC_SERVEID_MIN)
-NAME_MAX = 64
-INFO_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ class Registry:
             raise InvalidRequest(f"type {type!r} is not supported (tcp only)")
         _check_text("name", name, NAME_MAX)
         _check_text("info", info, INFO_MAX)
-        _check_text("ip", ip, NAME_MAX)
+        _check_text("ip", ip, HOST_MAX)
         group = self._serves.setdefault(vnet.group, {})
         holder = group.get(serveid)
         replaced: Serve | None = None
@@ -200,7 +199,7 @@ def _vnet_order(vnet: Vnet) -> tuple[int, str]:
 
 
 def _check_text(what: str, value: str, limit: int) -> None:
-    if len(value) > limit:
-        raise InvalidRequest(f"{what} is longer than {limit} characters")
-    if any(ord(ch) < 32 for ch in value):
-        raise InvalidRequest(f"{what} contains control characters")
+    # The same limits and wording as the config check (vnet.limits).
+    problem = text_problem(value, limit)
+    if problem:
+        raise InvalidRequest(f"{what} {problem}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from vnet.auth import PenaltyPolicy, TokenTable
 from vnet.config import RouteSettings, resolve_secret
+from vnet.errors import ConfigError
 from vnet.files import read_pem, read_text
 
 
@@ -33,16 +34,34 @@ class RouteSecurity:
 
 
 def load_security(
-    settings: RouteSettings, environ: Mapping[str, str] | None = None
+    settings: RouteSettings,
+    environ: Mapping[str, str] | None = None,
+    problems: list[ConfigError] | None = None,
 ) -> RouteSecurity:
     """Resolve the route's tokens and read its TLS files.
 
-    Raises ConfigError naming the key at fault, before anything starts.
+    Raises the first ConfigError (naming the key at fault) before anything
+    starts; with problems given, appends every one there instead and returns
+    what could be read, so that `--check` reports all the missing files.
     """
     env = os.environ if environ is None else environ
+    found: list[ConfigError] = []
 
     def secret(section: str, token: str, token_env: str, token_file: str) -> str:
-        return resolve_secret(settings.path, section, token, token_env, token_file, env, read_text)
+        try:
+            return resolve_secret(
+                settings.path, section, token, token_env, token_file, env, read_text
+            )
+        except ConfigError as exc:
+            found.append(exc)
+            return ""
+
+    def pem(key: str, path: str) -> bytes:
+        try:
+            return read_pem(settings.path, "route", key, path)
+        except ConfigError as exc:
+            found.append(exc)
+            return b""
 
     all_groups = secret("route", settings.token, settings.token_env, settings.token_file)
     per_group = {
@@ -50,11 +69,8 @@ def load_security(
         for g in settings.groups
     }
     tls = None
-    if settings.tls_cert:
-
-        def pem(key: str, path: str) -> bytes:
-            return read_pem(settings.path, "route", key, path)
-
+    # Both or neither: the config check reports a lone one.
+    if settings.tls_cert and settings.tls_key:
         tls = ServerTls(
             cert_chain=pem("tls_cert", settings.tls_cert),
             private_key=pem("tls_key", settings.tls_key),
@@ -62,4 +78,8 @@ def load_security(
             if settings.tls_client_ca
             else None,
         )
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise found[0]
     return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls)

@@ -35,6 +35,7 @@ from vnet.errors import (
     Unauthenticated,
     VnetError,
 )
+from vnet.limits import HOST_MAX
 from vnet.registry import Registry, Serve, Vnet
 from vnet.route_security import RouteSecurity
 from vnet.splice import Leg, Splice, SpliceStats
@@ -380,7 +381,7 @@ class RouteServicer:
         if not 1 <= request.port <= 65535:
             raise InvalidRequest(f"port {request.port} is out of range (1-65535)")
         ip = request.ip or "127.0.0.1"
-        if len(ip) > 253 or any(ord(ch) <= 32 for ch in ip):
+        if len(ip) > HOST_MAX or any(ord(ch) <= 32 for ch in ip):
             raise InvalidRequest("ip is not an address or host name")
         request_id = secrets.token_hex(8)
         answer: asyncio.Future[pb.AnswerUnserveRequest] = asyncio.get_running_loop().create_future()
