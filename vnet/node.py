@@ -642,7 +642,9 @@ class Node:
                 "serveid": event.serveid,
                 "tunnel": event.tunnel_id,
             }
-            await tunnel.relay(reader, writer, call, label, fields, pacer=self.pacer)
+            await tunnel.relay(
+                reader, writer, call, label, fields, pacer=self.pacer, local="the service"
+            )
         finally:
             if offered:
                 self.unserves.closed(event.serveid)

@@ -4,7 +4,9 @@ Two pumps, one per direction. Socket EOF becomes a fin frame (the far end
 shuts down its write side); a received fin shuts down ours. Anything abnormal
 (a socket error, a reset frame, the stream failing or ending without fin)
 resets the local socket with RST and cancels the call, which makes the route
-reset the far end: a truncated transfer never looks complete.
+reset the far end: a truncated transfer never looks complete. When it was
+the local socket that failed, a reset frame saying so goes first (if no
+write is under way on the call), so the far node can tell its user why.
 """
 
 from __future__ import annotations
@@ -31,8 +33,42 @@ log = logging.getLogger(__name__)
 READER_LIMIT = 2 * pacing.BULK_READ
 
 
+# How long a reset frame for the far end may take before the call is cancelled anyway.
+TELL_TIMEOUT = 2.0
+
+
 class TunnelReset(Exception):
     """The far end reset the tunnel, or the stream failed."""
+
+
+class LocalFailure(Exception):
+    """The local socket failed (reset, broken pipe, ...): not the tunnel's doing."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    @property
+    def was_reset(self) -> bool:
+        # uvloop raises RuntimeError for a write on a transport it closed
+        # after a read error: that is the reset (or failure) that closed it.
+        return isinstance(self.error, ConnectionResetError | RuntimeError)
+
+    def detail(self) -> str:
+        err = self.error
+        return (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).lower()
+
+
+class _Sending:
+    """What the upstream pump is doing to the call, so a reset frame can follow safely."""
+
+    __slots__ = ("writing", "ended")
+
+    def __init__(self) -> None:
+        # Inside call.write: another write now would clash with it.
+        self.writing = False
+        # The fin went out: nothing may follow it.
+        self.ended = False
 
 
 @dataclass
@@ -60,22 +96,32 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
 
 
 async def _upstream(
-    reader: asyncio.StreamReader, call: Any, counters: Counters, pacer: pacing.Pacer
+    reader: asyncio.StreamReader,
+    call: Any,
+    counters: Counters,
+    pacer: pacing.Pacer,
+    sending: _Sending,
 ) -> None:
     loop = asyncio.get_running_loop()
     lane = pacing.Lane()
     while True:
-        data = await reader.read(pacer.read_size(lane, loop.time()))
+        try:
+            data = await reader.read(pacer.read_size(lane, loop.time()))
+        except OSError as exc:
+            raise LocalFailure(exc) from None
         if not data:
             break
         pacer.note(lane, len(data), loop.time())
+        sending.writing = True
         await call.write(wire.encode_data(data))
+        sending.writing = False
         counters.bytes_out += len(data)
         pause = pacer.pause(lane, len(data), loop.time())
         if pause:
             await asyncio.sleep(pause)
     # No half-close after it: the route stops reading at a fin, and the
     # extra operation cost 7% of the tunnel setup rate.
+    sending.writing = sending.ended = True
     await call.write(wire.FIN_FRAME)
 
 
@@ -92,17 +138,20 @@ async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counter
         if got_fin:
             raise TunnelReset("frame after fin")
         if kind is wire.FrameKind.DATA:
-            writer.write(payload)  # type: ignore[arg-type]
-            counters.bytes_in += len(payload)
-            await writer.drain()
+            try:
+                writer.write(payload)  # type: ignore[arg-type]
+                counters.bytes_in += len(payload)
+                await writer.drain()
+            except (OSError, RuntimeError) as exc:
+                raise LocalFailure(exc) from None
         elif kind is wire.FrameKind.FIN:
             got_fin = True
             if writer.can_write_eof():
                 writer.write_eof()
         else:
-            raise TunnelReset(f"reset by peer: {payload!s}")
+            raise TunnelReset(f"reset by the far end: {payload!s}")
     if not got_fin:
-        raise TunnelReset("stream ended without fin")
+        raise TunnelReset("reset by the route: the stream ended without fin")
 
 
 async def relay(
@@ -113,40 +162,55 @@ async def relay(
     fields: dict[str, object] | None = None,
     counters: Counters = _NO_COUNTERS,
     pacer: pacing.Pacer | None = None,
+    local: str = "the client",
 ) -> bool:
     """Carry one connection over call until both directions end.
 
     Returns True for a clean close, False when the tunnel was reset. Never
     raises for network trouble; the reason is logged, with `fields` (vnetid,
-    serveid, tunnel) as structured fields for JSON logs.
+    serveid, tunnel) as structured fields for JSON logs. `local` names the
+    local end in those reasons ("the client", "the service").
     """
     counters.opened += 1
     counters.open += 1
-    up = asyncio.create_task(_upstream(reader, call, counters, pacer or pacing.Pacer()))
+    sending = _Sending()
+    up = asyncio.create_task(_upstream(reader, call, counters, pacer or pacing.Pacer(), sending))
     down = asyncio.create_task(_downstream(call, writer, counters))
     reason = ""
+    failure: LocalFailure | None = None
     try:
         # Returns when either pump failed, or when both finished cleanly.
         done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            exc = task.exception()
-            if exc is not None:
-                reason = _describe(exc)
-                break
+        cause = _cause(done)
+        if isinstance(cause, grpc.aio.AioRpcError) and not down.done():
+            # The call has ended (a write found it over): a reset frame that
+            # came before its status, still to be read, says why.
+            await asyncio.wait({down}, timeout=TELL_TIMEOUT)
+            cause = _cause({up, down})
+        if cause is not None:
+            reason = _describe(cause, local)
+            if isinstance(cause, LocalFailure):
+                failure = cause
     except asyncio.CancelledError:
-        reason = "node stopping"
+        reason = "reset: the node is stopping"
         raise
     finally:
         counters.open -= 1
         extra = fields or {}
         if reason:
             counters.resets += 1
-            for task in (up, down):
-                task.cancel()
-            call.cancel()
             reset_socket(writer)
+            # A cancel of a pump inside a call operation cancels the call, so
+            # the reset frame goes out before the pumps are stopped, and only
+            # when no write of upstream's is under way.
+            quiet = not (sending.writing or sending.ended)
+            up.cancel()
+            if failure is not None and quiet:
+                await _tell(call, _for_the_far_end(failure, local))
+            down.cancel()
+            call.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
-            log.info("%s: reset (%s)", label, reason, extra=extra)
+            log.info("%s: %s", label, reason, extra=extra)
         else:
             writer.close()
             with contextlib.suppress(OSError):
@@ -155,12 +219,43 @@ async def relay(
     return not reason
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"stream failed: {exc.code().name} {exc.details() or ''}".strip()
+def _cause(tasks: set[asyncio.Task[None]]) -> BaseException | None:
+    """Of the pumps' failures, the one that says best why the tunnel ended:
+    the local socket's, then the far end's reset, then the stream's."""
+    errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+    ranked = sorted(
+        (e for e in errors if e is not None),
+        key=lambda e: (not isinstance(e, LocalFailure), not isinstance(e, TunnelReset)),
+    )
+    return ranked[0] if ranked else None
+
+
+def _describe(exc: BaseException, local: str) -> str:
+    """Why the tunnel was reset, for this node's log."""
+    if isinstance(exc, LocalFailure):
+        if exc.was_reset:
+            return f"reset by {local} ({exc.detail()})"
+        return f"reset: {local}'s connection failed ({exc.detail()})"
     if isinstance(exc, TunnelReset):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = exc.details() or ""
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and details == "tunnel reset":
+            return "reset by the route"
+        return f"reset: the stream to the route failed ({exc.code().name.lower()}: {details})"
+    return f"reset: {type(exc).__name__}: {exc}"
+
+
+def _for_the_far_end(failure: LocalFailure, local: str) -> str:
+    if failure.was_reset:
+        return f"{local} reset the connection"
+    return f"{local}'s connection failed ({failure.detail()})"
+
+
+async def _tell(call: Any, reason: str) -> None:
+    """Send the far end a reset frame with the reason; bounded, best effort."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(call.write(wire.encode_reset(reason)), TELL_TIMEOUT)
 
 
 async def refuse(call: Any, reason: str) -> None:
