@@ -34,7 +34,7 @@ from vnet.client import (
     client_for,
 )
 from vnet.config import NodeConfig, ServeConfig, UseConfig
-from vnet.errors import NotFound, RouteUnavailable, VnetError
+from vnet.errors import NotFound, RouteUnavailable, Unauthenticated, VnetError
 from vnet.node_state import NodeRequestError, NodeTimeouts, ServeState
 from vnet.pacing import Pacer
 from vnet.registry import Serve
@@ -42,6 +42,22 @@ from vnet.unserves import Unserves
 from vnet.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
+
+SESSION_FORGOTTEN = "the route restarted; joining again as a new session"
+
+
+def lost_words(exc: VnetError, joined: bool) -> str:
+    """What to log for a failure of the route's: the credentials text only
+    when Join itself refused them.
+
+    An UNAUTHENTICATED once joined (on the control stream, or on a call with
+    the session Join just gave) means the route no longer knows the session:
+    it restarted, or dropped it while stopping. Repeating "invalid or missing
+    credentials" then would send the user after a token that is fine.
+    """
+    if joined and (isinstance(exc, Unauthenticated) or isinstance(exc.__cause__, Unauthenticated)):
+        return SESSION_FORGOTTEN
+    return str(exc)
 
 
 class Node:
@@ -82,6 +98,8 @@ class Node:
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot = asyncio.Event()
+        # Whether the last _join got past Join itself (see lost_words).
+        self._joined = False
         self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
 
     @property
@@ -147,7 +165,9 @@ class Node:
         """Connect, join (taking the last session over, if any), open control."""
         cfg = self.config
         await self.client.connect(self.timeouts.connect)
+        self._joined = False
         joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
+        self._joined = True
         restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
         self.vnetid, self.group, self.boot_id = joined.vnetid, joined.group, joined.boot_id
         self._resume = (joined.vnetid, joined.resume_token)
@@ -182,7 +202,7 @@ class Node:
                 await self._control
                 why = "the route closed the control stream"
             except RouteUnavailable as exc:
-                why = str(exc)
+                why = lost_words(exc, joined=True)
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
             await self._reconnect(why)
@@ -210,7 +230,11 @@ class Node:
                 await self._join()
                 break
             except VnetError as exc:
-                log.info("reconnect attempt %d failed: %s", attempt, exc)
+                why = lost_words(exc, self._joined)
+                if why == SESSION_FORGOTTEN:
+                    log.info("reconnect attempt %d: %s", attempt, why)
+                else:
+                    log.info("reconnect attempt %d failed: %s", attempt, why)
                 delay = min(delay * 2, self.timeouts.reconnect_max)
         for state in self.serves.values():
             if state.running and state.serveid is None:
@@ -224,6 +248,11 @@ class Node:
         )
 
     async def stop(self) -> None:
+        if self.connected:
+            # Say so, so the route logs a leave and not a lost connection;
+            # best effort (an old route has no Leave, a dying link no answer).
+            with contextlib.suppress(VnetError):
+                await self.client.leave()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(BaseException):

@@ -55,6 +55,7 @@ def method_handlers(servicer: RouteServicer) -> grpc.GenericRpcHandler:
             "ListServes": unary(servicer.ListServes, pb.ListServesRequest, pb.ListServesResponse),
             "ListVnets": unary(servicer.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
             "Ping": unary(servicer.Ping, pb.PingRequest, pb.PingResponse),
+            "Leave": unary(servicer.Leave, pb.LeaveRequest, pb.LeaveResponse),
             "Unserve": unary(servicer.Unserve, pb.UnserveRequest, pb.UnserveResponse),
             "AnswerUnserve": unary(
                 servicer.AnswerUnserve, pb.AnswerUnserveRequest, pb.AnswerUnserveResponse

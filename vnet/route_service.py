@@ -72,6 +72,9 @@ class RouteTimeouts:
 
 _TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
 
+# Why a session ended, when its node said it was leaving (Leave).
+LEFT = "left"
+
 # One answer for every authentication failure, so it tells nothing.
 BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
 
@@ -215,19 +218,23 @@ class RouteServicer:
         gone = self.registry.remove_vnet(session.vnet.vnetid)
         for serve in gone:
             self._serve_removed(serve, session.vnet.group)
+        left = why == LEFT
         for splice in list(session.splices):
-            splice.abort(f"vnet {session.vnet.vnetid} left")
+            splice.abort(f"vnet {session.vnet.vnetid} {'left' if left else 'is gone'}")
         for tunnel_id, pending in list(self.pending.items()):
             if session in (pending.owner, pending.dialer):
                 del self.pending[tunnel_id]
                 if not pending.splice.done():
                     pending.splice.set_exception(NotFound("the serve's vnet left"))
+        # "left" only for a node that said so (Leave): a control stream
+        # that broke is a lost connection, whatever the node meant.
         log.info(
-            "vnet %s (%s) left group %s: %s; %d serve(s) withdrawn",
+            "vnet %s (%s) %s group %s%s; %d serve(s) withdrawn",
             session.vnet.vnetid,
             session.vnet.name,
+            "left" if left else "dropped from",
             session.vnet.group,
-            why,
+            "" if left else f": {why}",
             len(gone),
         )
 
@@ -361,6 +368,12 @@ class RouteServicer:
             vnets=[wire.vnet_to_pb(v, self.registry.serve_count(v.vnetid)) for v in vnets]
         )
 
+    async def Leave(
+        self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.LeaveResponse:
+        self._drop(self._session(context), LEFT)
+        return pb.LeaveResponse()
+
     async def Ping(
         self, request: pb.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PingResponse:
@@ -443,7 +456,7 @@ class RouteServicer:
             )
             while not session.closed:
                 yield await session.events.get()
-            why = "dropped"
+            why = "its control stream was not read"
         except asyncio.CancelledError:
             why = "connection lost"
             raise
