@@ -4,10 +4,14 @@ with no traceback or gRPC internals anywhere (in-process route and nodes)."""
 from __future__ import annotations
 
 import logging
+import re
+import signal
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeNode, use_port, wait_until
+from tests.conftest import MakeNode, free_port, use_port, wait_until
+from tests.procs import Procs, command, node_ini
 from tests.services import resetting_server, send_until_reset
 from vnet.config import ServeConfig, UseConfig
 
@@ -57,4 +61,54 @@ async def test_a_service_reset_is_logged_as_one(
     assert all("reset by the far end: the service reset the connection" in x for x in away), away
     levels = {r.levelno for r in caplog.records if r.name == "vnet.tunnel"}
     assert levels == {logging.INFO}
+    await service.close()
+
+
+@pytest.mark.e2e
+async def test_the_real_commands_log_resets_and_departures_truthfully(
+    procs: Procs, tmp_path: Path
+) -> None:
+    # The real programs (uvloop, their own logging set-up), all at DEBUG.
+    service = await resetting_server()
+    route_port, use = free_port(), free_port()
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={route_port}\n")
+    (tmp_path / "home.ini").write_text(
+        node_ini(route_port, f"[vnet]\nname=home\n[serve.x]\nserveid=701\nport={service.port}\n")
+    )
+    (tmp_path / "office.ini").write_text(
+        node_ini(route_port, f"[vnet]\nname=office\n[use.x]\nserveid=701\nport={use}\n")
+    )
+    debug = ("--log-level", "debug")
+    route = await procs.start("route", command("vnet-route"), "route.ini", *debug)
+    await route.wait_for_line("route listening on")
+    home = await procs.start("home", command("vnet"), "home.ini", *debug)
+    await home.wait_for_line("registered as serveid 701")
+    office = await procs.start("office", command("vnet"), "office.ini", *debug)
+    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    rounds = 3
+    for _ in range(rounds):
+        await send_until_reset(use)
+    await wait_until(
+        lambda: (
+            office.output().count("reset by the far end: the service reset the connection")
+            >= rounds
+            and home.output().count("reset by the service") >= rounds
+        ),
+        "both nodes to log each reset",
+    )
+    # A clean stop leaves; a killed node is lost.
+    assert await office.stop(signal.SIGTERM) == 0
+    await route.wait_for_line("vnet 02 (office) left group default; 0 serve(s) withdrawn")
+    await home.stop(signal.SIGKILL)
+    await route.wait_for_line(
+        "vnet 01 (home) dropped from group default: connection lost; 1 serve(s) withdrawn"
+    )
+    for proc in (route, home, office):
+        text = proc.output()
+        for bad in NOT_A_RESET:
+            assert bad not in text, f"{proc.name} logged {bad!r}:\n{text}"
+        assert not re.search(r"^\S+ \S+ (WARNING|ERROR|CRITICAL)", text, re.M), text
+    for line in office.output().splitlines() + home.output().splitlines():
+        if "vnet.tunnel" in line:
+            assert " INFO " in line, line
     await service.close()

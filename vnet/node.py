@@ -100,6 +100,8 @@ class Node:
         self._snapshot = asyncio.Event()
         # Whether the last _join got past Join itself (see lost_words).
         self._joined = False
+        # The route said it is stopping (going_away): its stream's end is no surprise.
+        self._going_away = False
         self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
 
     @property
@@ -165,7 +167,7 @@ class Node:
         """Connect, join (taking the last session over, if any), open control."""
         cfg = self.config
         await self.client.connect(self.timeouts.connect)
-        self._joined = False
+        self._joined = self._going_away = False
         joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
         self._joined = True
         restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
@@ -192,7 +194,9 @@ class Node:
         """Until the node stops; raises RouteUnavailable if the route went
         away and reconnecting is off (reconnect_max 0)."""
         assert self._supervisor is not None
-        await self._supervisor
+        # Shielded: a waiter cancelled (Ctrl-C, SIGTERM) must not take the
+        # control stream down with it before stop() has said Leave.
+        await asyncio.shield(self._supervisor)
 
     async def _supervise(self) -> None:
         """Reconnect whenever the route goes away, for as long as the node runs."""
@@ -203,6 +207,9 @@ class Node:
                 why = "the route closed the control stream"
             except RouteUnavailable as exc:
                 why = lost_words(exc, joined=True)
+            if self._going_away:
+                # Not "Cancelling all calls" or the like: it stopped, and said so.
+                why = "the route stopped"
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
             await self._reconnect(why)
@@ -345,6 +352,7 @@ class Node:
             self._spawn(self.unserves.answer(event))
             return
         if isinstance(event, GoingAway):
+            self._going_away = True
             log.warning(
                 "the route is going away (%s); open tunnels have %.1fs",
                 event.reason,

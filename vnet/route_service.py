@@ -74,6 +74,7 @@ _TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
 
 # Why a session ended, when its node said it was leaving (Leave).
 LEFT = "left"
+STOPPING = "route stopping"
 
 # One answer for every authentication failure, so it tells nothing.
 BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
@@ -219,8 +220,14 @@ class RouteServicer:
         for serve in gone:
             self._serve_removed(serve, session.vnet.group)
         left = why == LEFT
+        if left:
+            because = f"vnet {session.vnet.vnetid} left"
+        elif why == STOPPING:
+            because = "the route is stopping"
+        else:
+            because = f"vnet {session.vnet.vnetid} is gone ({why})"
         for splice in list(session.splices):
-            splice.abort(f"vnet {session.vnet.vnetid} {'left' if left else 'is gone'}")
+            splice.abort(because)
         for tunnel_id, pending in list(self.pending.items()):
             if session in (pending.owner, pending.dialer):
                 del self.pending[tunnel_id]
@@ -649,4 +656,4 @@ class RouteServicer:
         for timer in list(self._timers):
             timer.cancel()
         for session in list(self.sessions.values()):
-            self._drop(session, "route stopping")
+            self._drop(session, STOPPING)
