@@ -112,3 +112,35 @@ async def test_the_real_commands_log_resets_and_departures_truthfully(
         if "vnet.tunnel" in line:
             assert " INFO " in line, line
     await service.close()
+
+
+@pytest.mark.e2e
+async def test_a_reset_reaches_a_client_that_sends_without_reading(
+    procs: Procs, tmp_path: Path
+) -> None:
+    # The service answers, then resets while the client is still uploading
+    # and not reading (an HTTP server refusing a large upload, say). Flow
+    # control is full both ways; the reset must still reach the client.
+    service = await resetting_server(send=300_000)
+    route_port, use = free_port(), free_port()
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={route_port}\n")
+    (tmp_path / "home.ini").write_text(
+        node_ini(route_port, f"[vnet]\nname=home\n[serve.x]\nserveid=701\nport={service.port}\n")
+    )
+    (tmp_path / "office.ini").write_text(
+        node_ini(route_port, f"[vnet]\nname=office\n[use.x]\nserveid=701\nport={use}\n")
+    )
+    route = await procs.start("route", command("vnet-route"), "route.ini", "--log-level", "debug")
+    await route.wait_for_line("route listening on")
+    home = await procs.start("home", command("vnet"), "home.ini")
+    await home.wait_for_line("registered as serveid 701")
+    office = await procs.start("office", command("vnet"), "office.ini")
+    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    for _ in range(8):
+        await send_until_reset(use)
+    for proc in (route, home, office):
+        text = proc.output()
+        for bad in NOT_A_RESET:
+            assert bad not in text, f"{proc.name} logged {bad!r}:\n{text}"
+        assert not re.search(r"^\S+ \S+ (WARNING|ERROR|CRITICAL)", text, re.M), text
+    await service.close()

@@ -85,7 +85,9 @@ async def end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, byt
     if leg.told or context.done():
         return
     try:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel reset")
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"tunnel reset: {leg.why}" if leg.why else "tunnel reset"
+        )
     except grpc.aio.InternalError as exc:  # ExecuteBatchError: core refused the status
         log.debug("tunnel reset; its stream could not be given a status: %s", exc)
 

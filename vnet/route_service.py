@@ -523,6 +523,12 @@ class RouteServicer:
         A coroutine of its own so that its frame (the pending entry, the
         future) is gone while the tunnel runs.
         """
+        # Response headers first, before the other leg's pump can write here
+        # (one writer per context): then a write cut off by a cancel cannot
+        # hold them too, and an abort after it still ends the call
+        # (route_rpc.end_unless_told) instead of failing in core and leaving
+        # the dialling node hanging.
+        await context.send_initial_metadata(())
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
         tunnel_id = _metadata(context, wire.MD_TUNNEL)
@@ -566,6 +572,10 @@ class RouteServicer:
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
+        # Headers first, as in _accepted, before the dialling side's pump can
+        # write to this leg; the lookup below comes after, with no await
+        # between it and the splice's hand-over.
+        await context.send_initial_metadata(())
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
             session = self._session(context)

@@ -41,6 +41,9 @@ class SpliceStats:
     bytes_to_dialer: int = 0
 
 
+# Who is at the end of each leg, in the reasons a reset frame carries to the nodes.
+_NODE = {"dial": "the dialling node", "accept": "the serving node"}
+
 # A leg's pump: not started yet, running, ended.
 _IDLE, _PUMPING, _PUMPED = 0, 1, 2
 
@@ -49,7 +52,7 @@ class Leg:
     """One stream of a tunnel, and the pump that reads it."""
 
     # Slots: a route holds two of these per open tunnel.
-    __slots__ = ("ctx", "task", "state", "stopped", "finished", "ending", "told")
+    __slots__ = ("ctx", "task", "state", "stopped", "finished", "ending", "told", "why")
 
     def __init__(self, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         self.ctx = ctx
@@ -66,6 +69,9 @@ class Leg:
         # A fin or reset frame was written to this leg's stream: its node knows
         # how the tunnel ended. If not, the RPC must not end with OK.
         self.told = False
+        # Why the tunnel was reset, when the reset frame could not be written:
+        # the RPC's status says it instead.
+        self.why = ""
 
 
 class Splice:
@@ -182,11 +188,11 @@ class Splice:
                     )
                     self._stop(dst)
                 else:
-                    reason = f"{name} side ended without fin"
+                    reason = f"{_NODE[name]}'s stream ended without fin"
             except asyncio.CancelledError:
                 other = "accept" if to_serve else "dial"
                 reason = self._abort_reason or (
-                    f"{other} side reset" if src.stopped else f"{name} side went away"
+                    f"{_NODE[other]} reset it" if src.stopped else f"{_NODE[name]} went away"
                 )
                 cancelled = True
             except grpc.aio.BaseError:
@@ -194,7 +200,7 @@ class Splice:
                 # ended (its node cancelled it), usually the other one.
                 reason = "a stream of the tunnel had ended"
             except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
-                reason = f"{name} side failed: {type(exc).__name__}"
+                reason = f"{_NODE[name]}'s stream failed: {type(exc).__name__}"
             if reason:
                 src.ending = True
                 await self._tell_reset(dst, reason)
@@ -218,7 +224,7 @@ class Splice:
         try:
             if not src.stopped:
                 src.ending = True
-                await self._tell_reset(dst, f"{self._name(src)} side went away")
+                await self._tell_reset(dst, f"{_NODE[self._name(src)]} went away")
         finally:
             if dst.state == _PUMPED:
                 self._finish()
@@ -251,6 +257,8 @@ class Splice:
         try:
             await self._shielded(self._forward(dst, wire.encode_reset(reason)))
         finally:
+            if not dst.told:
+                dst.why = reason
             self._stop(dst)
 
     @staticmethod

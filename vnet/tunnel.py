@@ -56,19 +56,24 @@ class LocalFailure(Exception):
 
     def detail(self) -> str:
         err = self.error
+        if isinstance(err, RuntimeError):
+            # uvloop's "unable to perform operation on <TCPTransport closed=True ...>".
+            return "connection lost"
         return (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).lower()
 
 
 class _Sending:
     """What the upstream pump is doing to the call, so a reset frame can follow safely."""
 
-    __slots__ = ("writing", "ended")
+    __slots__ = ("writing", "ended", "halted")
 
     def __init__(self) -> None:
         # Inside call.write: another write now would clash with it.
         self.writing = False
         # The fin went out: nothing may follow it.
         self.ended = False
+        # Stop after the write under way: a reset frame is to follow it.
+        self.halted = False
 
 
 @dataclass
@@ -116,6 +121,8 @@ async def _upstream(
         await call.write(wire.encode_data(data))
         sending.writing = False
         counters.bytes_out += len(data)
+        if sending.halted:
+            return
         pause = pacer.pause(lane, len(data), loop.time())
         if pause:
             await asyncio.sleep(pause)
@@ -180,13 +187,14 @@ async def relay(
     failure: LocalFailure | None = None
     try:
         # Returns when either pump failed, or when both finished cleanly.
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
-        cause = _cause(done)
-        if isinstance(cause, grpc.aio.AioRpcError) and not down.done():
-            # The call has ended (a write found it over): a reset frame that
-            # came before its status, still to be read, says why.
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
+        cause = _cause(up, down)
+        if cause is not None and not isinstance(cause, LocalFailure) and not down.done():
+            # A write found the call over ("Internal error from Core", "RPC
+            # already finished"): what the route said, a reset frame or the
+            # call's status, is still to be read, and says why.
             await asyncio.wait({down}, timeout=TELL_TIMEOUT)
-            cause = _cause({up, down})
+            cause = _cause(up, down)
         if cause is not None:
             reason = _describe(cause, local)
             if isinstance(cause, LocalFailure):
@@ -202,10 +210,15 @@ async def relay(
             reset_socket(writer)
             # A cancel of a pump inside a call operation cancels the call, so
             # the reset frame goes out before the pumps are stopped, and only
-            # when no write of upstream's is under way.
-            quiet = not (sending.writing or sending.ended)
+            # after the write of upstream's under way, if any (bounded: the
+            # route may not be reading). A cancel landing mid-write would also
+            # cut the route's relay of that frame short.
+            if failure is not None and not sending.ended:
+                sending.halted = True
+                if sending.writing and not up.done():
+                    await asyncio.wait({up}, timeout=TELL_TIMEOUT)
             up.cancel()
-            if failure is not None and quiet:
+            if failure is not None and not (sending.writing or sending.ended):
                 await _tell(call, _for_the_far_end(failure, local))
             down.cancel()
             call.cancel()
@@ -219,15 +232,19 @@ async def relay(
     return not reason
 
 
-def _cause(tasks: set[asyncio.Task[None]]) -> BaseException | None:
+def _cause(up: asyncio.Task[None], down: asyncio.Task[None]) -> BaseException | None:
     """Of the pumps' failures, the one that says best why the tunnel ended:
-    the local socket's, then the far end's reset, then the stream's."""
-    errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
-    ranked = sorted(
-        (e for e in errors if e is not None),
-        key=lambda e: (not isinstance(e, LocalFailure), not isinstance(e, TunnelReset)),
-    )
-    return ranked[0] if ranked else None
+    the local socket's, then the far end's reset, then what reading the call
+    said (its status), then what writing to it did."""
+    ranked = []
+    for task, rank in ((down, 2), (up, 3)):
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            if isinstance(exc, LocalFailure):
+                rank = 0
+            elif isinstance(exc, TunnelReset):
+                rank = 1
+            ranked.append((rank, exc))
+    return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
 
 def _describe(exc: BaseException, local: str) -> str:
@@ -240,9 +257,18 @@ def _describe(exc: BaseException, local: str) -> str:
         return str(exc)
     if isinstance(exc, grpc.aio.AioRpcError):
         details = exc.details() or ""
-        if exc.code() is grpc.StatusCode.UNAVAILABLE and details == "tunnel reset":
-            return "reset by the route"
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and details.startswith("tunnel reset"):
+            # The route's own word (vnet.route_rpc.end_unless_told), with its reason.
+            return "reset by the route" + details.removeprefix("tunnel reset")
+        if exc.code() is grpc.StatusCode.INTERNAL:
+            # What a write meets when the route ended the call under it, as it
+            # does when the far end reset (its reset frame, if any, is stuck
+            # behind data this node's client has not read yet).
+            return "reset by the far end (the route ended the stream)"
         return f"reset: the stream to the route failed ({exc.code().name.lower()}: {details})"
+    if isinstance(exc, asyncio.InvalidStateError):
+        # grpc.aio's "RPC already finished": a write after the route ended the call.
+        return "reset by the far end (the route ended the stream)"
     return f"reset: {type(exc).__name__}: {exc}"
 
 
