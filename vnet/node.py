@@ -422,7 +422,13 @@ class Node:
         try:
             return await self._register(state)
         except VnetError as exc:
-            log.error("[serve.%s] not registered: %s", state.key, exc)
+            why = lost_words(exc, joined=True)
+            if why == SESSION_FORGOTTEN:
+                # Not an error of the serve's: the node registers it again on rejoining.
+                state.error = why
+                log.warning("[serve.%s] not registered yet: %s", state.key, why)
+            else:
+                log.error("[serve.%s] not registered: %s", state.key, why)
             return None
 
     async def _unregister(self, state: ServeState) -> None:

@@ -232,7 +232,7 @@ class RouteServicer:
             if session in (pending.owner, pending.dialer):
                 del self.pending[tunnel_id]
                 if not pending.splice.done():
-                    pending.splice.set_exception(NotFound("the serve's vnet left"))
+                    pending.splice.set_exception(NotFound(because))
         # "left" only for a node that said so (Leave): a control stream
         # that broke is a lost connection, whatever the node meant.
         log.info(
