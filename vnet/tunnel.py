@@ -213,17 +213,21 @@ async def relay(
             # after the write of upstream's under way, if any (bounded: the
             # route may not be reading). A cancel landing mid-write would also
             # cut the route's relay of that frame short.
-            if failure is not None and not sending.ended:
-                sending.halted = True
-                if sending.writing and not up.done():
-                    await asyncio.wait({up}, timeout=TELL_TIMEOUT)
-            up.cancel()
-            if failure is not None and not (sending.writing or sending.ended):
-                await _tell(call, _for_the_far_end(failure, local))
-            down.cancel()
-            call.cancel()
-            await asyncio.gather(up, down, return_exceptions=True)
-            log.info("%s: %s", label, reason, extra=extra)
+            try:
+                if failure is not None and not sending.ended:
+                    sending.halted = True
+                    if sending.writing and not up.done():
+                        await asyncio.wait({up}, timeout=TELL_TIMEOUT)
+                up.cancel()
+                if failure is not None and not (sending.writing or sending.ended):
+                    await _tell(call, _for_the_far_end(failure, local))
+            finally:
+                # Also when the node stops during the waits above.
+                up.cancel()
+                down.cancel()
+                call.cancel()
+                await asyncio.gather(up, down, return_exceptions=True)
+                log.info("%s: %s", label, reason, extra=extra)
         else:
             writer.close()
             with contextlib.suppress(OSError):
@@ -279,9 +283,16 @@ def _for_the_far_end(failure: LocalFailure, local: str) -> str:
 
 
 async def _tell(call: Any, reason: str) -> None:
-    """Send the far end a reset frame with the reason; bounded, best effort."""
+    """Send the far end a reset frame with the reason; bounded, best effort.
+
+    Then wait (as long again at most) for the route to end the call: a
+    cancel right behind the frame could reach the route's handler before
+    it has passed the frame on, and the far end would hear only that this
+    end went away.
+    """
     with contextlib.suppress(Exception):
         await asyncio.wait_for(call.write(wire.encode_reset(reason)), TELL_TIMEOUT)
+        await asyncio.wait_for(call.code(), TELL_TIMEOUT)
 
 
 async def refuse(call: Any, reason: str) -> None:
