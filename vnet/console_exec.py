@@ -35,7 +35,7 @@ from vnet.config import NodeConfig, parse_node_config
 from vnet.config_diff import ConfigDiff, SectionDiff
 from vnet.errors import ConfigError, NotFound, RouteUnavailable, VnetError
 from vnet.files import read_config_text
-from vnet.node import Node
+from vnet.node import Node, lost_words
 from vnet.tables import ServeView, UseView
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ async def refresh(node: Node, status: Status) -> None:
         status.pinged_at = time.monotonic()
         vnets = await node.client.list_vnets(timeout=REFRESH_TIMEOUT)
     except VnetError as exc:
-        status.error = str(exc)
+        # Joined, so UNAUTHENTICATED means the route forgot the session (it restarted).
+        status.error = lost_words(exc, joined=True)
         return
     status.error = ""
     status.vnets = tuple((v.vnetid, v.name) for v in vnets)
@@ -179,7 +180,7 @@ class Executor:
         except ConfigError as exc:
             self.err(f"{head}: {_config_reason(exc)}")
         except VnetError as exc:
-            self.err(f"{head}: {exc}")
+            self.err(f"{head}: {lost_words(exc, joined=bool(self.node.vnetid))}")
         except OSError as exc:
             self.err(f"{head}: {exc.strerror or exc}")
         except (EOFError, KeyboardInterrupt):
