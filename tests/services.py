@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -223,3 +224,40 @@ async def tcp_relay(
 
     relay.server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return relay, kill
+
+
+async def resetting_server(read: int = 1000, send: int = 0) -> Server:
+    """Reads up to `read` bytes, sends `send` bytes, then resets the connection
+    (SO_LINGER 0 + close = RST) while the client may still be sending."""
+    holder: list[Server] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        holder[0].connections += 1
+        with contextlib.suppress(ConnectionError):
+            await reader.read(read)
+            if send:
+                writer.write(pattern(send))
+                await writer.drain()
+        sock = writer.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    holder.append(Server(server))
+    return holder[0]
+
+
+async def send_until_reset(port: int, timeout: float = 10.0) -> None:
+    """Connect and send until the connection is reset; fails on a clean EOF."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        block = pattern(65536)
+        try:
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                while not writer.is_closing() and not reader.at_eof():
+                    writer.write(block)
+                    await writer.drain()
+            await read_until_reset(reader)
+        finally:
+            writer.close()

@@ -240,6 +240,24 @@ async def test_show_ping_help_and_mistakes(
             ],
             ["unserve: no vnet '99' in this group"],
         )
+        assert await s.run("show serves 99") == (
+            Outcome.FAILED,
+            [],
+            ["show serves: no vnet 99 in this group"],
+        )
+        # A node without serves is a vnet all the same; 1 means 01.
+        assert (await s.ok(f"show serves {int(office.vnetid)}"))[-1] == (
+            "- 0 vnet(s), 0 serve(s) registered -"
+        )
+        assert (await s.ok(f"show serves {home.vnetid}"))[-1] == (
+            "- 1 vnet(s), 1 serve(s) registered -"
+        )
+        missing = tmp_path / "no-such-dir" / "x.ini"
+        assert await s.run(f"save {missing}") == (
+            Outcome.FAILED,
+            [],
+            [f"save: cannot save to {missing}: no such file or directory"],
+        )
         assert await s.run("") == (Outcome.OK, [], [])
         # The toolbar, as the prompt draws it.
         toolbar = s.console.toolbar()
@@ -560,11 +578,12 @@ async def test_reload_of_a_bad_file_changes_nothing(route: RunningRoute, tmp_pat
         outcome, out, err = await s.run("reload")
         assert (outcome, out) == (Outcome.FAILED, [])
         assert err == [
-            "reload: [use.a] serverid: unknown key (known: active, ip, port, serveid, type)"
+            f"reload: {office_ini}: [use.a] serverid: unknown key "
+            "(known: active, ip, port, serveid, type)"
         ]
         assert office.config is before
         outcome, _, err = await s.run(f"reload {tmp_path / 'missing.ini'}")
-        assert err == ["reload: no such file"]
+        assert err == [f"reload: cannot read {tmp_path / 'missing.ini'}: no such file"]
 
 
 # --- vnet -c -------------------------------------------------------------------

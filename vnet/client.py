@@ -319,6 +319,10 @@ class RouteClient:
         await self._unary(self.stub.Ping, pb.PingRequest(nonce=1), timeout)
         return time.perf_counter() - start
 
+    async def leave(self, timeout: float = 2.0) -> None:
+        """End the session on purpose, so the route logs a leave, not a lost node."""
+        await self._unary(self.stub.Leave, pb.LeaveRequest(), timeout)
+
     async def control(self) -> AsyncIterator[ControlEvent]:
         """The control stream's events; ends by raising RouteUnavailable."""
         call = self.stub.Control(pb.ControlRequest(), metadata=self._md())
@@ -329,7 +333,9 @@ class RouteClient:
                     yield event
         except grpc.aio.AioRpcError as exc:
             err: VnetError = wire.error_of(exc)
-            raise RouteUnavailable(f"control stream ended: {err}") from None
+            # The cause stays: an UNAUTHENTICATED here means the route no
+            # longer knows the session (vnet.node words that).
+            raise RouteUnavailable(f"control stream ended: {err}") from err
         finally:
             call.cancel()
         raise RouteUnavailable("the route closed the control stream")

@@ -33,9 +33,9 @@ from vnet.commands import (
 )
 from vnet.config import NodeConfig, parse_node_config
 from vnet.config_diff import ConfigDiff, SectionDiff
-from vnet.errors import ConfigError, RouteUnavailable, VnetError
+from vnet.errors import ConfigError, NotFound, RouteUnavailable, VnetError
 from vnet.files import read_config_text
-from vnet.node import Node
+from vnet.node import Node, lost_words
 from vnet.tables import ServeView, UseView
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ async def refresh(node: Node, status: Status) -> None:
         status.pinged_at = time.monotonic()
         vnets = await node.client.list_vnets(timeout=REFRESH_TIMEOUT)
     except VnetError as exc:
-        status.error = str(exc)
+        # Joined, so UNAUTHENTICATED means the route forgot the session (it restarted).
+        status.error = lost_words(exc, joined=True)
         return
     status.error = ""
     status.vnets = tuple((v.vnetid, v.name) for v in vnets)
@@ -130,6 +131,16 @@ def _config_reason(exc: ConfigError) -> str:
     return f"{where}{key}{exc.reason}"
 
 
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
+
+
+def _vnetid(text: str) -> str:
+    """A vnetid as the route writes it (two digits at least): `show serves 1` means 01."""
+    return text.zfill(2) if text.isdigit() else text
+
+
 def _head(line: str) -> str:
     """The command's words, for the start of an error line."""
     words = line.split()
@@ -169,7 +180,7 @@ class Executor:
         except ConfigError as exc:
             self.err(f"{head}: {_config_reason(exc)}")
         except VnetError as exc:
-            self.err(f"{head}: {exc}")
+            self.err(f"{head}: {lost_words(exc, joined=bool(self.node.vnetid))}")
         except OSError as exc:
             self.err(f"{head}: {exc.strerror or exc}")
         except (EOFError, KeyboardInterrupt):
@@ -194,7 +205,10 @@ class Executor:
             return await self._reload(command.path)
         elif isinstance(command, Save):
             path = command.path or self.node.config.path
-            write_config(path, self.node.config)
+            try:
+                write_config(path, self.node.config)
+            except OSError as exc:
+                raise VnetError(f"cannot save to {path}: {_os_reason(exc)}") from None
             self.out(f"saved {path}")
         elif isinstance(command, Manage):
             await self._manage(command)
@@ -227,7 +241,13 @@ class Executor:
         elif command.what == "serves":
             self._connected()
             serves = await node.client.list_serves()
-            self._lines(tables.serves_table(serves, command.vnetid))
+            vnetid = _vnetid(command.vnetid)
+            # A node with no serves is there all the same: ask before saying it is not.
+            if vnetid and not any(s.vnetid == vnetid for s in serves):
+                vnets = await node.client.list_vnets()
+                if not any(v.vnetid == vnetid for v in vnets):
+                    raise NotFound(f"no vnet {command.vnetid} in this group")
+            self._lines(tables.serves_table(serves, vnetid))
         elif command.what == "unserves":
             self._lines(tables.unserves_table(unserve_rows(node)))
         else:
@@ -238,7 +258,13 @@ class Executor:
 
     async def _reload(self, path: str | None) -> Outcome:
         path = path or self.node.config.path
-        config = read_config(path)
+        try:
+            config = read_config(path)
+        except ConfigError as exc:
+            # Name the file: it may not be the one the node started from.
+            if exc.section is None and exc.key is None:
+                raise VnetError(f"cannot read {path}: {exc.reason}") from None
+            raise VnetError(f"{path}: {_config_reason(exc)}") from None
         for warning in config.warnings:
             self.out(f"warning: {warning}")
         change, problems = await self.node.reload(config)

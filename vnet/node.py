@@ -34,7 +34,7 @@ from vnet.client import (
     client_for,
 )
 from vnet.config import NodeConfig, ServeConfig, UseConfig
-from vnet.errors import NotFound, RouteUnavailable, VnetError
+from vnet.errors import NotFound, RouteUnavailable, Unauthenticated, VnetError
 from vnet.node_state import NodeRequestError, NodeTimeouts, ServeState
 from vnet.pacing import Pacer
 from vnet.registry import Serve
@@ -42,6 +42,22 @@ from vnet.unserves import Unserves
 from vnet.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
+
+SESSION_FORGOTTEN = "the route restarted; joining again as a new session"
+
+
+def lost_words(exc: VnetError, joined: bool) -> str:
+    """What to log for a failure of the route's: the credentials text only
+    when Join itself refused them.
+
+    An UNAUTHENTICATED once joined (on the control stream, or on a call with
+    the session Join just gave) means the route no longer knows the session:
+    it restarted, or dropped it while stopping. Repeating "invalid or missing
+    credentials" then would send the user after a token that is fine.
+    """
+    if joined and (isinstance(exc, Unauthenticated) or isinstance(exc.__cause__, Unauthenticated)):
+        return SESSION_FORGOTTEN
+    return str(exc)
 
 
 class Node:
@@ -82,6 +98,10 @@ class Node:
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot = asyncio.Event()
+        # Whether the last _join got past Join itself (see lost_words).
+        self._joined = False
+        # The route said it is stopping (going_away): its stream's end is no surprise.
+        self._going_away = False
         self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
 
     @property
@@ -147,7 +167,9 @@ class Node:
         """Connect, join (taking the last session over, if any), open control."""
         cfg = self.config
         await self.client.connect(self.timeouts.connect)
+        self._joined = self._going_away = False
         joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
+        self._joined = True
         restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
         self.vnetid, self.group, self.boot_id = joined.vnetid, joined.group, joined.boot_id
         self._resume = (joined.vnetid, joined.resume_token)
@@ -172,7 +194,9 @@ class Node:
         """Until the node stops; raises RouteUnavailable if the route went
         away and reconnecting is off (reconnect_max 0)."""
         assert self._supervisor is not None
-        await self._supervisor
+        # Shielded: a waiter cancelled (Ctrl-C, SIGTERM) must not take the
+        # control stream down with it before stop() has said Leave.
+        await asyncio.shield(self._supervisor)
 
     async def _supervise(self) -> None:
         """Reconnect whenever the route goes away, for as long as the node runs."""
@@ -182,7 +206,10 @@ class Node:
                 await self._control
                 why = "the route closed the control stream"
             except RouteUnavailable as exc:
-                why = str(exc)
+                why = lost_words(exc, joined=True)
+            if self._going_away:
+                # Not "Cancelling all calls" or the like: it stopped, and said so.
+                why = "the route stopped"
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
             await self._reconnect(why)
@@ -210,7 +237,11 @@ class Node:
                 await self._join()
                 break
             except VnetError as exc:
-                log.info("reconnect attempt %d failed: %s", attempt, exc)
+                why = lost_words(exc, self._joined)
+                if why == SESSION_FORGOTTEN:
+                    log.info("reconnect attempt %d: %s", attempt, why)
+                else:
+                    log.info("reconnect attempt %d failed: %s", attempt, why)
                 delay = min(delay * 2, self.timeouts.reconnect_max)
         for state in self.serves.values():
             if state.running and state.serveid is None:
@@ -224,6 +255,11 @@ class Node:
         )
 
     async def stop(self) -> None:
+        if self.connected:
+            # Say so, so the route logs a leave and not a lost connection;
+            # best effort (an old route has no Leave, a dying link no answer).
+            with contextlib.suppress(VnetError):
+                await self.client.leave()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(BaseException):
@@ -316,6 +352,7 @@ class Node:
             self._spawn(self.unserves.answer(event))
             return
         if isinstance(event, GoingAway):
+            self._going_away = True
             log.warning(
                 "the route is going away (%s); open tunnels have %.1fs",
                 event.reason,
@@ -385,7 +422,13 @@ class Node:
         try:
             return await self._register(state)
         except VnetError as exc:
-            log.error("[serve.%s] not registered: %s", state.key, exc)
+            why = lost_words(exc, joined=True)
+            if why == SESSION_FORGOTTEN:
+                # Not an error of the serve's: the node registers it again on rejoining.
+                state.error = why
+                log.warning("[serve.%s] not registered yet: %s", state.key, why)
+            else:
+                log.error("[serve.%s] not registered: %s", state.key, why)
             return None
 
     async def _unregister(self, state: ServeState) -> None:
@@ -642,7 +685,9 @@ class Node:
                 "serveid": event.serveid,
                 "tunnel": event.tunnel_id,
             }
-            await tunnel.relay(reader, writer, call, label, fields, pacer=self.pacer)
+            await tunnel.relay(
+                reader, writer, call, label, fields, pacer=self.pacer, local="the service"
+            )
         finally:
             if offered:
                 self.unserves.closed(event.serveid)

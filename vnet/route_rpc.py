@@ -8,6 +8,7 @@ frames go through as the bytes they came as.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,6 +21,8 @@ from vnetrpc.v1 import route_pb2 as pb
 if TYPE_CHECKING:
     from vnet.route_service import RouteServicer
     from vnet.splice import Leg
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
 
@@ -52,6 +55,7 @@ def method_handlers(servicer: RouteServicer) -> grpc.GenericRpcHandler:
             "ListServes": unary(servicer.ListServes, pb.ListServesRequest, pb.ListServesResponse),
             "ListVnets": unary(servicer.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
             "Ping": unary(servicer.Ping, pb.PingRequest, pb.PingResponse),
+            "Leave": unary(servicer.Leave, pb.LeaveRequest, pb.LeaveResponse),
             "Unserve": unary(servicer.Unserve, pb.UnserveRequest, pb.UnserveResponse),
             "AnswerUnserve": unary(
                 servicer.AnswerUnserve, pb.AnswerUnserveRequest, pb.AnswerUnserveResponse
@@ -69,9 +73,23 @@ def method_handlers(servicer: RouteServicer) -> grpc.GenericRpcHandler:
 
 async def end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
     """A stream whose node got neither fin nor reset must not end with OK:
-    a client could take a truncated transfer for a complete one."""
-    if not leg.told:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel reset")
+    a client could take a truncated transfer for a complete one.
+
+    Not on a call that already has its status (done()): abort would fail
+    there. And an abort can still fail in core when a write to this leg was
+    interrupted (the other leg's handler was cancelled mid-write, so core
+    holds a send it never finished): that is the reset it was meant to
+    report, not an error, so it is logged at DEBUG and the handler ends;
+    gRPC then finishes the call when the node cancels or goes away.
+    """
+    if leg.told or context.done():
+        return
+    try:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"tunnel reset: {leg.why}" if leg.why else "tunnel reset"
+        )
+    except grpc.aio.InternalError as exc:  # ExecuteBatchError: core refused the status
+        log.debug("tunnel reset; its stream could not be given a status: %s", exc)
 
 
 async def refuse(

@@ -73,6 +73,10 @@ class RouteTimeouts:
 
 _TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
 
+# Why a session ended, when its node said it was leaving (Leave).
+LEFT = "left"
+STOPPING = "route stopping"
+
 # One answer for every authentication failure, so it tells nothing.
 BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
 
@@ -216,19 +220,29 @@ class RouteServicer:
         gone = self.registry.remove_vnet(session.vnet.vnetid)
         for serve in gone:
             self._serve_removed(serve, session.vnet.group)
+        left = why == LEFT
+        if left:
+            because = f"vnet {session.vnet.vnetid} left"
+        elif why == STOPPING:
+            because = "the route is stopping"
+        else:
+            because = f"vnet {session.vnet.vnetid} is gone ({why})"
         for splice in list(session.splices):
-            splice.abort(f"vnet {session.vnet.vnetid} left")
+            splice.abort(because)
         for tunnel_id, pending in list(self.pending.items()):
             if session in (pending.owner, pending.dialer):
                 del self.pending[tunnel_id]
                 if not pending.splice.done():
-                    pending.splice.set_exception(NotFound("the serve's vnet left"))
+                    pending.splice.set_exception(NotFound(because))
+        # "left" only for a node that said so (Leave): a control stream
+        # that broke is a lost connection, whatever the node meant.
         log.info(
-            "vnet %s (%s) left group %s: %s; %d serve(s) withdrawn",
+            "vnet %s (%s) %s group %s%s; %d serve(s) withdrawn",
             session.vnet.vnetid,
             session.vnet.name,
+            "left" if left else "dropped from",
             session.vnet.group,
-            why,
+            "" if left else f": {why}",
             len(gone),
         )
 
@@ -362,6 +376,12 @@ class RouteServicer:
             vnets=[wire.vnet_to_pb(v, self.registry.serve_count(v.vnetid)) for v in vnets]
         )
 
+    async def Leave(
+        self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.LeaveResponse:
+        self._drop(self._session(context), LEFT)
+        return pb.LeaveResponse()
+
     async def Ping(
         self, request: pb.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PingResponse:
@@ -444,7 +464,7 @@ class RouteServicer:
             )
             while not session.closed:
                 yield await session.events.get()
-            why = "dropped"
+            why = "its control stream was not read"
         except asyncio.CancelledError:
             why = "connection lost"
             raise
@@ -504,6 +524,12 @@ class RouteServicer:
         A coroutine of its own so that its frame (the pending entry, the
         future) is gone while the tunnel runs.
         """
+        # Response headers first, before the other leg's pump can write here
+        # (one writer per context): then a write cut off by a cancel cannot
+        # hold them too, and an abort after it still ends the call
+        # (route_rpc.end_unless_told) instead of failing in core and leaving
+        # the dialling node hanging.
+        await context.send_initial_metadata(())
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
         tunnel_id = _metadata(context, wire.MD_TUNNEL)
@@ -547,6 +573,10 @@ class RouteServicer:
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
+        # Headers first, as in _accepted, before the dialling side's pump can
+        # write to this leg; the lookup below comes after, with no await
+        # between it and the splice's hand-over.
+        await context.send_initial_metadata(())
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
             session = self._session(context)
@@ -637,4 +667,4 @@ class RouteServicer:
         for timer in list(self._timers):
             timer.cancel()
         for session in list(self.sessions.values()):
-            self._drop(session, "route stopping")
+            self._drop(session, STOPPING)

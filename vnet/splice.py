@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,9 @@ class SpliceStats:
     bytes_to_dialer: int = 0
 
 
+# Who is at the end of each leg, in the reasons a reset frame carries to the nodes.
+_NODE = {"dial": "the dialling node", "accept": "the serving node"}
+
 # A leg's pump: not started yet, running, ended.
 _IDLE, _PUMPING, _PUMPED = 0, 1, 2
 
@@ -49,7 +52,7 @@ class Leg:
     """One stream of a tunnel, and the pump that reads it."""
 
     # Slots: a route holds two of these per open tunnel.
-    __slots__ = ("ctx", "task", "state", "stopped", "finished", "ending", "told")
+    __slots__ = ("ctx", "task", "state", "stopped", "finished", "ending", "told", "why")
 
     def __init__(self, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         self.ctx = ctx
@@ -66,6 +69,9 @@ class Leg:
         # A fin or reset frame was written to this leg's stream: its node knows
         # how the tunnel ended. If not, the RPC must not end with OK.
         self.told = False
+        # Why the tunnel was reset, when the reset frame could not be written:
+        # the RPC's status says it instead.
+        self.why = ""
 
 
 class Splice:
@@ -150,6 +156,12 @@ class Splice:
                     msg = await src.ctx.read()
                     if msg is grpc.aio.EOF:
                         break
+                    if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is wire.FrameKind.RESET:
+                        # Its node cancels its call right after a reset:
+                        # forward it out of that cancel's reach (see _tell_reset).
+                        last = msg
+                        await self._shielded(self._forward(dst, msg))
+                        break
                     await dst.ctx.write(msg)
                     self.last_activity = loop.time()
                     if to_serve:
@@ -167,16 +179,28 @@ class Splice:
                 if kind is wire.FrameKind.FIN:
                     src.finished = dst.told = True
                 elif kind is wire.FrameKind.RESET:
-                    dst.told = True
                     self.stats.resets += 1
+                    log.debug(
+                        "tunnel %s serveid %s reset by the %s side",
+                        self.tunnel_id,
+                        self.serveid,
+                        name,
+                    )
                     self._stop(dst)
                 else:
-                    reason = f"{name} side ended without fin"
+                    reason = f"{_NODE[name]}'s stream ended without fin"
             except asyncio.CancelledError:
-                reason = self._abort_reason or f"{name} side went away"
+                other = "accept" if to_serve else "dial"
+                reason = self._abort_reason or (
+                    f"{_NODE[other]} reset it" if src.stopped else f"{_NODE[name]} went away"
+                )
                 cancelled = True
+            except grpc.aio.BaseError:
+                # Core refused a read or write: one of the two calls had
+                # ended (its node cancelled it), usually the other one.
+                reason = "a stream of the tunnel had ended"
             except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
-                reason = f"{name} side failed: {type(exc).__name__}"
+                reason = f"{_NODE[name]}'s stream failed: {type(exc).__name__}"
             if reason:
                 src.ending = True
                 await self._tell_reset(dst, reason)
@@ -200,7 +224,7 @@ class Splice:
         try:
             if not src.stopped:
                 src.ending = True
-                await self._tell_reset(dst, f"{self._name(src)} side went away")
+                await self._tell_reset(dst, f"{_NODE[self._name(src)]} went away")
         finally:
             if dst.state == _PUMPED:
                 self._finish()
@@ -224,15 +248,35 @@ class Splice:
     async def _tell_reset(self, dst: Leg, reason: str) -> None:
         self.stats.resets += 1
         log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
+        # In a task of its own: the handler running this is often being
+        # cancelled by gRPC (its node just went away), and a cancel landing
+        # mid-write would leave the write half done in core. Then dst's node
+        # gets the reset but dst's RPC can neither write nor end with a status
+        # (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS). So the write is let finish
+        # (it is bounded) before the cancel goes on.
         try:
-            # Bounded: the far side may be the one that is gone or stuck.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    dst.ctx.write(wire.encode_reset(reason)), RESET_WRITE_TIMEOUT
-                )
-                dst.told = True
+            await self._shielded(self._forward(dst, wire.encode_reset(reason)))
         finally:
+            if not dst.told:
+                dst.why = reason
             self._stop(dst)
+
+    @staticmethod
+    async def _shielded(write: Coroutine[Any, Any, None]) -> None:
+        """Run write to its end (it is bounded) even if the caller is cancelled meanwhile."""
+        telling = asyncio.ensure_future(write)
+        try:
+            await asyncio.shield(telling)
+        except asyncio.CancelledError:
+            await asyncio.wait({telling})
+            raise
+
+    @staticmethod
+    async def _forward(dst: Leg, frame: bytes) -> None:
+        """Write a reset frame to dst; bounded: the far side may be gone or stuck."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(dst.ctx.write(frame), RESET_WRITE_TIMEOUT)
+            dst.told = True
 
     @staticmethod
     def _stop(leg: Leg) -> None:

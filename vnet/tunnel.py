@@ -4,7 +4,9 @@ Two pumps, one per direction. Socket EOF becomes a fin frame (the far end
 shuts down its write side); a received fin shuts down ours. Anything abnormal
 (a socket error, a reset frame, the stream failing or ending without fin)
 resets the local socket with RST and cancels the call, which makes the route
-reset the far end: a truncated transfer never looks complete.
+reset the far end: a truncated transfer never looks complete. When it was
+the local socket that failed, a reset frame saying so goes first (if no
+write is under way on the call), so the far node can tell its user why.
 """
 
 from __future__ import annotations
@@ -31,8 +33,47 @@ log = logging.getLogger(__name__)
 READER_LIMIT = 2 * pacing.BULK_READ
 
 
+# How long a reset frame for the far end may take before the call is cancelled anyway.
+TELL_TIMEOUT = 2.0
+
+
 class TunnelReset(Exception):
     """The far end reset the tunnel, or the stream failed."""
+
+
+class LocalFailure(Exception):
+    """The local socket failed (reset, broken pipe, ...): not the tunnel's doing."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    @property
+    def was_reset(self) -> bool:
+        # uvloop raises RuntimeError for a write on a transport it closed
+        # after a read error: that is the reset (or failure) that closed it.
+        return isinstance(self.error, ConnectionResetError | RuntimeError)
+
+    def detail(self) -> str:
+        err = self.error
+        if isinstance(err, RuntimeError):
+            # uvloop's "unable to perform operation on <TCPTransport closed=True ...>".
+            return "connection lost"
+        return (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).lower()
+
+
+class _Sending:
+    """What the upstream pump is doing to the call, so a reset frame can follow safely."""
+
+    __slots__ = ("writing", "ended", "halted")
+
+    def __init__(self) -> None:
+        # Inside call.write: another write now would clash with it.
+        self.writing = False
+        # The fin went out: nothing may follow it.
+        self.ended = False
+        # Stop after the write under way: a reset frame is to follow it.
+        self.halted = False
 
 
 @dataclass
@@ -60,22 +101,34 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
 
 
 async def _upstream(
-    reader: asyncio.StreamReader, call: Any, counters: Counters, pacer: pacing.Pacer
+    reader: asyncio.StreamReader,
+    call: Any,
+    counters: Counters,
+    pacer: pacing.Pacer,
+    sending: _Sending,
 ) -> None:
     loop = asyncio.get_running_loop()
     lane = pacing.Lane()
     while True:
-        data = await reader.read(pacer.read_size(lane, loop.time()))
+        try:
+            data = await reader.read(pacer.read_size(lane, loop.time()))
+        except OSError as exc:
+            raise LocalFailure(exc) from None
         if not data:
             break
         pacer.note(lane, len(data), loop.time())
+        sending.writing = True
         await call.write(wire.encode_data(data))
+        sending.writing = False
         counters.bytes_out += len(data)
+        if sending.halted:
+            return
         pause = pacer.pause(lane, len(data), loop.time())
         if pause:
             await asyncio.sleep(pause)
     # No half-close after it: the route stops reading at a fin, and the
     # extra operation cost 7% of the tunnel setup rate.
+    sending.writing = sending.ended = True
     await call.write(wire.FIN_FRAME)
 
 
@@ -92,17 +145,20 @@ async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counter
         if got_fin:
             raise TunnelReset("frame after fin")
         if kind is wire.FrameKind.DATA:
-            writer.write(payload)  # type: ignore[arg-type]
-            counters.bytes_in += len(payload)
-            await writer.drain()
+            try:
+                writer.write(payload)  # type: ignore[arg-type]
+                counters.bytes_in += len(payload)
+                await writer.drain()
+            except (OSError, RuntimeError) as exc:
+                raise LocalFailure(exc) from None
         elif kind is wire.FrameKind.FIN:
             got_fin = True
             if writer.can_write_eof():
                 writer.write_eof()
         else:
-            raise TunnelReset(f"reset by peer: {payload!s}")
+            raise TunnelReset(f"reset by the far end: {payload!s}")
     if not got_fin:
-        raise TunnelReset("stream ended without fin")
+        raise TunnelReset("reset by the route: the stream ended without fin")
 
 
 async def relay(
@@ -113,40 +169,65 @@ async def relay(
     fields: dict[str, object] | None = None,
     counters: Counters = _NO_COUNTERS,
     pacer: pacing.Pacer | None = None,
+    local: str = "the client",
 ) -> bool:
     """Carry one connection over call until both directions end.
 
     Returns True for a clean close, False when the tunnel was reset. Never
     raises for network trouble; the reason is logged, with `fields` (vnetid,
-    serveid, tunnel) as structured fields for JSON logs.
+    serveid, tunnel) as structured fields for JSON logs. `local` names the
+    local end in those reasons ("the client", "the service").
     """
     counters.opened += 1
     counters.open += 1
-    up = asyncio.create_task(_upstream(reader, call, counters, pacer or pacing.Pacer()))
+    sending = _Sending()
+    up = asyncio.create_task(_upstream(reader, call, counters, pacer or pacing.Pacer(), sending))
     down = asyncio.create_task(_downstream(call, writer, counters))
     reason = ""
+    failure: LocalFailure | None = None
     try:
         # Returns when either pump failed, or when both finished cleanly.
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            exc = task.exception()
-            if exc is not None:
-                reason = _describe(exc)
-                break
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
+        cause = _cause(up, down)
+        if cause is not None and not isinstance(cause, LocalFailure) and not down.done():
+            # A write found the call over ("Internal error from Core", "RPC
+            # already finished"): what the route said, a reset frame or the
+            # call's status, is still to be read, and says why.
+            await asyncio.wait({down}, timeout=TELL_TIMEOUT)
+            cause = _cause(up, down)
+        if cause is not None:
+            reason = _describe(cause, local)
+            if isinstance(cause, LocalFailure):
+                failure = cause
     except asyncio.CancelledError:
-        reason = "node stopping"
+        reason = "reset: the node is stopping"
         raise
     finally:
         counters.open -= 1
         extra = fields or {}
         if reason:
             counters.resets += 1
-            for task in (up, down):
-                task.cancel()
-            call.cancel()
             reset_socket(writer)
-            await asyncio.gather(up, down, return_exceptions=True)
-            log.info("%s: reset (%s)", label, reason, extra=extra)
+            # A cancel of a pump inside a call operation cancels the call, so
+            # the reset frame goes out before the pumps are stopped, and only
+            # after the write of upstream's under way, if any (bounded: the
+            # route may not be reading). A cancel landing mid-write would also
+            # cut the route's relay of that frame short.
+            try:
+                if failure is not None and not sending.ended:
+                    sending.halted = True
+                    if sending.writing and not up.done():
+                        await asyncio.wait({up}, timeout=TELL_TIMEOUT)
+                up.cancel()
+                if failure is not None and not (sending.writing or sending.ended):
+                    await _tell(call, _for_the_far_end(failure, local))
+            finally:
+                # Also when the node stops during the waits above.
+                up.cancel()
+                down.cancel()
+                call.cancel()
+                await asyncio.gather(up, down, return_exceptions=True)
+                log.info("%s: %s", label, reason, extra=extra)
         else:
             writer.close()
             with contextlib.suppress(OSError):
@@ -155,12 +236,63 @@ async def relay(
     return not reason
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"stream failed: {exc.code().name} {exc.details() or ''}".strip()
+def _cause(up: asyncio.Task[None], down: asyncio.Task[None]) -> BaseException | None:
+    """Of the pumps' failures, the one that says best why the tunnel ended:
+    the local socket's, then the far end's reset, then what reading the call
+    said (its status), then what writing to it did."""
+    ranked = []
+    for task, rank in ((down, 2), (up, 3)):
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            if isinstance(exc, LocalFailure):
+                rank = 0
+            elif isinstance(exc, TunnelReset):
+                rank = 1
+            ranked.append((rank, exc))
+    return min(ranked, key=lambda r: r[0])[1] if ranked else None
+
+
+def _describe(exc: BaseException, local: str) -> str:
+    """Why the tunnel was reset, for this node's log."""
+    if isinstance(exc, LocalFailure):
+        if exc.was_reset:
+            return f"reset by {local} ({exc.detail()})"
+        return f"reset: {local}'s connection failed ({exc.detail()})"
     if isinstance(exc, TunnelReset):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = exc.details() or ""
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and details.startswith("tunnel reset"):
+            # The route's own word (vnet.route_rpc.end_unless_told), with its reason.
+            return "reset by the route" + details.removeprefix("tunnel reset")
+        if exc.code() is grpc.StatusCode.INTERNAL:
+            # What a write meets when the route ended the call under it, as it
+            # does when the far end reset (its reset frame, if any, is stuck
+            # behind data this node's client has not read yet).
+            return "reset by the far end (the route ended the stream)"
+        return f"reset: the stream to the route failed ({exc.code().name.lower()}: {details})"
+    if isinstance(exc, asyncio.InvalidStateError):
+        # grpc.aio's "RPC already finished": a write after the route ended the call.
+        return "reset by the far end (the route ended the stream)"
+    return f"reset: {type(exc).__name__}: {exc}"
+
+
+def _for_the_far_end(failure: LocalFailure, local: str) -> str:
+    if failure.was_reset:
+        return f"{local} reset the connection"
+    return f"{local}'s connection failed ({failure.detail()})"
+
+
+async def _tell(call: Any, reason: str) -> None:
+    """Send the far end a reset frame with the reason; bounded, best effort.
+
+    Then wait (as long again at most) for the route to end the call: a
+    cancel right behind the frame could reach the route's handler before
+    it has passed the frame on, and the far end would hear only that this
+    end went away.
+    """
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(call.write(wire.encode_reset(reason)), TELL_TIMEOUT)
+        await asyncio.wait_for(call.code(), TELL_TIMEOUT)
 
 
 async def refuse(call: Any, reason: str) -> None:

@@ -45,6 +45,11 @@ class RouteServiceStub:
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.ControlRequest.SerializeToString,
                 response_deserializer=vnetrpc_dot_v1_dot_route__pb2.ControlEvent.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/vnetrpc.v1.RouteService/Leave',
+                request_serializer=vnetrpc_dot_v1_dot_route__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=vnetrpc_dot_v1_dot_route__pb2.LeaveResponse.FromString,
+                _registered_method=True)
         self.RegisterServe = channel.unary_unary(
                 '/vnetrpc.v1.RouteService/RegisterServe',
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.RegisterServeRequest.SerializeToString,
@@ -110,6 +115,16 @@ class RouteServiceServicer:
         hear (a tunnel to accept, a serve that appeared or left). The first event
         is always a snapshot of the group's serves. Closing it leaves the network:
         the node's serves are withdrawn and its tunnels reset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """Leaves the network on purpose (the node is stopping): the route ends the
+        caller's session at once, as when its control stream closes, and logs
+        that the node left rather than that its connection was lost. Optional:
+        a node that never calls it is dropped when its control stream ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +214,11 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     servicer.Control,
                     request_deserializer=vnetrpc_dot_v1_dot_route__pb2.ControlRequest.FromString,
                     response_serializer=vnetrpc_dot_v1_dot_route__pb2.ControlEvent.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=vnetrpc_dot_v1_dot_route__pb2.LeaveRequest.FromString,
+                    response_serializer=vnetrpc_dot_v1_dot_route__pb2.LeaveResponse.SerializeToString,
             ),
             'RegisterServe': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterServe,
@@ -301,6 +321,33 @@ class RouteService:
             '/vnetrpc.v1.RouteService/Control',
             vnetrpc_dot_v1_dot_route__pb2.ControlRequest.SerializeToString,
             vnetrpc_dot_v1_dot_route__pb2.ControlEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vnetrpc.v1.RouteService/Leave',
+            vnetrpc_dot_v1_dot_route__pb2.LeaveRequest.SerializeToString,
+            vnetrpc_dot_v1_dot_route__pb2.LeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,

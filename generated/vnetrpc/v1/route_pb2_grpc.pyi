@@ -71,6 +71,12 @@ class RouteServiceStub:
     is always a snapshot of the group's serves. Closing it leaves the network:
     the node's serves are withdrawn and its tunnels reset.
     """
+    Leave: _grpc.UnaryUnaryMultiCallable[_route_pb2.LeaveRequest, _route_pb2.LeaveResponse]
+    """Leaves the network on purpose (the node is stopping): the route ends the
+    caller's session at once, as when its control stream closes, and logs
+    that the node left rather than that its connection was lost. Optional:
+    a node that never calls it is dropped when its control stream ends.
+    """
     RegisterServe: _grpc.UnaryUnaryMultiCallable[_route_pb2.RegisterServeRequest, _route_pb2.RegisterServeResponse]
     """Registers one serve of the calling node."""
     UnregisterServe: _grpc.UnaryUnaryMultiCallable[_route_pb2.UnregisterServeRequest, _route_pb2.UnregisterServeResponse]
@@ -117,6 +123,12 @@ class RouteServiceAsyncStub(RouteServiceStub):
     hear (a tunnel to accept, a serve that appeared or left). The first event
     is always a snapshot of the group's serves. Closing it leaves the network:
     the node's serves are withdrawn and its tunnels reset.
+    """
+    Leave: _aio.UnaryUnaryMultiCallable[_route_pb2.LeaveRequest, _route_pb2.LeaveResponse]  # type: ignore[assignment]
+    """Leaves the network on purpose (the node is stopping): the route ends the
+    caller's session at once, as when its control stream closes, and logs
+    that the node left rather than that its connection was lost. Optional:
+    a node that never calls it is dropped when its control stream ends.
     """
     RegisterServe: _aio.UnaryUnaryMultiCallable[_route_pb2.RegisterServeRequest, _route_pb2.RegisterServeResponse]  # type: ignore[assignment]
     """Registers one serve of the calling node."""
@@ -173,6 +185,18 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         hear (a tunnel to accept, a serve that appeared or left). The first event
         is always a snapshot of the group's serves. Closing it leaves the network:
         the node's serves are withdrawn and its tunnels reset.
+        """
+
+    @_abc_1.abstractmethod
+    def Leave(
+        self,
+        request: _route_pb2.LeaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_route_pb2.LeaveResponse, _abc.Awaitable[_route_pb2.LeaveResponse]]:
+        """Leaves the network on purpose (the node is stopping): the route ends the
+        caller's session at once, as when its control stream closes, and logs
+        that the node left rather than that its connection was lost. Optional:
+        a node that never calls it is dropped when its control stream ends.
         """
 
     @_abc_1.abstractmethod
