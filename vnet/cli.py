@@ -18,7 +18,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vnet import __version__
+from vnet import __version__, tunnel
 from vnet.config import NodeConfig, RouteSettings, parse_node_config, parse_route_config
 from vnet.errors import ConfigError, RouteUnavailable, VnetError
 from vnet.files import read_config_text
@@ -66,6 +66,7 @@ def _setup_logging(level: str, form: str = "text") -> None:
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where there is one: it measurably speeds up the relay."""
+    tunnel.raise_fd_limit()
     try:
         import uvloop
     except ImportError:

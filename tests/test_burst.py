@@ -1,0 +1,96 @@
+"""A burst of connections at once, through the real route and nodes: none is reset.
+
+What a browser, a build farm or a load test does: every client connects to one use at the
+same moment and moves data both ways. The target is an asyncio echo server with asyncio's
+default listen backlog (100), as many real services have: a serving node that dialled it
+2,000 times at once would overflow that backlog and the kernel would reset handshakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, wait_until
+from tests.procs import Procs, command, node_ini
+from tests.services import echo_server, read_exactly_or_eof
+
+pytestmark = pytest.mark.e2e
+# Per burst: seconds on this 2-core box; bounded generously for a loaded one.
+BURST_DEADLINE = 120.0
+
+
+def _payload(i: int) -> bytes:
+    # Distinct per connection, so crossed tunnels cannot pass: 32-64 KiB.
+    return random.Random(i).randbytes(32_768 + (i * 7919) % 32_768)
+
+
+async def _one(port: int, i: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_payload(i))
+        await writer.drain()
+        writer.write_eof()
+        return await read_exactly_or_eof(reader)
+    finally:
+        writer.close()
+
+
+async def _burst(port: int, count: int) -> None:
+    async with asyncio.timeout(BURST_DEADLINE):
+        answers = await asyncio.gather(
+            *(_one(port, i) for i in range(count)), return_exceptions=True
+        )
+    failed = [(i, a) for i, a in enumerate(answers) if isinstance(a, BaseException)]
+    wrong = [i for i, a in enumerate(answers) if isinstance(a, bytes) and a != _payload(i)]
+    assert not failed, f"{len(failed)} of {count} failed, e.g. {failed[:3]}"
+    assert not wrong, f"{len(wrong)} of {count} came back different, e.g. conn {wrong[0]}"
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture
+def many_files() -> None:
+    # 2,000 clients and the target's 2,000 sockets live in this process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 8192:
+        if hard != resource.RLIM_INFINITY and hard < 8192:
+            pytest.skip(f"needs 8192 open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.usefixtures("many_files")
+async def test_bursts_of_1000_and_2000_connections_all_pass(procs: Procs, tmp_path: Path) -> None:
+    echo = await echo_server()
+    port, use = free_port(), free_port()
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
+    route = await procs.start("route", command("vnet-route"), "route.ini")
+    await route.wait_for_line("route listening on")
+    (tmp_path / "home.ini").write_text(
+        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo.port}\n")
+    )
+    (tmp_path / "office.ini").write_text(
+        node_ini(port, f"[vnet]\nname=office\n[use.e]\nserveid=700\nport={use}\n")
+    )
+    home = await procs.start("home", command("vnet"), "home.ini", "--log-level", "warning")
+    office = await procs.start("office", command("vnet"), "office.ini")
+    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    nodes = (home.proc.pid, office.proc.pid)
+    idle = {pid: _fds(pid) for pid in nodes}
+    # Under max_tunnels_per_node (2048), so every one of them must pass.
+    for count in (1000, 2000):
+        await _burst(use, count)
+        # The first burst's tunnels closed before the second counts against the cap.
+        await wait_until(
+            lambda: all(_fds(pid) <= idle[pid] + 8 for pid in nodes), "tunnels to close", 60
+        )
+    assert "reset" not in home.output(), home.output()[-2000:]
+    await echo.close()
