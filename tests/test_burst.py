@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import TIMEOUT, free_port, wait_until
 from tests.procs import Procs, command, node_ini
+from tests.rawclient import Raw
 from tests.services import echo_server, read_exactly_or_eof
+from vnet import wire
+from vnet.config import RouteConfig
+from vnet.route import RouteTimeouts, start_route
 
-pytestmark = pytest.mark.e2e
 # Per burst: seconds on this 2-core box; bounded generously for a loaded one.
 BURST_DEADLINE = 120.0
 
@@ -66,6 +69,7 @@ def many_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(400)
 @pytest.mark.usefixtures("many_files")
 async def test_bursts_of_1000_and_2000_connections_all_pass(procs: Procs, tmp_path: Path) -> None:
@@ -94,3 +98,38 @@ async def test_bursts_of_1000_and_2000_connections_all_pass(procs: Procs, tmp_pa
         )
     assert "reset" not in home.output(), home.output()[-2000:]
     await echo.close()
+
+
+async def test_a_node_working_through_a_queue_of_tunnels_loses_none() -> None:
+    """The accept deadline follows the node's progress, not the Dial alone: a node that
+    answers open_tunnel after open_tunnel, each within the deadline of the one before,
+    gets every tunnel, though the last comes long after the deadline from its Dial."""
+    route = await start_route(
+        RouteConfig("127.0.0.1", 0), RouteTimeouts(accept=0.5, stop_grace=0.1)
+    )
+    home, office = Raw(route.port), Raw(route.port)
+    try:
+        _, home_md, control = await home.join_and_serve(None, 700, group="g")
+        joined = await office.join(None, group="g")
+        dial_md = office.md(None, joined.session, vnet_serveid="700")
+        dials = [office.dial(dial_md) for _ in range(6)]
+        answered: list[str] = []
+        async with asyncio.timeout(TIMEOUT):
+            while len(answered) < len(dials):
+                event = await control.read()
+                if not event.HasField("open_tunnel"):
+                    continue
+                # A slow node, the behaviour under test: 0.2 s per tunnel, so the
+                # sixth is answered ~1.2 s after its Dial (the deadline is 0.5 s).
+                await asyncio.sleep(0.2)
+                tunnel = event.open_tunnel.tunnel_id
+                accept = home.accept(home_md + (("vnet-tunnel", tunnel),))
+                # Each Accept says which tunnel it is; its Dial must hear exactly that.
+                await accept.write(wire.encode_data(tunnel.encode()))
+                answered.append(tunnel)
+            got = [await dial.read() for dial in dials]
+        assert sorted(got) == sorted(wire.encode_data(t.encode()) for t in answered)
+    finally:
+        await home.close()
+        await office.close()
+        await route.stop()
