@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import client, floor, idle, isolation, output, report
+from bench import burst, client, floor, idle, isolation, output, report, stalled
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
@@ -34,6 +34,10 @@ PING_WARMUP = 50
 CONCURRENCY = (8, 64)
 FULL_IDLE = (1000, 10_000)
 QUICK_IDLE = (200,)
+# Connections at once in the burst test, and stalled tunnels in the memory test.
+BURSTS = (100, 1000)
+FULL_STALLED = 50
+QUICK_STALLED = 10
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,20 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel memory test")
     p.add_argument(
+        "--bursts",
+        default=",".join(map(str, BURSTS)),
+        help=f"connections opened at once in the burst test (default "
+        f"{','.join(map(str, BURSTS))}; each echoes {burst.PAYLOAD // 1024} KiB)",
+    )
+    p.add_argument("--no-burst", action="store_true", help="skip the connection-burst test")
+    p.add_argument(
+        "--stalled",
+        type=int,
+        help=f"stalled readers in the stalled-memory test, on a fresh route and nodes "
+        f"(default {FULL_STALLED}; --quick: {QUICK_STALLED})",
+    )
+    p.add_argument("--no-stalled", action="store_true", help="skip the stalled-memory test")
+    p.add_argument(
         "--chart",
         metavar="PNG",
         help="also draw throughput and latency charts (needs `pip install matplotlib`), "
@@ -102,6 +120,16 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--idle-tunnels: a comma-separated list of counts")
     if not args.idle_tunnels or min(args.idle_tunnels) < 1:
         p.error("--idle-tunnels: counts must be at least 1")
+    try:
+        args.bursts = sorted({int(x) for x in args.bursts.split(",") if x.strip()})
+    except ValueError:
+        p.error("--bursts: a comma-separated list of counts")
+    if not args.bursts or min(args.bursts) < 1:
+        p.error("--bursts: counts must be at least 1")
+    if args.stalled is None:
+        args.stalled = QUICK_STALLED if args.quick else FULL_STALLED
+    elif args.stalled < 1:
+        p.error("--stalled must be at least 1")
     # Under load a round trip can take ms; a tenth of --pings keeps the run short.
     args.loaded_pings = max(100, args.pings // 10)
     args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
@@ -286,6 +314,40 @@ class Runner:
         return ["process", *names], body
 
 
+def _vnet_sections(
+    args: argparse.Namespace, path: BenchPath, runner: Runner, tmp: Path, env: dict[str, str]
+) -> list[tuple[str, output.Table]]:
+    """The burst and stalled-reader tables (vnet only)."""
+    sections: list[tuple[str, output.Table]] = []
+    if not args.no_burst:
+        results = []
+        for n in args.bursts:
+            res = runner._guard(path, "burst", lambda n=n: burst.run_burst(path.echo, n))
+            _say(burst.describe(res))
+            results.append(res)
+        sections.append(
+            (
+                f"vnet, connection bursts (bench/burst.py: N clients connect at once, each "
+                f"echoes {burst.PAYLOAD // 1024} KiB, byte-exact; seconds from the start)",
+                burst.table(results),
+            )
+        )
+    if not args.no_stalled:
+        workdir = tmp / "stalled"
+        workdir.mkdir()
+        res = runner._guard(path, "stalled", lambda: stalled.run_fresh(args.stalled, workdir, env))
+        _say(stalled.describe(res))
+        sections.append(
+            (
+                f"vnet, stalled readers (bench/stalled.py: {args.stalled} clients send into "
+                "the echo use and never read, on a fresh route and nodes; VmRSS growth once "
+                "nothing moves)",
+                stalled.table([res]),
+            )
+        )
+    return sections
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     # SIGTERM becomes an exception so the finally blocks stop every child.
     raise KeyboardInterrupt
@@ -345,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner = Runner(args, children)
             runner.run(started.paths)
             iso = None
+            sections: list[tuple[str, output.Table]] = []
             if "vnet" in started.paths:
                 _say("isolation: one stalled reader, then the same measurements again")
                 iso = runner._guard(
@@ -352,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "isolation",
                     lambda: isolation.run(started.paths["vnet"], args.bulk_mib, args.pings),
                 )
+                sections = _vnet_sections(args, started.paths["vnet"], runner, Path(tmp), env)
         except BenchError as exc:
             _say(f"bench: {exc}")
             for child in children.started:
@@ -369,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     took = time.monotonic() - began
     metrics = _metrics(args)
     output.finish(
-        output.Run(args, argv, load, took, CONCURRENCY, started, runner.results, idle_table, iso),
+        output.Run(
+            args, argv, load, took, CONCURRENCY, started, runner.results, idle_table, iso, sections
+        ),
         metrics,
         runner.cpu_table(list(started.paths), "bulk"),
         runner.cpu_table(list(started.paths), "parallel"),

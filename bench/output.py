@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import chart, report, targets
@@ -29,6 +29,8 @@ class Run:
     results: report.Results
     idle: IdleResult | None
     iso: Table | None
+    # More vnet-only tables (bursts, stalled readers): (title, table), in order.
+    sections: list[tuple[str, Table]] = field(default_factory=list)
 
 
 def _settings(
@@ -92,6 +94,10 @@ def finish(
         print()
         print("vnet with one tunnel's reader stalled (its echoes piling up):")
         print(report.plain_table(*iso))
+    for title, table in run.sections:
+        print()
+        print(f"{title}:")
+        print(report.plain_table(*table))
     idle_block = ""
     if idle_table is not None:
         print()
@@ -148,6 +154,9 @@ def finish(
                 "to the echo service, its echoes never read), each figure measured unloaded "
                 "and then during the stall:\n\n" + report.markdown_table(*iso) + "\n"
             )
+            block = block.replace(report.END, extra + report.END)
+        for title, table in run.sections:
+            extra = f"\n{title}:\n\n" + report.markdown_table(*table) + "\n"
             block = block.replace(report.END, extra + report.END)
         block = block.replace(
             report.END,

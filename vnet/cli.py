@@ -17,7 +17,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vnet import __version__
+from vnet import __version__, tunnel
 from vnet.config import NodeConfig, RouteSettings
 from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
 from vnet.errors import RouteUnavailable, VnetError
@@ -65,6 +65,7 @@ def _setup_logging(level: str, form: str = "text") -> None:
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where there is one: it measurably speeds up the relay."""
+    tunnel.raise_fd_limit()
     try:
         import uvloop
     except ImportError:

@@ -20,6 +20,7 @@ from vnet import wire
 from vnet.config import NodeConfig, resolve_secret
 from vnet.errors import RouteUnavailable, VnetError
 from vnet.files import read_pem, read_text
+from vnet.pacing import STREAM_WINDOW
 from vnet.registry import Serve
 from vnetrpc.v1 import route_pb2 as pb
 from vnetrpc.v1 import route_pb2_grpc as pb_grpc
@@ -32,6 +33,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # A connection of its own: channels with equal arguments otherwise share
     # one, so a reconnect's "fresh" channel would inherit the dead link.
     ("grpc.use_local_subchannel_pool", 1),
+    # Fixed stream windows, not BDP-grown ones (vnet/pacing.py STREAM_WINDOW).
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
 ]
 CLOSE_TIMEOUT = 5.0
 # A dead route is noticed within about KEEPALIVE + KEEPALIVE_TIMEOUT seconds.

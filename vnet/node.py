@@ -59,6 +59,13 @@ def lost_words(exc: VnetError, joined: bool) -> str:
         return SESSION_FORGOTTEN
     return str(exc)
 
+# Connections to serve targets being made at once; more tunnels wait their
+# turn (inside the same target_connect deadline) instead of all dialling
+# together. A burst of 2,000 connects would overflow a target's listen
+# backlog (asyncio's default is 100; Python's socketserver's is 5): its
+# kernel then drops or resets handshakes, which the client sees as resets.
+TARGET_CONNECTS = 32
+
 
 class Node:
     """A running node. start() joins and returns; wait() returns when it ends."""
@@ -102,6 +109,7 @@ class Node:
         self._joined = False
         # The route said it is stopping (going_away): its stream's end is no surprise.
         self._going_away = False
+        self._target_connects = asyncio.Semaphore(TARGET_CONNECTS)
         self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
 
     @property
@@ -346,7 +354,11 @@ class Node:
 
     def _on_event(self, event: ControlEvent) -> None:
         if isinstance(event, OpenTunnel):
-            self._spawn(self._accept(event))
+            # The Accept call starts here, before anything awaits: the route
+            # waits for it, and under a burst the target connect below may
+            # queue (or a slow target take seconds) behind other tunnels.
+            # Frames from the dialler wait in the stream's window meanwhile.
+            self._spawn(self._accept(event, self.client.accept(event.tunnel_id)))
             return
         if isinstance(event, UnserveAsked):
             self._spawn(self.unserves.answer(event))
@@ -649,11 +661,19 @@ class Node:
 
     # --- serves (the accepting side) -----------------------------------------
 
-    async def _accept(self, event: OpenTunnel) -> None:
+    async def _accept(self, event: OpenTunnel, call: Any) -> None:
+        """Connect the serve's target and relay; `call` is the Accept already under way."""
+        try:
+            await self._accept_on(event, call)
+        finally:
+            # Ended before its relay took the call over (node stopping): let
+            # the route know now rather than at the stream's deadline.
+            call.cancel()
+
+    async def _accept_on(self, event: OpenTunnel, call: Any) -> None:
         label = f"tunnel {event.tunnel_id} from vnet {event.from_vnetid} -> serveid {event.serveid}"
         serve = self.serving.get(event.serveid)
         if serve is None:
-            call = self.client.accept(event.tunnel_id)
             await tunnel.refuse(call, f"serveid {event.serveid} is not served here")
             return
         host = serve.ip
@@ -662,11 +682,15 @@ class Node:
             host, reason = await self.unserves.dial_address(event.serveid)
             if reason:
                 log.warning("%s: refused: %s", label, reason)
-                await tunnel.refuse(self.client.accept(event.tunnel_id), reason)
+                await tunnel.refuse(call, reason)
                 return
         try:
+            # One deadline for the wait in line and the connect itself.
             # asyncio.timeout, not wait_for: no extra task for every tunnel.
-            async with asyncio.timeout(self.timeouts.target_connect):
+            async with (
+                asyncio.timeout(self.timeouts.target_connect),
+                self._target_connects,
+            ):
                 reader, writer = await asyncio.open_connection(
                     host, serve.port, limit=tunnel.READER_LIMIT
                 )
@@ -674,9 +698,8 @@ class Node:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
             reason = f"cannot connect to {serve.ip}:{serve.port}: {detail}"
             log.warning("%s: %s", label, reason)
-            await tunnel.refuse(self.client.accept(event.tunnel_id), reason)
+            await tunnel.refuse(call, reason)
             return
-        call = self.client.accept(event.tunnel_id)
         if offered:
             self.unserves.opened(event.serveid)
         try:

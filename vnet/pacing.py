@@ -30,6 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BULK_READ = 1024 * 1024
+# Each gRPC stream's flow-control window, fixed (docs/DESIGN.md, "Memory"):
+# what a peer may send on one stream beyond what its reader has taken. gRPC
+# adds the rest of a message being read, so about this plus one BULK_READ is
+# in flight per stream. Fixed rather than grown by gRPC's BDP probing, which
+# on loopback grew every stream's window to 15-250 MiB once many streams were
+# busy: that much per stalled tunnel, in every process on its way.
+STREAM_WINDOW = 512 * 1024
 SHARED_READ = 64 * 1024
 # Reads below this are what typing, pings and request/response traffic look like.
 INTERACTIVE_BELOW = 16 * 1024

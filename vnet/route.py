@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from vnet import wire
 from vnet.config import RouteConfig, RouteLimits
 from vnet.metrics import MetricsServer, serve_metrics
+from vnet.pacing import STREAM_WINDOW
 from vnet.route_security import RouteSecurity
 from vnet.route_service import (
     MAX_MESSAGE,
@@ -28,6 +29,9 @@ from vnet.route_service import (
 from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+# New calls C-core may hold for the servicer: two per tunnel being set up.
+PENDING_CALLS = 20_000
 
 __all__ = ["RouteSecurity", "RouteServicer", "RouteTimeouts", "RunningRoute", "start_route"]
 
@@ -98,6 +102,10 @@ async def start_route(
             ("grpc.server_handshake_timeout_ms", int(servicer.timeouts.join * 1000)),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            # Fixed stream windows, not BDP-grown ones (vnet/pacing.py
+            # STREAM_WINDOW): they bound what a stalled tunnel holds here.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
             # Find dead or black-holed nodes: ping idle connections, and give
             # up on them when a ping goes unanswered.
             ("grpc.keepalive_time_ms", int(servicer.timeouts.keepalive * 1000)),
@@ -112,6 +120,12 @@ async def start_route(
             ("grpc.http2.min_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
             ("grpc.http2.max_pings_without_data", 0),
+            # grpc.aio takes new calls from C-core one per loop turn, so a
+            # burst of Dials and Accepts waits in C-core's queue; past its
+            # defaults (1,000 soft, 3,000 hard) calls were dropped: a
+            # 2,000-connection burst lost an Accept now and then.
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
         ]
     )
     server.add_generic_rpc_handlers((servicer.handlers(),))

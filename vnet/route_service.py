@@ -57,8 +57,12 @@ class RouteTimeouts:
 
     # A node must open its Control stream this soon after Join.
     join: float = 10.0
-    # The serving node must answer an OpenTunnel this soon.
+    # The serving node must answer an OpenTunnel this soon, counted from the
+    # Dial or from the last tunnel it accepted, whichever is later: a node
+    # working through a burst of them is slow, not gone.
     accept: float = 10.0
+    # However busy the node, a Dial waits for its Accept no longer than this.
+    accept_limit: float = 60.0
     # An asked node must answer an unserve request this soon.
     unserve: float = 10.0
     # When the route stops: how long open tunnels may still run.
@@ -97,6 +101,8 @@ class Session:
     tunnels: int = 0
     # SHA-256 of the secret that lets this node take the session over.
     resume_digest: bytes = b""
+    # When (loop time) this node last answered an OpenTunnel with an Accept.
+    accepted_at: float = float("-inf")
 
     def push(self, event: pb.ControlEvent) -> None:
         if self.closed:
@@ -547,12 +553,12 @@ class RouteServicer:
             )
         )
         try:
-            splice = await asyncio.wait_for(made, self.timeouts.accept)
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
-            )
+            if not await self._answered(made, owner, started):
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
+                )
+            splice = made.result()
         except asyncio.CancelledError:
             # Gone after Accept made the splice: its pump will never run here.
             if made.done() and not made.cancelled() and made.exception() is None:
@@ -569,6 +575,25 @@ class RouteServicer:
             serve.vnetid,
         )
         return splice
+
+    async def _answered(self, made: asyncio.Future[Splice], owner: Session, since: float) -> bool:
+        """Wait for made; False once owner has accepted nothing for timeouts.accept.
+
+        Each Accept from owner moves the deadline of all its waiting Dials:
+        under a burst a node answers hundreds of OpenTunnels in order, and the
+        last of them are no less answered for coming late. A node that stops
+        answering is still given up on within timeouts.accept.
+        """
+        loop = asyncio.get_running_loop()
+        limit = since + self.timeouts.accept_limit
+        while not made.done():
+            now = loop.time()
+            deadline = min(max(since, owner.accepted_at) + self.timeouts.accept, limit)
+            if now >= deadline:
+                return False
+            # asyncio.wait: no task per waiting tunnel, and made is not cancelled.
+            await asyncio.wait((made,), timeout=deadline - now)
+        return True
 
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -587,6 +612,7 @@ class RouteServicer:
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
         del self.pending[tunnel_id]
+        session.accepted_at = asyncio.get_running_loop().time()
         splice = Splice(
             tunnel_id=tunnel_id,
             serveid=pending.serveid,

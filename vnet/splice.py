@@ -147,7 +147,10 @@ class Splice:
         loop = asyncio.get_running_loop()
         to_serve = src is self.dial
         name = "dial" if to_serve else "accept"
-        last = b""
+        # How the last frame ended its direction, if it did. Kept instead of
+        # the frame: a 1 MiB frame held through a long wait is memory a
+        # stalled or idle tunnel need not pin.
+        kind: wire.FrameKind | None = None
         reason = ""
         cancelled = False
         try:
@@ -168,14 +171,15 @@ class Splice:
                         self.stats.bytes_to_serve += len(msg)
                     else:
                         self.stats.bytes_to_dialer += len(msg)
-                    last = msg
+                    kind = wire.terminal_kind(msg)
                     # Nothing follows a fin or reset (route.proto), so the node
                     # need not half-close as well: one call operation less at
                     # each end of every tunnel.
-                    if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is not None:
+                    if msg[:1] != wire.DATA_TAG and kind is not None:
                         break
+                    # Not held while the next read waits (maybe for minutes).
+                    del msg
                 # Only the last frame says how the direction ended.
-                kind = wire.terminal_kind(last)
                 if kind is wire.FrameKind.FIN:
                     src.finished = dst.told = True
                 elif kind is wire.FrameKind.RESET:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import struct
 from dataclasses import dataclass
@@ -28,9 +29,35 @@ log = logging.getLogger(__name__)
 
 # One read of the local socket becomes one message, at most pacing.BULK_READ
 # (vnet/pacing.py says when less); reads return what is there, so interactive
-# traffic stays small. asyncio's StreamReader never returns more than its
-# limit from read().
-READER_LIMIT = 2 * pacing.BULK_READ
+# traffic stays small. asyncio's StreamReader stops reading its socket once it
+# holds twice its limit, so this lets a read find a whole BULK_READ waiting,
+# and bounds what a tunnel whose stream is stalled buffers here to ~1 MiB
+# (the limit was 2 MiB: 4 MiB per stalled tunnel).
+READER_LIMIT = pacing.BULK_READ // 2
+
+
+# Open files a node needs for this many tunnels at once (one socket each,
+# plus the process's own); below it, raise_fd_limit says so.
+FDS_WANTED = 8192
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one, at process start.
+
+    Each tunnel holds a socket on both nodes; a common soft limit of 1,024
+    would fail a burst of 2,000 connections with "too many open files".
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < FDS_WANTED:
+        log.warning(
+            "open files are limited to %d (ulimit -n), which caps the tunnels open at once; "
+            "raise the hard limit for more",
+            soft,
+        )
 
 
 # How long a reset frame for the far end may take before the call is cancelled anyway.
@@ -123,7 +150,10 @@ async def _upstream(
         counters.bytes_out += len(data)
         if sending.halted:
             return
-        pause = pacer.pause(lane, len(data), loop.time())
+        nbytes = len(data)
+        # Not held through the next read, which may wait for minutes.
+        del data
+        pause = pacer.pause(lane, nbytes, loop.time())
         if pause:
             await asyncio.sleep(pause)
     # No half-close after it: the route stops reading at a fin, and the
@@ -148,6 +178,8 @@ async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counter
             try:
                 writer.write(payload)  # type: ignore[arg-type]
                 counters.bytes_in += len(payload)
+                # Not held through the next read, which may wait for minutes.
+                del raw, payload
                 await writer.drain()
             except (OSError, RuntimeError) as exc:
                 raise LocalFailure(exc) from None

@@ -1,0 +1,147 @@
+"""Stalled readers pin a bounded amount of memory, and lose nothing.
+
+200 clients keep sending into an echo service through the real route and nodes and never
+read the echoes, until every buffer on the way is full. Each process's RSS grows by at
+most PER_TUNNEL per stalled tunnel (docs/DESIGN.md, "Memory"); before the stream windows
+were fixed, 16 such tunnels grew the route by ~290 MiB each. Then the clients read again:
+every byte each one sent comes back, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.procs import Procs, command, node_ini
+from tests.services import Server, read_exactly_or_eof
+
+pytestmark = pytest.mark.e2e
+TUNNELS = 200
+# The design's bound per stalled tunnel, with room: about two 1 MiB frames and
+# two 512 KiB stream windows at the route, less at each node (measured ~4-7).
+PER_TUNNEL_MIB = 10
+BLOCK = 64 * 1024
+# Small kernel buffers on the test's own sockets: the bytes in flight, which
+# this test reads back at the end, stay a few hundred MiB.
+SOCKBUF = 64 * 1024
+QUIET = 1.5
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _small_buffers(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKBUF)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKBUF)
+
+
+async def _echo() -> Server:
+    """Echoes until EOF with back-pressure: stops reading while its writes wait."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _small_buffers(writer.get_extra_info("socket"))
+        try:
+            while chunk := await reader.read(BLOCK):
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+        except ConnectionError:
+            writer.close()
+
+    return Server(await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024))
+
+
+class Stalled:
+    """A client that sends its own pattern and does not read, until told to."""
+
+    def __init__(self, i: int) -> None:
+        self.block = random.Random(i).randbytes(BLOCK)
+        self.sent = 0
+        self.last_progress = time.monotonic()
+
+    async def start(self, port: int) -> None:
+        sock = socket.socket()
+        _small_buffers(sock)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        self.reader, self.writer = await asyncio.open_connection(sock=sock)
+
+    async def push(self) -> None:
+        while True:
+            self.writer.write(self.block)
+            # Counted once written: a cancel in drain() still sends it.
+            self.sent += 1
+            await self.writer.drain()
+            self.last_progress = time.monotonic()
+
+    async def finish(self) -> None:
+        """Half-close, read every echo, check it is what was sent."""
+        self.writer.write_eof()
+        got = await read_exactly_or_eof(self.reader)
+        self.writer.close()
+        assert len(got) == self.sent * BLOCK, f"{len(got)} bytes back of {self.sent * BLOCK}"
+        assert got == self.block * self.sent, "the echo differs from what was sent"
+
+
+@pytest.mark.timeout(500)
+async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything(
+    procs: Procs, tmp_path: Path
+) -> None:
+    echo = await _echo()
+    port, use = free_port(), free_port()
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
+    route = await procs.start("route", command("vnet-route"), "route.ini")
+    await route.wait_for_line("route listening on")
+    (tmp_path / "home.ini").write_text(
+        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo.port}\n")
+    )
+    (tmp_path / "office.ini").write_text(
+        node_ini(port, f"[vnet]\nname=office\n[use.e]\nserveid=700\nport={use}\n")
+    )
+    home = await procs.start("home", command("vnet"), "home.ini")
+    office = await procs.start("office", command("vnet"), "office.ini")
+    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    # One tunnel through first: what every process sets up once is not counted.
+    warm = Stalled(-1)
+    await warm.start(use)
+    warm.writer.write(warm.block)
+    warm.sent = 1
+    await warm.finish()
+    pids = {"route": route.proc.pid, "home": home.proc.pid, "office": office.proc.pid}
+    base = {name: _rss_mib(pid) for name, pid in pids.items()}
+
+    clients = [Stalled(i) for i in range(TUNNELS)]
+    await asyncio.gather(*(c.start(use) for c in clients))
+    pushers = [asyncio.create_task(c.push()) for c in clients]
+    deadline = time.monotonic() + 120
+    while time.monotonic() - max(c.last_progress for c in clients) < QUIET:
+        assert time.monotonic() < deadline, "the stalled tunnels kept moving for 120 s"
+        done = [p for p in pushers if p.done()]
+        assert not done, f"a stalled client failed: {done[0].exception()!r}"
+        await asyncio.sleep(0.1)
+    grown = {name: _rss_mib(pid) - base[name] for name, pid in pids.items()}
+    for pusher in pushers:
+        pusher.cancel()
+    await asyncio.gather(*pushers, return_exceptions=True)
+    assert all(c.sent for c in clients), "every client got some bytes in before stalling"
+    for name, mib in grown.items():
+        assert mib < TUNNELS * PER_TUNNEL_MIB, (
+            f"{name} grew {mib:.0f} MiB for {TUNNELS} stalled tunnels "
+            f"({mib / TUNNELS:.1f} MiB each, bound {PER_TUNNEL_MIB})"
+        )
+
+    # ~2 GiB are in flight by now (mostly the nodes' kernel socket buffers):
+    # seconds to read back here, minutes on a box busy with other work.
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(c.finish() for c in clients))
+    await echo.close()
