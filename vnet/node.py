@@ -59,6 +59,7 @@ def lost_words(exc: VnetError, joined: bool) -> str:
         return SESSION_FORGOTTEN
     return str(exc)
 
+
 # Connections to serve targets being made at once; more tunnels wait their
 # turn (inside the same target_connect deadline) instead of all dialling
 # together. A burst of 2,000 connects would overflow a target's listen

@@ -162,7 +162,7 @@ class Splice:
                     if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is wire.FrameKind.RESET:
                         # Its node cancels its call right after a reset:
                         # forward it out of that cancel's reach (see _tell_reset).
-                        last = msg
+                        kind = wire.FrameKind.RESET
                         await self._shielded(self._forward(dst, msg))
                         break
                     await dst.ctx.write(msg)
