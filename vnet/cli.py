@@ -140,9 +140,12 @@ def _check(prog: str, path: str, text: str | None, node: bool) -> int:
 
                 load_credentials(parse_node_config(path, text))
             else:
+                from vnet.route import check_tls_files
                 from vnet.route_security import load_security
 
-                load_security(parse_route_config(path, text))
+                settings = parse_route_config(path, text)
+                load_security(settings)
+                check_tls_files(settings)
         except ConfigError as exc:
             problems = [exc]
     for problem in problems:
@@ -166,6 +169,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level, args.log_format)
     path = args.config or DEFAULT_CONFIG
     from vnet.auth import insecure_reason
+    from vnet.route import check_tls_files
     from vnet.route_security import load_security
 
     if args.check:
@@ -183,6 +187,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = parse_route_config(path, read_config_text(path))
         security = load_security(settings)
+        check_tls_files(settings)
     except ConfigError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -260,6 +265,10 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--timeout must be more than 0")
     _setup_logging(args.log_level or ("warning" if args.commands else "info"), args.log_format)
     path = args.config or DEFAULT_CONFIG
+    # gRPC's C core prints its own lines (BoringSSL reasons for each failed
+    # handshake) unless told not to; the node says what went wrong itself.
+    # Read once, when grpc is first imported, just below.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from vnet.client import load_credentials
 
     if args.check:

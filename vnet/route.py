@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -16,7 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
-from vnet.config import RouteConfig, RouteLimits
+from vnet.config import RouteConfig, RouteLimits, RouteSettings
+from vnet.diagnose import check_key_pair
+from vnet.errors import ConfigError
 from vnet.metrics import MetricsServer, serve_metrics
 from vnet.route_security import RouteSecurity
 from vnet.route_service import (
@@ -29,7 +32,14 @@ from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RouteSecurity", "RouteServicer", "RouteTimeouts", "RunningRoute", "start_route"]
+__all__ = [
+    "RouteSecurity",
+    "RouteServicer",
+    "RouteTimeouts",
+    "RunningRoute",
+    "check_tls_files",
+    "start_route",
+]
 
 
 @dataclass
@@ -55,6 +65,27 @@ class RunningRoute:
         await self.server.stop(0.2)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
+
+
+def check_tls_files(settings: RouteSettings) -> None:
+    """ConfigError when the route's TLS files cannot work together.
+
+    Checked before binding: gRPC reports a key that does not match its
+    certificate only as "Failed to bind to address", with BoringSSL lines.
+    """
+    if not settings.tls_cert:
+        return
+    check_key_pair(settings.path, "route", settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca:
+        try:
+            ssl.create_default_context(cafile=settings.tls_client_ca)
+        except (ssl.SSLError, OSError):
+            raise ConfigError(
+                settings.path,
+                "route",
+                "tls_client_ca",
+                f"{settings.tls_client_ca} holds no PEM certificate",
+            ) from None
 
 
 def _check_bindable(config: RouteConfig) -> None:
