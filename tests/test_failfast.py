@@ -124,7 +124,7 @@ def _no_raw_text(err: str) -> None:
 
 
 @pytest.mark.e2e
-async def test_route_key_that_does_not_match_its_certificate(procs: Procs, tmp_path: Path) -> None:
+async def test_a_key_that_does_not_match_its_certificate(procs: Procs, tmp_path: Path) -> None:
     _certificates(tmp_path)
     port = free_port()
     (tmp_path / "route.ini").write_text(
@@ -135,6 +135,17 @@ async def test_route_key_that_does_not_match_its_certificate(procs: Procs, tmp_p
         assert rc == 1
         assert err.startswith(
             "vnet-route: route.ini: [route] tls_key: named.key does not match tls_cert route.pem\n"
+        ), err
+        _no_raw_text(err)
+    # A node's client certificate, the same; checked before it connects.
+    (tmp_path / "node.ini").write_text(
+        node_ini(port, "[vnet]\ntls=true\ntls_ca=ca.pem\ntls_cert=route.pem\ntls_key=named.key\n")
+    )
+    for args in (("node.ini",), ("--check", "node.ini")):
+        rc, _, err = await procs.run(command("vnet"), *args)
+        assert rc == 1
+        assert err.startswith(
+            "vnet: node.ini: [vnet] tls_key: named.key does not match tls_cert route.pem\n"
         ), err
         _no_raw_text(err)
 

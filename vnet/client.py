@@ -18,7 +18,7 @@ import grpc
 
 from vnet import wire
 from vnet.config import NodeConfig, resolve_secret
-from vnet.diagnose import Probe, check_key_pair, probe_for
+from vnet.diagnose import Probe, check_ca, check_key_pair, probe_for
 from vnet.errors import RouteUnavailable, VnetError
 from vnet.files import read_pem, read_text
 from vnet.registry import Serve
@@ -173,17 +173,19 @@ def load_credentials(
     def pem(key: str, path: str) -> bytes | None:
         return read_pem(config.path, "vnet", key, path) if path else None
 
+    tls = ClientTls(
+        root_ca=pem("tls_ca", v.tls_ca),
+        cert_chain=pem("tls_cert", v.tls_cert),
+        private_key=pem("tls_key", v.tls_key),
+        server_name=v.tls_server_name,
+    )
+    # Checked here, not left to gRPC: it would say only "Invalid private key"
+    # or "Handshake failed" among BoringSSL lines.
+    if v.tls_ca:
+        check_ca(config.path, "vnet", "tls_ca", v.tls_ca)
     if v.tls_cert:
         check_key_pair(config.path, "vnet", v.tls_cert, v.tls_key)
-    return NodeCredentials(
-        token=token,
-        tls=ClientTls(
-            root_ca=pem("tls_ca", v.tls_ca),
-            cert_chain=pem("tls_cert", v.tls_cert),
-            private_key=pem("tls_key", v.tls_key),
-            server_name=v.tls_server_name,
-        ),
-    )
+    return NodeCredentials(token=token, tls=tls)
 
 
 def client_for(

@@ -69,6 +69,14 @@ def check_key_pair(config_path: str, section: str, cert: str, key: str) -> None:
         raise ConfigError(config_path, section, "tls_key", why) from None
 
 
+def check_ca(config_path: str, section: str, key: str, path: str) -> None:
+    """ConfigError unless the file `path` ([section] key) holds a PEM certificate."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError):
+        raise ConfigError(config_path, section, key, f"{path} holds no PEM certificate") from None
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     """Why the route cannot be reached, as one line."""
@@ -90,7 +98,8 @@ def probe_for(config: NodeConfig, tls: ClientTls | None) -> Probe:
         try:
             async with asyncio.timeout(budget):
                 return await diagnose(config, tls)
-        except TimeoutError:
+        except (TimeoutError, OSError, ValueError):
+            # Found nothing certain: the caller says what gRPC saw instead.
             return None
 
     return probe

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -18,8 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
 from vnet.config import RouteConfig, RouteLimits, RouteSettings
-from vnet.diagnose import check_key_pair
-from vnet.errors import ConfigError
+from vnet.diagnose import check_ca, check_key_pair
 from vnet.metrics import MetricsServer, serve_metrics
 from vnet.route_security import RouteSecurity
 from vnet.route_service import (
@@ -77,15 +75,7 @@ def check_tls_files(settings: RouteSettings) -> None:
         return
     check_key_pair(settings.path, "route", settings.tls_cert, settings.tls_key)
     if settings.tls_client_ca:
-        try:
-            ssl.create_default_context(cafile=settings.tls_client_ca)
-        except (ssl.SSLError, OSError):
-            raise ConfigError(
-                settings.path,
-                "route",
-                "tls_client_ca",
-                f"{settings.tls_client_ca} holds no PEM certificate",
-            ) from None
+        check_ca(settings.path, "route", "tls_client_ca", settings.tls_client_ca)
 
 
 def _check_bindable(config: RouteConfig) -> None:
