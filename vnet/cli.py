@@ -256,7 +256,8 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for the route when connecting (default: 10)",
+        help="how long to wait for a route that does not answer at start (default: 10); "
+        "a refused port or a TLS mistake ends it at once, with the reason",
     )
     # Scripts want their output, not our progress: -c logs warnings only, unless asked.
     parser.set_defaults(log_level=None)
