@@ -18,7 +18,13 @@ import pytest
 from tests.conftest import TIMEOUT, free_port
 from tests.procs import Proc, Procs, command, node_ini
 from tests.services import echo_server, pattern, read_exactly_or_eof
-from vnet.unanswered import FORGET_AFTER, STALL_AFTER, AnswerWatch
+from vnet.unanswered import (
+    BACKLOG_ALLOWANCE,
+    FORGET_AFTER,
+    MAX_SILENCE,
+    STALL_AFTER,
+    AnswerWatch,
+)
 
 # What gRPC and BoringSSL say in their own words; none of it may reach the user.
 RAW = (
@@ -39,7 +45,8 @@ RAW = (
 
 
 def test_a_silent_node_trips_only_after_the_threshold() -> None:
-    watch = AnswerWatch()
+    # No allowance for the backlog here: the threshold alone (see below).
+    watch = AnswerWatch(backlog_allowance=0.0)
     assert watch.silent_for(0.0) == 0.0
     watch.asked("a", now=100.0)
     assert watch.silent_for(100.0 + STALL_AFTER - 0.01) == 0.0
@@ -48,7 +55,7 @@ def test_a_silent_node_trips_only_after_the_threshold() -> None:
 
 
 def test_any_answer_clears_it_even_one_too_late_for_its_tunnel() -> None:
-    watch = AnswerWatch()
+    watch = AnswerWatch(backlog_allowance=0.0)
     watch.asked("a", 0.0)
     assert watch.silent_for(5.0)
     # The route gave up on "a" long ago; an Accept for it still shows life.
@@ -72,6 +79,21 @@ def test_a_slow_node_with_a_backlog_never_trips() -> None:
         assert watch.silent_for(now) == 0.0, f"tripped at {now}s"
         watch.answered(f"t{n}", now)
     assert watch.waiting == 900
+
+
+def test_a_burst_gives_more_time_for_the_first_answer_but_not_forever() -> None:
+    # A thousand requests at once: the route and the node are busy with all
+    # of them, so the first answer may come late; the allowance is bounded.
+    watch = AnswerWatch()
+    for n in range(1000):
+        watch.asked(f"t{n}", 0.0)
+    allowed = min(STALL_AFTER + 1000 * BACKLOG_ALLOWANCE, MAX_SILENCE)
+    assert allowed > STALL_AFTER
+    assert watch.silent_for(allowed - 0.01) == 0.0
+    assert watch.silent_for(allowed) > 0
+    for n in range(100_000):
+        watch.asked(f"u{n}", 0.0)
+    assert watch.silent_for(MAX_SILENCE) > 0
 
 
 def test_nothing_waiting_is_not_silence() -> None:
