@@ -55,6 +55,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--write", metavar="FILE", help="also write the results into FILE's WAN block")
     p.add_argument("--chart", metavar="PNG", help="latency-over-time chart of the loaded runs")
     p.add_argument("--note", default="", help="free text for the results, e.g. what else ran")
+    p.add_argument(
+        "--ss-log",
+        metavar="FILE",
+        help="write the `ss -tinm` snapshots taken mid-way through each loaded ssh and vnet run "
+        "(office, route and home sockets) to FILE instead of stderr",
+    )
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     args.sizes = Sizes(

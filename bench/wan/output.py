@@ -220,8 +220,12 @@ def finish(run: Run) -> None:
             f"**{title}**\n\n{report.markdown_table(*tab)}\n\n{report.markdown_table(*goal)}\n\n"
             + "\n".join(f"- {n}" for n in notes)
         )
-        for text in res.evidence:
-            print(text, file=sys.stderr)
+    evidence = "\n\n".join(text for res in run.results for text in res.evidence)
+    if run.args.ss_log:
+        Path(run.args.ss_log).write_text(evidence + "\n")
+        print(f"wrote the ss snapshots to {run.args.ss_log}", file=sys.stderr)
+    elif evidence:
+        print(evidence, file=sys.stderr)
     chart_note = []
     if run.args.chart:
         chart_note.append(draw(Path(run.args.chart), run.results))
