@@ -30,6 +30,7 @@ from bench.wan.profiles import FULL, PROFILES, QUICK, Profile, Sizes
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+ROWS = ("ping", "bulk", "bulk8", "first-byte", "up", "down")
 
 
 def _say(text: str) -> None:
@@ -49,6 +50,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--buffer-ms", type=float, help="custom profile: buffer (default = RTT)")
     p.add_argument("--loss-pct", type=float, default=0.0, help="custom profile: loss (default 0)")
     p.add_argument("--paths", default=",".join(ALL_PATHS), help="subset of direct,ssh,vnet")
+    p.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"subset of {','.join(ROWS)} (default: all; up/down are the loaded pings)",
+    )
     p.add_argument("--bulk-mib", type=int, help="bulk transfer size at 100 Mbit/s")
     p.add_argument("--pings", type=int, help="unloaded ping-pong round trips")
     p.add_argument("--load-s", type=float, help="seconds each loaded transfer runs")
@@ -86,6 +92,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         if unknown or not wanted:
             p.error(f"--profiles: unknown {', '.join(unknown) or 'empty list'}")
         args.profile_list = [PROFILES[n] for n in wanted]
+    args.rows = [x.strip() for x in args.rows.split(",") if x.strip()]
+    if not args.rows or set(args.rows) - set(ROWS):
+        p.error(f"--rows: a comma-separated subset of {','.join(ROWS)}")
     args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     if not args.paths or set(args.paths) - set(ALL_PATHS):
         p.error(f"--paths: a comma-separated subset of {','.join(ALL_PATHS)}")
@@ -106,8 +115,8 @@ class ProfileRun:
         self.result = output.ProfileResult(profile)
 
     def run(self) -> output.ProfileResult:
-        topo = netns.build()
         try:
+            topo = netns.build()
             with netns.inside(topo.office):
                 self._run(topo)
         finally:
@@ -140,18 +149,20 @@ class ProfileRun:
             # Untimed: ARP, the first tunnel, and one-off start-up costs are not measured.
             self._guard(path, "warm-up", functools.partial(client.bulk, path.sink, 1 << 20, 60.0))
             self._guard(path, "warm-up", functools.partial(measure.ping_ms, path.echo, 3))
-        kinds: list[tuple[str, Callable[[WanPath], dict[str, float]]]] = [
-            ("ping-pong", self.ping),
-            ("bulk", self.bulk),
+        kinds: list[tuple[str, str, Callable[[WanPath], dict[str, float]]]] = [
+            ("ping", "ping-pong", self.ping),
+            ("bulk", "bulk", self.bulk),
         ]
         if self.profile.rows == "full":
             kinds += [
-                ("bulk 8 conns", self.bulk8),
-                ("first byte", self.first_byte),
-                ("ping + upload", lambda p: self.loaded(p, "up", topo)),
-                ("ping + download", lambda p: self.loaded(p, "down", topo)),
+                ("bulk8", "bulk 8 conns", self.bulk8),
+                ("first-byte", "first byte", self.first_byte),
+                ("up", "ping + upload", lambda p: self.loaded(p, "up", topo)),
+                ("down", "ping + download", lambda p: self.loaded(p, "down", topo)),
             ]
-        for kind, fn in kinds:
+        for row, kind, fn in kinds:
+            if row not in self.args.rows:
+                continue
             for path in paths:
                 self.children.check()
                 netns.flush_tcp_metrics(topo)
@@ -208,8 +219,6 @@ class ProfileRun:
 
         def snapshot() -> None:
             # Where the queue sits: every socket of office and of the route namespace.
-            if path.name == "direct":
-                return
             text = [f"### {self.profile.name} {path.name} ping next to {direction}load"]
             for label, ns in (("office", topo.office), ("route", topo.route), ("home", topo.home)):
                 text.append(f"--- ss -tinm in {label} ({ns})")
@@ -219,8 +228,12 @@ class ProfileRun:
         def at_sink() -> int:
             return netns.bytes_received(topo.home, SINK)
 
+        def drained() -> bool:
+            # A ping's worth or two may be in flight; a transfer's leftovers are megabytes.
+            return netns.queued_bytes((topo.office, topo.route, topo.home)) < 64 * 1024
+
         got = measure.loaded(
-            path.echo, flow, plan, snapshot, at_sink if direction == "up" else None
+            path.echo, flow, plan, snapshot, at_sink if direction == "up" else None, drained
         )
         self.result.timelines[(direction, path.name)] = got
         return {

@@ -161,12 +161,18 @@ def loaded(
     plan: LoadPlan,
     snapshot: Callable[[], None] | None = None,
     received: Callable[[], int] | None = None,
+    drained: Callable[[], bool] | None = None,
 ) -> Loaded:
     """The ping-pong next to a transfer. p50/p99 and throughput come from the window
     [settle_s, load_s] after the transfer started: its steady state, not its ramp.
 
     received: the receiving end's byte count, when the receiver is not this process (an
-    upload); by default the flow's own count."""
+    upload); by default the flow's own count. drained: true once no hop holds bytes of the
+    transfer any more; waited for (within after_max_s) both before and after, so that no
+    measurement starts on a link still busy with the previous one's leftovers."""
+    deadline = time.perf_counter() + plan.after_max_s
+    while drained is not None and not drained() and time.perf_counter() < deadline:
+        time.sleep(0.2)
     pinger = Pinger(echo)
     flow: Upload | Download | None = None
     try:
@@ -195,7 +201,7 @@ def loaded(
             if pinger.error is not None:
                 break
             recent = [ms for t, ms in pinger.samples if t > ended][-3:]
-            if len(recent) == 3 and max(recent) <= calm:
+            if len(recent) == 3 and max(recent) <= calm and (drained is None or drained()):
                 break
             time.sleep(0.1)
     finally:

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procs import BenchError
+
 OFFICE_IP, ROUTE_OFFICE_IP = "10.77.1.2", "10.77.1.1"
 HOME_IP, ROUTE_HOME_IP = "10.77.2.2", "10.77.2.1"
 CLONE_NEWNET = 0x40000000
@@ -49,7 +51,7 @@ _made: list[str] = []
 _seq = 0
 
 
-class NetnsError(Exception):
+class NetnsError(BenchError):
     """A namespace command failed."""
 
 
@@ -237,6 +239,19 @@ def bytes_received(ns: str, port: int) -> int:
     tcp_info, via ss): a receiver's count, which no sender-side buffer can inflate."""
     out = _run(exec_argv(ns, ["ss", "-tinH", "state", "established", f"( sport = :{port} )"]))
     return sum(int(m) for m in re.findall(r"bytes_received:(\d+)", out))
+
+
+def queued_bytes(namespaces: Sequence[str]) -> int:
+    """Bytes waiting in the send and receive queues of every established TCP socket of the
+    namespaces: near zero once a finished transfer has fully drained out of every hop."""
+    total = 0
+    for ns in namespaces:
+        out = _run(exec_argv(ns, ["ss", "-tnH", "state", "established"]))
+        for line in out.splitlines():
+            fields = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                total += int(fields[0]) + int(fields[1])
+    return total
 
 
 def _setns(fd: int) -> None:

@@ -148,6 +148,23 @@ def _accuracy(res: ProfileResult) -> str:
     )
 
 
+def _suspect(res: ProfileResult) -> list[str]:
+    """Say so when a loaded transfer did not fill the link: its ping rows then measure a
+    lighter load (seen in single runs on the busy shared box: a new connection's receive
+    window or BBR's bandwidth estimate stuck low for seconds; the ss snapshots show which)."""
+    out = []
+    for path in res.paths:
+        for d, word in (("up", "upload"), ("down", "download")):
+            got = res.get(f"{d}_mbps", path)
+            if got is not None and got < 0.8 * res.profile.link_mbytes:
+                out.append(
+                    f"{path}'s {word} carried only {got:.2f} MB/s of a "
+                    f"{res.profile.link_mbytes:g} MB/s link next to the ping: its loaded rows "
+                    "measure a lighter load than the others'"
+                )
+    return out
+
+
 def _wire_note(res: ProfileResult) -> str:
     parts = []
     for name, stats in res.wire_stats.items():
@@ -213,7 +230,7 @@ def finish(run: Run) -> None:
         print(report.plain_table(*tab))
         print()
         print(report.plain_table(*goal))
-        notes = [*res.notes, _accuracy(res), _wire_note(res)]
+        notes = [*res.notes, _accuracy(res), *_suspect(res), _wire_note(res)]
         for n in notes:
             print(n)
         blocks.append(
