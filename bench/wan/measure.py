@@ -51,6 +51,29 @@ def first_byte_ms(addr: Address, count: int) -> list[float]:
     return out
 
 
+class MemoryWatch:
+    """Samples the host's TCP memory in a thread while a row runs: was the host (other work
+    on it) near or in TCP memory pressure at any point?"""
+
+    def __init__(self, sample: Callable[[], tuple[int, int]], every: float = 0.1) -> None:
+        self.peak, self.mark = sample()
+        self._sample, self._every = sample, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            now, self.mark = self._sample()
+            self.peak = max(self.peak, now)
+
+    def stop(self) -> bool:
+        """True when the host's TCP memory reached the pressure mark during the row."""
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak >= self.mark
+
+
 class Download:
     """Reads an endless stream from the source until stop(); counts what arrived."""
 

@@ -254,6 +254,22 @@ def queued_bytes(namespaces: Sequence[str]) -> int:
     return total
 
 
+def tcp_memory() -> tuple[int, int]:
+    """(pages all TCP sockets of the host hold now, tcp_mem's low mark). Pressure starts at
+    tcp_mem's middle value and lasts until usage is back under the low one, so at or above
+    the low mark the kernel may be moderating buffers. The count is host-wide (namespaces
+    share it), so other work on the machine can put every socket here under memory pressure,
+    which clamps receive windows to a few segments and stalls transfers for reasons that
+    have nothing to do with the link.
+    """
+    try:
+        mem = re.search(r"^TCP:.* mem (\d+)", Path("/proc/net/sockstat").read_text(), re.M)
+        low = Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()[0]
+        return (int(mem.group(1)) if mem else 0), int(low)
+    except (OSError, ValueError, IndexError):
+        return 0, 1 << 62
+
+
 def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:

@@ -31,6 +31,8 @@ class ProfileResult:
     timelines: dict[tuple[str, str], Loaded] = field(default_factory=dict)
     wire_stats: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
+    # Rows that saw host-wide TCP memory pressure even after their retries.
+    pressured: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     describe: list[tuple[str, str]] = field(default_factory=list)
 
@@ -135,7 +137,7 @@ def goals(res: ProfileResult) -> Table:
             met = "met" if (value <= bar if lower else value >= bar) else "not met"
         dec = 2 if "MB/s" in goal else 1
         body.append([goal, _fmt(bar, dec), _fmt(value, dec), met])
-    return ["goal (vnet)", "bar", "vnet", ""], body
+    return ["goal (vnet)", "bar", "vnet", "met?"], body
 
 
 def _accuracy(res: ProfileResult) -> str:
@@ -153,6 +155,13 @@ def _suspect(res: ProfileResult) -> list[str]:
     lighter load (seen in single runs on the busy shared box: a new connection's receive
     window or BBR's bandwidth estimate stuck low for seconds; the ss snapshots show which)."""
     out = []
+    if res.pressured:
+        out.append(
+            "measured while the host's TCP memory was at tcp_mem's pressure mark (other work on "
+            "the machine), after 2 retries: "
+            f"{', '.join(res.pressured)}; the kernel clamps "
+            "every socket's buffers then, so these figures do not describe the link"
+        )
     for path in res.paths:
         for d, word in (("up", "upload"), ("down", "download")):
             got = res.get(f"{d}_mbps", path)
@@ -204,10 +213,14 @@ def _settings(run: Run) -> list[tuple[str, str]]:
             "loaded ping",
             f"ping-pong {s.before_s:g} s alone, then next to a transfer on another "
             f"connection of the same path for {s.load_s:g} s, then until 3 pings in a row are back "
-            f"(at most {s.after_max_s:g} s); figures from the window {s.settle_s:g} s after the "
-            "transfer started to its end",
+            f"and every hop's queues drained (at most {s.after_max_s:g} s); figures from the "
+            f"window {s.settle_s:g} s after the transfer started to its end",
         ),
-        ("repetitions", "1 per profile (a fresh topology and fresh processes per profile)"),
+        (
+            "repetitions",
+            "1 per profile (a fresh topology and fresh processes per profile); a row is "
+            "measured again when the host's TCP memory reached tcp_mem's low mark meanwhile",
+        ),
         ("vnet revision", report.revision(run.repo)),
     ]
     for res in run.results:
