@@ -197,9 +197,10 @@ class ProfileRun:
             if not pressured:
                 return got
             _say(
-                f"[{self.profile.name}] {kind} over {path.name}: the host's TCP memory reached "
-                f"tcp_mem's pressure mark ({watch.peak:,} of {watch.mark:,} pages; other work "
-                "on the machine)" + ("; measuring again" if attempt < RETRIES else "")
+                f"[{self.profile.name}] {kind} over {path.name}: the host was in TCP memory "
+                f"pressure meanwhile (peak {watch.peak:,} pages, low mark {watch.mark:,}; "
+                f"{watch.entries} entries; other work on the machine)"
+                + ("; measuring again" if attempt < RETRIES else "")
             )
         self.result.pressured.append(f"{kind} over {path.name}")
         return got

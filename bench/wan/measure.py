@@ -53,10 +53,11 @@ def first_byte_ms(addr: Address, count: int) -> list[float]:
 
 class MemoryWatch:
     """Samples the host's TCP memory in a thread while a row runs: was the host (other work
-    on it) near or in TCP memory pressure at any point?"""
+    on it) in TCP memory pressure at any point?"""
 
-    def __init__(self, sample: Callable[[], tuple[int, int]], every: float = 0.1) -> None:
-        self.peak, self.mark = sample()
+    def __init__(self, sample: Callable[[], tuple[int, int, int]], every: float = 0.1) -> None:
+        self.peak, self.mark, self._entries0 = sample()
+        self.entries = 0
         self._sample, self._every = sample, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,14 +65,18 @@ class MemoryWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
-            now, self.mark = self._sample()
+            now, self.mark, entries = self._sample()
             self.peak = max(self.peak, now)
+            self.entries = entries - self._entries0
 
     def stop(self) -> bool:
-        """True when the host's TCP memory reached the pressure mark during the row."""
+        """True when the host's TCP memory reached the pressure mark, or the machine entered
+        memory pressure, during the row."""
         self._stop.set()
         self._thread.join(5)
-        return self.peak >= self.mark
+        now, self.mark, entries = self._sample()
+        self.peak, self.entries = max(self.peak, now), entries - self._entries0
+        return self.peak >= self.mark or self.entries > 0
 
 
 class Download:

@@ -254,20 +254,32 @@ def queued_bytes(namespaces: Sequence[str]) -> int:
     return total
 
 
-def tcp_memory() -> tuple[int, int]:
-    """(pages all TCP sockets of the host hold now, tcp_mem's low mark). Pressure starts at
-    tcp_mem's middle value and lasts until usage is back under the low one, so at or above
-    the low mark the kernel may be moderating buffers. The count is host-wide (namespaces
-    share it), so other work on the machine can put every socket here under memory pressure,
-    which clamps receive windows to a few segments and stalls transfers for reasons that
-    have nothing to do with the link.
+def tcp_memory() -> tuple[int, int, int]:
+    """(pages all TCP sockets of the host hold now, tcp_mem's low mark, how often the root
+    namespace's sockets have entered TCP memory pressure since boot).
+
+    TCP's memory account is host-wide (namespaces share it), so other work on the machine can
+    put every socket here under memory pressure, which clamps receive windows to a few
+    segments and shrinks send buffers, and a flow can crawl for seconds after a pressure
+    episode too short to see in the page count; the entry counter catches those. Pressure
+    starts at tcp_mem's middle value and lasts until usage is back under the low one.
     """
     try:
         mem = re.search(r"^TCP:.* mem (\d+)", Path("/proc/net/sockstat").read_text(), re.M)
         low = Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()[0]
-        return (int(mem.group(1)) if mem else 0), int(low)
+        pages = int(mem.group(1)) if mem else 0
     except (OSError, ValueError, IndexError):
-        return 0, 1 << 62
+        return 0, 1 << 62, 0
+    return pages, int(low), _root_pressures()
+
+
+def _root_pressures() -> int:
+    # /proc/1 is in the root namespace, where the rest of the machine's sockets live.
+    try:
+        head, values = Path("/proc/1/net/netstat").read_text().splitlines()[:2]
+        return int(dict(zip(head.split(), values.split(), strict=True))["TCPMemoryPressures"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _setns(fd: int) -> None:

@@ -157,7 +157,7 @@ def _suspect(res: ProfileResult) -> list[str]:
     out = []
     if res.pressured:
         out.append(
-            "measured while the host's TCP memory was at tcp_mem's pressure mark (other work on "
+            "measured while the host was in TCP memory pressure (other work on "
             "the machine), after 2 retries: "
             f"{', '.join(res.pressured)}; the kernel clamps "
             "every socket's buffers then, so these figures do not describe the link"
@@ -219,7 +219,7 @@ def _settings(run: Run) -> list[tuple[str, str]]:
         (
             "repetitions",
             "1 per profile (a fresh topology and fresh processes per profile); a row is "
-            "measured again when the host's TCP memory reached tcp_mem's low mark meanwhile",
+            "measured again when the host was in TCP memory pressure meanwhile",
         ),
         ("vnet revision", report.revision(run.repo)),
     ]
