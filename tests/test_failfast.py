@@ -156,7 +156,8 @@ async def test_a_key_that_does_not_match_its_certificate(procs: Procs, tmp_path:
         rc, _, err = await procs.run(command("vnet-route"), *args)
         assert rc == 1
         assert err.startswith(
-            "vnet-route: route.ini:5: [route] tls_key: named.key does not match tls_cert route.pem\n"
+            "vnet-route: route.ini:5: [route] tls_key: "
+            "named.key does not match tls_cert route.pem\n"
         ), err
         _no_raw_text(err)
     # A node's client certificate, the same; checked before it connects.
