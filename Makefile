@@ -35,6 +35,7 @@ lint: venv buf-lint
 	$(PY) -m ruff check vnet tests bench tools
 	$(PY) -m ruff format --check vnet tests bench tools
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # buf lint on protos/ (buf.yaml): buf comes from npm, pinned, into .tools/.
 BUF_VERSION := 1.75.0

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.procs import Procs
-from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteTimeouts, RunningRoute, start_route
+from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RouteTimeouts, RunningRoute, start_route
 
 # Every wait in the tests is a multiple of this.
 TIMEOUT = 10.0

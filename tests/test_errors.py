@@ -15,9 +15,10 @@ from typing import Any
 import grpc
 import pytest
 
-from vnet import errors, wire
-from vnet.errors import ConfigError, LocalProtocolError, ProtocolError, VnetError
-from vnet.route_rpc import translated
+from vnet import wire
+from vnet.core import errors
+from vnet.core.errors import ConfigError, LocalProtocolError, ProtocolError, VnetError
+from vnet.route.rpc import translated
 
 # Errors that are reported where they happen and never cross the wire.
 LOCAL_ONLY = {ConfigError, LocalProtocolError}

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import TIMEOUT, free_port
 from tests.procs import Proc, Procs, command, node_ini
 from tests.services import echo_server, pattern, read_exactly_or_eof
-from vnet.unanswered import (
+from vnet.core.unanswered import (
     BACKLOG_ALLOWANCE,
     FORGET_AFTER,
     MAX_SILENCE,

@@ -10,12 +10,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TIMEOUT, use_port, wait_until
 from tests.rawclient import Raw, status_of
 from tests.services import exchange, exchange_server
-from vnet.auth import TokenTable
-from vnet.client import NodeCredentials
-from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteTimeouts, start_route
-from vnet.route_security import RouteSecurity
+from vnet.core.auth import TokenTable
+from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.node.client import NodeCredentials
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.security import RouteSecurity
+from vnet.route.server import RouteTimeouts, start_route
 
 MIB = 1 << 20
 

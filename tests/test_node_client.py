@@ -31,11 +31,11 @@ from tests.services import (
     read_until_reset,
     send_all,
 )
-from vnet.auth import PenaltyPolicy, TokenTable
-from vnet.client import NodeCredentials
-from vnet.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteSecurity, RouteTimeouts, RunningRoute, start_route
+from vnet.core.auth import PenaltyPolicy, TokenTable
+from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig
+from vnet.node.client import NodeCredentials
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RouteSecurity, RouteTimeouts, RunningRoute, start_route
 
 pytestmark = pytest.mark.e2e
 

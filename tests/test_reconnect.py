@@ -8,9 +8,9 @@ import pytest
 
 from tests.conftest import TIMEOUT, free_port, use_port, wait_until
 from tests.services import echo_round_trip, echo_server, tcp_relay
-from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteTimeouts, RunningRoute, start_route
+from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RouteTimeouts, RunningRoute, start_route
 
 FAST = NodeTimeouts(
     connect=TIMEOUT,

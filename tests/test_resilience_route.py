@@ -18,9 +18,9 @@ from tests.services import (
     read_until_reset,
     tcp_relay,
 )
-from vnet.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteTimeouts, RunningRoute, start_route
+from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RouteTimeouts, RunningRoute, start_route
 from vnetrpc.v1 import route_pb2 as pb
 
 

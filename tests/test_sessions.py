@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from vnet.core.errors import InvalidRequest, LimitExceeded, NotFound
+from vnet.core.registry import Registry
 from vnet.core.sessions import Rendezvous, Sessions
-from vnet.errors import InvalidRequest, LimitExceeded, NotFound
-from vnet.registry import Registry
 
 
 def table(max_nodes: int = 100) -> Sessions:

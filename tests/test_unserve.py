@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from tests.conftest import TIMEOUT, free_port, refused, wait_until
-from vnet.config import NodeConfig, RouteConfig, VnetConfig
-from vnet.console_exec import Executor, Outcome
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RunningRoute
+from vnet.console.executor import Executor, Outcome
+from vnet.core.config import NodeConfig, RouteConfig, VnetConfig
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RunningRoute
 
 PAGE = b"<html>jupyter stand-in</html>"
 

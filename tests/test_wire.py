@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vnet import wire
-from vnet.errors import MalformedFrame
+from vnet.core.errors import MalformedFrame
 from vnetrpc.v1 import route_pb2 as pb
 
 

@@ -18,15 +18,16 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vnet import __version__, tunnel
-from vnet.config import NodeConfig, RouteSettings
+from vnet import __version__
 from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
-from vnet.errors import RouteUnavailable, VnetError
+from vnet.core.config import NodeConfig, RouteSettings
+from vnet.core.errors import RouteUnavailable, VnetError
+from vnet.node import tunnel
 
 if TYPE_CHECKING:
-    from vnet.client import NodeCredentials
-    from vnet.node import Node
-    from vnet.route_security import RouteSecurity
+    from vnet.node.client import NodeCredentials
+    from vnet.node.node import Node
+    from vnet.route.security import RouteSecurity
 
 log = logging.getLogger("vnet")
 
@@ -46,7 +47,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        # Tunnel lines carry these as fields too (see vnet.tunnel).
+        # Tunnel lines carry these as fields too (see vnet.node.tunnel).
         for key in ("vnetid", "serveid", "tunnel"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
@@ -174,7 +175,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
-    from vnet.route import RouteTimeouts, start_route
+    from vnet.route.server import RouteTimeouts, start_route
 
     try:
         route = await start_route(
@@ -256,7 +257,7 @@ async def _node(
     commands: Sequence[str] = (),
     timeout: float = 10.0,
 ) -> int:
-    from vnet.node import Node, NodeTimeouts, run_node
+    from vnet.node.node import Node, NodeTimeouts, run_node
 
     keepalive = config.vnet.keepalive
     timeouts = NodeTimeouts(connect=timeout, keepalive=keepalive, keepalive_timeout=keepalive)
@@ -296,7 +297,7 @@ async def _node(
 
 async def _console(node: Node) -> None:
     """Start the node, then the console on the same loop, until exit."""
-    from vnet.console import run_console
+    from vnet.console.prompt import run_console
 
     try:
         await node.start()
@@ -307,7 +308,7 @@ async def _console(node: Node) -> None:
 
 async def _script(node: Node, commands: Sequence[str]) -> int:
     """`vnet CONFIG -c COMMAND ...`: output on stdout, one line per error on stderr."""
-    from vnet.console_exec import run_script
+    from vnet.console.executor import run_script
 
     codes: list[int] = []
 

@@ -1,6 +1,6 @@
 """Reading the files a configuration names: the config itself, token files, PEM files.
 
-The file I/O that the pure vnet.config leaves to its callers (the route's
+The file I/O that the pure vnet.core.config leaves to its callers (the route's
 security set-up, the node's client, the command line and the console), in one
 place so every failure is reported the same way: a ConfigError naming the file,
 and the section and key that named it.
@@ -16,8 +16,8 @@ import os
 import ssl
 import stat
 
-from vnet.errors import ConfigError
-from vnet.limits import quoted_if_odd
+from vnet.core.errors import ConfigError
+from vnet.core.limits import quoted_if_odd
 
 KIB = 1024
 # A token is a line of text; 64 KiB is far more than any real one.
@@ -91,7 +91,7 @@ def read_config_text(path: str) -> str:
 
 
 def read_text(path: str) -> str:
-    """A token file's text, for vnet.config.resolve_secret (which reports OSError)."""
+    """A token file's text, for vnet.core.config.resolve_secret (which reports OSError)."""
     return read_capped(path, TOKEN_MAX_BYTES, "a token").decode("utf-8")
 
 

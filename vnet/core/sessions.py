@@ -19,8 +19,8 @@ import hmac
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from vnet.errors import InvalidRequest, LimitExceeded, NotFound
-from vnet.registry import Registry, Serve, Vnet
+from vnet.core.errors import InvalidRequest, LimitExceeded, NotFound
+from vnet.core.registry import Registry, Serve, Vnet
 
 
 def _digest(secret: str) -> bytes:

@@ -1,7 +1,7 @@
 """unserve, from the original vnet: offering a service on another node's request.
 
 Pure: what a node may offer, and when an offer lapses. The node's I/O
-around it is vnet.unserves.
+around it is vnet.node.offers.
 
 The original's rules: `allow_unserve` must be true; unless `unserve_remote`
 is true, only loopback addresses may be offered; at most `unserve_num` live
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vnet.auth import is_loopback
-from vnet.config import VnetConfig
+from vnet.core.auth import is_loopback
+from vnet.core.config import VnetConfig
 
 UNUSED_TTL = 180.0
 LINGER = 60.0

@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vnet.errors import ConfigError
-from vnet.limits import SHOWN_MAX
+from vnet.core.errors import ConfigError
+from vnet.core.limits import SHOWN_MAX
 
 # A comment starts at ; or # at the start of a line or after white space
 # (configparser's inline_comment_prefixes rule): "info=a;b" keeps its ";".

@@ -20,8 +20,13 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from vnet import config_diff, config_save, tunnel
-from vnet.client import (
+from vnet.core import config_diff, config_save
+from vnet.core.config import NodeConfig, ServeConfig, UseConfig
+from vnet.core.errors import NotFound, RouteUnavailable, Unauthenticated, VnetError
+from vnet.core.pacing import Pacer
+from vnet.core.registry import Serve
+from vnet.node import tunnel
+from vnet.node.client import (
     ControlEvent,
     GoingAway,
     NodeCredentials,
@@ -33,13 +38,9 @@ from vnet.client import (
     UnserveAsked,
     client_for,
 )
-from vnet.config import NodeConfig, ServeConfig, UseConfig
-from vnet.errors import NotFound, RouteUnavailable, Unauthenticated, VnetError
-from vnet.node_state import NodeRequestError, NodeTimeouts, ServeState
-from vnet.pacing import Pacer
-from vnet.registry import Serve
-from vnet.unserves import Unserves
-from vnet.uses import Uses, UseState
+from vnet.node.offers import Unserves
+from vnet.node.state import NodeRequestError, NodeTimeouts, ServeState
+from vnet.node.uses import Uses, UseState
 
 log = logging.getLogger(__name__)
 

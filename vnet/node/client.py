@@ -17,12 +17,12 @@ from typing import Any
 import grpc
 
 from vnet import wire
-from vnet.config import NodeConfig, resolve_secret
-from vnet.diagnose import Probe, probe_for
-from vnet.errors import RouteUnavailable, VnetError
+from vnet.core.config import NodeConfig, resolve_secret
+from vnet.core.errors import RouteUnavailable, VnetError
+from vnet.core.pacing import STREAM_WINDOW
+from vnet.core.registry import Serve
 from vnet.files import check_ca, check_key_pair, read_pem, read_text
-from vnet.pacing import STREAM_WINDOW
-from vnet.registry import Serve
+from vnet.node.diagnose import Probe, probe_for
 from vnetrpc.v1 import route_pb2 as pb
 from vnetrpc.v1 import route_pb2_grpc as pb_grpc
 
@@ -34,7 +34,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # A connection of its own: channels with equal arguments otherwise share
     # one, so a reconnect's "fresh" channel would inherit the dead link.
     ("grpc.use_local_subchannel_pool", 1),
-    # Fixed stream windows, not BDP-grown ones (vnet/pacing.py STREAM_WINDOW).
+    # Fixed stream windows, not BDP-grown ones (vnet/core/pacing.py STREAM_WINDOW).
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
 ]
@@ -223,7 +223,7 @@ class RouteClient:
         probe: Probe | None = None,
     ) -> None:
         self.address = address
-        # Explains a failed connection at start (see vnet.diagnose).
+        # Explains a failed connection at start (see vnet.node.diagnose).
         self._probe = probe
         options = channel_options(keepalive, keepalive_timeout)
         self._auth: tuple[tuple[str, str], ...] = (
@@ -260,7 +260,7 @@ class RouteClient:
         """Wait until the channel is ready, at most `timeout` seconds.
 
         fail_fast (a node starting): as soon as the channel fails, find out
-        why (vnet.diagnose) and give up at once with that reason; a refused
+        why (vnet.node.diagnose) and give up at once with that reason; a refused
         or unreachable route is looked at once more first. Without it (a
         node reconnecting), wait out the timeout as gRPC retries.
         """
@@ -392,7 +392,7 @@ class RouteClient:
         except grpc.aio.AioRpcError as exc:
             err: VnetError = wire.error_of(exc)
             # The cause stays: an UNAUTHENTICATED here means the route no
-            # longer knows the session (vnet.node words that).
+            # longer knows the session (vnet.node.node words that).
             raise RouteUnavailable(f"control stream ended: {err}") from err
         finally:
             call.cancel()

@@ -19,8 +19,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from vnet.config import NodeConfig, parse_node_config
-from vnet.errors import ConfigError
+from vnet.core.config import NodeConfig, parse_node_config
+from vnet.core.errors import ConfigError
 
 # The original README's key order; other fields follow in declaration order.
 _ORDER: dict[str, tuple[str, ...]] = {
@@ -129,7 +129,7 @@ def extras_of(text: str) -> Extras:
 
 
 def _modelled_keys() -> dict[str, frozenset[str]]:
-    from vnet.config import RouteConfig, VnetConfig
+    from vnet.core.config import RouteConfig, VnetConfig
 
     return {
         "route": frozenset(f.name for f in dataclasses.fields(RouteConfig)),

@@ -1,8 +1,8 @@
 """The console's language: parsing, completion and tables.
 
 Pure: no prompt_toolkit, asyncio, grpc or sockets. The console adapter
-(vnet.console) feeds it lines and the text before the cursor; the executor
-(vnet.console_exec) runs what parse() returns against the node.
+(vnet.console.prompt) feeds it lines and the text before the cursor; the executor
+(vnet.console.executor) runs what parse() returns against the node.
 
 New serves and uses are built by the same parser as config.ini, so a
 console-made serve obeys exactly the rules (and defaults) of the file.
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vnet.config import (
+from vnet.core.config import (
     SERVE_KEYS,
     SERVEID_MAX,
     USE_KEYS,
@@ -27,7 +27,7 @@ from vnet.config import (
     UseConfig,
     parse_node_config,
 )
-from vnet.errors import ConfigError, VnetError
+from vnet.core.errors import ConfigError, VnetError
 
 # --- the grammar ---------------------------------------------------------------
 

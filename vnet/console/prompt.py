@@ -1,6 +1,6 @@
 """The interactive console of `[vnet] terminal=true`, on prompt_toolkit.
 
-An adapter only: the language is vnet.commands and the work vnet.console_exec.
+An adapter only: the language is vnet.core.commands and the work vnet.console.executor.
 It runs on the node's own event loop, so tunnels keep flowing while someone
 types. Completion reads a snapshot of local state and of what a background
 task last fetched, never the network. Logs print above the prompt without
@@ -26,11 +26,11 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
-from vnet import commands
-from vnet.commands import CompletionData
-from vnet.console_exec import Executor, Outcome, Status, Write, completion_data, refresh
-from vnet.errors import RouteUnavailable
-from vnet.node import Node
+from vnet.console.executor import Executor, Outcome, Status, Write, completion_data, refresh
+from vnet.core import commands
+from vnet.core.commands import CompletionData
+from vnet.core.errors import RouteUnavailable
+from vnet.node.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vnet.auth import PenaltyPolicy, TokenTable
-from vnet.config import RouteSettings, resolve_secret
-from vnet.errors import ConfigError
+from vnet.core.auth import PenaltyPolicy, TokenTable
+from vnet.core.config import RouteSettings, resolve_secret
+from vnet.core.errors import ConfigError
 from vnet.files import read_pem, read_text
 
 

@@ -1,6 +1,6 @@
 """A node's side of unserve: answering requests, dialling offers, lapsing them.
 
-The rules are vnet.unserve (pure); this is the I/O around them, on behalf
+The rules are vnet.core.unserve (pure); this is the I/O around them, on behalf
 of one Node (it registers offers as the node's serves, so the node's
 accepting side finds them like any other).
 """
@@ -14,13 +14,13 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from vnet.client import UnserveAsked
-from vnet.config import ServeConfig
-from vnet.errors import NotFound, VnetError
-from vnet.unserve import LINGER, UNUSED_TTL, Offer, address_refusal, refusal
+from vnet.core.config import ServeConfig
+from vnet.core.errors import NotFound, VnetError
+from vnet.core.unserve import LINGER, UNUSED_TTL, Offer, address_refusal, refusal
+from vnet.node.client import UnserveAsked
 
 if TYPE_CHECKING:
-    from vnet.node import Node
+    from vnet.node.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from vnet import commands, config_save, tables
-from vnet.commands import (
+from vnet.core import commands, config_save, tables
+from vnet.core.commands import (
     CommandError,
     CompletionData,
     Exit,
@@ -31,12 +31,12 @@ from vnet.commands import (
     Show,
     Unserve,
 )
-from vnet.config import NodeConfig, parse_node_config
-from vnet.config_diff import ConfigDiff, SectionDiff
-from vnet.errors import ConfigError, NotFound, RouteUnavailable, VnetError
+from vnet.core.config import NodeConfig, parse_node_config
+from vnet.core.config_diff import ConfigDiff, SectionDiff
+from vnet.core.errors import ConfigError, NotFound, RouteUnavailable, VnetError
+from vnet.core.tables import ServeView, UseView
 from vnet.files import read_config_text
-from vnet.node import Node, lost_words
-from vnet.tables import ServeView, UseView
+from vnet.node.node import Node, lost_words
 
 log = logging.getLogger(__name__)
 

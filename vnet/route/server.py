@@ -1,7 +1,7 @@
 """The route: a grpc.aio server that keeps the registry and splices tunnels.
 
 This module starts and stops the server (address, TLS, health, reflection,
-keepalive, metrics); the servicer it runs is vnet.route_service.
+keepalive, metrics); the servicer it runs is vnet.route.service.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
-from vnet.config import RouteConfig, RouteLimits
+from vnet.core.config import RouteConfig, RouteLimits
+from vnet.core.pacing import STREAM_WINDOW
 from vnet.metrics import MetricsServer, serve_metrics
-from vnet.pacing import STREAM_WINDOW
-from vnet.route_security import RouteSecurity
-from vnet.route_service import (
+from vnet.route.security import RouteSecurity
+from vnet.route.service import (
     MAX_MESSAGE,
     NODE_PING_FLOOR_MS,
     RouteServicer,
@@ -102,7 +102,7 @@ async def start_route(
             ("grpc.server_handshake_timeout_ms", int(servicer.timeouts.join * 1000)),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-            # Fixed stream windows, not BDP-grown ones (vnet/pacing.py
+            # Fixed stream windows, not BDP-grown ones (vnet/core/pacing.py
             # STREAM_WINDOW): they bound what a stalled tunnel holds here.
             ("grpc.http2.bdp_probe", 0),
             ("grpc.http2.lookahead_bytes", STREAM_WINDOW),

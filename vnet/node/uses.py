@@ -17,10 +17,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vnet import tunnel
-from vnet.config import UseConfig
-from vnet.pacing import Pacer
-from vnet.registry import Serve
+from vnet.core.config import UseConfig
+from vnet.core.pacing import Pacer
+from vnet.core.registry import Serve
+from vnet.node import tunnel
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,15 @@
 """Typed access to one section of config.ini, every bad value reported.
 
-Pure. Used by vnet.config: each accessor checks one key against the route's
-limits (vnet.limits) and either returns its value or reports the problem,
+Pure. Used by vnet.core.config: each accessor checks one key against the route's
+limits (vnet.core.limits) and either returns its value or reports the problem,
 with its line, and returns a stand-in so the rest of the file is still
 checked in the same pass.
 """
 
 from __future__ import annotations
 
-from vnet.ini import Problems, Section
-from vnet.limits import NAME_MAX, SERVEID_MAX, host_problem, shown, text_problem
+from vnet.core.ini import Problems, Section
+from vnet.core.limits import NAME_MAX, SERVEID_MAX, host_problem, shown, text_problem
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vnet.client import KEEPALIVE, KEEPALIVE_TIMEOUT
-from vnet.config import ServeConfig
-from vnet.errors import VnetError
-from vnet.unserve import LINGER, UNUSED_TTL
+from vnet.core.config import ServeConfig
+from vnet.core.errors import VnetError
+from vnet.core.unserve import LINGER, UNUSED_TTL
+from vnet.node.client import KEEPALIVE, KEEPALIVE_TIMEOUT
 
 
 @dataclass(frozen=True)

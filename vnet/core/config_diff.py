@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vnet.config import NodeConfig
+from vnet.core.config import NodeConfig
 
 # [vnet] keys that matter only when the node starts.
 START_ONLY = frozenset({"terminal", "startserve", "startuse"})

@@ -5,7 +5,7 @@ it), a [vnet] section for a node, and any number of [serve.NAME] and
 [use.NAME] sections. One file may serve both the route and a node.
 
 Pure: reads text, returns frozen dataclasses. check_node_config and
-check_route_config find every problem in one pass (vnet.ini), each a
+check_route_config find every problem in one pass (vnet.core.ini), each a
 ConfigError naming the file, line, section and key; `--check` and the real
 start both use them (through vnet.config_load), so they cannot disagree.
 parse_node_config / parse_route_config raise the first problem instead.
@@ -18,14 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from vnet.auth import insecure_reason
-from vnet.config_section import SectionReader, token_problem
-from vnet.errors import ConfigError
-from vnet.ini import Problems, Section, label, read_ini
-from vnet.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
+from vnet.core.auth import insecure_reason
+from vnet.core.config_section import SectionReader, token_problem
+from vnet.core.errors import ConfigError
+from vnet.core.ini import Problems, Section, label, read_ini
+from vnet.core.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
 
 # Where the rest of vnet has always found it.
-from vnet.limits import SERVEID_MAX as SERVEID_MAX
+from vnet.core.limits import SERVEID_MAX as SERVEID_MAX
 
 DEFAULT_ROUTE_IP = "127.0.0.1"
 DEFAULT_ROUTE_PORT = 7749
@@ -168,7 +168,7 @@ class VnetConfig:
     # Where to serve this node's Prometheus metrics, "HOST:PORT"; "": nowhere.
     metrics: str = ""
     # MB/s the node's bulk transfers may send together while another of its
-    # tunnels is interactive (vnet/pacing.py); 0: no limit.
+    # tunnels is interactive (vnet/core/pacing.py); 0: no limit.
     bulk_while_interactive: int = DEFAULT_BULK_WHILE_INTERACTIVE
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vnet.config import SERVEID_MAX, STATIC_SERVEID_MIN
-from vnet.errors import InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
-from vnet.limits import HOST_MAX, INFO_MAX, NAME_MAX, text_problem
+from vnet.core.config import SERVEID_MAX, STATIC_SERVEID_MIN
+from vnet.core.errors import InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
+from vnet.core.limits import HOST_MAX, INFO_MAX, NAME_MAX, text_problem
 
 DYNAMIC_RANGE = range(1, STATIC_SERVEID_MIN)
 
@@ -199,7 +199,7 @@ def _vnet_order(vnet: Vnet) -> tuple[int, str]:
 
 
 def _check_text(what: str, value: str, limit: int) -> None:
-    # The same limits and wording as the config check (vnet.limits).
+    # The same limits and wording as the config check (vnet.core.limits).
     problem = text_problem(value, limit)
     if problem:
         raise InvalidRequest(f"{what} {problem}")

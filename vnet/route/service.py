@@ -1,9 +1,9 @@
 """The route's servicer: sessions, control streams, registry calls, tunnels.
 
-A thin adapter: registry decisions live in vnet.registry, credentials in
-vnet.auth, message shapes in vnet.wire, the byte pumps in vnet.splice, the
-method table and status translation in vnet.route_rpc. The server around it
-(ports, TLS, health, reflection) is vnet.route.
+A thin adapter: registry decisions live in vnet.core.registry, credentials in
+vnet.core.auth, message shapes in vnet.wire, the byte pumps in vnet.route.splice, the
+method table and status translation in vnet.route.rpc. The server around it
+(ports, TLS, health, reflection) is vnet.route.server.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import grpc
 
-from vnet import route_rpc, wire
-from vnet.auth import PenaltyBox, peer_address
-from vnet.config import RouteLimits
-from vnet.errors import (
+from vnet import wire
+from vnet.core.auth import PenaltyBox, peer_address
+from vnet.core.config import RouteLimits
+from vnet.core.errors import (
     InvalidRequest,
     LimitExceeded,
     NotFound,
@@ -35,11 +35,12 @@ from vnet.errors import (
     Unauthenticated,
     VnetError,
 )
-from vnet.limits import HOST_MAX
-from vnet.registry import Registry, Serve, Vnet
-from vnet.route_security import RouteSecurity
-from vnet.splice import Leg, Splice, SpliceStats
-from vnet.unanswered import AnswerWatch
+from vnet.core.limits import HOST_MAX
+from vnet.core.registry import Registry, Serve, Vnet
+from vnet.core.unanswered import AnswerWatch
+from vnet.route import rpc as route_rpc
+from vnet.route.security import RouteSecurity
+from vnet.route.splice import Leg, Splice, SpliceStats
 from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)

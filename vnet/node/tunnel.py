@@ -22,13 +22,14 @@ from typing import Any
 
 import grpc
 
-from vnet import pacing, wire
-from vnet.errors import ProtocolError
+from vnet import wire
+from vnet.core import pacing
+from vnet.core.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 # One read of the local socket becomes one message, at most pacing.BULK_READ
-# (vnet/pacing.py says when less); reads return what is there, so interactive
+# (vnet/core/pacing.py says when less); reads return what is there, so interactive
 # traffic stays small. asyncio's StreamReader stops reading its socket once it
 # holds twice its limit, so this lets a read find a whole BULK_READ waiting,
 # and bounds what a tunnel whose stream is stalled buffers here to ~1 MiB
@@ -294,7 +295,7 @@ def _describe(exc: BaseException, local: str) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         details = exc.details() or ""
         if exc.code() is grpc.StatusCode.UNAVAILABLE and details.startswith("tunnel reset"):
-            # The route's own word (vnet.route_rpc.end_unless_told), with its reason.
+            # The route's own word (vnet.route.rpc.end_unless_told), with its reason.
             return "reset by the route" + details.removeprefix("tunnel reset")
         if exc.code() is grpc.StatusCode.INTERNAL:
             # What a write meets when the route ended the call under it, as it

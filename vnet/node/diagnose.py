@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vnet.config import NodeConfig
+from vnet.core.config import NodeConfig
 
 if TYPE_CHECKING:
-    from vnet.client import ClientTls
+    from vnet.node.client import ClientTls
 
 # What a gRPC server answers an HTTP/2 client preface with: its SETTINGS.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from vnet import wire
-from vnet.errors import VnetError
+from vnet.core.errors import VnetError
 from vnetrpc.v1 import route_pb2 as pb
 
 if TYPE_CHECKING:
-    from vnet.route_service import RouteServicer
-    from vnet.splice import Leg
+    from vnet.route.service import RouteServicer
+    from vnet.route.splice import Leg
 
 log = logging.getLogger(__name__)
 

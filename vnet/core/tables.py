@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vnet.registry import Serve
+from vnet.core.registry import Serve
 
 
 class VnetLike(Protocol):
-    """A node as the route lists it (vnet.client.VnetInfo)."""
+    """A node as the route lists it (vnet.node.client.VnetInfo)."""
 
     @property
     def vnetid(self) -> str: ...
