@@ -15,7 +15,7 @@ Nothing here opens files or sockets or starts tasks.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Generic, TypeVar
 
 from vnet.core.auth import insecure_reason
@@ -33,49 +33,6 @@ DEFAULT_GROUP = "default"
 DEFAULT_KEEPALIVE = 10
 DEFAULT_BULK_WHILE_INTERACTIVE = 200
 STATIC_SERVEID_MIN = 500
-
-
-SECRET_KEYS = frozenset({"token", "token_env", "token_file"})
-ROUTE_KEYS = frozenset(
-    {
-        "ip",
-        "port",
-        "allow_insecure",
-        "tls_cert",
-        "tls_key",
-        "tls_client_ca",
-        "max_nodes",
-        "max_serves_per_node",
-        "max_tunnels_per_node",
-        "metrics",
-        "keepalive",
-    }
-    | SECRET_KEYS
-)
-VNET_KEYS = frozenset(
-    {
-        "name",
-        "group",
-        "terminal",
-        "startserve",
-        "startuse",
-        "allow_unserve",
-        "unserve_remote",
-        "unserve_num",
-        "tls",
-        "tls_ca",
-        "tls_cert",
-        "tls_key",
-        "tls_server_name",
-        "keepalive",
-        "metrics",
-        "bulk_while_interactive",
-    }
-    | SECRET_KEYS
-)
-GROUP_KEYS = SECRET_KEYS
-SERVE_KEYS = frozenset({"serveid", "type", "ip", "port", "name", "info", "active"})
-USE_KEYS = frozenset({"serveid", "type", "ip", "port", "active"})
 
 
 @dataclass(frozen=True)
@@ -210,6 +167,30 @@ class NodeConfig:
     serves: tuple[ServeConfig, ...] = ()
     uses: tuple[UseConfig, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def _keys(
+    *records: type, drop: frozenset[str] = frozenset(), add: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The keys a section accepts: the fields of the records it is read into."""
+    return frozenset(f.name for r in records for f in fields(r)) - drop | add
+
+
+# The key schema of each section, derived from the dataclasses above, so a
+# new setting is one field (plus its reading in the parser below).
+SECRET_KEYS = frozenset({"token", "token_env", "token_file"})
+ROUTE_KEYS = _keys(
+    RouteConfig,
+    RouteSettings,
+    RouteLimits,
+    # Read into other records, or not keys at all.
+    drop=frozenset({"path", "listen", "groups", "limits"}),
+)
+VNET_KEYS = _keys(VnetConfig)
+GROUP_KEYS = _keys(GroupConfig, drop=frozenset({"name"}))
+# type=tcp is accepted (the original's key) and not stored: tcp is all there is.
+SERVE_KEYS = _keys(ServeConfig, drop=frozenset({"key"}), add=frozenset({"type"}))
+USE_KEYS = _keys(UseConfig, drop=frozenset({"key"}), add=frozenset({"type"}))
 
 
 def _given(*values: str) -> bool:
