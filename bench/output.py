@@ -111,7 +111,7 @@ def finish(
         )
     goals = targets.rows(results, idle_table, args.idle_tunnels, args.bulk_mib)
     print()
-    print("issue 7 targets (vnet, and vnet-tls, against the ssh chain):")
+    print("targets (vnet, and vnet-tls, against the ssh chain):")
     print(report.plain_table(*goals))
     chart_note = []
     if args.chart:
@@ -161,7 +161,7 @@ def finish(
         block = block.replace(
             report.END,
             idle_block
-            + "\nissue 7 targets, vnet and vnet-tls against the ssh chain (medians above):\n\n"
+            + "\ntargets, vnet and vnet-tls against the ssh chain (medians above):\n\n"
             + report.markdown_table(*goals)
             + "\n"
             + report.END,

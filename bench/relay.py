@@ -14,26 +14,17 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import socket
-import struct
 import sys
 from collections.abc import Sequence
 
 from bench.target import run
+from vnet.node.tunnel import reset_socket
 
 # The same read size that measured well for a one-hop asyncio relay; StreamReader.read() never
 # returns more than its limit, so the limit must be larger.
 CHUNK = 256 * 1024
 LIMIT = 4 * CHUNK
 CONNECT_TIMEOUT = 10.0
-
-
-def _abort(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -55,7 +46,7 @@ async def _handle(
             asyncio.open_connection(host, port, limit=LIMIT), CONNECT_TIMEOUT
         )
     except (OSError, TimeoutError):
-        _abort(writer)
+        reset_socket(writer)
         return
     pumps = {
         asyncio.create_task(_pipe(reader, t_writer)),
@@ -69,8 +60,8 @@ async def _handle(
         if failed:
             for task in pumps:
                 task.cancel()
-            _abort(writer)
-            _abort(t_writer)
+            reset_socket(writer)
+            reset_socket(t_writer)
         for w in (writer, t_writer):
             w.close()
         await asyncio.gather(*pumps, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""Issue 7's targets, checked against this run's medians: vnet against the OpenSSH chain.
+"""The performance targets, checked against this run's medians: vnet against the OpenSSH chain.
 
 Plaintext first (path vnet); then the same table over TLS (path vnet-tls, nodes reaching the
 route over TLS), where the issue's bar is throughput >= 1.0x the ssh chain. The TLS latency and

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from vnet.node.tunnel import reset_socket
 
 HEADER = struct.Struct("!QQ")
 BLOCK = 1 << 20
@@ -238,10 +239,7 @@ async def resetting_server(read: int = 1000, send: int = 0) -> Server:
             if send:
                 writer.write(pattern(send))
                 await writer.drain()
-        sock = writer.get_extra_info("socket")
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset_socket(writer)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     holder.append(Server(server))

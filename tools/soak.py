@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vnet.node.tunnel import reset_socket
+
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,15 +138,6 @@ def pick_size(rng: random.Random) -> int:
     if r < 0.75:
         return rng.randint(4097, 256 * 1024)
     return rng.randint(256 * 1024 + 1, MAX_SIZE)
-
-
-def reset_socket(writer: asyncio.StreamWriter) -> None:
-    """Close with RST: a client that gave up must never look like a clean EOF to a service."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 def discard(task: asyncio.Task[None]) -> None:

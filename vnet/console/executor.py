@@ -35,6 +35,7 @@ from vnet.core.config import NodeConfig, parse_node_config
 from vnet.core.config_diff import ConfigDiff, SectionDiff
 from vnet.core.errors import ConfigError, NotFound, RouteUnavailable, VnetError
 from vnet.core.tables import ServeView, UseView
+from vnet.core.unserve import UNUSED_TTL
 from vnet.files import read_config_text
 from vnet.node.node import Node, lost_words
 
@@ -303,7 +304,7 @@ class Executor:
         ip = ip or "127.0.0.1"
         self.out(
             f"asking vnet {vnetid} for its unregistered {ip}:{port} ... "
-            f"(an unserve lapses after 3 min unused)"
+            f"(an unserve lapses after {UNUSED_TTL / 60:g} min unused)"
         )
         serve = await self.node.unserve(vnetid, ip, port)
         self.out(f"vnet {vnetid} offers it as serveid {tables.serveid_text(serve.serveid)}")
