@@ -58,6 +58,14 @@ class Procs:
         self.procs: list[Proc] = []
 
     async def start(self, name: str, *args: str, cwd: Path | None = None) -> Proc:
+        # A name used again (a restarted route) gets its own log: the first
+        # one's output is still evidence.
+        taken = {p.name for p in self.procs}
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        name = unique
         log = self.tmp / f"{name}.log"
         with open(log, "wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -71,6 +79,16 @@ class Procs:
         started = Proc(name, proc, log)
         self.procs.append(started)
         return started
+
+    async def start_route(self, port: int, name: str = "route") -> Proc:
+        """`vnet-route` on 127.0.0.1:port (route.ini in tmp), once it listens.
+
+        Called again with the same port, it restarts the route there.
+        """
+        (self.tmp / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
+        route = await self.start(name, command("vnet-route"), "route.ini")
+        await route.wait_for_line("route listening on")
+        return route
 
     async def run(
         self, *args: str, cwd: Path | None = None, timeout: float = 30.0
