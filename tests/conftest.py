@@ -80,22 +80,21 @@ async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
     await running.stop_all()
 
 
-MakeRoute = Callable[..., Awaitable[RunningRoute]]
-
-
-@pytest.fixture
-async def make_route() -> AsyncIterator[MakeRoute]:
-    """Starts in-process routes; every one is stopped when the test ends.
+class MakeRoute:
+    """Starts in-process routes (make_route fixture); stop_all() ends them.
 
     make_route(port=0, ip=..., security=..., limits=..., metrics=..., **timeouts):
     the timeouts are RouteTimeouts fields, over join and accept of TIMEOUT and a
     stop_grace of 0.5 s. A test may stop a route itself (RunningRoute.stop is
-    idempotent, an abrupt `server.stop(None)` included) and start another on
-    the same port with make_route(port=old.port).
+    idempotent, after an abrupt `server.stop(None)` too) and start another on
+    the same port with make_route(old.port).
     """
-    routes = contextlib.AsyncExitStack()
 
-    async def make(
+    def __init__(self) -> None:
+        self.started: list[RunningRoute] = []
+
+    async def __call__(
+        self,
         port: int = 0,
         *,
         ip: str = "127.0.0.1",
@@ -108,11 +107,25 @@ async def make_route() -> AsyncIterator[MakeRoute]:
         running = await start_route(
             RouteConfig(ip, port), RouteTimeouts(**values), security, limits, metrics
         )
-        routes.push_async_callback(running.stop)
+        self.started.append(running)
         return running
 
-    async with routes:
-        yield make
+    async def first(self) -> RunningRoute:
+        """The test's first route (the `route` fixture's, if it has one), or a new one."""
+        return self.started[0] if self.started else await self()
+
+    async def stop_all(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for running in self.started:
+                stack.push_async_callback(running.stop)
+
+
+@pytest.fixture
+async def make_route() -> AsyncIterator[MakeRoute]:
+    """Routes on 127.0.0.1, all stopped when the test ends, failed or not."""
+    routes = MakeRoute()
+    yield routes
+    await routes.stop_all()
 
 
 @pytest.fixture
@@ -130,7 +143,8 @@ async def make_node(
 ) -> AsyncIterator[MakeNode]:
     """Starts nodes; every one is stopped when the test ends, before the routes.
 
-    A node joins the `route` fixture unless given route= (a RunningRoute or a
+    A node joins the test's first route (the `route` fixture's, if it asked
+    for one; else one started now) unless given route= (a RunningRoute or a
     port), or a whole config=. start=False only builds it (run_script starts
     it); a node whose start fails is stopped too.
     """
@@ -152,7 +166,7 @@ async def make_node(
     ) -> Node:
         if config is None:
             if route is None:
-                route = request.getfixturevalue("route")
+                route = await make_route.first()
             port = route if isinstance(route, int) else route.port
             config = NodeConfig(
                 path="(test)",

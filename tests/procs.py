@@ -57,7 +57,13 @@ class Procs:
         self.tmp = tmp
         self.procs: list[Proc] = []
 
-    async def start(self, name: str, *args: str, cwd: Path | None = None) -> Proc:
+    async def start(
+        self,
+        name: str,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         # A name used again (a restarted route) gets its own log: the first
         # one's output is still evidence.
         taken = {p.name for p in self.procs}
@@ -74,7 +80,7 @@ class Procs:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         started = Proc(name, proc, log)
         self.procs.append(started)
