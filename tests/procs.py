@@ -86,7 +86,7 @@ class Procs:
         self.procs.append(started)
         return started
 
-    async def start_route(self, port: int, name: str = "route") -> Proc:
+    async def route(self, port: int, name: str = "route") -> Proc:
         """`vnet-route` on 127.0.0.1:port (route.ini in tmp), once it listens.
 
         Called again with the same port, it restarts the route there.

@@ -45,7 +45,7 @@ async def ssh_like_server() -> Server:
 async def test_original_ssh_scenario(procs: Procs, tmp_path: Path) -> None:
     sshd = await ssh_like_server()
     route_port = free_port()
-    await procs.start_route(route_port)
+    await procs.route(route_port)
     use_port = free_port()
     # The original README's two node files, pointed at loopback.
     (tmp_path / "home.ini").write_text(
@@ -87,7 +87,7 @@ async def test_serving_node_killed_mid_transfer_resets_the_client(
 ) -> None:
     source = await endless_source_server()
     route_port = free_port()
-    await procs.start_route(route_port)
+    await procs.route(route_port)
     use_port = free_port()
     (tmp_path / "home.ini").write_text(
         node_ini(route_port, f"[vnet]\nname=home\n[serve.src]\nserveid=701\nport={source.port}\n")
@@ -122,7 +122,7 @@ async def test_serving_node_killed_mid_transfer_resets_the_client(
 
 async def test_grpcurl_reflection_and_health(procs: Procs, tmp_path: Path) -> None:
     port = free_port()
-    await procs.start_route(port)
+    await procs.route(port)
     grpcurl = command("grpcurl")
     rc, out, err = await procs.run(grpcurl, "-plaintext", f"127.0.0.1:{port}", "list")
     assert rc == 0, err
@@ -190,7 +190,7 @@ async def test_second_route_on_the_same_port_exits_with_a_clear_error(
     procs: Procs, tmp_path: Path
 ) -> None:
     port = free_port()
-    await procs.start_route(port)
+    await procs.route(port)
     rc, out, err = await procs.run(command("vnet-route"), "route.ini")
     assert rc == 1
     assert err.strip().startswith(f"vnet-route: cannot listen on 127.0.0.1:{port}")

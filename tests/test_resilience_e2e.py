@@ -67,7 +67,7 @@ async def test_route_restart_with_several_nodes(
 ) -> None:
     echo = await echo_server()
     port = free_port()
-    route = await procs.start_route(port)
+    route = await procs.route(port)
     (tmp_path / "home.ini").write_text(
         node_ini(
             port,
@@ -97,7 +97,7 @@ async def test_route_restart_with_several_nodes(
     else:
         assert await route.stop(signal.SIGTERM) == 0
     await nodes[1].wait_for_line("lost the route")
-    route = await procs.start_route(port)
+    route = await procs.route(port)
     took = max([await _until_echo_works(use, RECOVERY) for use in uses.values()])
     # Every node re-registered once: the same serveids, no duplicates.
     assert sorted(await _serves(port)) == sorted(before)
@@ -127,7 +127,7 @@ async def test_a_stalled_reader_holds_bounded_memory_and_others_go_on(
     source = await endless_source_server()
     xchg = await exchange_server()
     port = free_port()
-    route = await procs.start_route(port)
+    route = await procs.route(port)
     stall_use, xchg_use = free_port(), free_port()
     (tmp_path / "home.ini").write_text(
         node_ini(
