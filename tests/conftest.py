@@ -138,10 +138,9 @@ MakeNode = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
-async def make_node(
-    make_route: MakeRoute, request: pytest.FixtureRequest
-) -> AsyncIterator[MakeNode]:
-    """Starts nodes; every one is stopped when the test ends, before the routes.
+async def make_node(make_route: MakeRoute) -> AsyncIterator[MakeNode]:
+    """Starts nodes; all are stopped when the test ends (last first), before
+    the routes: make_route is set up first, so it is torn down last.
 
     A node joins the test's first route (the `route` fixture's, if it asked
     for one; else one started now) unless given route= (a RunningRoute or a
