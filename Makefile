@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/vnetrpc/v1/*.proto)
 
-.PHONY: venv demo test generate check-generated lint buf-lint bench soak clean
+.PHONY: venv demo test generate check-generated lint buf-lint bench bench-wan soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,7 @@ lint: venv buf-lint
 	$(PY) -m ruff check vnet tests bench tools
 	$(PY) -m ruff format --check vnet tests bench tools
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # buf lint on protos/ (buf.yaml): buf comes from npm, pinned, into .tools/.
 BUF_VERSION := 1.75.0
@@ -47,6 +48,10 @@ buf-lint:
 
 bench: venv
 	$(PY) -m bench $(ARGS)
+
+# Needs root (network namespaces), cc and ethtool; skips with a message where it cannot run.
+bench-wan: venv
+	$(PY) -m bench.wan $(ARGS)
 
 soak: venv
 	$(PY) tools/soak.py $(ARGS)

@@ -58,7 +58,7 @@ class Stall:
 
 def _control_pings(route: Address) -> list[float]:
     """Round trips of the route's Ping RPC, in microseconds."""
-    from vnet.client import RouteClient
+    from vnet.node.client import RouteClient
 
     async def run() -> list[float]:
         rc = RouteClient(f"{route[0]}:{route[1]}")

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import Procs
-from vnet.client import NodeCredentials
-from vnet.config import (
+from vnet.core.config import (
     NodeConfig,
     RouteConfig,
     RouteLimits,
@@ -25,9 +24,10 @@ from vnet.config import (
     UseConfig,
     VnetConfig,
 )
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RouteTimeouts, RunningRoute, start_route
-from vnet.route_security import RouteSecurity
+from vnet.node.client import NodeCredentials
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.security import RouteSecurity
+from vnet.route.server import RouteTimeouts, RunningRoute, start_route
 
 # Every wait in the tests is a multiple of this.
 TIMEOUT = 10.0

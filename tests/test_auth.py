@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vnet.auth import (
+from vnet.core.auth import (
     PenaltyBox,
     PenaltyPolicy,
     TokenTable,
@@ -14,8 +14,8 @@ from vnet.auth import (
     is_loopback,
     peer_address,
 )
-from vnet.config import resolve_secret
-from vnet.errors import ConfigError
+from vnet.core.config import resolve_secret
+from vnet.core.errors import ConfigError
 from vnet.files import read_text
 
 

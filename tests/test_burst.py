@@ -21,8 +21,8 @@ from tests.procs import Procs, command, node_ini
 from tests.rawclient import Raw
 from tests.services import echo_server, read_exactly_or_eof
 from vnet import wire
-from vnet.config import RouteConfig
-from vnet.route import RouteTimeouts, start_route
+from vnet.core.config import RouteConfig
+from vnet.route.server import RouteTimeouts, start_route
 
 # Per burst: seconds on this 2-core box; bounded generously for a loaded one.
 BURST_DEADLINE = 120.0

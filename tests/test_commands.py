@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vnet import commands, tables
-from vnet.client import VnetInfo
-from vnet.commands import (
+from vnet.core import commands, tables
+from vnet.core.commands import (
     Ask,
     CommandError,
     CompletionData,
@@ -23,7 +22,7 @@ from vnet.commands import (
     complete,
     parse,
 )
-from vnet.config import (
+from vnet.core.config import (
     NodeConfig,
     RouteConfig,
     ServeConfig,
@@ -31,10 +30,11 @@ from vnet.config import (
     VnetConfig,
     parse_node_config,
 )
-from vnet.config_diff import diff
-from vnet.config_save import checked, extras_of, render
-from vnet.errors import ConfigError
-from vnet.registry import Serve
+from vnet.core.config_diff import diff
+from vnet.core.config_save import checked, extras_of, render
+from vnet.core.errors import ConfigError
+from vnet.core.registry import Serve
+from vnet.node.client import VnetInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vnet.config import (
+from vnet.core.config import (
     NodeConfig,
     RouteConfig,
     ServeConfig,
@@ -15,7 +15,7 @@ from vnet.config import (
     parse_node_config,
     parse_route_config,
 )
-from vnet.errors import ConfigError
+from vnet.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

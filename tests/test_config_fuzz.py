@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vnet import cli
-from vnet.config import (
+from vnet.core.config import (
     GROUP_KEYS,
     ROUTE_KEYS,
     SERVE_KEYS,
@@ -33,7 +33,7 @@ from vnet.config import (
     check_node_config,
     check_route_config,
 )
-from vnet.errors import ConfigError
+from vnet.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(

@@ -1,6 +1,6 @@
 """Hostile or broken config input: every problem reported, nothing hangs, nothing crashes.
 
-Pure checks of vnet.config, plus the shared loader (vnet.config_load) on real
+Pure checks of vnet.core.config, plus the shared loader (vnet.config_load) on real
 files: character devices, FIFOs, huge files.
 """
 
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-import vnet.config
+import vnet.core.config
 from vnet import config_load
-from vnet.config import check_node_config, check_route_config, parse_node_config
-from vnet.errors import ConfigError, InvalidRequest
+from vnet.core.config import check_node_config, check_route_config, parse_node_config
+from vnet.core.errors import ConfigError, InvalidRequest
+from vnet.core.limits import HOST_MAX, INFO_MAX, NAME_MAX, host_problem, text_problem
+from vnet.core.registry import Registry
 from vnet.files import TOKEN_MAX_BYTES, read_config_text, read_pem, read_text
-from vnet.limits import HOST_MAX, INFO_MAX, NAME_MAX, host_problem, text_problem
-from vnet.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = "[route]\nip=127.0.0.1\nport=7749\n"
@@ -152,13 +152,15 @@ def test_bad_addresses_are_refused(bad: str) -> None:
 
 def test_2001_clashing_serves_are_checked_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = vnet.config.read_ini
+    real = vnet.core.config.read_ini
 
-    def counted(text: str, problems: vnet.config.Problems) -> dict[str, vnet.config.Section]:
+    def counted(
+        text: str, problems: vnet.core.config.Problems
+    ) -> dict[str, vnet.core.config.Section]:
         calls.append(1)
         return real(text, problems)
 
-    monkeypatch.setattr(vnet.config, "read_ini", counted)
+    monkeypatch.setattr(vnet.core.config, "read_ini", counted)
     text = ROUTE + "".join(f"[serve.s{n}]\nport=22\nserveid=700\n" for n in range(2001))
     found = errors(text)
     assert len(calls) == 1

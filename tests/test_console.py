@@ -38,12 +38,12 @@ from tests.services import (
     pattern,
     read_exactly_or_eof,
 )
-from vnet.commands import CompletionData
-from vnet.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig, parse_node_config
-from vnet.console import Console, VnetCompleter, console_logging, history_path
-from vnet.console_exec import Outcome, run_script
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RunningRoute
+from vnet.console.executor import Outcome, run_script
+from vnet.console.prompt import Console, VnetCompleter, console_logging, history_path
+from vnet.core.commands import CompletionData
+from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig, parse_node_config
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RunningRoute
 
 
 @pytest.fixture(autouse=True)
@@ -423,7 +423,7 @@ async def test_logs_print_above_the_prompt_without_breaking_the_typed_line(
             task = asyncio.create_task(console.run())
             pipe.send_text("show se")
             await wait_until(lambda: "show se" in screen.getvalue(), "the typed text to show")
-            logging.getLogger("vnet.node").warning("serve 703 (db) appeared on vnet 09")
+            logging.getLogger("vnet.node.node").warning("serve 703 (db) appeared on vnet 09")
             await wait_until(
                 lambda: "WARNING serve 703 (db) appeared" in screen.getvalue(), "the log line"
             )

@@ -10,22 +10,22 @@ import logging
 import pytest
 
 from tests.conftest import MakeNode, MakeRoute, wait_until
-from vnet.client import RouteClient
-from vnet.config import ServeConfig
-from vnet.errors import RouteUnavailable, Unauthenticated
-from vnet.node import SESSION_FORGOTTEN, lost_words
-from vnet.route import RunningRoute
-from vnet.route_service import BAD_CREDENTIALS
+from vnet.core.config import ServeConfig
+from vnet.core.errors import RouteUnavailable, Unauthenticated
+from vnet.node.client import RouteClient
+from vnet.node.node import SESSION_FORGOTTEN, lost_words
+from vnet.route.server import RunningRoute
+from vnet.route.service import BAD_CREDENTIALS
 
 
 def _route_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "vnet.route_service"]
+    return [r.getMessage() for r in caplog.records if r.name == "vnet.route.service"]
 
 
 async def test_a_node_that_stops_left(
     make_node: MakeNode, route: RunningRoute, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "vnet.route_service")
+    caplog.set_level(logging.INFO, "vnet.route.service")
     node = await make_node("office", serves=[ServeConfig(key="a", port=9, serveid=701)])
     await node.stop()
     await wait_until(lambda: not route.servicer.sessions, "the session to end")
@@ -36,7 +36,7 @@ async def test_a_node_that_stops_left(
 async def test_a_node_whose_connection_breaks_was_lost(
     route: RunningRoute, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "vnet.route_service")
+    caplog.set_level(logging.INFO, "vnet.route.service")
     client = RouteClient(f"127.0.0.1:{route.port}")
     await client.connect(10)
     await client.join("crashy", "g")

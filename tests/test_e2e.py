@@ -20,7 +20,7 @@ from tests.services import (
     read_exactly_or_eof,
     read_until_reset,
 )
-from vnet.client import RouteClient
+from vnet.node.client import RouteClient
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,9 +273,9 @@ async def test_make_demo_check(procs: Procs) -> None:
 
 
 async def test_node_exits_when_the_route_is_unreachable_in_process(make_node: MakeNode) -> None:
-    from vnet.config import NodeConfig, RouteConfig, VnetConfig
-    from vnet.errors import RouteUnavailable
-    from vnet.node import NodeTimeouts
+    from vnet.core.config import NodeConfig, RouteConfig, VnetConfig
+    from vnet.core.errors import RouteUnavailable
+    from vnet.node.node import NodeTimeouts
 
     port = free_port()
     node = await make_node(

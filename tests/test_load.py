@@ -16,8 +16,8 @@ from tests.services import (
     pattern,
     read_exactly_or_eof,
 )
-from vnet.config import ServeConfig, UseConfig
-from vnet.route import RunningRoute
+from vnet.core.config import ServeConfig, UseConfig
+from vnet.route.server import RunningRoute
 
 
 def _fds() -> int:

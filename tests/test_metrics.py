@@ -10,11 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TIMEOUT, MakeNode, MakeRoute, use_port, wait_until
 from tests.rawclient import Raw, status_of
 from tests.services import exchange, exchange_server
-from vnet.auth import TokenTable
-from vnet.client import NodeCredentials
-from vnet.config import ServeConfig, UseConfig, VnetConfig
-from vnet.node import NodeTimeouts
-from vnet.route_security import RouteSecurity
+from vnet.core.auth import TokenTable
+from vnet.core.config import ServeConfig, UseConfig, VnetConfig
+from vnet.node.client import NodeCredentials
+from vnet.node.node import NodeTimeouts
+from vnet.route.security import RouteSecurity
 
 MIB = 1 << 20
 

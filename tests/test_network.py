@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import TIMEOUT, MakeNode, free_port, refused, use_port, wait_until
 from tests.services import echo_round_trip, echo_server, read_until_reset
-from vnet.config import ServeConfig, UseConfig
-from vnet.errors import NotFound
-from vnet.route import RunningRoute
+from vnet.core.config import ServeConfig, UseConfig
+from vnet.core.errors import NotFound
+from vnet.route.server import RunningRoute
 
 
 async def test_groups_see_and_reach_only_their_own(make_node: MakeNode) -> None:
@@ -65,7 +65,7 @@ async def test_static_serveid_conflict_refused_first_keeps_serving(make_node: Ma
 async def test_dynamic_serveid_conflict_reassigned(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "vnet.node")
+    caplog.set_level(logging.WARNING, "vnet.node.node")
     first = await make_node("first", serves=[ServeConfig(key="a", port=1000, serveid=5)])
     second = await make_node("second", serves=[ServeConfig(key="b", port=1001, serveid=5)])
     assert first.serving.keys() == {5}

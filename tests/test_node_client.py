@@ -31,11 +31,11 @@ from tests.services import (
     read_until_reset,
     send_all,
 )
-from vnet.auth import PenaltyPolicy, TokenTable
-from vnet.client import NodeCredentials
-from vnet.config import ServeConfig
-from vnet.node import NodeTimeouts
-from vnet.route import RouteSecurity, RunningRoute
+from vnet.core.auth import PenaltyPolicy, TokenTable
+from vnet.core.config import ServeConfig
+from vnet.node.client import NodeCredentials
+from vnet.node.node import NodeTimeouts
+from vnet.route.server import RouteSecurity, RunningRoute
 
 pytestmark = pytest.mark.e2e
 

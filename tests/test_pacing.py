@@ -6,8 +6,8 @@ import asyncio
 
 from tests.conftest import TIMEOUT, MakeNode, home_and_office, wait_until
 from tests.services import Server, echo_server, exchange, exchange_server
-from vnet.node import Node
-from vnet.pacing import BULK_READ, HOLD_S, SHARED_READ, Lane, Pacer
+from vnet.core.pacing import BULK_READ, HOLD_S, SHARED_READ, Lane, Pacer
+from vnet.node.node import Node
 
 
 def test_a_tunnel_alone_reads_in_bulk_whatever_its_reads_look_like() -> None:

@@ -8,9 +8,9 @@ import pytest
 
 from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, use_port, wait_until
 from tests.services import echo_round_trip, echo_server, tcp_relay
-from vnet.config import ServeConfig, UseConfig
-from vnet.node import NodeTimeouts
-from vnet.route import RunningRoute
+from vnet.core.config import ServeConfig, UseConfig
+from vnet.node.node import NodeTimeouts
+from vnet.route.server import RunningRoute
 
 FAST = NodeTimeouts(
     connect=TIMEOUT,

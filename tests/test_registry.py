@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vnet.errors import InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
-from vnet.registry import Registry
+from vnet.core.errors import InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
+from vnet.core.registry import Registry
 
 
 def _reg(registry: Registry, vnetid: str, serveid: int, name: str = "s") -> tuple[int, bool]:

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import MakeNode, free_port, use_port, wait_until
 from tests.procs import Procs, command, node_ini
 from tests.services import resetting_server, send_until_reset
-from vnet.config import ServeConfig, UseConfig
+from vnet.core.config import ServeConfig, UseConfig
 
 # What a reset must never be reported as.
 NOT_A_RESET = (
@@ -44,7 +44,7 @@ async def test_a_service_reset_is_logged_as_one(
         await send_until_reset(port)
 
     def said(text: str) -> int:
-        return sum(text in line for line in _lines(caplog, "vnet.tunnel"))
+        return sum(text in line for line in _lines(caplog, "vnet.node.tunnel"))
 
     await wait_until(
         lambda: said("reset by the service") >= rounds and said("reset by the far end") >= rounds,
@@ -55,11 +55,11 @@ async def test_a_service_reset_is_logged_as_one(
         assert not any(bad in text for bad in NOT_A_RESET), f"{record.name}: {text}"
         assert record.exc_info is None, f"{record.name}: a traceback: {text}"
         assert record.levelno < logging.WARNING, f"{record.name}: {text}"
-    home = [x for x in _lines(caplog, "vnet.tunnel") if "from vnet" in x]
-    away = [x for x in _lines(caplog, "vnet.tunnel") if "[use.svc]" in x]
+    home = [x for x in _lines(caplog, "vnet.node.tunnel") if "from vnet" in x]
+    away = [x for x in _lines(caplog, "vnet.node.tunnel") if "[use.svc]" in x]
     assert all("reset by the service" in x for x in home), home
     assert all("reset by the far end: the service reset the connection" in x for x in away), away
-    levels = {r.levelno for r in caplog.records if r.name == "vnet.tunnel"}
+    levels = {r.levelno for r in caplog.records if r.name == "vnet.node.tunnel"}
     assert levels == {logging.INFO}
     await service.close()
 
@@ -109,7 +109,7 @@ async def test_the_real_commands_log_resets_and_departures_truthfully(
             assert bad not in text, f"{proc.name} logged {bad!r}:\n{text}"
         assert not re.search(r"^\S+ \S+ (WARNING|ERROR|CRITICAL)", text, re.M), text
     for line in office.output().splitlines() + home.output().splitlines():
-        if "vnet.tunnel" in line:
+        if "vnet.node.tunnel" in line:
             assert " INFO " in line, line
     await service.close()
 

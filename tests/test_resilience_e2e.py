@@ -19,7 +19,7 @@ from tests.services import (
     pattern,
     read_exactly_or_eof,
 )
-from vnet.client import RouteClient
+from vnet.node.client import RouteClient
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from tests.services import (
     read_until_reset,
     tcp_relay,
 )
-from vnet.config import ServeConfig, UseConfig
+from vnet.core.config import ServeConfig, UseConfig
 from vnetrpc.v1 import route_pb2 as pb
 
 

@@ -18,7 +18,7 @@ from tests.services import (
     pattern,
     read_exactly_or_eof,
 )
-from vnet.config import ServeConfig, UseConfig
+from vnet.core.config import ServeConfig, UseConfig
 
 MIB = 1 << 20
 

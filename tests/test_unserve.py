@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import TIMEOUT, MakeNode, free_port, refused, wait_until
 from tests.procs import Procs
-from vnet.config import VnetConfig
-from vnet.console_exec import Executor, Outcome
-from vnet.node import Node, NodeTimeouts
-from vnet.route import RunningRoute
+from vnet.console.executor import Executor, Outcome
+from vnet.core.config import VnetConfig
+from vnet.node.node import Node, NodeTimeouts
+from vnet.route.server import RunningRoute
 
 PAGE = b"<html>jupyter stand-in</html>"
 

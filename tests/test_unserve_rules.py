@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vnet.config import VnetConfig
-from vnet.unserve import Offer, refusal
+from vnet.core.config import VnetConfig
+from vnet.core.unserve import Offer, refusal
 
 ALLOW = VnetConfig(allow_unserve=True, unserve_num=2)
 

@@ -12,20 +12,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vnet import __version__, tunnel
-from vnet.config import NodeConfig, RouteSettings
+from vnet import __version__
 from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
-from vnet.errors import RouteUnavailable, VnetError
+from vnet.core.config import NodeConfig, RouteSettings
+from vnet.core.errors import RouteUnavailable, VnetError
+from vnet.node import tunnel
 
 if TYPE_CHECKING:
-    from vnet.client import NodeCredentials
-    from vnet.node import Node
-    from vnet.route_security import RouteSecurity
+    from vnet.node.client import NodeCredentials
+    from vnet.node.node import Node
+    from vnet.route.security import RouteSecurity
 
 log = logging.getLogger("vnet")
 
@@ -45,7 +47,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        # Tunnel lines carry these as fields too (see vnet.tunnel).
+        # Tunnel lines carry these as fields too (see vnet.node.tunnel).
         for key in ("vnetid", "serveid", "tunnel"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
@@ -173,7 +175,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
-    from vnet.route import RouteTimeouts, start_route
+    from vnet.route.server import RouteTimeouts, start_route
 
     try:
         route = await start_route(
@@ -225,7 +227,8 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for the route when connecting (default: 10)",
+        help="how long to wait for a route that does not answer at start (default: 10); "
+        "a refused port or a TLS mistake ends it at once, with the reason",
     )
     # Scripts want their output, not our progress: -c logs warnings only, unless asked.
     parser.set_defaults(log_level=None)
@@ -234,6 +237,10 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--timeout must be more than 0")
     _setup_logging(args.log_level or ("warning" if args.commands else "info"), args.log_format)
     path = args.config or DEFAULT_CONFIG
+    # gRPC's C core prints its own lines (BoringSSL reasons for each failed
+    # handshake) unless told not to; the node says what went wrong itself.
+    # Read once, when grpc is first imported (load_node imports the client).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     loaded = load_node(path)
     if args.check:
         return _check("vnet", loaded)
@@ -250,7 +257,7 @@ async def _node(
     commands: Sequence[str] = (),
     timeout: float = 10.0,
 ) -> int:
-    from vnet.node import Node, NodeTimeouts, run_node
+    from vnet.node.node import Node, NodeTimeouts, run_node
 
     keepalive = config.vnet.keepalive
     timeouts = NodeTimeouts(connect=timeout, keepalive=keepalive, keepalive_timeout=keepalive)
@@ -290,7 +297,7 @@ async def _node(
 
 async def _console(node: Node) -> None:
     """Start the node, then the console on the same loop, until exit."""
-    from vnet.console import run_console
+    from vnet.console.prompt import run_console
 
     try:
         await node.start()
@@ -301,7 +308,7 @@ async def _console(node: Node) -> None:
 
 async def _script(node: Node, commands: Sequence[str]) -> int:
     """`vnet CONFIG -c COMMAND ...`: output on stdout, one line per error on stderr."""
-    from vnet.console_exec import run_script
+    from vnet.console.executor import run_script
 
     codes: list[int] = []
 

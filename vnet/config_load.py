@@ -2,7 +2,7 @@
 
 `vnet-route --check` and `vnet --check` call exactly what the real start
 calls before it binds or connects: read the file (vnet.files), check it in
-one pass (vnet.config, protected mode included), then read every token and
+one pass (vnet.core.config, protected mode included), then read every token and
 certificate it names. Every problem is collected, with its file, line,
 section and key; the start refuses on any error, `--check` prints them all.
 """
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from vnet.auth import insecure_reason
-from vnet.config import (
+from vnet.core.auth import insecure_reason
+from vnet.core.config import (
     Checked,
     NodeConfig,
     RouteSettings,
@@ -23,12 +23,12 @@ from vnet.config import (
     check_route_config,
     resolve_secret,
 )
-from vnet.errors import ConfigError
-from vnet.files import read_config_text, read_pem, read_text
+from vnet.core.errors import ConfigError
+from vnet.files import check_ca, check_key_pair, read_config_text, read_pem, read_text
 
 if TYPE_CHECKING:
-    from vnet.client import NodeCredentials
-    from vnet.route_security import RouteSecurity
+    from vnet.node.client import NodeCredentials
+    from vnet.route.security import RouteSecurity
 
 T = TypeVar("T")
 DEFAULTS = "(defaults)"
@@ -84,7 +84,7 @@ def load_route(
     explicit False (no CONFIG argument): a missing ./config.ini means the
     defaults, 127.0.0.1:7749.
     """
-    from vnet.route_security import load_security
+    from vnet.route.security import load_security
 
     if not explicit and not os.path.exists(path):
         checked = check_route_config(DEFAULTS, None)
@@ -97,8 +97,10 @@ def load_route(
     extra: list[ConfigError] = []
     security = load_security(settings, environ, problems=extra)
     if checked.ok and not extra:
+        extra.extend(_route_tls(settings))
+    if checked.ok and not extra:
         # Protected mode on what was actually read, as well as on what the
-        # file says (vnet.config): both must agree before the route binds.
+        # file says (vnet.core.config): both must agree before the route binds.
         reason = insecure_reason(
             settings.listen.ip,
             has_tokens=security.tokens.enabled,
@@ -110,11 +112,26 @@ def load_route(
     return _finish(checked, extra, (settings, security))
 
 
+def _route_tls(settings: RouteSettings) -> list[ConfigError]:
+    """The route's TLS files must work together: checked before binding, since
+    gRPC reports a key that does not match its certificate only as "Failed to
+    bind to address", with BoringSSL lines."""
+    if not settings.tls_cert:
+        return []
+    try:
+        check_key_pair(settings.path, "route", settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca:
+            check_ca(settings.path, "route", "tls_client_ca", settings.tls_client_ca)
+    except ConfigError as exc:
+        return [exc]
+    return []
+
+
 def load_node(
     path: str, environ: Mapping[str, str] | None = None
 ) -> Loaded[tuple[NodeConfig, NodeCredentials]]:
     """The node's config and credentials, as its start needs them."""
-    from vnet.client import load_credentials
+    from vnet.node.client import load_credentials
 
     text, unreadable = _text(path)
     if unreadable is not None:
@@ -135,7 +152,7 @@ def load_node(
 def _node_files(config: NodeConfig, env: Mapping[str, str]) -> list[ConfigError]:
     """Every problem with the token and TLS files the node names, not only the first.
 
-    load_credentials (vnet.client) stops at the first; this reads them all
+    load_credentials (vnet.node.client) stops at the first; this reads them all
     with the same functions, so that `--check` can list every missing file.
     """
     v = config.vnet

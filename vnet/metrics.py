@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from vnet.node import Node
-    from vnet.route_service import RouteServicer
+    from vnet.node.node import Node
+    from vnet.route.service import RouteServicer
 
 log = logging.getLogger(__name__)
 

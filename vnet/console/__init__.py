@@ -1,0 +1,1 @@
+"""The interactive console: prompt_toolkit over the node's command language."""

@@ -1,0 +1,177 @@
+"""A node's uses: local listeners that follow their serves.
+
+A running use listens only while its serve is registered in the group:
+before the serve appears its port is closed (connections are refused at
+once), and it closes again when the serve leaves. Every accepted connection
+becomes its own tunnel (its own Dial stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import secrets
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vnet.core.config import UseConfig
+from vnet.core.pacing import Pacer
+from vnet.core.registry import Serve
+from vnet.node import tunnel
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 4096
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+
+
+@dataclass(eq=False)
+class UseState:
+    """One [use.NAME] at run time."""
+
+    config: UseConfig
+    # Meant to listen now (active, and started or opened).
+    running: bool = False
+    server: asyncio.Server | None = None
+    port: int | None = None
+    error: str = ""
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    # Control events can ask for several reconciles at once.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Made at run time for an unserve: not part of the config, ends with it.
+    ephemeral: bool = False
+    counters: tunnel.Counters = field(default_factory=tunnel.Counters)
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+
+class Uses:
+    """The uses of one node, by name, and their listeners."""
+
+    def __init__(
+        self,
+        remote: Mapping[int, Serve],
+        dial: Callable[[int, str], Any],
+        spawn: Spawn,
+        pacer: Pacer,
+    ) -> None:
+        # The group's serves as the control stream tells them (owned by the node).
+        self.remote = remote
+        self.states: dict[str, UseState] = {}
+        self._dial_call = dial
+        self._spawn = spawn
+        self._pacer = pacer
+        self._ids = itertools.count(1)
+        # Until then (loop time), a serve missing from the group does not
+        # close its use's listener: after a reconnect the serving nodes may
+        # not have registered again yet, and the port should stay ours.
+        self.hold_until = 0.0
+
+    async def reconcile(self, state: UseState, *, quiet: bool = False) -> str:
+        """Listen or not, as the use's state and its serve say.
+
+        Returns why it cannot listen ("" when it listens, or waits for its
+        serve). quiet: the caller reports that itself (the console).
+        """
+        async with state.lock:
+            return await self._reconcile_locked(state, quiet)
+
+    def reconcile_all(self) -> None:
+        for state in self.states.values():
+            if state.running or state.server is not None:
+                self._spawn(self._reconcile_quietly(state))
+
+    async def _reconcile_quietly(self, state: UseState) -> None:
+        await self.reconcile(state)  # errors are logged and kept in state.error
+
+    async def _reconcile_locked(self, state: UseState, quiet: bool) -> str:
+        use = state.config
+        serve = self.remote.get(use.serveid) if state.running and use.serveid else None
+        if serve is None:
+            held = state.running and asyncio.get_running_loop().time() < self.hold_until
+            if state.server is not None and held:
+                return ""
+            if state.server is not None:
+                self.close(state)
+                if state.running:
+                    log.info("[use.%s] serveid %s left; stopped listening", use.key, use.serveid)
+            elif state.running and not state.error:
+                state.error = f"waiting for serveid {use.serveid}"
+                log.info("[use.%s] waiting for serveid %s to appear", use.key, use.serveid)
+            return ""
+        if state.server is not None:
+            return ""
+        port = use.port if use.port is not None else serve.port
+        try:
+            server = await asyncio.start_server(
+                lambda r, w: self._on_local(state, r, w),
+                use.ip,
+                port,
+                limit=tunnel.READER_LIMIT,
+                # asyncio's default of 100 overflows when a browser or a
+                # load test opens hundreds at once; the kernel caps it anyway.
+                backlog=LISTEN_BACKLOG,
+            )
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+            message = f"cannot listen on {use.ip}:{port}: {reason}"
+            if state.error != reason and not quiet:
+                log.error("[use.%s] %s", use.key, message)
+            state.error = reason
+            return message
+        state.server = server
+        state.port = server.sockets[0].getsockname()[1]
+        state.error = ""
+        log.info(
+            "[use.%s] listening on %s:%s -> serveid %s (%s on vnet %s)",
+            use.key,
+            use.ip,
+            state.port,
+            serve.serveid,
+            serve.name,
+            serve.vnetid,
+        )
+        return ""
+
+    def close(self, state: UseState) -> None:
+        """Stop listening; connections already accepted carry on."""
+        if state.server is not None:
+            state.server.close()
+            state.server = None
+            state.port = None
+
+    def close_all(self) -> None:
+        for state in self.states.values():
+            self.close(state)
+
+    def _on_local(
+        self, state: UseState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = self._spawn(self._dial(state, reader, writer))
+        state.connections.add(task)
+        task.add_done_callback(state.connections.discard)
+
+    async def _dial(
+        self, state: UseState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        serveid = state.config.serveid
+        label = f"[use.{state.config.key}] conn {next(self._ids)} -> serveid {serveid}"
+        if serveid not in self.remote:
+            log.info("%s: refused, serveid %s is not registered", label, serveid)
+            tunnel.reset_socket(writer)
+            return
+        serve = self.remote[serveid]
+        tunnel_id = secrets.token_hex(8)
+        fields: dict[str, object] = {
+            "vnetid": serve.vnetid,
+            "serveid": serveid,
+            "tunnel": tunnel_id,
+        }
+        call = self._dial_call(serveid, tunnel_id)
+        await tunnel.relay(reader, writer, call, label, fields, state.counters, self._pacer)

@@ -1,0 +1,1 @@
+"""The route: the grpc.aio server, its servicer and the tunnel splices."""

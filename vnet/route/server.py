@@ -1,0 +1,178 @@
+"""The route: a grpc.aio server that keeps the registry and splices tunnels.
+
+This module starts and stops the server (address, TLS, health, reflection,
+keepalive, metrics); the servicer it runs is vnet.route.service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vnet import wire
+from vnet.core.config import RouteConfig, RouteLimits
+from vnet.core.pacing import STREAM_WINDOW
+from vnet.metrics import MetricsServer, serve_metrics
+from vnet.route.security import RouteSecurity
+from vnet.route.service import (
+    MAX_MESSAGE,
+    NODE_PING_FLOOR_MS,
+    RouteServicer,
+    RouteTimeouts,
+)
+from vnetrpc.v1 import route_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# New calls C-core may hold for the servicer: two per tunnel being set up.
+PENDING_CALLS = 20_000
+
+__all__ = ["RouteSecurity", "RouteServicer", "RouteTimeouts", "RunningRoute", "start_route"]
+
+
+@dataclass
+class RunningRoute:
+    """A started route; stop() ends it."""
+
+    server: grpc.aio.Server
+    servicer: RouteServicer
+    port: int
+    health: health.aio.HealthServicer
+
+    reaper: asyncio.Task[None] | None = None
+    metrics: MetricsServer | None = None
+
+    async def stop(self, reason: str = "route stopping") -> None:
+        """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
+        await self.health.enter_graceful_shutdown()
+        await self.servicer.go_away(reason)
+        if self.reaper is not None:
+            self.reaper.cancel()
+        await self.servicer.close()
+        # What is left (control streams) ends now: the nodes were told.
+        await self.server.stop(0.2)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
+
+
+def _check_bindable(config: RouteConfig) -> None:
+    """Fail with the OS's reason before gRPC does: it only logs a vague line."""
+    try:
+        infos = socket.getaddrinfo(
+            config.ip, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {config.address}: {exc.strerror}") from None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # gRPC sets SO_REUSEADDR too, so TIME_WAIT leftovers do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {config.address}: {exc.strerror or exc}") from None
+
+
+async def start_route(
+    config: RouteConfig,
+    timeouts: RouteTimeouts | None = None,
+    security: RouteSecurity | None = None,
+    limits: RouteLimits | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> RunningRoute:
+    """Start a route listening on config's address (port 0 picks a free one).
+
+    metrics is where to serve Prometheus metrics (host, port), if anywhere.
+    Raises OSError when an address cannot be bound.
+    """
+    _check_bindable(config)
+    servicer = RouteServicer(timeouts, security, limits)
+    tls = servicer.security.tls
+    server = grpc.aio.server(
+        options=[
+            # Two routes on one port would silently share it.
+            ("grpc.so_reuseport", 0),
+            # A connection must finish its HTTP/2 (and TLS) handshake this soon.
+            ("grpc.server_handshake_timeout_ms", int(servicer.timeouts.join * 1000)),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            # Fixed stream windows, not BDP-grown ones (vnet/core/pacing.py
+            # STREAM_WINDOW): they bound what a stalled tunnel holds here.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
+            # Find dead or black-holed nodes: ping idle connections, and give
+            # up on them when a ping goes unanswered.
+            ("grpc.keepalive_time_ms", int(servicer.timeouts.keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(servicer.timeouts.keepalive_timeout * 1000)),
+            # Every ping, BDP probes included, must be answered this soon: a
+            # probe in flight when the link dies would otherwise hold off the
+            # keepalive ping for its own 60 s default.
+            ("grpc.http2.ping_timeout_ms", int(servicer.timeouts.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Nodes ping as often as this; any stricter and the route would
+            # answer them with GOAWAY too_many_pings.
+            ("grpc.http2.min_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
+            ("grpc.http2.max_pings_without_data", 0),
+            # grpc.aio takes new calls from C-core one per loop turn, so a
+            # burst of Dials and Accepts waits in C-core's queue; past its
+            # defaults (1,000 soft, 3,000 hard) calls were dropped: a
+            # 2,000-connection burst lost an Accept now and then.
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
+        ]
+    )
+    server.add_generic_rpc_handlers((servicer.handlers(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["RouteService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    try:
+        if tls is None:
+            port = server.add_insecure_port(config.address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.cert_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )
+            port = server.add_secure_port(config.address, credentials)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {config.address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {config.address}: address in use or unavailable")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    await health_servicer.set(wire.SERVICE, serving)
+    log.info(
+        "route listening on %s:%s (boot %s)%s%s",
+        config.ip,
+        port,
+        servicer.boot_id,
+        " with TLS" if tls else "",
+        "" if servicer.security.tokens.enabled else ", no token: anyone who reaches it may join",
+    )
+    running = RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)
+    running.reaper = asyncio.create_task(servicer.reap_half_closed())
+    if metrics is not None:
+        try:
+            running.metrics = serve_metrics(servicer, *metrics)
+        except OSError as exc:
+            await running.stop()
+            raise OSError(
+                f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {exc.strerror or exc}"
+            ) from None
+    return running

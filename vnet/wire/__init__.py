@@ -1,0 +1,76 @@
+"""The wire adapter: the one place that knows the protobuf messages.
+
+Converts between vnet's dataclasses and vnetrpc.v1 messages (messages),
+encodes and decodes tunnel frames (frames), and translates errors between
+vnet and gRPC status codes (status). Everything else in vnet sees
+dataclasses, bytes and VnetError; `from vnet import wire` gives all three.
+"""
+
+from __future__ import annotations
+
+from vnet.wire.frames import (
+    DATA_TAG as DATA_TAG,
+)
+from vnet.wire.frames import (
+    FIN_FRAME as FIN_FRAME,
+)
+from vnet.wire.frames import (
+    FrameKind as FrameKind,
+)
+from vnet.wire.frames import (
+    decode_frame as decode_frame,
+)
+from vnet.wire.frames import (
+    encode_data as encode_data,
+)
+from vnet.wire.frames import (
+    encode_reset as encode_reset,
+)
+from vnet.wire.frames import (
+    terminal_kind as terminal_kind,
+)
+from vnet.wire.messages import (
+    ACCEPT_METHOD as ACCEPT_METHOD,
+)
+from vnet.wire.messages import (
+    DIAL_METHOD as DIAL_METHOD,
+)
+from vnet.wire.messages import (
+    MD_AUTH as MD_AUTH,
+)
+from vnet.wire.messages import (
+    MD_SERVEID as MD_SERVEID,
+)
+from vnet.wire.messages import (
+    MD_SESSION as MD_SESSION,
+)
+from vnet.wire.messages import (
+    MD_TUNNEL as MD_TUNNEL,
+)
+from vnet.wire.messages import (
+    SERVICE as SERVICE,
+)
+from vnet.wire.messages import (
+    serve_from_pb as serve_from_pb,
+)
+from vnet.wire.messages import (
+    serve_to_pb as serve_to_pb,
+)
+from vnet.wire.messages import (
+    serves_from_pb as serves_from_pb,
+)
+from vnet.wire.messages import (
+    vnet_to_pb as vnet_to_pb,
+)
+from vnet.wire.status import (
+    ERROR_OF as ERROR_OF,
+)
+from vnet.wire.status import (
+    STATUS_OF as STATUS_OF,
+)
+from vnet.wire.status import (
+    error_of as error_of,
+)
+from vnet.wire.status import (
+    status_of as status_of,
+)

@@ -1,0 +1,51 @@
+"""Errors <-> gRPC status codes: one table each way, inverses of each other."""
+
+from __future__ import annotations
+
+import grpc
+
+from vnet.core.errors import (
+    LimitExceeded,
+    LocalProtocolError,
+    NotFound,
+    ProtocolError,
+    Refused,
+    RouteUnavailable,
+    ServeIdTaken,
+    Unauthenticated,
+    VnetError,
+)
+
+# Each error family to its status code, used by the route's servicer; a
+# subclass goes out as its family's code.
+STATUS_OF: dict[type[VnetError], grpc.StatusCode] = {
+    ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
+    ServeIdTaken: grpc.StatusCode.ALREADY_EXISTS,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Refused: grpc.StatusCode.FAILED_PRECONDITION,
+    RouteUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+# And back again, used by the node: the same table inverted, except that
+# INVALID_ARGUMENT, seen by the node, means its own request was malformed.
+ERROR_OF: dict[grpc.StatusCode, type[VnetError]] = {
+    code: LocalProtocolError if family is ProtocolError else family
+    for family, code in STATUS_OF.items()
+}
+
+
+def status_of(exc: VnetError) -> grpc.StatusCode:
+    for kind in type(exc).__mro__:
+        code = STATUS_OF.get(kind)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_of(exc: grpc.aio.AioRpcError) -> VnetError:
+    """The vnet error for a failed call; unknown codes mean the route is unwell."""
+    kind = ERROR_OF.get(exc.code(), RouteUnavailable)
+    details = exc.details() or exc.code().name
+    return kind(details)
