@@ -86,13 +86,15 @@ class Procs:
         self.procs.append(started)
         return started
 
-    async def route(self, port: int, name: str = "route") -> Proc:
-        """`vnet-route` on 127.0.0.1:port (route.ini in tmp), once it listens.
+    async def route(self, port: int, name: str = "route", extra: str = "") -> Proc:
+        """`vnet-route` on 127.0.0.1:port, once it listens; its config is
+        NAME.ini in tmp, [route] with `extra` lines added (tls_cert=...).
 
         Called again with the same port, it restarts the route there.
         """
-        (self.tmp / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
-        route = await self.start(name, command("vnet-route"), "route.ini")
+        ini = f"{name}.ini"
+        (self.tmp / ini).write_text(f"[route]\nip=127.0.0.1\nport={port}\n{extra}")
+        route = await self.start(name, command("vnet-route"), ini)
         await route.wait_for_line("route listening on")
         return route
 
