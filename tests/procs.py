@@ -57,7 +57,21 @@ class Procs:
         self.tmp = tmp
         self.procs: list[Proc] = []
 
-    async def start(self, name: str, *args: str, cwd: Path | None = None) -> Proc:
+    async def start(
+        self,
+        name: str,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        # A name used again (a restarted route) gets its own log: the first
+        # one's output is still evidence.
+        taken = {p.name for p in self.procs}
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        name = unique
         log = self.tmp / f"{name}.log"
         with open(log, "wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -66,11 +80,23 @@ class Procs:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         started = Proc(name, proc, log)
         self.procs.append(started)
         return started
+
+    async def route(self, port: int, name: str = "route", extra: str = "") -> Proc:
+        """`vnet-route` on 127.0.0.1:port, once it listens; its config is
+        NAME.ini in tmp, [route] with `extra` lines added (tls_cert=...).
+
+        Called again with the same port, it restarts the route there.
+        """
+        ini = f"{name}.ini"
+        (self.tmp / ini).write_text(f"[route]\nip=127.0.0.1\nport={port}\n{extra}")
+        route = await self.start(name, command("vnet-route"), ini)
+        await route.wait_for_line("route listening on")
+        return route
 
     async def run(
         self, *args: str, cwd: Path | None = None, timeout: float = 30.0

@@ -16,7 +16,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from prompt_toolkit.input.base import PipeInput
 from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.output.plain_text import PlainTextOutput
 
-from tests.conftest import TIMEOUT, MakeNode, free_port, refused, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, refused, use_port, wait_until
 from tests.procs import Procs, command, node_ini
 from tests.services import (
     BLOCK,
@@ -43,7 +43,7 @@ from vnet.console.prompt import Console, VnetCompleter, console_logging, history
 from vnet.core.commands import CompletionData
 from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig, parse_node_config
 from vnet.node.node import Node, NodeTimeouts
-from vnet.route.server import RouteTimeouts, RunningRoute, start_route
+from vnet.route.server import RunningRoute
 
 
 @pytest.fixture(autouse=True)
@@ -183,18 +183,27 @@ def config_of(path: Path) -> NodeConfig:
     return parse_node_config(str(path), path.read_text())
 
 
-@contextlib.asynccontextmanager
-async def file_node(path: Path, autostart: bool = True) -> AsyncIterator[Node]:
-    node = Node(config_of(path), NodeTimeouts(connect=TIMEOUT, target_connect=TIMEOUT))
-    try:
-        await node.start(autostart=autostart)
-        yield node
-    finally:
-        await node.stop()
+FileNode = Callable[..., contextlib.AbstractAsyncContextManager[Node]]
+
+
+@pytest.fixture
+def file_node(make_node: MakeNode) -> FileNode:
+    """A node started from an ini file for the length of an `async with`
+    (stopped at its end, so another may start from the same file)."""
+
+    @contextlib.asynccontextmanager
+    async def run(path: Path, autostart: bool = True) -> AsyncIterator[Node]:
+        node = await make_node(config=config_of(path), autostart=autostart)
+        try:
+            yield node
+        finally:
+            await node.stop()
+
+    return run
 
 
 async def test_show_ping_help_and_mistakes(
-    make_node: MakeNode, route: RunningRoute, tmp_path: Path, state_home: Path
+    make_node: MakeNode, route: RunningRoute, tmp_path: Path, state_home: Path, file_node: FileNode
 ) -> None:
     web = await echo_server()
     home = await make_node(
@@ -273,7 +282,7 @@ async def test_show_ping_help_and_mistakes(
 
 
 async def test_serve_and_use_lifecycle_then_save(
-    make_node: MakeNode, route: RunningRoute, tmp_path: Path
+    make_node: MakeNode, route: RunningRoute, tmp_path: Path, file_node: FileNode
 ) -> None:
     web = await echo_server()
     office_ini = tmp_path / "office.ini"
@@ -368,7 +377,7 @@ async def test_serve_and_use_lifecycle_then_save(
 
 
 async def test_prompts_can_be_cancelled_and_required_answers_enforced(
-    route: RunningRoute, tmp_path: Path
+    route: RunningRoute, tmp_path: Path, file_node: FileNode
 ) -> None:
     office_ini = tmp_path / "office.ini"
     office_ini.write_text(node_ini(route.port, "[vnet]\nname=office\ngroup=g\n"))
@@ -384,7 +393,9 @@ async def test_prompts_can_be_cancelled_and_required_answers_enforced(
         assert office.config.serves == ()
 
 
-async def test_ctrl_d_leaves_and_ctrl_c_drops_the_line(route: RunningRoute, tmp_path: Path) -> None:
+async def test_ctrl_d_leaves_and_ctrl_c_drops_the_line(
+    route: RunningRoute, tmp_path: Path, file_node: FileNode
+) -> None:
     office_ini = tmp_path / "office.ini"
     office_ini.write_text(node_ini(route.port, "[vnet]\nname=office\ngroup=g\n"))
     async with file_node(office_ini) as office:
@@ -399,7 +410,7 @@ async def test_ctrl_d_leaves_and_ctrl_c_drops_the_line(route: RunningRoute, tmp_
 
 
 async def test_logs_print_above_the_prompt_without_breaking_the_typed_line(
-    route: RunningRoute, tmp_path: Path
+    route: RunningRoute, tmp_path: Path, file_node: FileNode
 ) -> None:
     office_ini = tmp_path / "office.ini"
     office_ini.write_text(node_ini(route.port, "[vnet]\nname=office\ngroup=g\n"))
@@ -443,31 +454,30 @@ def test_console_logging_moves_terminal_handlers_and_restores_them() -> None:
         root.removeHandler(terminal)
 
 
-async def test_the_route_going_away(tmp_path: Path) -> None:
-    own = await start_route(RouteConfig("127.0.0.1", 0), RouteTimeouts(stop_grace=0.2))
+async def test_the_route_going_away(
+    make_route: MakeRoute, tmp_path: Path, file_node: FileNode
+) -> None:
+    own = await make_route(stop_grace=0.2)
     office_ini = tmp_path / "office.ini"
     office_ini.write_text(node_ini(own.port, "[vnet]\nname=office\ngroup=g\n"))
-    try:
-        async with file_node(office_ini) as office, session(office) as s:
-            await own.stop()
-            await wait_until(lambda: office.lost, "the node to notice")
-            assert "| route lost |" in s.console.toolbar()
-            outcome, _, err = await s.run("ping")
-            assert outcome is Outcome.FAILED
-            assert err[0].startswith("ping: the route is not connected (")
-            assert await s.ok("show serve") == [
-                "serve  serveid  state  ip  port  name  info",
-                "- 0 serve(s), 0 registered -",
-            ]
-    finally:
+    async with file_node(office_ini) as office, session(office) as s:
         await own.stop()
+        await wait_until(lambda: office.lost, "the node to notice")
+        assert "| route lost |" in s.console.toolbar()
+        outcome, _, err = await s.run("ping")
+        assert outcome is Outcome.FAILED
+        assert err[0].startswith("ping: the route is not connected (")
+        assert await s.ok("show serve") == [
+            "serve  serveid  state  ip  port  name  info",
+            "- 0 serve(s), 0 registered -",
+        ]
 
 
 # --- reload --------------------------------------------------------------------
 
 
 async def test_reload_applies_only_the_differences_while_a_tunnel_carries_traffic(
-    make_node: MakeNode, route: RunningRoute, tmp_path: Path
+    make_node: MakeNode, route: RunningRoute, tmp_path: Path, file_node: FileNode
 ) -> None:
     stream = await exchange_server()
     echo = await echo_server()
@@ -567,7 +577,9 @@ async def test_reload_applies_only_the_differences_while_a_tunnel_carries_traffi
         await server.close()
 
 
-async def test_reload_of_a_bad_file_changes_nothing(route: RunningRoute, tmp_path: Path) -> None:
+async def test_reload_of_a_bad_file_changes_nothing(
+    route: RunningRoute, tmp_path: Path, file_node: FileNode
+) -> None:
     office_ini = tmp_path / "office.ini"
     office_ini.write_text(
         node_ini(route.port, "[vnet]\nname=office\ngroup=g\n[use.a]\nserveid=701\n")
@@ -601,7 +613,7 @@ async def test_script_runs_commands_against_the_route(
     config = parse_node_config(str(office_ini), office_ini.read_text())
     out: list[str] = []
     err: list[str] = []
-    node = Node(config, NodeTimeouts(connect=TIMEOUT))
+    node = await make_node(config=config, timeouts=NodeTimeouts(connect=TIMEOUT), start=False)
     rc = await run_script(node, ["show serves", "show vnets", "ping"], out.append, err.append)
     assert (rc, err) == (0, [])
     assert out[:3] == [
@@ -614,19 +626,20 @@ async def test_script_runs_commands_against_the_route(
     assert re.fullmatch(r"ping .*: \d+\.\d\d ms", out[7])
     # A failing line stops the script; a bad one says so with 2.
     out.clear()
-    node = Node(config, NodeTimeouts(connect=TIMEOUT))
+    node = await make_node(config=config, timeouts=NodeTimeouts(connect=TIMEOUT), start=False)
     rc = await run_script(node, ["serve open nope", "ping"], out.append, err.append)
     assert (rc, out, err) == (1, [], ["vnet: serve open nope: no serve named 'nope' (serves: own)"])
-    node = Node(config, NodeTimeouts(connect=TIMEOUT))
+    node = await make_node(config=config, timeouts=NodeTimeouts(connect=TIMEOUT), start=False)
     assert await run_script(node, ["show everything"], out.append, err.append) == 2
 
 
-async def test_script_when_the_route_is_down(tmp_path: Path) -> None:
+async def test_script_when_the_route_is_down(make_node: MakeNode, tmp_path: Path) -> None:
     port = free_port()
     config = NodeConfig("(test)", RouteConfig("127.0.0.1", port), VnetConfig())
     err: list[str] = []
     started = time.monotonic()
-    rc = await run_script(Node(config, NodeTimeouts(connect=0.5)), ["ping"], print, err.append)
+    node = await make_node(config=config, timeouts=NodeTimeouts(connect=0.5), start=False)
+    rc = await run_script(node, ["ping"], print, err.append)
     assert rc == 1
     assert len(err) == 1
     assert err[0].startswith(f"vnet: cannot reach the route at 127.0.0.1:{port}")

@@ -9,12 +9,12 @@ import logging
 
 import pytest
 
-from tests.conftest import TIMEOUT, MakeNode, wait_until
-from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig
+from tests.conftest import MakeNode, MakeRoute, wait_until
+from vnet.core.config import ServeConfig
 from vnet.core.errors import RouteUnavailable, Unauthenticated
 from vnet.node.client import RouteClient
-from vnet.node.node import SESSION_FORGOTTEN, Node, NodeTimeouts, lost_words
-from vnet.route.server import RouteTimeouts, RunningRoute, start_route
+from vnet.node.node import SESSION_FORGOTTEN, lost_words
+from vnet.route.server import RunningRoute
 from vnet.route.service import BAD_CREDENTIALS
 
 
@@ -75,24 +75,15 @@ def test_a_forgotten_session_is_not_called_bad_credentials() -> None:
 
 
 async def test_a_route_that_stops_is_said_to_have_stopped(
-    caplog: pytest.LogCaptureFixture,
+    make_route: MakeRoute, make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    route = await start_route(RouteConfig("127.0.0.1", 0), RouteTimeouts(stop_grace=0.1))
-    config = NodeConfig(
-        path="(test)",
-        route=RouteConfig("127.0.0.1", route.port),
-        vnet=VnetConfig(name="n", group="g"),
+    route = await make_route(stop_grace=0.1)
+    node = await make_node("n", route=route)
+    await route.stop()
+    await wait_until(lambda: not node.connected, "the node to notice")
+    await wait_until(
+        lambda: any("lost the route" in r.getMessage() for r in caplog.records), "the log"
     )
-    node = Node(config, NodeTimeouts(connect=TIMEOUT))
-    await node.start()
-    try:
-        await route.stop()
-        await wait_until(lambda: not node.connected, "the node to notice")
-        await wait_until(
-            lambda: any("lost the route" in r.getMessage() for r in caplog.records), "the log"
-        )
-        (lost,) = [r.getMessage() for r in caplog.records if "lost the route" in r.getMessage()]
-        assert lost == "lost the route: the route stopped; reconnecting"
-    finally:
-        await node.stop()
+    (lost,) = [r.getMessage() for r in caplog.records if "lost the route" in r.getMessage()]
+    assert lost == "lost the route: the route stopped; reconnecting"

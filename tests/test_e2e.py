@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, free_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, free_port, wait_until
 from tests.procs import Procs, command, node_ini
 from tests.services import (
     Server,
@@ -24,14 +24,6 @@ from vnet.node.client import RouteClient
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def start_route(procs: Procs, tmp_path: Path) -> int:
-    port = free_port()
-    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
-    route = await procs.start("route", command("vnet-route"), "route.ini")
-    await route.wait_for_line("route listening on")
-    return port
 
 
 async def ssh_like_server() -> Server:
@@ -52,7 +44,8 @@ async def ssh_like_server() -> Server:
 
 async def test_original_ssh_scenario(procs: Procs, tmp_path: Path) -> None:
     sshd = await ssh_like_server()
-    route_port = await start_route(procs, tmp_path)
+    route_port = free_port()
+    await procs.route(route_port)
     use_port = free_port()
     # The original README's two node files, pointed at loopback.
     (tmp_path / "home.ini").write_text(
@@ -93,7 +86,8 @@ async def test_serving_node_killed_mid_transfer_resets_the_client(
     procs: Procs, tmp_path: Path
 ) -> None:
     source = await endless_source_server()
-    route_port = await start_route(procs, tmp_path)
+    route_port = free_port()
+    await procs.route(route_port)
     use_port = free_port()
     (tmp_path / "home.ini").write_text(
         node_ini(route_port, f"[vnet]\nname=home\n[serve.src]\nserveid=701\nport={source.port}\n")
@@ -112,24 +106,23 @@ async def test_serving_node_killed_mid_transfer_resets_the_client(
         writer.close()
     # Its serves are gone for everyone else.
     watcher = RouteClient(f"127.0.0.1:{route_port}")
-    await watcher.connect(TIMEOUT)
-    await watcher.join("watcher", "default")
-    serves: list[object] = [None]
+    try:
+        await watcher.connect(TIMEOUT)
+        await watcher.join("watcher", "default")
 
-    async def poll() -> None:
-        serves[0] = await watcher.list_serves()
+        async def no_serves() -> bool:
+            return await watcher.list_serves() == []
 
-    async with asyncio.timeout(TIMEOUT):
-        while serves[0] != []:
-            await poll()
-            await asyncio.sleep(0.02)
-    await watcher.close()
+        await wait_until(no_serves, "the route to withdraw home's serves", interval=0.02)
+    finally:
+        await watcher.close()
     await office.wait_for_line("[use.src] serveid 701 left; stopped listening")
     await source.close()
 
 
 async def test_grpcurl_reflection_and_health(procs: Procs, tmp_path: Path) -> None:
-    port = await start_route(procs, tmp_path)
+    port = free_port()
+    await procs.route(port)
     grpcurl = command("grpcurl")
     rc, out, err = await procs.run(grpcurl, "-plaintext", f"127.0.0.1:{port}", "list")
     assert rc == 0, err
@@ -196,7 +189,8 @@ async def test_route_runs_with_no_config_file_on_the_default_address(
 async def test_second_route_on_the_same_port_exits_with_a_clear_error(
     procs: Procs, tmp_path: Path
 ) -> None:
-    port = await start_route(procs, tmp_path)
+    port = free_port()
+    await procs.route(port)
     rc, out, err = await procs.run(command("vnet-route"), "route.ini")
     assert rc == 1
     assert err.strip().startswith(f"vnet-route: cannot listen on 127.0.0.1:{port}")
@@ -278,17 +272,16 @@ async def test_make_demo_check(procs: Procs) -> None:
     assert "OK" in out
 
 
-async def test_node_exits_when_the_route_is_unreachable_in_process() -> None:
+async def test_node_exits_when_the_route_is_unreachable_in_process(make_node: MakeNode) -> None:
     from vnet.core.config import NodeConfig, RouteConfig, VnetConfig
     from vnet.core.errors import RouteUnavailable
-    from vnet.node.node import Node, NodeTimeouts
+    from vnet.node.node import NodeTimeouts
 
     port = free_port()
-    node = Node(
-        NodeConfig("(test)", RouteConfig("127.0.0.1", port), VnetConfig()),
-        NodeTimeouts(connect=0.5),
+    node = await make_node(
+        config=NodeConfig("(test)", RouteConfig("127.0.0.1", port), VnetConfig()),
+        timeouts=NodeTimeouts(connect=0.5),
+        start=False,
     )
     with pytest.raises(RouteUnavailable, match=f"cannot reach the route at 127.0.0.1:{port}"):
         await node.start()
-    await node.stop()
-    await wait_until(lambda: True, "nothing")

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, free_port
+from tests.conftest import TIMEOUT, free_port, wait_until
 from tests.procs import Proc, Procs, command, node_ini
 from tests.services import echo_server, pattern, read_exactly_or_eof
 from vnet.core.unanswered import (
@@ -132,14 +131,6 @@ def _certificates(tmp: Path) -> None:
     stranger.cert_chain_pems[0].write_to_path(str(tmp / "stranger.pem"))
 
 
-async def _route(procs: Procs, tmp: Path, name: str, tls: str) -> int:
-    port = free_port()
-    (tmp / f"{name}.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n{tls}")
-    route = await procs.start(name, command("vnet-route"), f"{name}.ini")
-    await route.wait_for_line("route listening on")
-    return port
-
-
 def _no_raw_text(err: str) -> None:
     for raw in RAW:
         assert raw not in err, f"{raw!r} in {err!r}"
@@ -178,15 +169,13 @@ async def test_each_start_up_mistake_gets_one_line_with_its_fix(
     procs: Procs, tmp_path: Path
 ) -> None:
     _certificates(tmp_path)
-    plain, tls, named, mtls = await asyncio.gather(
-        _route(procs, tmp_path, "plain", ""),
-        _route(procs, tmp_path, "tls", "tls_cert=route.pem\ntls_key=route.key\n"),
-        _route(procs, tmp_path, "named", "tls_cert=named.pem\ntls_key=named.key\n"),
-        _route(
-            procs,
-            tmp_path,
-            "mtls",
-            "tls_cert=route.pem\ntls_key=route.key\ntls_client_ca=client-ca.pem\n",
+    plain, tls, named, mtls = (free_port() for _ in range(4))
+    await asyncio.gather(
+        procs.route(plain, "plain"),
+        procs.route(tls, "tls", "tls_cert=route.pem\ntls_key=route.key\n"),
+        procs.route(named, "named", "tls_cert=named.pem\ntls_key=named.key\n"),
+        procs.route(
+            mtls, "mtls", "tls_cert=route.pem\ntls_key=route.key\ntls_client_ca=client-ca.pem\n"
         ),
     )
     closed = free_port()
@@ -290,9 +279,7 @@ async def test_clients_of_a_frozen_node_are_reset_until_it_answers(
     echo = await echo_server()
     port, use = free_port(), free_port()
     # A long keepalive: the frozen node is not declared dead during the test.
-    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\nkeepalive=60\n")
-    route = await procs.start("route", command("vnet-route"), "route.ini")
-    await route.wait_for_line("route listening on")
+    await procs.route(port, extra="keepalive=60\n")
     (tmp_path / "home.ini").write_text(
         node_ini(port, f"[vnet]\nname=home\n[serve.echo]\nserveid=700\nport={echo.port}\n")
     )
@@ -311,15 +298,14 @@ async def test_clients_of_a_frozen_node_are_reset_until_it_answers(
         first.write(b"waiting")
         # ...and once that has lasted the threshold, new ones are reset at
         # once (before the route's 10 s accept timeout would have).
-        deadline = time.monotonic() + TIMEOUT
-        while not await _reset_at_once(use):
-            assert time.monotonic() < deadline, "no connection was reset while home was frozen"
+        await wait_until(
+            lambda: _reset_at_once(use), "a connection reset at once while home is frozen"
+        )
         await office.wait_for_line("has answered no tunnel request for")
     finally:
         home.proc.send_signal(signal.SIGCONT)
     first.close()
-    deadline = time.monotonic() + 3 * TIMEOUT
-    while not await _echo_ok(use):
-        assert time.monotonic() < deadline, "the serve did not work again after SIGCONT"
-        await asyncio.sleep(0.1)
+    await wait_until(
+        lambda: _echo_ok(use), "the serve to work again after SIGCONT", 3 * TIMEOUT, 0.1
+    )
     await echo.close()

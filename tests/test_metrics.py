@@ -7,15 +7,14 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TIMEOUT, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, use_port, wait_until
 from tests.rawclient import Raw, status_of
 from tests.services import exchange, exchange_server
 from vnet.core.auth import TokenTable
-from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
+from vnet.core.config import ServeConfig, UseConfig, VnetConfig
 from vnet.node.client import NodeCredentials
-from vnet.node.node import Node, NodeTimeouts
+from vnet.node.node import NodeTimeouts
 from vnet.route.security import RouteSecurity
-from vnet.route.server import RouteTimeouts, start_route
 
 MIB = 1 << 20
 
@@ -30,27 +29,28 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-async def test_metrics_count_nodes_serves_tunnels_bytes_and_refusals() -> None:
-    route = await start_route(
-        RouteConfig("127.0.0.1", 0),
-        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5),
-        RouteSecurity(tokens=TokenTable(per_group={"g": "secret"})),
+async def test_metrics_count_nodes_serves_tunnels_bytes_and_refusals(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    route = await make_route(
+        security=RouteSecurity(tokens=TokenTable(per_group={"g": "secret"})),
         metrics=("127.0.0.1", 0),
     )
     assert route.metrics is not None
     service = await exchange_server()
-    nodes = []
-    for kw in (
-        {"serves": (ServeConfig(key="s", port=service.port, serveid=701),)},
-        {"uses": (UseConfig(key="s", serveid=701, port=0),)},
-    ):
-        node = Node(
-            NodeConfig("(t)", RouteConfig("127.0.0.1", route.port), VnetConfig(group="g"), **kw),  # type: ignore[arg-type]
-            NodeTimeouts(connect=TIMEOUT),
-            NodeCredentials(token="secret"),
+    nodes = [
+        await make_node(
+            route=route,
+            vnet=VnetConfig(group="g"),
+            timeouts=NodeTimeouts(connect=TIMEOUT),
+            credentials=NodeCredentials(token="secret"),
+            **kw,
         )
-        await node.start()
-        nodes.append(node)
+        for kw in (
+            {"serves": (ServeConfig(key="s", port=service.port, serveid=701),)},
+            {"uses": (UseConfig(key="s", serveid=701, port=0),)},
+        )
+    ]
     port = await use_port(nodes[1], "s")
     await exchange(port, MIB, 2 * MIB)
     await wait_until(lambda: not route.servicer.splices, "the tunnel to close")
@@ -72,39 +72,28 @@ async def test_metrics_count_nodes_serves_tunnels_bytes_and_refusals() -> None:
     assert m[("vnet_tunnel_setup_seconds_count", ())] == 1
     assert m[("vnet_auth_failures_total", ())] == 1
     assert m[("vnet_rejected_requests_total", (("code", "UNAUTHENTICATED"),))] == 1
-    for node in nodes:
-        await node.stop()
     await service.close()
-    await route.stop()
 
 
-async def test_node_metrics_count_each_uses_connections_and_bytes() -> None:
+async def test_node_metrics_count_each_uses_connections_and_bytes(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
     from vnet.metrics import serve_node_metrics
 
-    route = await start_route(
-        RouteConfig("127.0.0.1", 0), RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.5)
-    )
+    route = await make_route()
     service = await exchange_server()
-    home = Node(
-        NodeConfig(
-            "(t)",
-            RouteConfig("127.0.0.1", route.port),
-            VnetConfig(),
-            serves=(ServeConfig(key="s", port=service.port, serveid=701),),
-        ),
-        NodeTimeouts(connect=TIMEOUT),
+    await make_node(
+        route=route,
+        vnet=VnetConfig(),
+        serves=(ServeConfig(key="s", port=service.port, serveid=701),),
+        timeouts=NodeTimeouts(connect=TIMEOUT),
     )
-    office = Node(
-        NodeConfig(
-            "(t)",
-            RouteConfig("127.0.0.1", route.port),
-            VnetConfig(),
-            uses=(UseConfig(key="s", serveid=701, port=0),),
-        ),
-        NodeTimeouts(connect=TIMEOUT),
+    office = await make_node(
+        route=route,
+        vnet=VnetConfig(),
+        uses=(UseConfig(key="s", serveid=701, port=0),),
+        timeouts=NodeTimeouts(connect=TIMEOUT),
     )
-    await home.start()
-    await office.start()
     endpoint = serve_node_metrics(office, "127.0.0.1", 0)
     port = await use_port(office, "s")
     await exchange(port, MIB, 3 * MIB)
@@ -121,7 +110,4 @@ async def test_node_metrics_count_each_uses_connections_and_bytes() -> None:
     # One tunnel at a time: nothing to yield to.
     assert m[("vnet_node_bulk_yields_total", ())] == 0
     await asyncio.to_thread(endpoint.close)
-    await office.stop()
-    await home.stop()
     await service.close()
-    await route.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, MakeNode, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, wait_until
 from tests.procs import Proc, Procs
 from tests.services import (
     BLOCK,
@@ -32,10 +32,10 @@ from tests.services import (
     send_all,
 )
 from vnet.core.auth import PenaltyPolicy, TokenTable
-from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig
+from vnet.core.config import ServeConfig
 from vnet.node.client import NodeCredentials
-from vnet.node.node import Node, NodeTimeouts
-from vnet.route.server import RouteSecurity, RouteTimeouts, RunningRoute, start_route
+from vnet.node.node import NodeTimeouts
+from vnet.route.server import RouteSecurity, RunningRoute
 
 pytestmark = pytest.mark.e2e
 
@@ -103,18 +103,7 @@ async def start_client(
     procs: Procs, name: str, args: list[str], env: dict[str, str] | None = None
 ) -> tuple[Proc, int]:
     """Starts the client mapping a serve; returns it and its local port."""
-    log = procs.tmp / f"{name}.log"
-    with open(log, "wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            cwd=procs.tmp,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    started = Proc(name, proc, log)
-    procs.procs.append(started)
+    started = await procs.start(name, *args, env=env)
     await started.wait_for_line("listening on ", timeout=TIMEOUT)
     match = LISTENING.search(started.output())
     assert match, started.output()
@@ -214,60 +203,48 @@ async def test_resets_reach_the_local_connection(
     await source.close()
 
 
-async def _node_with_token(
-    route: RunningRoute, token: str, serves: tuple[ServeConfig, ...]
-) -> Node:
-    config = NodeConfig(
-        "(test)",
-        RouteConfig("127.0.0.1", route.port),
-        VnetConfig(name="home", group="team"),
-        serves=serves,
-    )
-    node = Node(config, NodeTimeouts(connect=TIMEOUT), NodeCredentials(token=token))
-    await node.start()
-    return node
-
-
-async def test_with_a_token(node_bin: str, procs: Procs) -> None:
-    secured = await start_route(
-        RouteConfig("127.0.0.1", 0),
-        RouteTimeouts(join=TIMEOUT, accept=TIMEOUT, stop_grace=0.2),
-        RouteSecurity(
+async def test_with_a_token(
+    node_bin: str, make_route: MakeRoute, make_node: MakeNode, procs: Procs
+) -> None:
+    secured = await make_route(
+        stop_grace=0.2,
+        security=RouteSecurity(
             tokens=TokenTable(per_group={"team": "team-token"}),
             penalty=PenaltyPolicy(max_failures=10_000),
         ),
     )
     service = await exchange_server()
-    home = await _node_with_token(
-        secured, "team-token", (ServeConfig(key="x", port=service.port, serveid=705),)
+    await make_node(
+        "home",
+        "team",
+        route=secured,
+        serves=(ServeConfig(key="x", port=service.port, serveid=705),),
+        timeouts=NodeTimeouts(connect=TIMEOUT),
+        credentials=NodeCredentials(token="team-token"),
     )
-    try:
-        # Without the token, or with a wrong one: refused, and it says so.
-        for extra in ([], ["--token", "guess"]):
-            rc, out, err = await procs.run(
-                *client_args(node_bin, secured.port, "--list", *extra, group="team"),
-                timeout=TIMEOUT,
-            )
-            assert (rc, out) == (1, ""), err
-            assert "UNAUTHENTICATED" in err
+    # Without the token, or with a wrong one: refused, and it says so.
+    for extra in ([], ["--token", "guess"]):
         rc, out, err = await procs.run(
-            *client_args(node_bin, secured.port, "--list", "--token", "team-token", group="team"),
+            *client_args(node_bin, secured.port, "--list", *extra, group="team"),
             timeout=TIMEOUT,
         )
-        assert rc == 0, err
-        assert out.splitlines()[1].split()[:3] == ["705", "01", "x"]
-        # From the environment, for the tunnels too: each Dial carries the token.
-        _, port = await start_client(
-            procs,
-            "client",
-            client_args(node_bin, secured.port, "--serveid", "705", group="team"),
-            env={"VNET_TOKEN": "team-token"},
-        )
-        await exchange(port, up=1 << 20, down=1 << 20, timeout=TIMEOUT)
-    finally:
-        await home.stop()
-        await secured.stop()
-        await service.close()
+        assert (rc, out) == (1, ""), err
+        assert "UNAUTHENTICATED" in err
+    rc, out, err = await procs.run(
+        *client_args(node_bin, secured.port, "--list", "--token", "team-token", group="team"),
+        timeout=TIMEOUT,
+    )
+    assert rc == 0, err
+    assert out.splitlines()[1].split()[:3] == ["705", "01", "x"]
+    # From the environment, for the tunnels too: each Dial carries the token.
+    _, port = await start_client(
+        procs,
+        "client",
+        client_args(node_bin, secured.port, "--serveid", "705", group="team"),
+        env={"VNET_TOKEN": "team-token"},
+    )
+    await exchange(port, up=1 << 20, down=1 << 20, timeout=TIMEOUT)
+    await service.close()
 
 
 class Valve:

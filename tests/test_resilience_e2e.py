@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, free_port
-from tests.procs import Proc, Procs, command, node_ini
+from tests.conftest import TIMEOUT, free_port, wait_until
+from tests.procs import Procs, command, node_ini
 from tests.services import (
     echo_server,
     endless_source_server,
@@ -44,11 +44,9 @@ async def _echo_ok(port: int) -> bool:
 
 
 async def _until_echo_works(port: int, within: float) -> float:
+    """Seconds until an echo through 127.0.0.1:port works (for the log)."""
     start = time.monotonic()
-    while not await _echo_ok(port):
-        if time.monotonic() - start > within:
-            raise AssertionError(f"127.0.0.1:{port} did not work again within {within}s")
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: _echo_ok(port), f"127.0.0.1:{port} to work again", within, 0.1)
     return time.monotonic() - start
 
 
@@ -69,16 +67,7 @@ async def test_route_restart_with_several_nodes(
 ) -> None:
     echo = await echo_server()
     port = free_port()
-    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
-
-    async def start_route() -> Proc:
-        route = await procs.start(
-            f"route-{time.monotonic_ns()}", command("vnet-route"), "route.ini"
-        )
-        await route.wait_for_line("route listening on")
-        return route
-
-    route = await start_route()
+    route = await procs.route(port)
     (tmp_path / "home.ini").write_text(
         node_ini(
             port,
@@ -108,7 +97,7 @@ async def test_route_restart_with_several_nodes(
     else:
         assert await route.stop(signal.SIGTERM) == 0
     await nodes[1].wait_for_line("lost the route")
-    route = await start_route()
+    route = await procs.route(port)
     took = max([await _until_echo_works(use, RECOVERY) for use in uses.values()])
     # Every node re-registered once: the same serveids, no duplicates.
     assert sorted(await _serves(port)) == sorted(before)
@@ -138,9 +127,7 @@ async def test_a_stalled_reader_holds_bounded_memory_and_others_go_on(
     source = await endless_source_server()
     xchg = await exchange_server()
     port = free_port()
-    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
-    route = await procs.start("route", command("vnet-route"), "route.ini")
-    await route.wait_for_line("route listening on")
+    route = await procs.route(port)
     stall_use, xchg_use = free_port(), free_port()
     (tmp_path / "home.ini").write_text(
         node_ini(

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import TIMEOUT, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, use_port, wait_until
 from tests.rawclient import Raw, status_of
 from tests.services import (
     Server,
@@ -18,28 +18,8 @@ from tests.services import (
     read_until_reset,
     tcp_relay,
 )
-from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, UseConfig, VnetConfig
-from vnet.node.node import Node, NodeTimeouts
-from vnet.route.server import RouteTimeouts, RunningRoute, start_route
+from vnet.core.config import ServeConfig, UseConfig
 from vnetrpc.v1 import route_pb2 as pb
-
-
-async def _route(**timeouts: float) -> RunningRoute:
-    values = {"join": TIMEOUT, "accept": TIMEOUT, "stop_grace": 0.5}
-    values.update(timeouts)
-    return await start_route(RouteConfig("127.0.0.1", 0), RouteTimeouts(**values))
-
-
-async def _node(route: RunningRoute, **kw: object) -> Node:
-    config = NodeConfig(
-        "(test)",
-        RouteConfig("127.0.0.1", route.port),
-        VnetConfig(name="n", group="g"),
-        **kw,  # type: ignore[arg-type]
-    )
-    node = Node(config, NodeTimeouts(connect=TIMEOUT))
-    await node.start()
-    return node
 
 
 async def silent_server() -> Server:
@@ -56,19 +36,23 @@ async def silent_server() -> Server:
     return server
 
 
-async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets() -> None:
-    route = await _route(stop_grace=1.0)
+async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    route = await make_route(stop_grace=1.0)
     service = await exchange_server()
     quiet = await silent_server()
-    home = await _node(
-        route,
+    await make_node(
+        "n",
+        route=route,
         serves=(
             ServeConfig(key="x", port=service.port, serveid=701),
             ServeConfig(key="q", port=quiet.port, serveid=702),
         ),
     )
-    office = await _node(
-        route,
+    office = await make_node(
+        "n",
+        route=route,
         uses=(UseConfig(key="x", serveid=701, port=0), UseConfig(key="q", serveid=702, port=0)),
     )
     x_port = await use_port(office, "x")
@@ -101,17 +85,17 @@ async def test_graceful_stop_tells_nodes_lets_tunnels_finish_then_resets() -> No
     writer.close()
     control.cancel()
     await watcher.close()
-    for node in (office, home):
-        await node.stop()
     await service.close()
     await quiet.close()
 
 
-async def test_half_closed_idle_tunnels_are_reset() -> None:
-    route = await _route(half_close_idle=0.3)
+async def test_half_closed_idle_tunnels_are_reset(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    route = await make_route(half_close_idle=0.3)
     quiet = await silent_server()
-    home = await _node(route, serves=(ServeConfig(key="q", port=quiet.port, serveid=702),))
-    office = await _node(route, uses=(UseConfig(key="q", serveid=702, port=0),))
+    await make_node("n", route=route, serves=(ServeConfig(key="q", port=quiet.port, serveid=702),))
+    office = await make_node("n", route=route, uses=(UseConfig(key="q", serveid=702, port=0),))
     port = await use_port(office, "q")
     async with asyncio.timeout(TIMEOUT):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -120,14 +104,11 @@ async def test_half_closed_idle_tunnels_are_reset() -> None:
         await read_until_reset(reader)
     writer.close()
     await wait_until(lambda: not route.servicer.splices, "the route to forget the tunnel")
-    for node in (office, home):
-        await node.stop()
-    await route.stop()
     await quiet.close()
 
 
-async def test_resume_replaces_only_its_own_stale_session() -> None:
-    route = await _route()
+async def test_resume_replaces_only_its_own_stale_session(make_route: MakeRoute) -> None:
+    route = await make_route()
     old = Raw(route.port)
     first, md, control = await old.join_and_serve(None, 700, group="g")
     # Someone else naming that vnetid, without its resume token, gets a new one
@@ -165,11 +146,10 @@ async def test_resume_replaces_only_its_own_stale_session() -> None:
     control.cancel()
     for raw in (old, other, new):
         await raw.close()
-    await route.stop()
 
 
-async def test_a_free_vnetid_is_given_back_after_a_route_restart() -> None:
-    route = await _route()
+async def test_a_free_vnetid_is_given_back_after_a_route_restart(make_route: MakeRoute) -> None:
+    route = await make_route()
     raw = Raw(route.port)
     for _ in range(3):
         await raw.join(None, group="g")
@@ -177,12 +157,11 @@ async def test_a_free_vnetid_is_given_back_after_a_route_restart() -> None:
     assert joined.vnetid == "07"
     assert (await raw.join(None, group="g")).vnetid == "04"
     await raw.close()
-    await route.stop()
 
 
 @pytest.mark.timeout(60)
-async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
-    route = await _route(keepalive=0.5, keepalive_timeout=0.5)
+async def test_a_black_holed_node_is_dropped_by_keepalive(make_route: MakeRoute) -> None:
+    route = await make_route(keepalive=0.5, keepalive_timeout=0.5)
     relay, kill = await tcp_relay(route.port)
     victim = Raw(relay.port)
     _, _, control = await victim.join_and_serve(None, 700, group="g")
@@ -194,18 +173,21 @@ async def test_a_black_holed_node_is_dropped_by_keepalive() -> None:
     control.cancel()
     await victim.close()
     await relay.close()
-    await route.stop()
 
 
-async def test_tunnels_are_forgotten_when_both_ends_go_at_once() -> None:
+async def test_tunnels_are_forgotten_when_both_ends_go_at_once(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
     # Found by `make soak`: when the serving node died, both handlers of a
     # tunnel could be cancelled, and nobody removed it from the route's books.
     from tests.services import endless_source_server
 
-    route = await _route()
+    route = await make_route()
     source = await endless_source_server()
-    home = await _node(route, serves=(ServeConfig(key="s", port=source.port, serveid=701),))
-    office = await _node(route, uses=(UseConfig(key="s", serveid=701, port=0),))
+    home = await make_node(
+        "n", route=route, serves=(ServeConfig(key="s", port=source.port, serveid=701),)
+    )
+    office = await make_node("n", route=route, uses=(UseConfig(key="s", serveid=701, port=0),))
     port = await use_port(office, "s")
     clients = []
     for _ in range(20):
@@ -224,7 +206,4 @@ async def test_tunnels_are_forgotten_when_both_ends_go_at_once() -> None:
     assert route.servicer.stats.opened == route.servicer.stats.closed == 20
     for _, writer in clients:
         writer.close()
-    await office.stop()
-    await home.stop()
     await source.close()
-    await route.stop()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from tests.conftest import TIMEOUT, free_port, refused, wait_until
+from tests.conftest import TIMEOUT, MakeNode, free_port, refused, wait_until
+from tests.procs import Procs
 from vnet.console.executor import Executor, Outcome
-from vnet.core.config import NodeConfig, RouteConfig, VnetConfig
+from vnet.core.config import VnetConfig
 from vnet.node.node import Node, NodeTimeouts
 from vnet.route.server import RunningRoute
 
@@ -56,29 +57,21 @@ class Console:
 
 
 @pytest.fixture
-async def nodes(route: RunningRoute) -> AsyncIterator[dict[str, Node]]:
+async def nodes(make_node: MakeNode) -> dict[str, Node]:
     made: dict[str, Node] = {}
+    timeouts = NodeTimeouts(connect=TIMEOUT, unserve_unused=1.0, unserve_linger=0.5)
 
-    async def make(name: str, group: str = "g", **vnet: object) -> Node:
-        node = Node(
-            NodeConfig(
-                "(t)",
-                RouteConfig("127.0.0.1", route.port),
-                VnetConfig(name=name, group=group, **vnet),  # type: ignore[arg-type]
-            ),
-            NodeTimeouts(connect=TIMEOUT, unserve_unused=1.0, unserve_linger=0.5),
+    async def make(name: str, group: str = "g", **vnet: object) -> None:
+        made[name] = await make_node(
+            vnet=VnetConfig(name=name, group=group, **vnet),  # type: ignore[arg-type]
+            timeouts=timeouts,
         )
-        await node.start()
-        made[name] = node
-        return node
 
     await make("home", allow_unserve=True, unserve_remote=False, unserve_num=1)
     await make("office")
     await make("stranger", group="other")
     await make("closed")  # allow_unserve defaults to false
-    yield made
-    for node in made.values():
-        await node.stop()
+    return made
 
 
 async def test_the_original_jupyter_scenario(nodes: dict[str, Node]) -> None:
@@ -206,27 +199,22 @@ async def test_a_name_that_turns_remote_is_refused_at_dial_time(
 
 
 @pytest.mark.e2e
-async def test_unserve_from_a_script(tmp_path: object, route: RunningRoute) -> None:
+async def test_unserve_from_a_script(
+    tmp_path: object, route: RunningRoute, make_node: MakeNode, procs: Procs
+) -> None:
     """`vnet CONFIG -c "unserve 01 PORT LOCAL"` prints the serveid and the mapping,
     which lasts only as long as that process (it exits after its commands)."""
     from pathlib import Path
 
-    from tests.procs import Procs, command, node_ini
+    from tests.procs import command, node_ini
 
     tmp = Path(str(tmp_path))
     jupyter = await http_service()
     jport = jupyter.sockets[0].getsockname()[1]
-    home = Node(
-        NodeConfig(
-            "(t)",
-            RouteConfig("127.0.0.1", route.port),
-            VnetConfig(name="home", allow_unserve=True),
-        ),
-        NodeTimeouts(connect=TIMEOUT),
+    home = await make_node(
+        vnet=VnetConfig(name="home", allow_unserve=True), timeouts=NodeTimeouts(connect=TIMEOUT)
     )
-    await home.start()
     (tmp / "office.ini").write_text(node_ini(route.port, "[vnet]\nname=office\n"))
-    procs = Procs(tmp)
     local = free_port()
     rc, out, err = await procs.run(
         command("vnet"), "office.ini", "-c", f"unserve {home.vnetid} {jport} {local}"
@@ -236,5 +224,4 @@ async def test_unserve_from_a_script(tmp_path: object, route: RunningRoute) -> N
     assert lines[1] == f"vnet {home.vnetid} offers it as serveid 001"
     assert lines[2].startswith(f"mapped 127.0.0.1:{local} -> serveid 001")
     assert await refused(local)  # the process is gone, and its mapping with it
-    await home.stop()
     jupyter.close()
