@@ -22,7 +22,6 @@ from vnet import __version__
 from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
 from vnet.core.config import NodeConfig, RouteSettings
 from vnet.core.errors import RouteUnavailable, VnetError
-from vnet.node import tunnel
 
 if TYPE_CHECKING:
     from vnet.node.client import NodeCredentials
@@ -67,6 +66,10 @@ def _setup_logging(level: str, form: str = "text") -> None:
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where there is one: it measurably speeds up the relay."""
+    # Imported here, not at the top: it loads grpc, which reads GRPC_VERBOSITY
+    # once, and node_main sets that first.
+    from vnet.node import tunnel
+
     tunnel.raise_fd_limit()
     try:
         import uvloop
