@@ -145,3 +145,101 @@ async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything
     async with asyncio.timeout(300):
         await asyncio.gather(*(c.finish() for c in clients))
     await echo.close()
+
+
+# A route with a small memory budget (vnet/budget.py) and more stalled tunnels
+# than it holds: at ~4-5 MiB each, 60 would grow it ~250 MiB without one.
+BUDGET_MIB = 32
+OVER_BUDGET = 60
+# What the route may grow beyond its budget: C-core's and Python's own
+# bookkeeping for 60 tunnels and their calls, and the allocator's slack.
+ALLOWANCE_MIB = 48
+NORMAL = 8 * 1024 * 1024
+
+
+async def _normal_transfer(port: int) -> None:
+    """An ordinary echo round trip that reads while it writes: byte-exact."""
+    data = random.Random(7).randbytes(NORMAL)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def send() -> None:
+        for at in range(0, NORMAL, BLOCK):
+            writer.write(data[at : at + BLOCK])
+            await writer.drain()
+        writer.write_eof()
+
+    sending = asyncio.create_task(send())
+    got = await read_exactly_or_eof(reader)
+    await sending
+    writer.close()
+    assert len(got) == NORMAL, f"{len(got)} bytes back of {NORMAL}"
+    assert got == data, "the echo differs from what was sent"
+
+
+@pytest.mark.timeout(200)
+async def test_a_route_over_its_memory_budget_resets_stalled_tunnels_and_still_carries_others(
+    procs: Procs, tmp_path: Path
+) -> None:
+    echo = await _echo()
+    port, use = free_port(), free_port()
+    (tmp_path / "route.ini").write_text(
+        f"[route]\nip=127.0.0.1\nport={port}\ntunnel_memory={BUDGET_MIB}\n"
+    )
+    route = await procs.start("route", command("vnet-route"), "route.ini")
+    await route.wait_for_line("route listening on")
+    (tmp_path / "home.ini").write_text(
+        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo.port}\n")
+    )
+    (tmp_path / "office.ini").write_text(
+        node_ini(port, f"[vnet]\nname=office\n[use.e]\nserveid=700\nport={use}\n")
+    )
+    await procs.start("home", command("vnet"), "home.ini")
+    office = await procs.start("office", command("vnet"), "office.ini")
+    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    await _normal_transfer(use)
+    base = _rss_mib(route.proc.pid)
+
+    clients = [Stalled(i) for i in range(OVER_BUDGET)]
+    await asyncio.gather(*(c.start(use) for c in clients))
+    pushers = [asyncio.create_task(c.push()) for c in clients]
+    deadline = time.monotonic() + 90
+    # Until every client is either reset or stalled (nothing moved for QUIET).
+    while (
+        time.monotonic()
+        - max(
+            (c.last_progress for c, p in zip(clients, pushers, strict=True) if not p.done()),
+            default=0.0,
+        )
+        < QUIET
+    ):
+        assert time.monotonic() < deadline, "the stalled tunnels kept moving for 90 s"
+        await asyncio.sleep(0.1)
+    grown = _rss_mib(route.proc.pid) - base
+    reset = [c for c, p in zip(clients, pushers, strict=True) if p.done()]
+    for pusher in pushers:
+        if pusher.done():
+            assert isinstance(pusher.exception(), ConnectionError), pusher.exception()
+    # Each stalled tunnel is booked at ~5 MiB (two directions, each a 1 MiB
+    # frame, gRPC's copy and a 512 KiB window): only a handful fit in 32 MiB.
+    assert len(reset) >= OVER_BUDGET // 2, f"only {len(reset)} of {OVER_BUDGET} were reset"
+    assert grown < BUDGET_MIB + ALLOWANCE_MIB, (
+        f"the route grew {grown:.0f} MiB with a {BUDGET_MIB} MiB budget "
+        f"({len(reset)} of {OVER_BUDGET} stalled tunnels reset)"
+    )
+    assert "held in stalled writes; reset" in route.output()
+    # A reset, not a clean end: what a reset client reads ends in an error.
+    for client in reset:
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(30):
+                await read_exactly_or_eof(client.reader)
+        client.writer.close()
+
+    # The route still carries a tunnel that reads what it asks for.
+    async with asyncio.timeout(60):
+        await _normal_transfer(use)
+    for pusher in pushers:
+        pusher.cancel()
+    await asyncio.gather(*pushers, return_exceptions=True)
+    for client in clients:
+        client.writer.close()
+    await echo.close()

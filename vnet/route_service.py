@@ -24,6 +24,7 @@ import grpc
 
 from vnet import route_rpc, wire
 from vnet.auth import PenaltyBox, peer_address
+from vnet.budget import MIB, Budget
 from vnet.config import RouteLimits
 from vnet.errors import (
     InvalidRequest,
@@ -161,6 +162,9 @@ class RouteServicer:
         # Set when the route starts going away.
         self.stopping = False
         self.stats = SpliceStats()
+        self.budget = Budget(
+            self.limits.tunnel_memory * MIB, self.limits.tunnel_memory_per_node * MIB
+        )
         self.auth_failures = 0
         # Refused calls by status code name, for the metrics endpoint.
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -621,6 +625,7 @@ class RouteServicer:
             stats=self.stats,
             on_done=self._forget,
             ends=(pending.dialer, session),
+            budget=self.budget,
         )
         self.splices.add(splice)
         pending.dialer.splices.add(splice)

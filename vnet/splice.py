@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 
 from vnet import wire
+from vnet.budget import Budget
+from vnet.pacing import STREAM_WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class SpliceStats:
     # Frame bytes relayed, by direction (dialling node -> serving node, and back).
     bytes_to_serve: int = 0
     bytes_to_dialer: int = 0
+    # Tunnels reset because the route held too much of their data (vnet/budget.py).
+    memory_resets: int = 0
 
 
 # Who is at the end of each leg, in the reasons a reset frame carries to the nodes.
@@ -85,6 +89,7 @@ class Splice:
         "stats",
         "on_done",
         "ends",
+        "budget",
         "last_activity",
         "_abort_reason",
         "_waiters",
@@ -100,6 +105,7 @@ class Splice:
         stats: SpliceStats,
         on_done: Callable[[Splice], None] = lambda _: None,
         ends: tuple[Any, ...] = (),
+        budget: Budget | None = None,
     ) -> None:
         self.tunnel_id = tunnel_id
         self.serveid = serveid
@@ -109,6 +115,8 @@ class Splice:
         self.on_done = on_done
         # Whoever keeps this splice (the route's sessions), for on_done.
         self.ends = ends
+        # What the route's pumps hold in stalled writes, and its limits.
+        self.budget = budget
         # When a frame last went through, by the loop's clock: for idle reaping.
         self.last_activity = asyncio.get_running_loop().time()
         self._abort_reason = ""
@@ -165,7 +173,11 @@ class Splice:
                         kind = wire.FrameKind.RESET
                         await self._shielded(self._forward(dst, msg))
                         break
+                    if self.budget is not None:
+                        self._hold(src, len(msg), loop.time())
                     await dst.ctx.write(msg)
+                    if self.budget is not None:
+                        self.budget.release(src)
                     self.last_activity = loop.time()
                     if to_serve:
                         self.stats.bytes_to_serve += len(msg)
@@ -213,11 +225,36 @@ class Splice:
             if cancelled and (not src.stopped or src.task.uncancel() > 0):
                 raise asyncio.CancelledError
         finally:
+            if self.budget is not None:
+                self.budget.release(src)
             src.state = _PUMPED
             src.task = None
             if dst.state == _PUMPED:
                 self._finish()
         await self.wait()
+
+    def _hold(self, src: Leg, nbytes: int, now: float) -> None:
+        """Book the write src's pump starts; reset whichever tunnels that puts over budget.
+
+        While it waits the pump holds the frame and gRPC its copy, and C-core
+        fills src's window, which the pump no longer reads.
+        """
+        assert self.budget is not None
+        node = (self.ends[0] if src is self.dial else self.ends[1]) if self.ends else src
+        for tunnel, reason in self.budget.hold(src, self, node, 2 * nbytes + STREAM_WINDOW, now):
+            if isinstance(tunnel, Splice):
+                tunnel.reset_for_memory(reason)
+        if src.stopped:
+            # This tunnel was the one over budget: its write would only wait.
+            raise asyncio.CancelledError
+
+    def reset_for_memory(self, reason: str) -> None:
+        """Reset this tunnel: the route holds too much in stalled writes."""
+        if self._closed or self._abort_reason:
+            return
+        self.stats.memory_resets += 1
+        log.info("tunnel %s serveid %s: %s; reset", self.tunnel_id, self.serveid, reason)
+        self.abort(reason)
 
     async def lost(self, src: Leg) -> None:
         """src's handler is ending before its pump started (its node went away): reset."""
