@@ -99,7 +99,11 @@ async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything
 ) -> None:
     echo = await _echo()
     port, use = free_port(), free_port()
-    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
+    # A budget beyond what 200 stalled tunnels hold: this measures what each
+    # one costs, and that nothing is lost; the next test is the budget's.
+    (tmp_path / "route.ini").write_text(
+        f"[route]\nip=127.0.0.1\nport={port}\ntunnel_memory=100000\ntunnel_memory_per_node=100000\n"
+    )
     route = await procs.start("route", command("vnet-route"), "route.ini")
     await route.wait_for_line("route listening on")
     (tmp_path / "home.ini").write_text(
