@@ -5,7 +5,7 @@ Its tunnel fills every buffer on the way there and back (sockets, asyncio, gRPC'
 until the client's writes stop. This opens N such clients at once, waits until none of them has
 sent anything for a while (every buffer is full), and reads the VmRSS of the route and the two
 nodes: the growth over the idle figure, per stalled tunnel. Past the route's memory budget
-([route] tunnel_memory and tunnel_memory_per_node, 512 and 128 MiB by default) the route resets
+([route] tunnel_memory and tunnel_memory_per_node, 512 and 256 MiB by default) the route resets
 the longest-stalled tunnels; those are counted, and the route's total stays near its budget
 however many stall. Then it closes them and waits (bounded) until the nodes released their
 sockets.

@@ -80,7 +80,7 @@ def test_the_budget_is_a_route_setting_with_defaults_and_a_share_that_follows_a_
     None
 ):
     limits = parse_route_config("r.ini", "[route]\nip=127.0.0.1\nport=7749\n").limits
-    assert (limits.tunnel_memory, limits.tunnel_memory_per_node) == (512, 128)
+    assert (limits.tunnel_memory, limits.tunnel_memory_per_node) == (512, 256)
     small = _route("tunnel_memory=32\n")
     assert small.ok
     assert small.config.limits.tunnel_memory == 32

@@ -25,10 +25,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
-# [route] tunnel_memory and tunnel_memory_per_node, in MiB: about 128 and 32
-# stalled tunnels at ~4 MiB each (docs/DESIGN.md, "Memory").
+# [route] tunnel_memory and tunnel_memory_per_node, in MiB. A stalled tunnel
+# books ~8 MiB (both directions, each a 512 KiB frame, gRPC's copy and a 3 MiB
+# window), 4 of it per node: the route holds ~64 stalled tunnels before it
+# resets any; a node's slow readers take 64 pending writes before the share binds.
 DEFAULT_TOTAL_MIB = 512
-DEFAULT_PER_NODE_MIB = 128
+DEFAULT_PER_NODE_MIB = 256
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from vnet.auth import insecure_reason
+from vnet.budget import DEFAULT_PER_NODE_MIB, DEFAULT_TOTAL_MIB
 from vnet.config_section import SectionReader, token_problem
 from vnet.errors import ConfigError
 from vnet.ini import Problems, Section, label, read_ini
@@ -112,8 +113,8 @@ class RouteLimits:
     max_tunnels_per_node: int = 2048
     # MiB of tunnel data the route may hold in stalled writes, in total and of
     # one sending node's (vnet/budget.py); past them stalled tunnels are reset.
-    tunnel_memory: int = 512
-    tunnel_memory_per_node: int = 128
+    tunnel_memory: int = DEFAULT_TOTAL_MIB
+    tunnel_memory_per_node: int = DEFAULT_PER_NODE_MIB
 
 
 @dataclass(frozen=True)
