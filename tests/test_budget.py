@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vnet.budget import MIB, Budget
+from vnet.budget import GRACE_S, MIB, Budget
 from vnet.config import Checked, RouteSettings, check_route_config, parse_route_config
 
 
@@ -70,6 +70,46 @@ def test_a_hold_larger_than_the_share_drops_its_own_tunnel() -> None:
     budget = Budget(total=10 * MIB, per_node=4 * MIB)
     assert [t for t, _ in budget.hold("big", "B", "x", 5 * MIB, now=0.0)] == ["B"]
     assert budget.held == 0
+
+
+def test_a_write_waiting_past_the_grace_books_its_window_and_can_put_the_node_over() -> None:
+    budget = Budget(total=100 * MIB, per_node=7 * MIB, window=3 * MIB)
+    # Many writes waiting a moment, with little in them: nobody is reset.
+    for i in range(1000):
+        assert budget.hold(("w", i), ("T", i), "busy", 16 * 1024, now=0.0) == []
+        budget.release(("w", i))
+    assert budget.settle(now=GRACE_S + 1) == []
+    assert budget.next_due() is None
+    budget.hold("s1", "S1", "x", 1 * MIB, now=10.0)
+    budget.hold("s2", "S2", "x", 1 * MIB, now=10.5)
+    assert budget.next_due() == 10.0 + GRACE_S
+    assert budget.settle(now=10.0 + GRACE_S - 0.01) == []
+    # The first comes of age: 1 + 3 + 1 MiB, within the share.
+    assert budget.settle(now=10.0 + GRACE_S) == []
+    assert budget.node_held("x") == 5 * MIB
+    # The second too: 8 > 7, and the one stalled longest goes.
+    reset = budget.settle(now=10.5 + GRACE_S)
+    assert [tunnel for tunnel, _ in reset] == ["S1"]
+    assert budget.node_held("x") == 4 * MIB
+    assert budget.next_due() is None
+
+
+def test_a_full_frame_books_its_window_at_once() -> None:
+    budget = Budget(total=100 * MIB, per_node=7 * MIB, window=3 * MIB)
+    assert budget.hold("a", "A", "x", MIB, now=0.0, bulk=True) == []
+    assert budget.node_held("x") == 4 * MIB
+    assert budget.next_due() is None
+    assert [t for t, _ in budget.hold("b", "B", "x", MIB, now=0.1, bulk=True)] == ["A"]
+
+
+def test_a_write_that_finished_before_the_grace_books_no_window() -> None:
+    budget = Budget(total=100 * MIB, per_node=100 * MIB, window=3 * MIB)
+    budget.hold("a", "A", "x", MIB, now=0.0)
+    budget.release("a")
+    budget.hold("a", "A", "x", MIB, now=0.5)
+    assert budget.settle(now=GRACE_S) == []
+    assert budget.held == MIB
+    assert budget.next_due() == 0.5 + GRACE_S
 
 
 def _route(body: str) -> Checked[RouteSettings]:

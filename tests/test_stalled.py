@@ -23,8 +23,9 @@ from tests.services import Server, read_exactly_or_eof
 
 pytestmark = pytest.mark.e2e
 TUNNELS = 200
-# The design's bound per stalled tunnel, with room: about two 1 MiB frames and
-# two 512 KiB stream windows at the route, less at each node (measured ~4-7).
+# The design's bound per stalled tunnel, with room: about two 3 MiB stream
+# windows and a few 512 KiB frames at the route, less at each node (measured
+# ~3-7).
 PER_TUNNEL_MIB = 10
 BLOCK = 64 * 1024
 # Small kernel buffers on the test's own sockets: the bytes in flight, which
@@ -156,8 +157,9 @@ async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything
 BUDGET_MIB = 32
 OVER_BUDGET = 60
 # What the route may grow beyond its budget: C-core's and Python's own
-# bookkeeping for 60 tunnels and their calls, and the allocator's slack.
-ALLOWANCE_MIB = 48
+# bookkeeping for 60 tunnels and their calls, and the allocator's slack
+# (measured 8-46 MiB over the budget; ~390 MiB in all without it).
+ALLOWANCE_MIB = 96
 NORMAL = 8 * 1024 * 1024
 
 
@@ -223,8 +225,8 @@ async def test_a_route_over_its_memory_budget_resets_stalled_tunnels_and_still_c
     for pusher in pushers:
         if pusher.done():
             assert isinstance(pusher.exception(), ConnectionError), pusher.exception()
-    # Each stalled tunnel is booked at ~5 MiB (two directions, each a 1 MiB
-    # frame, gRPC's copy and a 512 KiB window): only a handful fit in 32 MiB.
+    # Each stalled tunnel is booked at ~8 MiB (two directions, each a 512 KiB
+    # frame, gRPC's copy and a 3 MiB window): only a handful fit in 32 MiB.
     assert len(reset) >= OVER_BUDGET // 2, f"only {len(reset)} of {OVER_BUDGET} were reset"
     assert grown < BUDGET_MIB + ALLOWANCE_MIB, (
         f"the route grew {grown:.0f} MiB with a {BUDGET_MIB} MiB budget "

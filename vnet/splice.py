@@ -22,9 +22,8 @@ from typing import Any
 
 import grpc
 
-from vnet import wire
+from vnet import pacing, wire
 from vnet.budget import Budget
-from vnet.pacing import STREAM_WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +235,17 @@ class Splice:
     def _hold(self, src: Leg, nbytes: int, now: float) -> None:
         """Book the write src's pump starts; reset whichever tunnels that puts over budget.
 
-        While it waits the pump holds the frame and gRPC its copy, and C-core
-        fills src's window, which the pump no longer reads.
+        While it waits the pump holds the frame and gRPC its copy; once it has
+        waited a while the budget books the window C-core fills on src too
+        (vnet/budget.py), on the timer armed here.
         """
-        assert self.budget is not None
+        budget = self.budget
+        assert budget is not None
         node = (self.ends[0] if src is self.dial else self.ends[1]) if self.ends else src
-        for tunnel, reason in self.budget.hold(src, self, node, 2 * nbytes + STREAM_WINDOW, now):
-            if isinstance(tunnel, Splice):
-                tunnel.reset_for_memory(reason)
+        bulk = nbytes > pacing.BULK_READ
+        _reset_all(budget.hold(src, self, node, 2 * nbytes, now, bulk))
+        if budget.armed is None:
+            _arm(budget)
         if src.stopped:
             # This tunnel was the one over budget: its write would only wait.
             raise asyncio.CancelledError
@@ -362,3 +364,26 @@ class Splice:
             self._waiters = []
         self._waiters.append(waiter)
         return waiter
+
+
+def _reset_all(victims: list[tuple[Any, str]]) -> None:
+    for tunnel, reason in victims:
+        if isinstance(tunnel, Splice):
+            tunnel.reset_for_memory(reason)
+
+
+def _arm(budget: Budget) -> None:
+    """Call the budget's settle when its oldest young hold comes of age (one timer per route)."""
+    due = budget.next_due()
+    if due is None:
+        budget.armed = None
+        return
+    budget.armed = due
+    asyncio.get_running_loop().call_at(due, _settle, budget)
+
+
+def _settle(budget: Budget) -> None:
+    # The loop may run a timer up to its clock's resolution early.
+    now = max(asyncio.get_running_loop().time(), budget.armed or 0.0)
+    _reset_all(budget.settle(now))
+    _arm(budget)
