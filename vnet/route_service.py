@@ -44,7 +44,7 @@ from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# A tunnel frame carries at most one read of a node's socket (1 MiB) plus
+# A tunnel frame carries at most one read of a node's socket (512 KiB) plus
 # framing; leave room, and refuse anything wildly larger.
 MAX_MESSAGE = 4 * 1024 * 1024 + 1024
 CONTROL_QUEUE = 10_000

@@ -155,7 +155,7 @@ class Splice:
         to_serve = src is self.dial
         name = "dial" if to_serve else "accept"
         # How the last frame ended its direction, if it did. Kept instead of
-        # the frame: a 1 MiB frame held through a long wait is memory a
+        # the frame: a 512 KiB frame held through a long wait is memory a
         # stalled or idle tunnel need not pin.
         kind: wire.FrameKind | None = None
         reason = ""
