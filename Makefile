@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/vnetrpc/v1/*.proto)
 
-.PHONY: venv demo test generate check-generated lint bench soak clean
+.PHONY: venv demo test generate check-generated lint buf-lint bench bench-wan soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,16 +31,29 @@ check-generated: venv
 	diff -r -x __pycache__ generated .gen-check || { rm -rf .gen-check; echo "generated/ is stale: run 'make generate' and commit" >&2; exit 1; }
 	rm -rf .gen-check
 
-lint: venv
+lint: venv buf-lint
 	$(PY) -m ruff check vnet tests bench tools
 	$(PY) -m ruff format --check vnet tests bench tools
 	$(PY) -m mypy
 
+# buf lint on protos/ (buf.yaml): buf comes from npm, pinned, into .tools/.
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+buf-lint:
+	@if [ ! -x $(BUF) ] && command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION) >/dev/null; fi
+	@if [ -x $(BUF) ]; then $(BUF) lint && echo "buf lint: ok"; \
+	else echo "buf lint: skipped (npm is not installed, so @bufbuild/buf is not available)"; fi
+
 bench: venv
 	$(PY) -m bench $(ARGS)
+
+# Needs root (network namespaces), cc and ethtool; skips with a message where it cannot run.
+bench-wan: venv
+	$(PY) -m bench.wan $(ARGS)
 
 soak: venv
 	$(PY) tools/soak.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .gen-check build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .gen-check build *.egg-info .pytest_cache .mypy_cache .ruff_cache

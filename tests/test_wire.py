@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vnet import wire
-from vnet.errors import InvalidRequest
+from vnet.errors import MalformedFrame
 from vnetrpc.v1 import route_pb2 as pb
 
 
@@ -48,5 +48,5 @@ def test_protobuf_encodings_other_than_ours_still_decode() -> None:
     ids=["empty", "truncated", "garbage", "empty-data"],
 )
 def test_malformed_frames_are_refused(raw: bytes) -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(MalformedFrame):
         wire.decode_frame(raw)

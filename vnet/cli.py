@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -225,7 +226,8 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for the route when connecting (default: 10)",
+        help="how long to wait for a route that does not answer at start (default: 10); "
+        "a refused port or a TLS mistake ends it at once, with the reason",
     )
     # Scripts want their output, not our progress: -c logs warnings only, unless asked.
     parser.set_defaults(log_level=None)
@@ -234,6 +236,10 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--timeout must be more than 0")
     _setup_logging(args.log_level or ("warning" if args.commands else "info"), args.log_format)
     path = args.config or DEFAULT_CONFIG
+    # gRPC's C core prints its own lines (BoringSSL reasons for each failed
+    # handshake) unless told not to; the node says what went wrong itself.
+    # Read once, when grpc is first imported (load_node imports the client).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     loaded = load_node(path)
     if args.check:
         return _check("vnet", loaded)

@@ -18,8 +18,9 @@ import grpc
 
 from vnet import wire
 from vnet.config import NodeConfig, resolve_secret
+from vnet.diagnose import Probe, probe_for
 from vnet.errors import RouteUnavailable, VnetError
-from vnet.files import read_pem, read_text
+from vnet.files import check_ca, check_key_pair, read_pem, read_text
 from vnet.pacing import STREAM_WINDOW
 from vnet.registry import Serve
 from vnetrpc.v1 import route_pb2 as pb
@@ -38,6 +39,11 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
 ]
 CLOSE_TIMEOUT = 5.0
+# A refused or unreachable route is looked at again after this (seconds)
+# before a starting node gives up: it may be starting too.
+RETRY_TRANSIENT = 0.5
+# The probe that explains a connect timeout gets this long (seconds).
+PROBE_AT_TIMEOUT = 1.0
 # A dead route is noticed within about KEEPALIVE + KEEPALIVE_TIMEOUT seconds.
 KEEPALIVE = 10.0
 KEEPALIVE_TIMEOUT = 10.0
@@ -171,15 +177,19 @@ def load_credentials(
     def pem(key: str, path: str) -> bytes | None:
         return read_pem(config.path, "vnet", key, path) if path else None
 
-    return NodeCredentials(
-        token=token,
-        tls=ClientTls(
-            root_ca=pem("tls_ca", v.tls_ca),
-            cert_chain=pem("tls_cert", v.tls_cert),
-            private_key=pem("tls_key", v.tls_key),
-            server_name=v.tls_server_name,
-        ),
+    tls = ClientTls(
+        root_ca=pem("tls_ca", v.tls_ca),
+        cert_chain=pem("tls_cert", v.tls_cert),
+        private_key=pem("tls_key", v.tls_key),
+        server_name=v.tls_server_name,
     )
+    # Checked here, not left to gRPC: it would say only "Invalid private key"
+    # or "Handshake failed" among BoringSSL lines.
+    if v.tls_ca:
+        check_ca(config.path, "vnet", "tls_ca", v.tls_ca)
+    if v.tls_cert:
+        check_key_pair(config.path, "vnet", v.tls_cert, v.tls_key)
+    return NodeCredentials(token=token, tls=tls)
 
 
 def client_for(
@@ -196,6 +206,7 @@ def client_for(
         tls=creds.tls,
         keepalive=keepalive,
         keepalive_timeout=keepalive_timeout,
+        probe=probe_for(config, creds.tls),
     )
 
 
@@ -209,8 +220,11 @@ class RouteClient:
         tls: ClientTls | None = None,
         keepalive: float = KEEPALIVE,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        probe: Probe | None = None,
     ) -> None:
         self.address = address
+        # Explains a failed connection at start (see vnet.diagnose).
+        self._probe = probe
         options = channel_options(keepalive, keepalive_timeout)
         self._auth: tuple[tuple[str, str], ...] = (
             ((wire.MD_AUTH, f"Bearer {token}"),) if token else ()
@@ -242,13 +256,53 @@ class RouteClient:
         except grpc.aio.AioRpcError as exc:
             raise wire.error_of(exc) from None
 
-    async def connect(self, timeout: float) -> None:
+    async def connect(self, timeout: float, fail_fast: bool = False) -> None:
+        """Wait until the channel is ready, at most `timeout` seconds.
+
+        fail_fast (a node starting): as soon as the channel fails, find out
+        why (vnet.diagnose) and give up at once with that reason; a refused
+        or unreachable route is looked at once more first. Without it (a
+        node reconnecting), wait out the timeout as gRPC retries.
+        """
+        if fail_fast and self._probe is not None:
+            await self._connect_or_explain(timeout, self._probe)
+            return
         try:
             await asyncio.wait_for(self.channel.channel_ready(), timeout)
         except TimeoutError:
             raise RouteUnavailable(
                 f"cannot reach the route at {self.address}: {await self._last_error()}"
             ) from None
+
+    async def _connect_or_explain(self, timeout: float, probe: Probe) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        ready = grpc.ChannelConnectivity.READY
+        state = self.channel.get_state(try_to_connect=True)
+        while state is not ready:
+            wait = deadline - loop.time()
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                found = await probe(max(0.1, min(PROBE_AT_TIMEOUT, wait)))
+                early = loop.time() - started < RETRY_TRANSIENT
+                settled = not (found is None or (found.transient and early))
+                if found is not None and settled and self.channel.get_state() is not ready:
+                    raise RouteUnavailable(
+                        f"cannot reach the route at {self.address}: {found.reason}"
+                    )
+                # gRPC keeps a failed channel in TRANSIENT_FAILURE while it
+                # retries: look again after a while, not only on a change.
+                wait = min(deadline - loop.time(), RETRY_TRANSIENT)
+            if deadline - loop.time() <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.channel.wait_for_state_change(state), max(wait, 0.0))
+            state = self.channel.get_state(try_to_connect=True)
+        if state is ready:
+            return
+        found = await probe(PROBE_AT_TIMEOUT)
+        why = found.reason if found else await self._last_error()
+        raise RouteUnavailable(f"cannot reach the route at {self.address}: {why}")
 
     async def _last_error(self) -> str:
         """Why the channel is not ready, as gRPC saw it (refused, TLS, ...)."""

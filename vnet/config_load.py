@@ -24,7 +24,7 @@ from vnet.config import (
     resolve_secret,
 )
 from vnet.errors import ConfigError
-from vnet.files import read_config_text, read_pem, read_text
+from vnet.files import check_ca, check_key_pair, read_config_text, read_pem, read_text
 
 if TYPE_CHECKING:
     from vnet.client import NodeCredentials
@@ -97,6 +97,8 @@ def load_route(
     extra: list[ConfigError] = []
     security = load_security(settings, environ, problems=extra)
     if checked.ok and not extra:
+        extra.extend(_route_tls(settings))
+    if checked.ok and not extra:
         # Protected mode on what was actually read, as well as on what the
         # file says (vnet.config): both must agree before the route binds.
         reason = insecure_reason(
@@ -108,6 +110,21 @@ def load_route(
         if reason:
             extra.append(ConfigError(settings.path, "route", "ip", reason))
     return _finish(checked, extra, (settings, security))
+
+
+def _route_tls(settings: RouteSettings) -> list[ConfigError]:
+    """The route's TLS files must work together: checked before binding, since
+    gRPC reports a key that does not match its certificate only as "Failed to
+    bind to address", with BoringSSL lines."""
+    if not settings.tls_cert:
+        return []
+    try:
+        check_key_pair(settings.path, "route", settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca:
+            check_ca(settings.path, "route", "tls_client_ca", settings.tls_client_ca)
+    except ConfigError as exc:
+        return [exc]
+    return []
 
 
 def load_node(

@@ -92,6 +92,17 @@ class Demo:
                 raise RuntimeError(f"the page did not come through within {READY_TIMEOUT:.0f}s")
             await asyncio.sleep(0.1)
 
+    async def wait_listening(self, port: int) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _busy(port):
+            if (why := self.died()) is not None:
+                raise RuntimeError(why)
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"nothing listened on 127.0.0.1:{port} within {READY_TIMEOUT:.0f}s"
+                )
+            await asyncio.sleep(0.05)
+
     async def stop(self) -> None:
         for _, proc in reversed(self.procs):
             if proc.returncode is None:
@@ -124,6 +135,8 @@ async def run(check: bool) -> int:
             # An empty working directory, so the route runs on its built-in
             # defaults rather than any ./config.ini.
             await demo.spawn("route", "-m", "vnet", "route", cwd=Path(empty))
+            # A node gives up at once on a refused route: start them once it listens.
+            await demo.wait_listening(ROUTE_PORT)
             await demo.spawn(
                 "web", "-m", "http.server", str(WEB_PORT), "--bind", "127.0.0.1",
                 "--directory", str(www),

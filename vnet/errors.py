@@ -40,45 +40,64 @@ class ConfigError(VnetError):
         return f"{where}: {self.reason}"
 
 
-class RegistryError(VnetError):
-    """A registry request was refused."""
+# The families below cross the wire: each has exactly one gRPC status code
+# (vnet.wire.STATUS_OF), and a code comes back as its family (ERROR_OF), so
+# every family survives the round trip (tests/test_wire.py checks them all).
+# A subclass narrows its family on the side that raises it; the far side
+# sees the family.
 
 
-class InvalidRequest(RegistryError):
-    """The request itself is malformed (out-of-range serveid, bad port, ...)."""
+class ProtocolError(VnetError):
+    """Somebody broke the protocol: a malformed request or frame (INVALID_ARGUMENT)."""
 
 
-class ServeIdTaken(RegistryError):
-    """A static serveid is already registered by another node of the group."""
+class LocalProtocolError(ProtocolError):
+    """What we sent was refused as malformed: the mistake is ours."""
 
 
-class NoFreeServeId(RegistryError):
-    """Every dynamic serveid of the group is in use."""
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something malformed: the mistake is theirs."""
 
 
-class NotFound(RegistryError):
-    """No such serve or node, as far as the caller may know."""
+class InvalidRequest(RemoteProtocolError):
+    """A request the route received is malformed (out-of-range serveid, bad port, ...)."""
 
 
-class RouteUnavailable(VnetError):
-    """The route cannot be reached or went away."""
+class MalformedFrame(RemoteProtocolError):
+    """A tunnel frame is not a valid TunnelFrame."""
+
+
+class ServeIdTaken(VnetError):
+    """A static serveid is already registered by another node of the group (ALREADY_EXISTS)."""
+
+
+class NotFound(VnetError):
+    """No such serve or node, as far as the caller may know (NOT_FOUND)."""
 
 
 class Unauthenticated(VnetError):
-    """No valid credential. Says nothing about what exists behind it."""
-
-
-class LimitExceeded(VnetError):
-    """A cap was reached (nodes, serves, tunnels, or failed attempts)."""
+    """No valid credential. Says nothing about what exists behind it (UNAUTHENTICATED)."""
 
 
 class SessionUnknown(Unauthenticated):
     """The session presented is not (or no longer) known to the route."""
 
 
+class LimitExceeded(VnetError):
+    """A cap was reached: nodes, serves, tunnels, failed attempts (RESOURCE_EXHAUSTED)."""
+
+
+class NoFreeServeId(LimitExceeded):
+    """Every dynamic serveid of the group is in use: the serveid space is a cap too."""
+
+
 class Refused(VnetError):
-    """The node asked (for an unserve) said no; says why."""
+    """The node asked (for an unserve) said no, and says why (FAILED_PRECONDITION)."""
 
 
-class Unanswered(VnetError):
-    """The node asked did not answer in time."""
+class RouteUnavailable(VnetError):
+    """The route cannot be reached, went away, or could not get an answer (UNAVAILABLE)."""
+
+
+class Unanswered(RouteUnavailable):
+    """The node the route asked did not answer in time."""

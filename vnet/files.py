@@ -13,6 +13,7 @@ same, and a FIFO with no writer would block the start for ever.
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 
 from vnet.errors import ConfigError
@@ -102,3 +103,35 @@ def read_pem(config_path: str, section: str, key: str, path: str) -> bytes:
         raise ConfigError(
             config_path, section, key, f"cannot read {quoted_if_odd(path)}: {exc.strerror or exc}"
         ) from None
+
+
+def check_key_pair(config_path: str, section: str, cert: str, key: str) -> None:
+    """ConfigError unless `key` is the private key of certificate `cert`.
+
+    gRPC reports a mismatch only as BoringSSL lines and a failure to bind
+    (route) or to connect (node).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=cert)
+    except (ssl.SSLError, OSError):
+        raise ConfigError(
+            config_path, section, "tls_cert", f"{cert} holds no PEM certificate"
+        ) from None
+    try:
+        # A callback, not None: an encrypted key must not prompt on the terminal.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        if getattr(exc, "reason", "") == "KEY_VALUES_MISMATCH":
+            why = f"{key} does not match tls_cert {cert}"
+        else:
+            why = f"{key} holds no unencrypted PEM private key"
+        raise ConfigError(config_path, section, "tls_key", why) from None
+
+
+def check_ca(config_path: str, section: str, key: str, path: str) -> None:
+    """ConfigError unless the file `path` ([section] key) holds a PEM certificate."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError):
+        raise ConfigError(config_path, section, key, f"{path} holds no PEM certificate") from None

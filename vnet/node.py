@@ -153,7 +153,7 @@ class Node:
         Raises RouteUnavailable when the route cannot be reached.
         """
         cfg = self.config
-        await self._join()
+        await self._join(fail_fast=True)
         self._supervisor = asyncio.create_task(self._supervise())
         self._spawn(self.unserves.lapse_forever())
         # terminal=false: the file is all there is, so everything active starts.
@@ -172,10 +172,13 @@ class Node:
             elif ustate.running:
                 await self._uses.reconcile(ustate)
 
-    async def _join(self) -> None:
-        """Connect, join (taking the last session over, if any), open control."""
+    async def _join(self, fail_fast: bool = False) -> None:
+        """Connect, join (taking the last session over, if any), open control.
+
+        fail_fast: give up as soon as the route is known to be unreachable
+        (starting); otherwise wait the connect timeout (reconnecting)."""
         cfg = self.config
-        await self.client.connect(self.timeouts.connect)
+        await self.client.connect(self.timeouts.connect, fail_fast=fail_fast)
         self._joined = self._going_away = False
         joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
         self._joined = True

@@ -40,6 +40,7 @@ from vnet.limits import HOST_MAX
 from vnet.registry import Registry, Serve, Vnet
 from vnet.route_security import RouteSecurity
 from vnet.splice import Leg, Splice, SpliceStats
+from vnet.unanswered import AnswerWatch
 from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class Session:
     resume_digest: bytes = b""
     # When (loop time) this node last answered an OpenTunnel with an Accept.
     accepted_at: float = float("-inf")
+    # Its unanswered open_tunnels: a silent node's serves are refused at once.
+    answers: AnswerWatch = field(default_factory=AnswerWatch)
 
     def push(self, event: pb.ControlEvent) -> None:
         if self.closed:
@@ -520,6 +523,13 @@ class RouteServicer:
             raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
         if owner.tunnels >= cap:
             raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
+        silent = owner.answers.silent_for(time.monotonic())
+        if silent:
+            # Frozen but not yet dead: reset the client now, not after the accept timeout.
+            raise Unanswered(
+                f"vnet {owner.vnet.vnetid} has answered no tunnel request for {silent:.0f}s; "
+                "refusing new tunnels to it until it does"
+            )
         return session, owner, serve
 
     async def _accepted(
@@ -549,6 +559,7 @@ class RouteServicer:
         started = loop.time()
         made: asyncio.Future[Splice] = loop.create_future()
         self.pending[tunnel_id] = _Pending(owner, serve.serveid, session, context, made)
+        owner.answers.asked(tunnel_id, time.monotonic())
         owner.push(
             pb.ControlEvent(
                 open_tunnel=pb.OpenTunnel(
@@ -610,6 +621,8 @@ class RouteServicer:
         try:
             session = self._session(context)
             tunnel_id = _metadata(context, wire.MD_TUNNEL)
+            # Any answer, even one too late for its tunnel, shows the node is alive.
+            session.answers.answered(tunnel_id, time.monotonic())
             pending = self.pending.get(tunnel_id)
             if pending is None or pending.owner is not session or pending.splice.done():
                 raise NotFound("no such tunnel waiting for this vnet")

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from vnet import pacing, wire
-from vnet.errors import InvalidRequest
+from vnet.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counter
             break
         try:
             kind, payload = wire.decode_frame(raw)
-        except InvalidRequest as exc:
+        except ProtocolError as exc:
             raise TunnelReset(str(exc)) from None
         if got_fin:
             raise TunnelReset("frame after fin")

@@ -14,15 +14,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from vnet.errors import (
-    InvalidRequest,
     LimitExceeded,
-    NoFreeServeId,
+    LocalProtocolError,
+    MalformedFrame,
     NotFound,
+    ProtocolError,
     Refused,
-    RegistryError,
     RouteUnavailable,
     ServeIdTaken,
-    Unanswered,
     Unauthenticated,
     VnetError,
 )
@@ -102,7 +101,7 @@ def terminal_kind(frame: bytes) -> FrameKind | None:
         return None
     try:
         kind, _ = decode_frame(frame)
-    except InvalidRequest:
+    except MalformedFrame:
         return None
     return kind if kind is not FrameKind.DATA else None
 
@@ -110,7 +109,7 @@ def terminal_kind(frame: bytes) -> FrameKind | None:
 def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
     """Parse one frame: (DATA, payload), (FIN, b"") or (RESET, reason).
 
-    Raises InvalidRequest for a frame that is not a valid TunnelFrame.
+    Raises MalformedFrame for a frame that is not a valid TunnelFrame.
     """
     start = _plain_data_start(raw)
     if start > 0:
@@ -120,7 +119,7 @@ def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
     try:
         frame = pb.TunnelFrame.FromString(raw)
     except DecodeError:
-        raise InvalidRequest("malformed tunnel frame") from None
+        raise MalformedFrame("malformed tunnel frame") from None
     kind = frame.WhichOneof("kind")
     if kind == "data" and frame.data:
         return FrameKind.DATA, frame.data
@@ -128,7 +127,7 @@ def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
         return FrameKind.FIN, b""
     if kind == "reset":
         return FrameKind.RESET, frame.reset.reason
-    raise InvalidRequest("tunnel frame with no data, fin or reset")
+    raise MalformedFrame("tunnel frame with no data, fin or reset")
 
 
 # --- messages <-> dataclasses ------------------------------------------------
@@ -170,33 +169,30 @@ def serves_from_pb(msgs: Sequence[pb.ServeInfo]) -> list[Serve]:
 
 # --- errors ------------------------------------------------------------------
 
-# Core errors to gRPC status codes, used by the route's servicer.
-STATUS_OF: list[tuple[type[VnetError], grpc.StatusCode]] = [
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ServeIdTaken, grpc.StatusCode.ALREADY_EXISTS),
-    (NoFreeServeId, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Refused, grpc.StatusCode.FAILED_PRECONDITION),
-    (Unanswered, grpc.StatusCode.UNAVAILABLE),
-    (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
-]
+# Each error family to its status code, used by the route's servicer; a
+# subclass goes out as its family's code.
+STATUS_OF: dict[type[VnetError], grpc.StatusCode] = {
+    ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
+    ServeIdTaken: grpc.StatusCode.ALREADY_EXISTS,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Refused: grpc.StatusCode.FAILED_PRECONDITION,
+    RouteUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
 
-# And back again, used by the node.
+# And back again, used by the node: the same table inverted, except that
+# INVALID_ARGUMENT, seen by the node, means its own request was malformed.
 ERROR_OF: dict[grpc.StatusCode, type[VnetError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
-    grpc.StatusCode.ALREADY_EXISTS: ServeIdTaken,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.FAILED_PRECONDITION: RegistryError,
+    code: LocalProtocolError if family is ProtocolError else family
+    for family, code in STATUS_OF.items()
 }
 
 
 def status_of(exc: VnetError) -> grpc.StatusCode:
-    for kind, code in STATUS_OF:
-        if isinstance(exc, kind):
+    for kind in type(exc).__mro__:
+        code = STATUS_OF.get(kind)
+        if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
 

@@ -28,6 +28,32 @@ told through its Control stream and answers with Accept; the route splices
 the two. Both streams carry TunnelFrame messages, and the route forwards
 them unchanged. Because a gRPC server cannot half-close its side of a
 stream, the end of each direction travels in-band as a Fin or Reset frame.
+A tunnel stream that ends in any other way than after a Fin each way ends
+with status UNAVAILABLE and a message starting "tunnel reset" (the reason
+follows after a colon): the node resets its TCP connection, never closes it
+cleanly, so a truncated transfer never looks complete.
+
+Limits and timers of this version of the route (a client must live with
+them; none is negotiated):
+- Messages are at most 4 MiB + 1 KiB (4,195,328 bytes) each way; larger
+  ones fail the call with RESOURCE_EXHAUSTED. The route's own nodes send
+  tunnel data in frames of at most 1 MiB.
+- Keepalive: the route pings an idle connection every 10 s and drops it
+  when a ping goes unanswered for 10 s. Clients may ping too, with or
+  without calls open, but not more often than every 500 ms (else the
+  route answers with GOAWAY "too_many_pings").
+- The TLS/HTTP/2 handshake, and the Control stream after Join, must come
+  within 10 s; a session whose Control stream never opens expires then.
+- A Dial waits for the serving node's Accept for 10 s, counted from the
+  Dial or from that node's last Accept, whichever is later (a node
+  working through a burst is slow, not gone), and 60 s at most; then it
+  fails with UNAVAILABLE. A node that has left open_tunnel events
+  unanswered for about 2 s gets no new tunnels (UNAVAILABLE at once)
+  until it accepts one again.
+- An Unserve waits 10 s for the asked node's AnswerUnserve.
+- A tunnel half-closed (a Fin one way) and then silent for 300 s is reset.
+- When the route stops it sends going_away with a grace of 5 s for open
+  tunnels, then resets the rest.
 """
 
 from collections import abc as _abc
@@ -70,6 +96,7 @@ class JoinRequest(_message.Message):
     wrong or stale pair is ignored: the node simply joins anew.
     """
     resume_token: _builtins.str
+    """The resume_token of that previous JoinResponse; empty when not rejoining."""
     def __init__(
         self,
         *,
@@ -551,7 +578,9 @@ class UnserveResponse(_message.Message):
 
     SERVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def serve(self) -> Global___ServeInfo: ...
+    def serve(self) -> Global___ServeInfo:
+        """The serve the asked node registered for the request (unserve=true)."""
+
     def __init__(
         self,
         *,

@@ -28,6 +28,32 @@ told through its Control stream and answers with Accept; the route splices
 the two. Both streams carry TunnelFrame messages, and the route forwards
 them unchanged. Because a gRPC server cannot half-close its side of a
 stream, the end of each direction travels in-band as a Fin or Reset frame.
+A tunnel stream that ends in any other way than after a Fin each way ends
+with status UNAVAILABLE and a message starting "tunnel reset" (the reason
+follows after a colon): the node resets its TCP connection, never closes it
+cleanly, so a truncated transfer never looks complete.
+
+Limits and timers of this version of the route (a client must live with
+them; none is negotiated):
+- Messages are at most 4 MiB + 1 KiB (4,195,328 bytes) each way; larger
+  ones fail the call with RESOURCE_EXHAUSTED. The route's own nodes send
+  tunnel data in frames of at most 1 MiB.
+- Keepalive: the route pings an idle connection every 10 s and drops it
+  when a ping goes unanswered for 10 s. Clients may ping too, with or
+  without calls open, but not more often than every 500 ms (else the
+  route answers with GOAWAY "too_many_pings").
+- The TLS/HTTP/2 handshake, and the Control stream after Join, must come
+  within 10 s; a session whose Control stream never opens expires then.
+- A Dial waits for the serving node's Accept for 10 s, counted from the
+  Dial or from that node's last Accept, whichever is later (a node
+  working through a burst is slow, not gone), and 60 s at most; then it
+  fails with UNAVAILABLE. A node that has left open_tunnel events
+  unanswered for about 2 s gets no new tunnels (UNAVAILABLE at once)
+  until it accepts one again.
+- An Unserve waits 10 s for the asked node's AnswerUnserve.
+- A tunnel half-closed (a Fin one way) and then silent for 300 s is reset.
+- When the route stops it sends going_away with a grace of 5 s for open
+  tunnels, then resets the rest.
 """
 
 from collections import abc as _abc
@@ -70,6 +96,9 @@ class RouteServiceStub:
     hear (a tunnel to accept, a serve that appeared or left). The first event
     is always a snapshot of the group's serves. Closing it leaves the network:
     the node's serves are withdrawn and its tunnels reset.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    ControlEvent, not ControlResponse: each message is one event of many on
+    a stream that lasts as long as the node is connected, not an answer.
     """
     Leave: _grpc.UnaryUnaryMultiCallable[_route_pb2.LeaveRequest, _route_pb2.LeaveResponse]
     """Leaves the network on purpose (the node is stopping): the route ends the
@@ -102,10 +131,20 @@ class RouteServiceStub:
     """Opens a tunnel to the serve named by the "vnet-serveid" metadata.
     Fails at once with NOT_FOUND when no such serve is registered in the
     caller's group, and with UNAVAILABLE when its node does not accept in time.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    Dial and Accept share TunnelFrame both ways on purpose: the route splices
+    the two streams and forwards each frame as the bytes it arrived as, which
+    works only because both legs carry the same message.
     """
     Accept: _grpc.StreamStreamMultiCallable[_route_pb2.TunnelFrame, _route_pb2.TunnelFrame]
     """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
     announced to this node in a ControlEvent.open_tunnel.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    The same TunnelFrame as Dial, for the same reason.
     """
 
 @_typing.type_check_only
@@ -123,6 +162,9 @@ class RouteServiceAsyncStub(RouteServiceStub):
     hear (a tunnel to accept, a serve that appeared or left). The first event
     is always a snapshot of the group's serves. Closing it leaves the network:
     the node's serves are withdrawn and its tunnels reset.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    ControlEvent, not ControlResponse: each message is one event of many on
+    a stream that lasts as long as the node is connected, not an answer.
     """
     Leave: _aio.UnaryUnaryMultiCallable[_route_pb2.LeaveRequest, _route_pb2.LeaveResponse]  # type: ignore[assignment]
     """Leaves the network on purpose (the node is stopping): the route ends the
@@ -155,10 +197,20 @@ class RouteServiceAsyncStub(RouteServiceStub):
     """Opens a tunnel to the serve named by the "vnet-serveid" metadata.
     Fails at once with NOT_FOUND when no such serve is registered in the
     caller's group, and with UNAVAILABLE when its node does not accept in time.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    Dial and Accept share TunnelFrame both ways on purpose: the route splices
+    the two streams and forwards each frame as the bytes it arrived as, which
+    works only because both legs carry the same message.
     """
     Accept: _aio.StreamStreamMultiCallable[_route_pb2.TunnelFrame, _route_pb2.TunnelFrame]  # type: ignore[assignment]
     """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
     announced to this node in a ControlEvent.open_tunnel.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    The same TunnelFrame as Dial, for the same reason.
     """
 
 class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,6 +237,9 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         hear (a tunnel to accept, a serve that appeared or left). The first event
         is always a snapshot of the group's serves. Closing it leaves the network:
         the node's serves are withdrawn and its tunnels reset.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        ControlEvent, not ControlResponse: each message is one event of many on
+        a stream that lasts as long as the node is connected, not an answer.
         """
 
     @_abc_1.abstractmethod
@@ -271,6 +326,12 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         """Opens a tunnel to the serve named by the "vnet-serveid" metadata.
         Fails at once with NOT_FOUND when no such serve is registered in the
         caller's group, and with UNAVAILABLE when its node does not accept in time.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        Dial and Accept share TunnelFrame both ways on purpose: the route splices
+        the two streams and forwards each frame as the bytes it arrived as, which
+        works only because both legs carry the same message.
         """
 
     @_abc_1.abstractmethod
@@ -281,6 +342,10 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_route_pb2.TunnelFrame], _abc.AsyncIterator[_route_pb2.TunnelFrame]]:
         """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
         announced to this node in a ControlEvent.open_tunnel.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The same TunnelFrame as Dial, for the same reason.
         """
 
 def add_RouteServiceServicer_to_server(servicer: RouteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

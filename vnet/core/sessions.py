@@ -1,0 +1,217 @@
+"""The route's sessions and the tunnels waiting for an Accept, with no I/O.
+
+Everything the route decides about who is joined lives here: joining and
+resuming (who may have which vnetid back), the one control stream a session
+may open, expiry of a session that never opened it, departure, and the
+rendezvous of a Dial with the serving node's Accept (who may accept, and
+until when). The servicer feeds it what arrived, with the time, and carries
+out the rest (streams, events, splices); secrets come from a function it
+passes in, so tests are deterministic.
+
+Sessions are indexed by token, by vnetid and by group, so whatever a group
+does costs the size of that group, never of the route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from vnet.errors import InvalidRequest, LimitExceeded, NotFound
+from vnet.registry import Registry, Serve, Vnet
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    """One joined node."""
+
+    token: str
+    vnet: Vnet
+    # SHA-256 of the secret that lets this node take the session over.
+    resume_digest: bytes
+    joined_at: float
+    control_open: bool = False
+    closed: bool = False
+    # Tunnels this node is an end of, open or being set up.
+    tunnels: int = 0
+    # When this node last answered an OpenTunnel with an Accept.
+    accepted_at: float = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    session: Session
+    # Given to the node once; only its digest is kept.
+    resume_token: str
+    # The node's own stale session, ended so that it could come back.
+    replaced: Session | None = None
+    # What that stale session had registered (now withdrawn).
+    withdrawn: tuple[Serve, ...] = ()
+
+
+class Sessions:
+    """Every joined node of one route."""
+
+    def __init__(self, registry: Registry, max_nodes: int, secret: Callable[[], str]) -> None:
+        self.registry = registry
+        self.max_nodes = max_nodes
+        self._secret = secret
+        self._by_token: dict[str, Session] = {}
+        self._by_vnetid: dict[str, Session] = {}
+        self._by_group: dict[str, dict[str, Session]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._by_token.values()))
+
+    def get(self, token: str) -> Session | None:
+        """The live session with this token, if any."""
+        session = self._by_token.get(token)
+        return None if session is None or session.closed else session
+
+    def of_vnet(self, vnetid: str) -> Session | None:
+        return self._by_vnetid.get(vnetid)
+
+    def in_group(self, group: str) -> list[Session]:
+        """The group's sessions, in the order they joined."""
+        return list(self._by_group.get(group, {}).values())
+
+    def join(
+        self,
+        name: str,
+        group: str,
+        now: float,
+        resume_vnetid: str = "",
+        resume_token: str = "",
+    ) -> Joined:
+        """A new session; raises LimitExceeded when the route is full.
+
+        A rejoining node (resume_vnetid) gets its vnetid back when it is free
+        (after a route restart), or when it proves with its resume token that
+        the session holding it is its own stale one, which is ended first so
+        its static serveids are free again. Otherwise it gets a new vnetid:
+        nobody takes over another node's session.
+        """
+        replaced: Session | None = None
+        withdrawn: tuple[Serve, ...] = ()
+        wanted = ""
+        if resume_vnetid:
+            old = self._by_vnetid.get(resume_vnetid)
+            if old is None:
+                wanted = resume_vnetid
+            elif old.vnet.group == group and hmac.compare_digest(
+                _digest(resume_token), old.resume_digest
+            ):
+                withdrawn = tuple(self.drop(old) or ())
+                replaced = old
+                wanted = resume_vnetid
+        if len(self._by_token) >= self.max_nodes:
+            raise LimitExceeded(f"the route is full ({self.max_nodes} nodes)")
+        vnet = self.registry.add_vnet(name, group, wanted=wanted)
+        resume = self._secret()
+        session = Session(
+            token=self._secret(), vnet=vnet, resume_digest=_digest(resume), joined_at=now
+        )
+        self._by_token[session.token] = session
+        self._by_vnetid[vnet.vnetid] = session
+        self._by_group.setdefault(vnet.group, {})[session.token] = session
+        return Joined(session, resume, replaced, withdrawn)
+
+    def open_control(self, session: Session) -> None:
+        """The session's control stream opens; a second one is refused."""
+        if session.control_open:
+            raise InvalidRequest("this session already has a control stream")
+        session.control_open = True
+
+    def drop(self, session: Session) -> list[Serve] | None:
+        """End a session: its serves are withdrawn and returned; None if it had ended."""
+        if self._by_token.pop(session.token, None) is None:
+            return None
+        session.closed = True
+        if self._by_vnetid.get(session.vnet.vnetid) is session:
+            del self._by_vnetid[session.vnet.vnetid]
+        members = self._by_group.get(session.vnet.group)
+        if members is not None:
+            members.pop(session.token, None)
+            if not members:
+                del self._by_group[session.vnet.group]
+        return self.registry.remove_vnet(session.vnet.vnetid)
+
+    def uncontrolled(self, now: float, within: float) -> list[Session]:
+        """Sessions that joined more than `within` ago and never opened their control stream."""
+        return [
+            s for s in self._by_token.values() if not s.control_open and now - s.joined_at >= within
+        ]
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """A Dial waiting for its serving node's Accept."""
+
+    tunnel_id: str
+    owner: Session
+    dialer: Session
+    serveid: int
+    dialled_at: float
+
+
+@dataclass(slots=True)
+class Rendezvous:
+    """Dials waiting for an Accept, and until when they wait.
+
+    A Dial waits `accept` seconds counted from the Dial or from the serving
+    node's last Accept, whichever is later: under a burst a node answers
+    hundreds of OpenTunnels in order, and the last are no less answered for
+    coming late. However busy the node, no Dial waits longer than `limit`.
+    """
+
+    accept: float
+    limit: float
+    _waiting: dict[str, Pending] = field(default_factory=dict)
+
+    def __contains__(self, tunnel_id: str) -> bool:
+        return tunnel_id in self._waiting
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(
+        self, tunnel_id: str, owner: Session, dialer: Session, serveid: int, now: float
+    ) -> Pending:
+        if tunnel_id in self._waiting:
+            raise InvalidRequest(f"tunnel {tunnel_id} is already being set up")
+        pending = Pending(tunnel_id, owner, dialer, serveid, now)
+        self._waiting[tunnel_id] = pending
+        return pending
+
+    def take(self, tunnel_id: str, caller: Session, now: float) -> Pending:
+        """The caller's Accept for tunnel_id. Only the serve's own node may accept it."""
+        pending = self._waiting.get(tunnel_id)
+        if pending is None or pending.owner is not caller:
+            raise NotFound(f"no tunnel {tunnel_id} waiting for this vnet")
+        del self._waiting[tunnel_id]
+        caller.accepted_at = max(caller.accepted_at, now)
+        return pending
+
+    def forget(self, tunnel_id: str) -> None:
+        self._waiting.pop(tunnel_id, None)
+
+    def deadline(self, pending: Pending) -> float:
+        """When the Dial gives up, as things stand (each Accept of its node moves it)."""
+        since = max(pending.dialled_at, pending.owner.accepted_at)
+        return min(since + self.accept, pending.dialled_at + self.limit)
+
+    def of_session(self, session: Session) -> list[Pending]:
+        """Remove and return the waiting tunnels the session is an end of (it is leaving)."""
+        gone = [p for p in self._waiting.values() if session in (p.owner, p.dialer)]
+        for pending in gone:
+            del self._waiting[pending.tunnel_id]
+        return gone
