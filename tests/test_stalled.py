@@ -225,17 +225,22 @@ async def test_a_route_over_its_memory_budget_resets_stalled_tunnels_and_still_c
 async def _over_budget(
     route: Proc, use: int, clients: list[Stalled], pushers: list[asyncio.Task[None]], base: float
 ) -> None:
+    # Until the resets are over: nothing moved for QUIET, or no client was
+    # reset for QUIET and most were (a few survivors may still move slowly
+    # on a busy box; the budget, not their stall, is what this test is about).
     deadline = time.monotonic() + 150
-    # Until every client is either reset or stalled (nothing moved for QUIET).
-    while (
-        time.monotonic()
-        - max(
-            (c.last_progress for c, p in zip(clients, pushers, strict=True) if not p.done()),
-            default=0.0,
-        )
-        < QUIET
-    ):
-        assert time.monotonic() < deadline, "the stalled tunnels kept moving for 150 s"
+    resets, since = 0, time.monotonic()
+    while True:
+        now = time.monotonic()
+        done = sum(p.done() for p in pushers)
+        if done != resets:
+            resets, since = done, now
+        moving = [c.last_progress for c, p in zip(clients, pushers, strict=True) if not p.done()]
+        if now - max(moving, default=0.0) >= QUIET:
+            break
+        if resets >= OVER_BUDGET // 2 and now - since >= 2 * QUIET:
+            break
+        assert now < deadline, "the stalled tunnels kept moving for 150 s, and few were reset"
         await asyncio.sleep(0.1)
     grown = _rss_mib(route.proc.pid) - base
     reset = [c for c, p in zip(clients, pushers, strict=True) if p.done()]
