@@ -47,6 +47,16 @@ class RouteCollector:
         yield CounterMetricFamily(
             "vnet_tunnel_resets", "Tunnels ended by a reset", value=s.stats.resets
         )
+        yield CounterMetricFamily(
+            "vnet_tunnel_memory_resets",
+            "Tunnels reset because the route held too much of their data in stalled writes",
+            value=s.stats.memory_resets,
+        )
+        yield GaugeMetricFamily(
+            "vnet_tunnel_memory_held_bytes",
+            "Tunnel data the route holds in writes that wait (vnet/core/budget.py)",
+            value=s.budget.held,
+        )
         relayed = CounterMetricFamily(
             "vnet_relayed_bytes",
             "Tunnel frame bytes relayed, by direction",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Generic, TypeVar
 
 from vnet.core.auth import insecure_reason
+from vnet.core.budget import DEFAULT_PER_NODE_MIB, DEFAULT_TOTAL_MIB
 from vnet.core.config_section import SectionReader, token_problem
 from vnet.core.errors import ConfigError
 from vnet.core.ini import Problems, Section, label, read_ini
@@ -65,6 +66,10 @@ class RouteLimits:
     max_nodes: int = 1000
     max_serves_per_node: int = 100
     max_tunnels_per_node: int = 2048
+    # MiB of tunnel data the route may hold in stalled writes, in total and of
+    # one sending node's (vnet/core/budget.py); past them stalled tunnels are reset.
+    tunnel_memory: int = DEFAULT_TOTAL_MIB
+    tunnel_memory_per_node: int = DEFAULT_PER_NODE_MIB
 
 
 @dataclass(frozen=True)
@@ -425,6 +430,7 @@ def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
                 )
             )
     defaults = RouteLimits()
+    memory = sec.integer("tunnel_memory", defaults.tunnel_memory, 8, 1_000_000)
     settings = RouteSettings(
         metrics=sec.host_port("metrics"),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
@@ -446,8 +452,20 @@ def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
             max_tunnels_per_node=sec.integer(
                 "max_tunnels_per_node", defaults.max_tunnels_per_node, 1, 1_000_000
             ),
+            tunnel_memory=memory,
+            tunnel_memory_per_node=sec.integer(
+                "tunnel_memory_per_node",
+                min(defaults.tunnel_memory_per_node, memory),
+                4,
+                1_000_000,
+            ),
         ),
     )
+    if settings.limits.tunnel_memory_per_node > memory:
+        sec.fail(
+            "tunnel_memory_per_node",
+            f"must not exceed tunnel_memory ({settings.limits.tunnel_memory})",
+        )
     _protected_mode(settings, sec)
     return Checked(settings, problems, _where(sections))
 

@@ -1,7 +1,7 @@
 """The route's limits on names and addresses, stated once.
 
-The config check (vnet.config) refuses a file that the route would refuse at
-run time, and the route (vnet.registry, vnet.route_service) checks what nodes
+The config check (vnet.core.config) refuses a file that the route would refuse at
+run time, and the route (vnet.core.registry, vnet.route.service) checks what nodes
 send: both use these constants and checks, so they cannot drift apart.
 
 Pure: no I/O.

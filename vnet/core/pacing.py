@@ -1,12 +1,13 @@
 """How big a message a tunnel sends next: bulk transfers yield to interactive traffic.
 
 All of a node's tunnels share one HTTP/2 connection to the route. grpc.aio costs
-about the same per message whatever its size, so a bulk transfer wants 1 MiB
-messages; but every megabyte queued on the shared connection is a millisecond
-or more that a keystroke or a request behind it waits (measured in
-docs/BENCHMARKS.md: 1 MiB messages put ~8 ms p50 / 24 ms p99 on a ping-pong next
-to a bulk transfer, 64 KiB messages ~1 ms / 3.5 ms). So a tunnel reads 1 MiB at
-a time unless some *other* tunnel of the node has recently shown interactive
+about the same per message up to a few hundred KiB, so a bulk transfer wants big
+messages, though not too big: 1 MiB ones cost every process ~40% more CPU per
+byte than 512 KiB ones (docs/BENCHMARKS.md, "Frames and windows"). And every
+megabyte queued on the shared connection is a millisecond or more that a
+keystroke or a request behind it waits (1 MiB messages put ~8 ms p50 / 24 ms p99
+on a ping-pong next to a bulk transfer, 64 KiB messages ~1 ms / 3.5 ms). So a
+tunnel reads 512 KiB at a time unless some *other* tunnel of the node has recently shown interactive
 traffic, in which case it reads 64 KiB: the bulk transfer slows down only while
 someone is typing, and an idle node's single download runs at full speed.
 
@@ -29,14 +30,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BULK_READ = 1024 * 1024
+# The one constant for a bulk frame's size: measured against 128 KiB, 256 KiB
+# and 1 MiB in docs/BENCHMARKS.md ("Frames and windows").
+BULK_READ = 512 * 1024
 # Each gRPC stream's flow-control window, fixed (docs/DESIGN.md, "Memory"):
 # what a peer may send on one stream beyond what its reader has taken. gRPC
 # adds the rest of a message being read, so about this plus one BULK_READ is
-# in flight per stream. Fixed rather than grown by gRPC's BDP probing, which
-# on loopback grew every stream's window to 15-250 MiB once many streams were
-# busy: that much per stalled tunnel, in every process on its way.
-STREAM_WINDOW = 512 * 1024
+# in flight per stream: it caps one tunnel at ~3.5 MiB per round trip between
+# a node and the route (~36 MB/s at 100 ms; 2 MiB would give ~26, a WAN
+# tunnel's floor), and it is most of what a stalled tunnel holds in each
+# process (3-7 MiB; the route's total has a budget, vnet/core/budget.py). Fixed
+# rather than grown by gRPC's BDP probing, which on loopback grew every
+# stream's window to 15-250 MiB once many streams were busy: that much per
+# stalled tunnel, in every process on its way.
+STREAM_WINDOW = 3 * 1024 * 1024
 SHARED_READ = 64 * 1024
 # Reads below this are what typing, pings and request/response traffic look like.
 INTERACTIVE_BELOW = 16 * 1024

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 # (vnet/core/pacing.py says when less); reads return what is there, so interactive
 # traffic stays small. asyncio's StreamReader stops reading its socket once it
 # holds twice its limit, so this lets a read find a whole BULK_READ waiting,
-# and bounds what a tunnel whose stream is stalled buffers here to ~1 MiB
-# (the limit was 2 MiB: 4 MiB per stalled tunnel).
+# and bounds what a tunnel whose stream is stalled buffers here to about one
+# BULK_READ (the limit was 2 MiB: 4 MiB per stalled tunnel).
 READER_LIMIT = pacing.BULK_READ // 2
 
 

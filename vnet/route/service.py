@@ -24,6 +24,7 @@ import grpc
 
 from vnet import wire
 from vnet.core.auth import PenaltyBox, peer_address
+from vnet.core.budget import MIB, Budget
 from vnet.core.config import RouteLimits
 from vnet.core.errors import (
     InvalidRequest,
@@ -45,7 +46,7 @@ from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# A tunnel frame carries at most one read of a node's socket (1 MiB) plus
+# A tunnel frame carries at most one read of a node's socket (512 KiB) plus
 # framing; leave room, and refuse anything wildly larger.
 MAX_MESSAGE = 4 * 1024 * 1024 + 1024
 CONTROL_QUEUE = 10_000
@@ -165,6 +166,9 @@ class RouteServicer:
         # Set when the route starts going away.
         self.stopping = False
         self.stats = SpliceStats()
+        self.budget = Budget(
+            self.limits.tunnel_memory * MIB, self.limits.tunnel_memory_per_node * MIB
+        )
         self.auth_failures = 0
         # Refused calls by status code name, for the metrics endpoint.
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -635,6 +639,7 @@ class RouteServicer:
             stats=self.stats,
             on_done=self._forget,
             ends=(pending.dialer, session),
+            budget=self.budget,
         )
         self.splices.add(splice)
         pending.dialer.splices.add(splice)

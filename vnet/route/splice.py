@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 
 from vnet import wire
+from vnet.core import pacing
+from vnet.core.budget import Budget
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class SpliceStats:
     # Frame bytes relayed, by direction (dialling node -> serving node, and back).
     bytes_to_serve: int = 0
     bytes_to_dialer: int = 0
+    # Tunnels reset because the route held too much of their data (vnet/core/budget.py).
+    memory_resets: int = 0
 
 
 # Who is at the end of each leg, in the reasons a reset frame carries to the nodes.
@@ -85,6 +89,7 @@ class Splice:
         "stats",
         "on_done",
         "ends",
+        "budget",
         "last_activity",
         "_abort_reason",
         "_waiters",
@@ -100,6 +105,7 @@ class Splice:
         stats: SpliceStats,
         on_done: Callable[[Splice], None] = lambda _: None,
         ends: tuple[Any, ...] = (),
+        budget: Budget | None = None,
     ) -> None:
         self.tunnel_id = tunnel_id
         self.serveid = serveid
@@ -109,6 +115,8 @@ class Splice:
         self.on_done = on_done
         # Whoever keeps this splice (the route's sessions), for on_done.
         self.ends = ends
+        # What the route's pumps hold in stalled writes, and its limits.
+        self.budget = budget
         # When a frame last went through, by the loop's clock: for idle reaping.
         self.last_activity = asyncio.get_running_loop().time()
         self._abort_reason = ""
@@ -148,7 +156,7 @@ class Splice:
         to_serve = src is self.dial
         name = "dial" if to_serve else "accept"
         # How the last frame ended its direction, if it did. Kept instead of
-        # the frame: a 1 MiB frame held through a long wait is memory a
+        # the frame: a 512 KiB frame held through a long wait is memory a
         # stalled or idle tunnel need not pin.
         kind: wire.FrameKind | None = None
         reason = ""
@@ -165,7 +173,11 @@ class Splice:
                         kind = wire.FrameKind.RESET
                         await self._shielded(self._forward(dst, msg))
                         break
+                    if self.budget is not None:
+                        self._hold(src, len(msg), loop.time())
                     await dst.ctx.write(msg)
+                    if self.budget is not None:
+                        self.budget.release(src)
                     self.last_activity = loop.time()
                     if to_serve:
                         self.stats.bytes_to_serve += len(msg)
@@ -213,11 +225,39 @@ class Splice:
             if cancelled and (not src.stopped or src.task.uncancel() > 0):
                 raise asyncio.CancelledError
         finally:
+            if self.budget is not None:
+                self.budget.release(src)
             src.state = _PUMPED
             src.task = None
             if dst.state == _PUMPED:
                 self._finish()
         await self.wait()
+
+    def _hold(self, src: Leg, nbytes: int, now: float) -> None:
+        """Book the write src's pump starts; reset whichever tunnels that puts over budget.
+
+        While it waits the pump holds the frame and gRPC its copy; once it has
+        waited a while the budget books the window C-core fills on src too
+        (vnet/core/budget.py), on the timer armed here.
+        """
+        budget = self.budget
+        assert budget is not None
+        node = (self.ends[0] if src is self.dial else self.ends[1]) if self.ends else src
+        bulk = nbytes > pacing.BULK_READ
+        _reset_all(budget.hold(src, self, node, 2 * nbytes, now, bulk))
+        if budget.armed is None:
+            _arm(budget)
+        if src.stopped:
+            # This tunnel was the one over budget: its write would only wait.
+            raise asyncio.CancelledError
+
+    def reset_for_memory(self, reason: str) -> None:
+        """Reset this tunnel: the route holds too much in stalled writes."""
+        if self._closed or self._abort_reason:
+            return
+        self.stats.memory_resets += 1
+        log.info("tunnel %s serveid %s: %s; reset", self.tunnel_id, self.serveid, reason)
+        self.abort(reason)
 
     async def lost(self, src: Leg) -> None:
         """src's handler is ending before its pump started (its node went away): reset."""
@@ -325,3 +365,26 @@ class Splice:
             self._waiters = []
         self._waiters.append(waiter)
         return waiter
+
+
+def _reset_all(victims: list[tuple[Any, str]]) -> None:
+    for tunnel, reason in victims:
+        if isinstance(tunnel, Splice):
+            tunnel.reset_for_memory(reason)
+
+
+def _arm(budget: Budget) -> None:
+    """Call the budget's settle when its oldest young hold comes of age (one timer per route)."""
+    due = budget.next_due()
+    if due is None:
+        budget.armed = None
+        return
+    budget.armed = due
+    asyncio.get_running_loop().call_at(due, _settle, budget)
+
+
+def _settle(budget: Budget) -> None:
+    # The loop may run a timer up to its clock's resolution early.
+    now = max(asyncio.get_running_loop().time(), budget.armed or 0.0)
+    _reset_all(budget.settle(now))
+    _arm(budget)
