@@ -27,16 +27,13 @@ from typing import Any
 import grpc
 
 from vnet import wire
-from vnet.core.auth import PenaltyBox, peer_address
 from vnet.core.config import RouteLimits
 from vnet.core.errors import (
     InvalidRequest,
     LimitExceeded,
     NotFound,
     Refused,
-    SessionUnknown,
     Unanswered,
-    Unauthenticated,
     VnetError,
 )
 from vnet.core.limits import HOST_MAX
@@ -44,6 +41,8 @@ from vnet.core.registry import Registry, Serve, Vnet
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
+from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
+from vnet.route.admission import Admission, metadata
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
@@ -87,9 +86,6 @@ _TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
 # Why a session ended, when its node said it was leaving (Leave).
 LEFT = "left"
 STOPPING = "route stopping"
-
-# One answer for every authentication failure, so it tells nothing.
-BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
 
 
 def _secret() -> str:
@@ -140,18 +136,6 @@ class _Handover:
     splice: asyncio.Future[Splice]
 
 
-def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    auth = _metadata(context, wire.MD_AUTH)
-    return auth[7:] if auth[:7].lower() == "bearer " else ""
-
-
-def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else v.decode("ascii", "replace")
-    return ""
-
-
 class RouteServicer:
     """Handlers for vnetrpc.v1.RouteService.
 
@@ -174,7 +158,7 @@ class RouteServicer:
         self.limits = limits or RouteLimits()
         self.clock = clock
         self._ids = ids
-        self.penalties = PenaltyBox(self.security.penalty)
+        self.admission = Admission(self.security, clock)
         self.registry = Registry()
         self.boot_id = ids()
         self.table = Sessions(self.registry, self.limits.max_nodes, secret)
@@ -188,7 +172,6 @@ class RouteServicer:
         # Set when the route starts going away.
         self.stopping = False
         self.stats = SpliceStats()
-        self.auth_failures = 0
         # Refused calls by status code name, for the metrics endpoint.
         self.rejected: collections.Counter[str] = collections.Counter()
         # Called with each tunnel's set-up time (Dial to spliced), in seconds.
@@ -198,47 +181,18 @@ class RouteServicer:
 
     # --- sessions --------------------------------------------------------
 
-    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
-        """Check the caller's token for `group`; count and penalise failures.
-
-        An address with too many failures is refused before anything else is
-        looked at.
-        """
-        address = peer_address(context.peer() or "")
-        now = self.clock()
-        self._not_penalised(address, now)
-        if not self.security.tokens.admits(_bearer(context), group):
-            self._failed(address, now)
-            raise Unauthenticated(BAD_CREDENTIALS)
-
-    def _not_penalised(self, address: str, now: float) -> None:
-        wait = self.penalties.blocked_for(address, now)
-        if wait > 0:
-            raise LimitExceeded(
-                f"too many failed attempts from {address}; try again in {wait:.0f}s"
-            )
-
-    def _failed(self, address: str, now: float) -> None:
-        self.penalties.failure(address, now)
-        self.auth_failures += 1
-        log.warning("authentication failed from %s", address)
-
     def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Link:
         """The caller's session; its token is checked again on every call."""
-        session = self.table.get(_metadata(context, wire.MD_SESSION))
+        session = self.table.get(metadata(context, wire.MD_SESSION))
         link = None if session is None else self.sessions.get(session)
         if link is None:
-            address = peer_address(context.peer() or "")
-            now = self.clock()
-            self._not_penalised(address, now)
-            # A good token with a stale session is a node that reconnected
-            # while calls on its old session were in flight: not guessing.
-            # With a bad token, a session id is one more thing to guess.
-            if not self.security.tokens.admits_somewhere(_bearer(context)):
-                self._failed(address, now)
-            raise SessionUnknown(BAD_CREDENTIALS)
-        self._admit(context, link.vnet.group)
+            self.admission.unknown_session(context)
+        self.admission.admit(context, link.vnet.group)
         return link
+
+    @property
+    def auth_failures(self) -> int:
+        return self.admission.failures
 
     def _broadcast(self, group: str, event: bytes) -> None:
         for session in self.table.in_group(group):
@@ -286,18 +240,20 @@ class RouteServicer:
         )
 
     async def expire_uncontrolled(self) -> None:
-        """Drop the sessions that did not open their Control stream in time.
-
-        The rule is the table's (Sessions.uncontrolled); this only asks it
-        now and then, a quarter of the allowed time apart.
-        """
-        within = self.timeouts.join
+        """Now and then, drop_uncontrolled: a quarter of the time allowed
+        apart, and at least once a second (the rule reads the clock given,
+        which tests move on faster than real time)."""
         while True:
-            await asyncio.sleep(max(within / 4, 0.02))
-            for session in self.table.uncontrolled(self.clock(), within):
-                link = self.sessions.get(session)
-                if link is not None:
-                    self._drop(link, "no control stream after join")
+            await asyncio.sleep(max(min(self.timeouts.join / 4, 1.0), 0.02))
+            self.drop_uncontrolled()
+
+    def drop_uncontrolled(self) -> None:
+        """Drop the sessions that did not open their Control stream in time:
+        the table's rule (Sessions.uncontrolled), on the route's clock."""
+        for session in self.table.uncontrolled(self.clock(), self.timeouts.join):
+            link = self.sessions.get(session)
+            if link is not None:
+                self._drop(link, "no control stream after join")
 
     # --- unary RPCs ------------------------------------------------------
 
@@ -306,7 +262,7 @@ class RouteServicer:
     ) -> msg.JoinAnswer:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
-        self._admit(context, group)
+        self.admission.admit(context, group)
         joined = self.table.join(
             request.name, group, self.clock(), request.resume_vnetid, request.resume_token
         )
@@ -482,7 +438,7 @@ class RouteServicer:
     ) -> tuple[Link, Link, Serve]:
         """The caller, the serve's node and the serve; refused here, before anything waits."""
         link = self._session(context)
-        raw = _metadata(context, wire.MD_SERVEID)
+        raw = metadata(context, wire.MD_SERVEID)
         if not raw.isdigit() or not 1 <= int(raw) <= 999:
             raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
         serve = self.registry.find(link.vnet.group, int(raw))
@@ -524,7 +480,7 @@ class RouteServicer:
         await context.send_initial_metadata(())
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
-        tunnel_id = _metadata(context, wire.MD_TUNNEL)
+        tunnel_id = metadata(context, wire.MD_TUNNEL)
         if not _TUNNEL_ID.fullmatch(tunnel_id) or tunnel_id in self.pending:
             tunnel_id = self._ids()
         loop = asyncio.get_running_loop()
@@ -584,7 +540,7 @@ class RouteServicer:
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
             link = self._session(context)
-            tunnel_id = _metadata(context, wire.MD_TUNNEL)
+            tunnel_id = metadata(context, wire.MD_TUNNEL)
             now = self.clock()
             # Any answer, even one too late for its tunnel, shows the node is alive.
             link.answers.answered(tunnel_id, now)
