@@ -201,7 +201,7 @@ def _empty(kind: Any) -> Callable[[Any], bytes]:
 
 
 # name -> (request parser, answer builder) of the unary methods.
-_UNARY: Mapping[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]] = {
+UNARY_CODECS: Mapping[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]] = {
     "Join": (_parse(pb.JoinRequest, _join), _build(_joined)),
     "RegisterServe": (_parse(pb.RegisterServeRequest, _register), _build(_registered)),
     "UnregisterServe": (
@@ -218,7 +218,7 @@ _UNARY: Mapping[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]] = {
         _empty(pb.AnswerUnserveResponse),
     ),
 }
-UNARY_METHODS = tuple(_UNARY)
+UNARY_METHODS = tuple(UNARY_CODECS)
 
 
 def route_handlers(
@@ -237,7 +237,7 @@ def route_handlers(
         name: grpc.unary_unary_rpc_method_handler(
             unary[name], request_deserializer=parse, response_serializer=build
         )
-        for name, (parse, build) in _UNARY.items()
+        for name, (parse, build) in UNARY_CODECS.items()
     }
     # The events are bytes already (see above): no serializer.
     table["Control"] = grpc.unary_stream_rpc_method_handler(
