@@ -83,7 +83,7 @@ async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
 class MakeRoute:
     """Starts in-process routes (make_route fixture); stop_all() ends them.
 
-    make_route(port=0, ip=..., security=..., limits=..., metrics=..., **timeouts):
+    make_route(port=0, ip=..., security=..., limits=..., metrics=..., clock=..., **timeouts):
     the timeouts are RouteTimeouts fields, over join and accept of TIMEOUT and a
     stop_grace of 0.5 s. A test may stop a route itself (RunningRoute.stop is
     idempotent, after an abrupt `server.stop(None)` too) and start another on
@@ -101,11 +101,12 @@ class MakeRoute:
         security: RouteSecurity | None = None,
         limits: RouteLimits | None = None,
         metrics: tuple[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
         **timeouts: float,
     ) -> RunningRoute:
         values = {"join": TIMEOUT, "accept": TIMEOUT, "stop_grace": 0.5, **timeouts}
         running = await start_route(
-            RouteConfig(ip, port), RouteTimeouts(**values), security, limits, metrics
+            RouteConfig(ip, port), RouteTimeouts(**values), security, limits, metrics, clock
         )
         self.started.append(running)
         return running

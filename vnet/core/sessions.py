@@ -196,13 +196,18 @@ class Rendezvous:
         """The caller's Accept for tunnel_id. Only the serve's own node may accept it."""
         pending = self._waiting.get(tunnel_id)
         if pending is None or pending.owner is not caller:
-            raise NotFound(f"no tunnel {tunnel_id} waiting for this vnet")
+            raise NotFound("no such tunnel waiting for this vnet")
         del self._waiting[tunnel_id]
         caller.accepted_at = max(caller.accepted_at, now)
         return pending
 
-    def forget(self, tunnel_id: str) -> None:
-        self._waiting.pop(tunnel_id, None)
+    def forget(self, pending: Pending) -> None:
+        """The Dial is over: no Accept may take it any more.
+
+        Only this very entry: once taken, its id may already name another Dial.
+        """
+        if self._waiting.get(pending.tunnel_id) is pending:
+            del self._waiting[pending.tunnel_id]
 
     def deadline(self, pending: Pending) -> float:
         """When the Dial gives up, as things stand (each Accept of its node moves it)."""

@@ -1,8 +1,8 @@
 """The route service's method table, and how its errors become status codes.
 
 One translation (VnetError -> status, through wire.status_of) for every
-call; the tunnel methods are registered without (de)serializers, so their
-frames go through as the bytes they came as.
+call. The table itself, with the messages' (de)serializers, is
+vnet.wire.route_messages.route_handlers: the handlers here see dataclasses and bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import grpc
 
 from vnet import wire
 from vnet.core.errors import VnetError
-from vnetrpc.v1 import route_pb2 as pb
+from vnet.wire import route_messages
 
 if TYPE_CHECKING:
     from vnet.route.service import RouteServicer
@@ -28,46 +28,17 @@ Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 def method_handlers(servicer: RouteServicer) -> grpc.GenericRpcHandler:
-    """The service's handlers; tunnel methods pass raw bytes through."""
-
-    def unary(fn: Handler, req: Any, resp: Any) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(
-            translated(fn, servicer.rejected),
-            request_deserializer=req.FromString,
-            response_serializer=resp.SerializeToString,
-        )
-
-    def raw_stream(fn: Handler) -> grpc.RpcMethodHandler:
-        # No (de)serializers: frames go through as the bytes they came as.
-        # The handlers translate VnetError themselves (see refuse).
-        return grpc.stream_stream_rpc_method_handler(fn)
-
-    return grpc.method_handlers_generic_handler(
-        wire.SERVICE,
-        {
-            "Join": unary(servicer.Join, pb.JoinRequest, pb.JoinResponse),
-            "RegisterServe": unary(
-                servicer.RegisterServe, pb.RegisterServeRequest, pb.RegisterServeResponse
-            ),
-            "UnregisterServe": unary(
-                servicer.UnregisterServe, pb.UnregisterServeRequest, pb.UnregisterServeResponse
-            ),
-            "ListServes": unary(servicer.ListServes, pb.ListServesRequest, pb.ListServesResponse),
-            "ListVnets": unary(servicer.ListVnets, pb.ListVnetsRequest, pb.ListVnetsResponse),
-            "Ping": unary(servicer.Ping, pb.PingRequest, pb.PingResponse),
-            "Leave": unary(servicer.Leave, pb.LeaveRequest, pb.LeaveResponse),
-            "Unserve": unary(servicer.Unserve, pb.UnserveRequest, pb.UnserveResponse),
-            "AnswerUnserve": unary(
-                servicer.AnswerUnserve, pb.AnswerUnserveRequest, pb.AnswerUnserveResponse
-            ),
-            "Control": grpc.unary_stream_rpc_method_handler(
-                translated_stream(servicer.Control, servicer.rejected),
-                request_deserializer=pb.ControlRequest.FromString,
-                response_serializer=pb.ControlEvent.SerializeToString,
-            ),
-            "Dial": raw_stream(servicer.Dial),
-            "Accept": raw_stream(servicer.Accept),
-        },
+    """The service's handlers (vnet.wire builds the table); tunnel methods pass raw bytes."""
+    unary = {
+        name: translated(getattr(servicer, name), servicer.rejected)
+        for name in route_messages.UNARY_METHODS
+    }
+    # The tunnel handlers translate VnetError themselves (see refuse).
+    return route_messages.route_handlers(
+        unary,
+        translated_stream(servicer.Control, servicer.rejected),
+        servicer.Dial,
+        servicer.Accept,
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,7 +28,6 @@ from vnet.route.service import (
     RouteServicer,
     RouteTimeouts,
 )
-from vnetrpc.v1 import route_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,16 @@ class RunningRoute:
     health: health.aio.HealthServicer
 
     reaper: asyncio.Task[None] | None = None
+    expirer: asyncio.Task[None] | None = None
     metrics: MetricsServer | None = None
 
     async def stop(self, reason: str = "route stopping") -> None:
         """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
         await self.health.enter_graceful_shutdown()
         await self.servicer.go_away(reason)
-        if self.reaper is not None:
-            self.reaper.cancel()
+        for timer in (self.reaper, self.expirer):
+            if timer is not None:
+                timer.cancel()
         await self.servicer.close()
         # What is left (control streams) ends now: the nodes were told.
         await self.server.stop(0.2)
@@ -85,14 +88,16 @@ async def start_route(
     security: RouteSecurity | None = None,
     limits: RouteLimits | None = None,
     metrics: tuple[str, int] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> RunningRoute:
     """Start a route listening on config's address (port 0 picks a free one).
 
-    metrics is where to serve Prometheus metrics (host, port), if anywhere.
+    metrics is where to serve Prometheus metrics (host, port), if anywhere;
+    clock is the servicer's (RouteServicer), which tests may move themselves.
     Raises OSError when an address cannot be bound.
     """
     _check_bindable(config)
-    servicer = RouteServicer(timeouts, security, limits)
+    servicer = RouteServicer(timeouts, security, limits, clock)
     tls = servicer.security.tls
     server = grpc.aio.server(
         options=[
@@ -133,7 +138,7 @@ async def start_route(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            pb.DESCRIPTOR.services_by_name["RouteService"].full_name,
+            wire.SERVICE,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -167,6 +172,7 @@ async def start_route(
     )
     running = RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)
     running.reaper = asyncio.create_task(servicer.reap_half_closed())
+    running.expirer = asyncio.create_task(servicer.expire_uncontrolled())
     if metrics is not None:
         try:
             running.metrics = serve_metrics(servicer, *metrics)

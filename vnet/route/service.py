@@ -1,29 +1,32 @@
-"""The route's servicer: sessions, control streams, registry calls, tunnels.
+"""The route's servicer: call metadata -> core decision -> wire message.
 
-A thin adapter: registry decisions live in vnet.core.registry, credentials in
-vnet.core.auth, message shapes in vnet.wire, the byte pumps in vnet.route.splice, the
-method table and status translation in vnet.route.rpc. The server around it
-(ports, TLS, health, reflection) is vnet.route.server.
+A thin adapter: who is joined, resumes, control-stream expiry and the
+rendezvous of Dial and Accept live in vnet.core.sessions, registry decisions
+in vnet.core.registry, credentials and penalties in vnet.core.auth, the
+fail-fast rule in vnet.core.unanswered; messages are built and parsed in
+vnet.wire.route_messages, the byte pumps are vnet.route.splice, the method
+table's error translation is vnet.route.rpc. What stays here is I/O: each
+session's control-event queue and splices, the futures that hand a Dial its
+splice or an Unserve its answer, and the timers. The clock and the secrets
+are passed in, so tests can move time instead of waiting it out. The server
+around it (ports, TLS, health, reflection) is vnet.route.server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
-import hmac
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from vnet import wire
-from vnet.core.auth import PenaltyBox, peer_address
 from vnet.core.budget import MIB, Budget
 from vnet.core.config import RouteLimits
 from vnet.core.errors import (
@@ -31,18 +34,19 @@ from vnet.core.errors import (
     LimitExceeded,
     NotFound,
     Refused,
-    SessionUnknown,
     Unanswered,
-    Unauthenticated,
     VnetError,
 )
 from vnet.core.limits import HOST_MAX
 from vnet.core.registry import Registry, Serve, Vnet
+from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
+from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
+from vnet.route.admission import Admission, metadata
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
-from vnetrpc.v1 import route_pb2 as pb
+from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
 
@@ -84,84 +88,87 @@ _TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
 LEFT = "left"
 STOPPING = "route stopping"
 
-# One answer for every authentication failure, so it tells nothing.
-BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
+
+def _secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _hex_id() -> str:
+    return secrets.token_hex(8)
 
 
 @dataclass(eq=False)
-class Session:
-    """One joined node."""
+class Link:
+    """The I/O side of one session (vnet.core.sessions.Session): its control
+    stream's queue of encoded events and the tunnels it is an end of."""
 
-    token: str
-    vnet: Vnet
-    events: asyncio.Queue[pb.ControlEvent] = field(
-        default_factory=lambda: asyncio.Queue(CONTROL_QUEUE)
-    )
-    control_open: bool = False
+    core: Session
+    events: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(CONTROL_QUEUE))
     splices: set[Splice] = field(default_factory=set)
-    closed: bool = False
-    # Tunnels this node is an end of, open or being set up.
-    tunnels: int = 0
-    # SHA-256 of the secret that lets this node take the session over.
-    resume_digest: bytes = b""
-    # When (loop time) this node last answered an OpenTunnel with an Accept.
-    accepted_at: float = float("-inf")
     # Its unanswered open_tunnels: a silent node's serves are refused at once.
     answers: AnswerWatch = field(default_factory=AnswerWatch)
 
-    def push(self, event: pb.ControlEvent) -> None:
-        if self.closed:
+    @property
+    def vnet(self) -> Vnet:
+        return self.core.vnet
+
+    @property
+    def control_open(self) -> bool:
+        return self.core.control_open
+
+    def push(self, event: bytes) -> None:
+        if self.core.closed:
             return
         try:
             self.events.put_nowait(event)
         except asyncio.QueueFull:
             # A node that does not read its control stream is broken; it
-            # will be dropped when its stream ends, so drop it now.
+            # will be dropped when its stream ends, so drop it now: closed,
+            # its calls are refused from here on as after a drop.
             log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
-            self.closed = True
+            self.core.closed = True
 
 
 @dataclass(eq=False)
-class _Pending:
-    owner: Session
-    serveid: int
-    dialer: Session
+class _Handover:
+    """How a waiting Dial gets the splice the serving node's Accept makes."""
+
     ctx: grpc.aio.ServicerContext[bytes, bytes]
     splice: asyncio.Future[Splice]
 
 
-def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    auth = _metadata(context, wire.MD_AUTH)
-    return auth[7:] if auth[:7].lower() == "bearer " else ""
-
-
-def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else v.decode("ascii", "replace")
-    return ""
-
-
 class RouteServicer:
-    """Handlers for vnetrpc.v1.RouteService."""
+    """Handlers for vnetrpc.v1.RouteService.
+
+    clock gives the time in seconds (monotonic: penalties, expiry, the
+    Accept deadlines, the fail-fast rule); secret makes session and resume
+    tokens, ids the boot, tunnel and unserve request ids.
+    """
 
     def __init__(
         self,
         timeouts: RouteTimeouts | None = None,
         security: RouteSecurity | None = None,
         limits: RouteLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        secret: Callable[[], str] = _secret,
+        ids: Callable[[], str] = _hex_id,
     ) -> None:
         self.timeouts = timeouts or RouteTimeouts()
         self.security = security or RouteSecurity()
         self.limits = limits or RouteLimits()
-        self.penalties = PenaltyBox(self.security.penalty)
+        self.clock = clock
+        self._ids = ids
+        self.admission = Admission(self.security, clock)
         self.registry = Registry()
-        self.boot_id = secrets.token_hex(8)
-        self.sessions: dict[str, Session] = {}
-        self.by_vnetid: dict[str, Session] = {}
-        self.pending: dict[str, _Pending] = {}
+        self.boot_id = ids()
+        self.table = Sessions(self.registry, self.limits.max_nodes, secret)
+        # The I/O side of each live session of the table.
+        self.sessions: dict[Session, Link] = {}
+        self.pending = Rendezvous(self.timeouts.accept, self.timeouts.accept_limit)
+        self._handovers: dict[Pending, _Handover] = {}
         # Unserve requests waiting for the asked node: id -> (asked, answer).
-        self.unserves: dict[str, tuple[Session, asyncio.Future[pb.AnswerUnserveRequest]]] = {}
+        self.unserves: dict[str, tuple[Link, asyncio.Future[msg.UnserveAnswer]]] = {}
         self.splices: set[Splice] = set()
         # Set when the route starts going away.
         self.stopping = False
@@ -169,71 +176,48 @@ class RouteServicer:
         self.budget = Budget(
             self.limits.tunnel_memory * MIB, self.limits.tunnel_memory_per_node * MIB
         )
-        self.auth_failures = 0
         # Refused calls by status code name, for the metrics endpoint.
         self.rejected: collections.Counter[str] = collections.Counter()
         # Called with each tunnel's set-up time (Dial to spliced), in seconds.
         self.observe_setup: Callable[[float], None] = lambda _: None
-        self._timers: set[asyncio.Task[None]] = set()
         # Made once: every splice's on_done, not a bound method each.
         self._forget = self._forget_splice
 
     # --- sessions --------------------------------------------------------
 
-    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
-        """Check the caller's token for `group`; count and penalise failures.
-
-        An address with too many failures is refused before anything else is
-        looked at.
-        """
-        address = peer_address(context.peer() or "")
-        now = time.monotonic()
-        self._not_penalised(address, now)
-        if not self.security.tokens.admits(_bearer(context), group):
-            self._failed(address, now)
-            raise Unauthenticated(BAD_CREDENTIALS)
-
-    def _not_penalised(self, address: str, now: float) -> None:
-        wait = self.penalties.blocked_for(address, now)
-        if wait > 0:
-            raise LimitExceeded(
-                f"too many failed attempts from {address}; try again in {wait:.0f}s"
-            )
-
-    def _failed(self, address: str, now: float) -> None:
-        self.penalties.failure(address, now)
-        self.auth_failures += 1
-        log.warning("authentication failed from %s", address)
-
-    def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
+    def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> Link:
         """The caller's session; its token is checked again on every call."""
-        session = self.sessions.get(_metadata(context, wire.MD_SESSION))
-        if session is None or session.closed:
-            address = peer_address(context.peer() or "")
-            now = time.monotonic()
-            self._not_penalised(address, now)
-            # A good token with a stale session is a node that reconnected
-            # while calls on its old session were in flight: not guessing.
-            # With a bad token, a session id is one more thing to guess.
-            if not self.security.tokens.admits_somewhere(_bearer(context)):
-                self._failed(address, now)
-            raise SessionUnknown(BAD_CREDENTIALS)
-        self._admit(context, session.vnet.group)
-        return session
+        session = self.table.get(metadata(context, wire.MD_SESSION))
+        link = None if session is None else self.sessions.get(session)
+        if link is None:
+            self.admission.unknown_session(context)
+        self.admission.admit(context, link.vnet.group)
+        return link
 
-    def _broadcast(self, group: str, event: pb.ControlEvent) -> None:
-        for session in self.sessions.values():
-            if session.vnet.group == group:
-                session.push(event)
+    @property
+    def auth_failures(self) -> int:
+        return self.admission.failures
 
-    def _drop(self, session: Session, why: str) -> None:
-        if self.sessions.pop(session.token, None) is None:
-            return
-        session.closed = True
-        self.by_vnetid.pop(session.vnet.vnetid, None)
-        gone = self.registry.remove_vnet(session.vnet.vnetid)
+    def _broadcast(self, group: str, event: bytes) -> None:
+        for session in self.table.in_group(group):
+            link = self.sessions.get(session)
+            # None: a session joining right now, not told yet (its snapshot will).
+            if link is not None:
+                link.push(event)
+
+    def _drop(self, link: Link, why: str) -> None:
+        gone = self.table.drop(link.core)
+        if gone is not None:
+            self._ended(link, gone, why)
+
+    def _ended(self, link: Link, gone: Iterable[Serve], why: str) -> None:
+        """The I/O side of a session the table has ended: tell, reset, log."""
+        session = link.core
+        self.sessions.pop(session, None)
+        withdrawn = 0
         for serve in gone:
-            self._serve_removed(serve, session.vnet.group)
+            self._broadcast(session.vnet.group, msg.serve_removed_event(serve))
+            withdrawn += 1
         left = why == LEFT
         if left:
             because = f"vnet {session.vnet.vnetid} left"
@@ -241,13 +225,12 @@ class RouteServicer:
             because = "the route is stopping"
         else:
             because = f"vnet {session.vnet.vnetid} is gone ({why})"
-        for splice in list(session.splices):
+        for splice in list(link.splices):
             splice.abort(because)
-        for tunnel_id, pending in list(self.pending.items()):
-            if session in (pending.owner, pending.dialer):
-                del self.pending[tunnel_id]
-                if not pending.splice.done():
-                    pending.splice.set_exception(NotFound(because))
+        for pending in self.pending.of_session(session):
+            handover = self._handovers.get(pending)
+            if handover is not None and not handover.splice.done():
+                handover.splice.set_exception(NotFound(because))
         # "left" only for a node that said so (Leave): a control stream
         # that broke is a lost connection, whatever the node meant.
         log.info(
@@ -257,43 +240,43 @@ class RouteServicer:
             "left" if left else "dropped from",
             session.vnet.group,
             "" if left else f": {why}",
-            len(gone),
+            withdrawn,
         )
 
-    def _serve_removed(self, serve: Serve, group: str) -> None:
-        event = pb.ControlEvent(
-            serve_removed=pb.ServeRemoved(serveid=serve.serveid, vnetid=serve.vnetid)
-        )
-        self._broadcast(group, event)
+    async def expire_uncontrolled(self) -> None:
+        """Now and then, drop_uncontrolled: a quarter of the time allowed
+        apart, and at least once a second (the rule reads the clock given,
+        which tests move on faster than real time)."""
+        while True:
+            await asyncio.sleep(max(min(self.timeouts.join / 4, 1.0), 0.02))
+            self.drop_uncontrolled()
 
-    async def _expire_unless_controlled(self, session: Session) -> None:
-        await asyncio.sleep(self.timeouts.join)
-        if not session.control_open:
-            self._drop(session, "no control stream after join")
+    def drop_uncontrolled(self) -> None:
+        """Drop the sessions that did not open their Control stream in time:
+        the table's rule (Sessions.uncontrolled), on the route's clock."""
+        for session in self.table.uncontrolled(self.clock(), self.timeouts.join):
+            link = self.sessions.get(session)
+            if link is not None:
+                self._drop(link, "no control stream after join")
 
     # --- unary RPCs ------------------------------------------------------
 
     async def Join(
-        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.JoinResponse:
+        self, request: msg.JoinAsk, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> msg.JoinAnswer:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
-        self._admit(context, group)
-        wanted = self._resume(request, group)
-        if len(self.sessions) >= self.limits.max_nodes:
-            raise LimitExceeded(f"the route is full ({self.limits.max_nodes} nodes)")
-        vnet = self.registry.add_vnet(request.name, group, wanted=wanted)
-        resume = secrets.token_urlsafe(24)
-        session = Session(
-            token=secrets.token_urlsafe(24),
-            vnet=vnet,
-            resume_digest=hashlib.sha256(resume.encode()).digest(),
+        self.admission.admit(context, group)
+        joined = self.table.join(
+            request.name, group, self.clock(), request.resume_vnetid, request.resume_token
         )
-        self.sessions[session.token] = session
-        self.by_vnetid[vnet.vnetid] = session
-        timer = asyncio.create_task(self._expire_unless_controlled(session))
-        self._timers.add(timer)
-        timer.add_done_callback(self._timers.discard)
+        if joined.replaced is not None:
+            stale = self.sessions.get(joined.replaced)
+            if stale is not None:
+                self._ended(stale, joined.withdrawn, "replaced by its own new connection")
+        session = joined.session
+        self.sessions[session] = Link(session)
+        vnet = session.vnet
         log.info(
             "vnet %s (%s) joined group %s from %s",
             vnet.vnetid,
@@ -301,47 +284,20 @@ class RouteServicer:
             vnet.group,
             context.peer(),
         )
-        return pb.JoinResponse(
-            session=session.token,
-            vnetid=vnet.vnetid,
-            group=vnet.group,
-            boot_id=self.boot_id,
-            resume_token=resume,
+        return msg.JoinAnswer(
+            session.token, vnet.vnetid, vnet.group, self.boot_id, joined.resume_token
         )
 
-    def _resume(self, request: pb.JoinRequest, group: str) -> str:
-        """The vnetid a rejoining node may have back ("" for a new one).
-
-        With the right resume token its stale session (its old connection
-        died unnoticed) is ended, freeing its static serveids. Without it, a
-        vnetid still in use is not handed out: no one takes over another
-        node's session. A free vnetid (after a route restart) is given back.
-        """
-        wanted = request.resume_vnetid
-        if not wanted:
-            return ""
-        old = self.by_vnetid.get(wanted)
-        if old is None:
-            return wanted
-        presented = hashlib.sha256(request.resume_token.encode()).digest()
-        if hmac.compare_digest(presented, old.resume_digest) and old.vnet.group == group:
-            self._drop(old, "replaced by its own new connection")
-            return wanted
-        return ""
-
     async def RegisterServe(
-        self, request: pb.RegisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RegisterServeResponse:
-        session = self._session(context)
-        own = {
-            s.serveid
-            for s in self.registry.serves(session.vnet.group)
-            if s.vnetid == session.vnet.vnetid
-        }
+        self, request: msg.ServeAsk, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> msg.Registered:
+        link = self._session(context)
+        vnet = link.vnet
+        own = {s.serveid for s in self.registry.serves(vnet.group) if s.vnetid == vnet.vnetid}
         if request.serveid not in own and len(own) >= self.limits.max_serves_per_node:
             raise LimitExceeded(f"this vnet has {len(own)} serves, the most the route allows")
         reg = self.registry.register(
-            session.vnet.vnetid,
+            vnet.vnetid,
             request.serveid,
             request.name,
             request.ip,
@@ -351,88 +307,68 @@ class RouteServicer:
             unserve=request.unserve,
         )
         if reg.replaced is not None:
-            self._serve_removed(reg.replaced, session.vnet.group)
-        info = wire.serve_to_pb(reg.serve)
-        self._broadcast(session.vnet.group, pb.ControlEvent(serve_added=info))
+            self._broadcast(vnet.group, msg.serve_removed_event(reg.replaced))
+        self._broadcast(vnet.group, msg.serve_added_event(reg.serve))
         log.info(
             "vnet %s registered serve %s (%s) -> %s:%s%s",
-            session.vnet.vnetid,
+            vnet.vnetid,
             reg.serve.serveid,
             reg.serve.name,
             reg.serve.ip,
             reg.serve.port,
             f" (asked for {request.serveid})" if reg.reassigned else "",
         )
-        return pb.RegisterServeResponse(serve=info, reassigned=reg.reassigned)
+        return msg.Registered(reg.serve, reg.reassigned)
 
     async def UnregisterServe(
-        self, request: pb.UnregisterServeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UnregisterServeResponse:
-        session = self._session(context)
-        serve = self.registry.unregister(session.vnet.vnetid, request.serveid)
-        self._serve_removed(serve, session.vnet.group)
+        self, serveid: int, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        link = self._session(context)
+        serve = self.registry.unregister(link.vnet.vnetid, serveid)
+        self._broadcast(link.vnet.group, msg.serve_removed_event(serve))
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
-        return pb.UnregisterServeResponse()
 
     async def ListServes(
-        self, request: pb.ListServesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListServesResponse:
-        session = self._session(context)
-        serves = self.registry.serves(session.vnet.group)
-        return pb.ListServesResponse(serves=[wire.serve_to_pb(s) for s in serves])
+        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> list[Serve]:
+        return self.registry.serves(self._session(context).vnet.group)
 
     async def ListVnets(
-        self, request: pb.ListVnetsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListVnetsResponse:
-        session = self._session(context)
-        vnets = self.registry.vnets(session.vnet.group)
-        return pb.ListVnetsResponse(
-            vnets=[wire.vnet_to_pb(v, self.registry.serve_count(v.vnetid)) for v in vnets]
-        )
+        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> list[tuple[Vnet, int]]:
+        vnets = self.registry.vnets(self._session(context).vnet.group)
+        return [(v, self.registry.serve_count(v.vnetid)) for v in vnets]
 
-    async def Leave(
-        self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.LeaveResponse:
+    async def Leave(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._drop(self._session(context), LEFT)
-        return pb.LeaveResponse()
 
-    async def Ping(
-        self, request: pb.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.PingResponse:
+    async def Ping(self, nonce: int, context: grpc.aio.ServicerContext[Any, Any]) -> msg.Pong:
         self._session(context)
-        return pb.PingResponse(nonce=request.nonce, boot_id=self.boot_id)
+        return msg.Pong(nonce, self.boot_id)
 
     async def Unserve(
-        self, request: pb.UnserveRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UnserveResponse:
-        session = self._session(context)
-        asked = self.by_vnetid.get(request.vnetid)
-        if asked is None or asked.vnet.group != session.vnet.group or asked.closed:
+        self, request: msg.UnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Serve:
+        link = self._session(context)
+        found = self.table.of_vnet(request.vnetid)
+        asked = None if found is None else self.sessions.get(found)
+        if asked is None or asked.vnet.group != link.vnet.group or asked.core.closed:
             # Another group's node looks exactly like one that does not exist.
             raise NotFound(f"no vnet {request.vnetid!r} in this group")
-        if asked is session:
+        if asked is link:
             raise InvalidRequest("that is this node: serve it with serve run instead")
         if not 1 <= request.port <= 65535:
             raise InvalidRequest(f"port {request.port} is out of range (1-65535)")
         ip = request.ip or "127.0.0.1"
         if len(ip) > HOST_MAX or any(ord(ch) <= 32 for ch in ip):
             raise InvalidRequest("ip is not an address or host name")
-        request_id = secrets.token_hex(8)
-        answer: asyncio.Future[pb.AnswerUnserveRequest] = asyncio.get_running_loop().create_future()
+        request_id = self._ids()
+        answer: asyncio.Future[msg.UnserveAnswer] = asyncio.get_running_loop().create_future()
         self.unserves[request_id] = (asked, answer)
-        asked.push(
-            pb.ControlEvent(
-                unserve_asked=pb.UnserveAsked(
-                    request_id=request_id,
-                    from_vnetid=session.vnet.vnetid,
-                    ip=ip,
-                    port=request.port,
-                )
-            )
-        )
+        asked.push(msg.unserve_asked_event(request_id, link.vnet.vnetid, ip, request.port))
         log.info(
             "vnet %s asks vnet %s to offer %s:%s",
-            session.vnet.vnetid,
+            link.vnet.vnetid,
             asked.vnet.vnetid,
             ip,
             request.port,
@@ -448,42 +384,36 @@ class RouteServicer:
         serve = self.registry.find(asked.vnet.group, reply.serveid)
         if serve.vnetid != asked.vnet.vnetid or not serve.unserve:
             raise Refused(f"vnet {asked.vnet.vnetid} answered with a serve that is not its unserve")
-        return pb.UnserveResponse(serve=wire.serve_to_pb(serve))
+        return serve
 
     async def AnswerUnserve(
-        self, request: pb.AnswerUnserveRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.AnswerUnserveResponse:
-        session = self._session(context)
+        self, request: msg.UnserveAnswer, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        link = self._session(context)
         waiting = self.unserves.get(request.request_id)
-        if waiting is None or waiting[0] is not session:
+        if waiting is None or waiting[0] is not link:
             raise NotFound("no such unserve request waiting for this vnet")
         if not waiting[1].done():
             waiting[1].set_result(request)
-        return pb.AnswerUnserveResponse()
 
     # --- control stream ----------------------------------------------------
 
     async def Control(
-        self, request: pb.ControlRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.ControlEvent]:
-        session = self._session(context)
-        if session.control_open:
-            raise InvalidRequest("this session already has a control stream")
-        session.control_open = True
+        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        link = self._session(context)
+        self.table.open_control(link.core)
         why = "control stream closed"
         try:
-            serves = self.registry.serves(session.vnet.group)
-            yield pb.ControlEvent(
-                snapshot=pb.ServeSnapshot(serves=[wire.serve_to_pb(s) for s in serves])
-            )
-            while not session.closed:
-                yield await session.events.get()
+            yield msg.snapshot_event(self.registry.serves(link.vnet.group))
+            while not link.core.closed:
+                yield await link.events.get()
             why = "its control stream was not read"
         except asyncio.CancelledError:
             why = "connection lost"
             raise
         finally:
-            self._drop(session, why)
+            self._drop(link, why)
 
     # --- tunnels -----------------------------------------------------------
 
@@ -492,51 +422,52 @@ class RouteServicer:
     ) -> None:
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
-            session, owner, serve = self._dial_target(context)
+            link, owner, serve = self._dial_target(context)
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
-        session.tunnels += 1
+        link.core.tunnels += 1
         try:
             try:
-                splice = await self._accepted(session, owner, serve, context)
+                splice = await self._accepted(link, owner, serve, context)
             except VnetError as exc:
                 await route_rpc.refuse(context, exc, self.rejected)
             # This handler pumps the dialling node's stream until the tunnel ends.
             await splice.run(splice.dial)
             await route_rpc.end_unless_told(splice.dial, context)
         finally:
-            session.tunnels -= 1
+            link.core.tunnels -= 1
 
     def _dial_target(
         self, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> tuple[Session, Session, Serve]:
+    ) -> tuple[Link, Link, Serve]:
         """The caller, the serve's node and the serve; refused here, before anything waits."""
-        session = self._session(context)
-        raw = _metadata(context, wire.MD_SERVEID)
+        link = self._session(context)
+        raw = metadata(context, wire.MD_SERVEID)
         if not raw.isdigit() or not 1 <= int(raw) <= 999:
             raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
-        serve = self.registry.find(session.vnet.group, int(raw))
-        owner = self.by_vnetid.get(serve.vnetid)
+        serve = self.registry.find(link.vnet.group, int(raw))
+        found = self.table.of_vnet(serve.vnetid)
+        owner = None if found is None else self.sessions.get(found)
         if owner is None:
             raise NotFound(f"no serveid {serve.serveid} in this group")
         cap = self.limits.max_tunnels_per_node
-        if session.tunnels >= cap:
+        if link.core.tunnels >= cap:
             raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
-        if owner.tunnels >= cap:
+        if owner.core.tunnels >= cap:
             raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
-        silent = owner.answers.silent_for(time.monotonic())
+        silent = owner.answers.silent_for(self.clock())
         if silent:
             # Frozen but not yet dead: reset the client now, not after the accept timeout.
             raise Unanswered(
                 f"vnet {owner.vnet.vnetid} has answered no tunnel request for {silent:.0f}s; "
                 "refusing new tunnels to it until it does"
             )
-        return session, owner, serve
+        return link, owner, serve
 
     async def _accepted(
         self,
-        session: Session,
-        owner: Session,
+        link: Link,
+        owner: Link,
         serve: Serve,
         context: grpc.aio.ServicerContext[bytes, bytes],
     ) -> Splice:
@@ -553,23 +484,19 @@ class RouteServicer:
         await context.send_initial_metadata(())
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
-        tunnel_id = _metadata(context, wire.MD_TUNNEL)
+        tunnel_id = metadata(context, wire.MD_TUNNEL)
         if not _TUNNEL_ID.fullmatch(tunnel_id) or tunnel_id in self.pending:
-            tunnel_id = secrets.token_hex(8)
+            tunnel_id = self._ids()
         loop = asyncio.get_running_loop()
         started = loop.time()
         made: asyncio.Future[Splice] = loop.create_future()
-        self.pending[tunnel_id] = _Pending(owner, serve.serveid, session, context, made)
-        owner.answers.asked(tunnel_id, time.monotonic())
-        owner.push(
-            pb.ControlEvent(
-                open_tunnel=pb.OpenTunnel(
-                    tunnel_id=tunnel_id, serveid=serve.serveid, from_vnetid=session.vnet.vnetid
-                )
-            )
-        )
+        now = self.clock()
+        pending = self.pending.add(tunnel_id, owner.core, link.core, serve.serveid, now)
+        self._handovers[pending] = _Handover(context, made)
+        owner.answers.asked(tunnel_id, now)
+        owner.push(msg.open_tunnel_event(tunnel_id, serve.serveid, link.vnet.vnetid))
         try:
-            if not await self._answered(made, owner, started):
+            if not await self._answered(made, pending):
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
@@ -581,30 +508,26 @@ class RouteServicer:
                 await made.result().lost(made.result().dial)
             raise
         finally:
-            self.pending.pop(tunnel_id, None)
+            self.pending.forget(pending)
+            self._handovers.pop(pending, None)
         self.observe_setup(loop.time() - started)
         log.debug(
             "tunnel %s: vnet %s -> serveid %s on vnet %s",
             tunnel_id,
-            session.vnet.vnetid,
+            link.vnet.vnetid,
             serve.serveid,
             serve.vnetid,
         )
         return splice
 
-    async def _answered(self, made: asyncio.Future[Splice], owner: Session, since: float) -> bool:
-        """Wait for made; False once owner has accepted nothing for timeouts.accept.
+    async def _answered(self, made: asyncio.Future[Splice], pending: Pending) -> bool:
+        """Wait for made; False once the Rendezvous's deadline for it passes.
 
-        Each Accept from owner moves the deadline of all its waiting Dials:
-        under a burst a node answers hundreds of OpenTunnels in order, and the
-        last of them are no less answered for coming late. A node that stops
-        answering is still given up on within timeouts.accept.
+        Each Accept from its node moves that deadline (Rendezvous.deadline).
         """
-        loop = asyncio.get_running_loop()
-        limit = since + self.timeouts.accept_limit
         while not made.done():
-            now = loop.time()
-            deadline = min(max(since, owner.accepted_at) + self.timeouts.accept, limit)
+            now = self.clock()
+            deadline = self.pending.deadline(pending)
             if now >= deadline:
                 return False
             # asyncio.wait: no task per waiting tunnel, and made is not cancelled.
@@ -620,38 +543,39 @@ class RouteServicer:
         await context.send_initial_metadata(())
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
-            session = self._session(context)
-            tunnel_id = _metadata(context, wire.MD_TUNNEL)
+            link = self._session(context)
+            tunnel_id = metadata(context, wire.MD_TUNNEL)
+            now = self.clock()
             # Any answer, even one too late for its tunnel, shows the node is alive.
-            session.answers.answered(tunnel_id, time.monotonic())
-            pending = self.pending.get(tunnel_id)
-            if pending is None or pending.owner is not session or pending.splice.done():
+            link.answers.answered(tunnel_id, now)
+            pending = self.pending.take(tunnel_id, link.core, now)
+            handover = self._handovers.get(pending)
+            dialer = self.sessions.get(pending.dialer)
+            if handover is None or handover.splice.done() or dialer is None:
                 raise NotFound("no such tunnel waiting for this vnet")
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
-        del self.pending[tunnel_id]
-        session.accepted_at = asyncio.get_running_loop().time()
         splice = Splice(
             tunnel_id=tunnel_id,
             serveid=pending.serveid,
-            dial=Leg(pending.ctx),
+            dial=Leg(handover.ctx),
             accept=Leg(context),
             stats=self.stats,
             on_done=self._forget,
-            ends=(pending.dialer, session),
+            ends=(dialer, link),
             budget=self.budget,
         )
         self.splices.add(splice)
-        pending.dialer.splices.add(splice)
-        session.splices.add(splice)
-        pending.splice.set_result(splice)
-        del pending  # not held while the tunnel runs
-        session.tunnels += 1
+        dialer.splices.add(splice)
+        link.splices.add(splice)
+        handover.splice.set_result(splice)
+        del pending, handover, dialer  # not held while the tunnel runs
+        link.core.tunnels += 1
         try:
             # This handler pumps the serving node's stream until the tunnel ends.
             await splice.run(splice.accept)
         finally:
-            session.tunnels -= 1
+            link.core.tunnels -= 1
         await route_rpc.end_unless_told(splice.accept, context)
 
     def _forget_splice(self, done: Splice) -> None:
@@ -668,7 +592,7 @@ class RouteServicer:
 
         A peer that half-closed and vanished (or a client that never reads
         its end) would otherwise hold the tunnel, its buffers and two
-        streams forever.
+        streams forever. By the loop's clock, as the splices keep it.
         """
         idle = self.timeouts.half_close_idle
         loop = asyncio.get_running_loop()
@@ -691,9 +615,9 @@ class RouteServicer:
         # New tunnels are still accepted: a short connection can finish in
         # the grace (measured with make soak: refusing them failed more).
         self.stopping = True
-        event = pb.ControlEvent(going_away=pb.GoingAway(reason=reason, grace_ms=int(grace * 1000)))
-        for session in self.sessions.values():
-            session.push(event)
+        event = msg.going_away_event(reason, int(grace * 1000))
+        for link in self.sessions.values():
+            link.push(event)
         loop = asyncio.get_running_loop()
         started = loop.time()
         waits = [s.closed_future() for s in self.splices]
@@ -709,7 +633,5 @@ class RouteServicer:
             )
 
     async def close(self) -> None:
-        for timer in list(self._timers):
-            timer.cancel()
-        for session in list(self.sessions.values()):
-            self._drop(session, STOPPING)
+        for link in list(self.sessions.values()):
+            self._drop(link, STOPPING)

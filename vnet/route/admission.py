@@ -1,0 +1,84 @@
+"""Who may call the route: the token on every call, the session, penalties.
+
+Reads the call's metadata, asks vnet.core.auth (tokens, the penalty box)
+with the servicer's clock, and raises the VnetError the caller gets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from vnet import wire
+from vnet.core.auth import PenaltyBox, peer_address
+from vnet.core.errors import LimitExceeded, SessionUnknown, Unauthenticated
+from vnet.route.security import RouteSecurity
+
+# Logged as the servicer's: the same lines as before it had this module.
+log = logging.getLogger("vnet.route.service")
+
+# One answer for every authentication failure, so it tells nothing.
+BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
+
+
+def metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    """The call's metadata value for key ("" when absent)."""
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("ascii", "replace")
+    return ""
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    auth = metadata(context, wire.MD_AUTH)
+    return auth[7:] if auth[:7].lower() == "bearer " else ""
+
+
+class Admission:
+    """The route's checks on its callers, and its count of failures."""
+
+    def __init__(self, security: RouteSecurity, clock: Callable[[], float]) -> None:
+        self.tokens = security.tokens
+        self.penalties = PenaltyBox(security.penalty)
+        self.clock = clock
+        self.failures = 0
+
+    def admit(self, context: grpc.aio.ServicerContext[Any, Any], group: str) -> None:
+        """Check the caller's token for `group`; count and penalise failures.
+
+        An address with too many failures is refused before anything else is
+        looked at.
+        """
+        address = peer_address(context.peer() or "")
+        now = self.clock()
+        self._not_penalised(address, now)
+        if not self.tokens.admits(_bearer(context), group):
+            self._failed(address, now)
+            raise Unauthenticated(BAD_CREDENTIALS)
+
+    def unknown_session(self, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+        """Refuse a call whose session is not (or no longer) joined."""
+        address = peer_address(context.peer() or "")
+        now = self.clock()
+        self._not_penalised(address, now)
+        # A good token with a stale session is a node that reconnected
+        # while calls on its old session were in flight: not guessing.
+        # With a bad token, a session id is one more thing to guess.
+        if not self.tokens.admits_somewhere(_bearer(context)):
+            self._failed(address, now)
+        raise SessionUnknown(BAD_CREDENTIALS)
+
+    def _not_penalised(self, address: str, now: float) -> None:
+        wait = self.penalties.blocked_for(address, now)
+        if wait > 0:
+            raise LimitExceeded(
+                f"too many failed attempts from {address}; try again in {wait:.0f}s"
+            )
+
+    def _failed(self, address: str, now: float) -> None:
+        self.penalties.failure(address, now)
+        self.failures += 1
+        log.warning("authentication failed from %s", address)
