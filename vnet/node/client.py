@@ -1,7 +1,9 @@
 """The node's side of the wire: a typed client for the route's API.
 
-Wraps the generated stub so the rest of the node sees dataclasses and
-VnetError, never protobuf messages or grpc.aio errors.
+The node's one gRPC module. It makes the calls, with messages vnet.wire
+builds and parses, so the rest of the node sees dataclasses and VnetError,
+and tunnel calls as TunnelCall (bytes, None at the end, TunnelBroken),
+never protobuf messages or grpc.aio's calls and errors.
 """
 
 from __future__ import annotations

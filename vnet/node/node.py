@@ -331,8 +331,8 @@ class Node:
     def _on_event(self, event: ControlEvent) -> None:
         if isinstance(event, OpenTunnel):
             # The Accept call starts here, before anything awaits: the route
-            # waits for it, and under a burst the target connect below may
-            # queue (or a slow target take seconds) behind other tunnels.
+            # waits for it, and under a burst the target connect (Serves.accept)
+            # may queue (or a slow target take seconds) behind other tunnels.
             # Frames from the dialler wait in the stream's window meanwhile.
             self._spawn(self.serve_side.accept(event, self.client.accept(event.tunnel_id)))
             return
@@ -388,12 +388,6 @@ class Node:
             return None
 
     # --- the console's requests (vnet.node.editing does them) -----------------
-
-    def serve(self, key: str) -> ServeState:
-        return self._editor.serve(key)
-
-    def use(self, key: str) -> UseState:
-        return self._editor.use(key)
 
     async def open_serve(self, key: str) -> int:
         """Activate and register; returns the serveid the route settled on."""
