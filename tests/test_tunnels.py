@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import MakeNode, home_and_office, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, home_and_office, use_port, wait_until
 from tests.services import (
     HEADER,
     digest,
@@ -18,7 +18,9 @@ from tests.services import (
     pattern,
     read_exactly_or_eof,
 )
+from vnet import wire
 from vnet.core.config import ServeConfig, UseConfig
+from vnet.node.client import TunnelBroken
 
 MIB = 1 << 20
 
@@ -126,4 +128,28 @@ async def test_a_stalled_reader_does_not_stall_other_tunnels(make_node: MakeNode
         await stalled_reader.readexactly(8 << 20)
         stalled_writer.close()
     await source.close()
+    await service.close()
+
+
+async def test_a_tunnel_call_speaks_bytes_and_vnet_errors(make_node: MakeNode) -> None:
+    # The client's TunnelCall, driven by hand: frames as bytes, the stream's
+    # clean end as None, and a write after it as TunnelBroken, not grpc's own.
+    service = await echo_server()
+    await make_node("home", serves=[ServeConfig(key="svc", port=service.port, serveid=701)])
+    office = await make_node("office")
+    call = office.client.dial(701)
+    await call.write(wire.encode_data(b"through by hand"))
+    await call.write(wire.FIN_FRAME)
+    echoed, kinds = b"", []
+    while (raw := await asyncio.wait_for(call.read(), TIMEOUT)) is not None:
+        kind, payload = wire.decode_frame(raw)
+        kinds.append(kind)
+        if kind is wire.FrameKind.DATA:
+            echoed += bytes(payload)  # type: ignore[arg-type]
+    assert echoed == b"through by hand"
+    assert kinds[-1] is wire.FrameKind.FIN
+    with pytest.raises(TunnelBroken) as info:
+        await call.write(wire.encode_data(b"too late"))
+    assert info.value.finished
+    call.cancel()
     await service.close()

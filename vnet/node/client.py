@@ -1,7 +1,9 @@
 """The node's side of the wire: a typed client for the route's API.
 
-Wraps the generated stub so the rest of the node sees dataclasses and
-VnetError, never protobuf messages or grpc.aio errors.
+The node's one gRPC module. It makes the calls, with messages vnet.wire
+builds and parses, so the rest of the node sees dataclasses and VnetError,
+and tunnel calls as TunnelCall (bytes, None at the end, TunnelBroken),
+never protobuf messages or grpc.aio's calls and errors.
 """
 
 from __future__ import annotations
@@ -23,8 +25,18 @@ from vnet.core.pacing import STREAM_WINDOW
 from vnet.core.registry import Serve
 from vnet.files import check_ca, check_key_pair, read_pem, read_text
 from vnet.node.diagnose import Probe, probe_for
-from vnetrpc.v1 import route_pb2 as pb
-from vnetrpc.v1 import route_pb2_grpc as pb_grpc
+
+# What the calls return, made by the wire adapter; named here for the node's callers.
+from vnet.wire import ControlEvent as ControlEvent
+from vnet.wire import GoingAway as GoingAway
+from vnet.wire import Joined as Joined
+from vnet.wire import OpenTunnel as OpenTunnel
+from vnet.wire import Registered as Registered
+from vnet.wire import ServeAdded as ServeAdded
+from vnet.wire import ServeRemoved as ServeRemoved
+from vnet.wire import Snapshot as Snapshot
+from vnet.wire import UnserveAsked as UnserveAsked
+from vnet.wire import VnetInfo as VnetInfo
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024 + 1024),
@@ -60,87 +72,68 @@ def channel_options(keepalive: float, keepalive_timeout: float) -> list[tuple[st
     ]
 
 
-@dataclass(frozen=True)
-class Joined:
-    session: str
-    vnetid: str
-    group: str
-    boot_id: str
-    # Lets this node take its session over after a lost connection.
-    resume_token: str = ""
+class TunnelBroken(VnetError):
+    """A tunnel's call failed: the route ended it with an error, or the link broke.
+
+    code is the gRPC status's name ("UNAVAILABLE", "NOT_FOUND", ...), and
+    details its text. INTERNAL is what a write meets when the route ended
+    the call under it. code is "" when the call had no error to give:
+    `finished` when it had already ended (cleanly) before a write came,
+    else gRPC refused the operation and details say how.
+    """
+
+    def __init__(self, code: str, details: str = "", *, finished: bool = False) -> None:
+        super().__init__(f"{code.lower()}: {details}" if code else details)
+        self.code = code
+        self.details = details
+        self.finished = finished
 
 
-@dataclass(frozen=True)
-class Registered:
-    serve: Serve
-    reassigned: bool
+def _broken(exc: grpc.aio.AioRpcError) -> TunnelBroken:
+    return TunnelBroken(exc.code().name, exc.details() or "")
 
 
-@dataclass(frozen=True)
-class VnetInfo:
-    vnetid: str
-    name: str
-    group: str
-    serves: int
+class TunnelCall:
+    """One tunnel's stream to the route (Dial or Accept): frames in and out, as bytes.
 
+    gRPC's errors come out as TunnelBroken, and the stream's clean end as
+    None, so the tunnel's pumps (vnet.node.tunnel) know nothing of grpc.aio.
+    """
 
-@dataclass(frozen=True)
-class Snapshot:
-    serves: tuple[Serve, ...]
+    __slots__ = ("_call",)
 
+    def __init__(self, call: Any) -> None:
+        self._call = call
 
-@dataclass(frozen=True)
-class ServeAdded:
-    serve: Serve
+    async def read(self) -> bytes | None:
+        """The next frame; None once the route ended the stream cleanly."""
+        try:
+            frame = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise _broken(exc) from None
+        except grpc.aio.BaseError as exc:
+            raise TunnelBroken("", f"{type(exc).__name__}: {exc}") from None
+        return None if frame is grpc.aio.EOF else frame
 
+    async def write(self, frame: bytes) -> None:
+        try:
+            await self._call.write(frame)
+        except grpc.aio.AioRpcError as exc:
+            raise _broken(exc) from None
+        except asyncio.InvalidStateError as exc:
+            # grpc.aio's "RPC already finished": the route ended the call
+            # (with OK) before this write.
+            raise TunnelBroken("", str(exc), finished=True) from None
+        except grpc.aio.BaseError as exc:
+            raise TunnelBroken("", f"{type(exc).__name__}: {exc}") from None
 
-@dataclass(frozen=True)
-class ServeRemoved:
-    serveid: int
-    vnetid: str
+    async def ended(self) -> None:
+        """Until the call is over, however it ends."""
+        await self._call.code()
 
-
-@dataclass(frozen=True)
-class OpenTunnel:
-    tunnel_id: str
-    serveid: int
-    from_vnetid: str
-
-
-@dataclass(frozen=True)
-class GoingAway:
-    reason: str
-    grace: float
-
-
-@dataclass(frozen=True)
-class UnserveAsked:
-    request_id: str
-    from_vnetid: str
-    ip: str
-    port: int
-
-
-ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked
-
-
-def _event(msg: pb.ControlEvent) -> ControlEvent | None:
-    kind = msg.WhichOneof("event")
-    if kind == "snapshot":
-        return Snapshot(tuple(wire.serves_from_pb(msg.snapshot.serves)))
-    if kind == "serve_added":
-        return ServeAdded(wire.serve_from_pb(msg.serve_added))
-    if kind == "serve_removed":
-        return ServeRemoved(msg.serve_removed.serveid, msg.serve_removed.vnetid)
-    if kind == "open_tunnel":
-        ot = msg.open_tunnel
-        return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
-    if kind == "unserve_asked":
-        ua = msg.unserve_asked
-        return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port)
-    if kind == "going_away":
-        return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
-    return None  # an event kind from a newer route: ignore it
+    def cancel(self) -> None:
+        """End the call now; the route resets the far end."""
+        self._call.cancel()
 
 
 @dataclass(frozen=True)
@@ -240,7 +233,7 @@ class RouteClient:
                 certificate_chain=tls.cert_chain,
             )
             self.channel = grpc.aio.secure_channel(address, credentials, options=options)
-        self.stub = pb_grpc.RouteServiceStub(self.channel)
+        self.stub = wire.route_stub(self.channel)
         self.session = ""
         # Tunnel calls pass frames as bytes: vnet.wire encodes them by hand.
         self._dial = self.channel.stream_stream(wire.DIAL_METHOD)
@@ -308,7 +301,7 @@ class RouteClient:
         """Why the channel is not ready, as gRPC saw it (refused, TLS, ...)."""
         try:
             await self.stub.Ping(
-                pb.PingRequest(), metadata=self._md(), timeout=2.0, wait_for_ready=False
+                wire.ping_request(), metadata=self._md(), timeout=2.0, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
             return str(exc.details() or exc.code().name)
@@ -323,13 +316,14 @@ class RouteClient:
     ) -> Joined:
         """Join; `resume` is (vnetid, resume_token) of this node's last session."""
         vnetid, token = resume or ("", "")
-        request = pb.JoinRequest(name=name, group=group, resume_vnetid=vnetid, resume_token=token)
+        request = wire.join_request(name, group, vnetid, token)
         try:
             resp = await self.stub.Join(request, metadata=self._auth, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise wire.error_of(exc) from None
-        self.session = resp.session
-        return Joined(resp.session, resp.vnetid, resp.group, resp.boot_id, resp.resume_token)
+        joined = wire.joined_from_pb(resp)
+        self.session = joined.session
+        return joined
 
     async def register(
         self,
@@ -341,52 +335,50 @@ class RouteClient:
         timeout: float = 10.0,
         unserve: bool = False,
     ) -> Registered:
-        request = pb.RegisterServeRequest(
-            serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info, unserve=unserve
-        )
+        request = wire.register_request(serveid, name, ip, port, info, unserve)
         resp = await self._unary(self.stub.RegisterServe, request, timeout)
-        return Registered(wire.serve_from_pb(resp.serve), resp.reassigned)
+        return wire.registered_from_pb(resp)
 
     async def unregister(self, serveid: int, timeout: float = 10.0) -> None:
-        request = pb.UnregisterServeRequest(serveid=serveid)
+        request = wire.unregister_request(serveid)
         await self._unary(self.stub.UnregisterServe, request, timeout)
 
     async def list_serves(self, timeout: float = 10.0) -> list[Serve]:
-        resp = await self._unary(self.stub.ListServes, pb.ListServesRequest(), timeout)
-        return wire.serves_from_pb(resp.serves)
+        resp = await self._unary(self.stub.ListServes, wire.list_serves_request(), timeout)
+        return wire.listed_serves_from_pb(resp)
 
     async def list_vnets(self, timeout: float = 10.0) -> list[VnetInfo]:
-        resp = await self._unary(self.stub.ListVnets, pb.ListVnetsRequest(), timeout)
-        return [VnetInfo(v.vnetid, v.name, v.group, v.serves) for v in resp.vnets]
+        resp = await self._unary(self.stub.ListVnets, wire.list_vnets_request(), timeout)
+        return wire.vnets_from_pb(resp)
 
     async def unserve(self, vnetid: str, ip: str, port: int, timeout: float = 30.0) -> Serve:
         """Ask vnet `vnetid` to offer ip:port; the serve it registered for it."""
-        request = pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port)
+        request = wire.unserve_request(vnetid, ip, port)
         resp = await self._unary(self.stub.Unserve, request, timeout)
-        return wire.serve_from_pb(resp.serve)
+        return wire.unserved_from_pb(resp)
 
     async def answer_unserve(
         self, request_id: str, serveid: int = 0, refusal: str = "", timeout: float = 10.0
     ) -> None:
-        request = pb.AnswerUnserveRequest(request_id=request_id, serveid=serveid, refusal=refusal)
+        request = wire.answer_unserve_request(request_id, serveid, refusal)
         await self._unary(self.stub.AnswerUnserve, request, timeout)
 
     async def ping(self, timeout: float = 10.0) -> float:
         """Round trip to the route, in seconds."""
         start = time.perf_counter()
-        await self._unary(self.stub.Ping, pb.PingRequest(nonce=1), timeout)
+        await self._unary(self.stub.Ping, wire.ping_request(nonce=1), timeout)
         return time.perf_counter() - start
 
     async def leave(self, timeout: float = 2.0) -> None:
         """End the session on purpose, so the route logs a leave, not a lost node."""
-        await self._unary(self.stub.Leave, pb.LeaveRequest(), timeout)
+        await self._unary(self.stub.Leave, wire.leave_request(), timeout)
 
     async def control(self) -> AsyncIterator[ControlEvent]:
         """The control stream's events; ends by raising RouteUnavailable."""
-        call = self.stub.Control(pb.ControlRequest(), metadata=self._md())
+        call = self.stub.Control(wire.control_request(), metadata=self._md())
         try:
             async for msg in call:
-                event = _event(msg)
+                event = wire.event_from_pb(msg)
                 if event is not None:
                     yield event
         except grpc.aio.AioRpcError as exc:
@@ -398,18 +390,18 @@ class RouteClient:
             call.cancel()
         raise RouteUnavailable("the route closed the control stream")
 
-    def dial(self, serveid: int, tunnel_id: str = "") -> Any:
-        """A raw tunnel call to a serve of the group.
+    def dial(self, serveid: int, tunnel_id: str = "") -> TunnelCall:
+        """A tunnel call to a serve of the group.
 
         tunnel_id (16 hex digits) names the tunnel in both nodes' logs; the
         route takes it unless it is malformed or in use.
         """
         extra = ((wire.MD_TUNNEL, tunnel_id),) if tunnel_id else ()
-        return self._dial(metadata=self._md((wire.MD_SERVEID, str(serveid)), *extra))
+        return TunnelCall(self._dial(metadata=self._md((wire.MD_SERVEID, str(serveid)), *extra)))
 
-    def accept(self, tunnel_id: str) -> Any:
-        """A raw tunnel call answering an OpenTunnel."""
-        return self._accept(metadata=self._md((wire.MD_TUNNEL, tunnel_id)))
+    def accept(self, tunnel_id: str) -> TunnelCall:
+        """A tunnel call answering an OpenTunnel."""
+        return TunnelCall(self._accept(metadata=self._md((wire.MD_TUNNEL, tunnel_id))))
 
     async def close(self) -> None:
         await self.channel.close()

@@ -18,13 +18,11 @@ import resource
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
-
-import grpc
 
 from vnet import wire
 from vnet.core import pacing
 from vnet.core.errors import ProtocolError
+from vnet.node.client import TunnelBroken, TunnelCall
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +128,7 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
 
 async def _upstream(
     reader: asyncio.StreamReader,
-    call: Any,
+    call: TunnelCall,
     counters: Counters,
     pacer: pacing.Pacer,
     sending: _Sending,
@@ -163,11 +161,11 @@ async def _upstream(
     await call.write(wire.FIN_FRAME)
 
 
-async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counters) -> None:
+async def _downstream(call: TunnelCall, writer: asyncio.StreamWriter, counters: Counters) -> None:
     got_fin = False
     while True:
         raw = await call.read()
-        if raw is grpc.aio.EOF:
+        if raw is None:
             break
         try:
             kind, payload = wire.decode_frame(raw)
@@ -197,7 +195,7 @@ async def _downstream(call: Any, writer: asyncio.StreamWriter, counters: Counter
 async def relay(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    call: Any,
+    call: TunnelCall,
     label: str,
     fields: dict[str, object] | None = None,
     counters: Counters = _NO_COUNTERS,
@@ -292,20 +290,20 @@ def _describe(exc: BaseException, local: str) -> str:
         return f"reset: {local}'s connection failed ({exc.detail()})"
     if isinstance(exc, TunnelReset):
         return str(exc)
-    if isinstance(exc, grpc.aio.AioRpcError):
-        details = exc.details() or ""
-        if exc.code() is grpc.StatusCode.UNAVAILABLE and details.startswith("tunnel reset"):
+    if isinstance(exc, TunnelBroken):
+        details = exc.details
+        if exc.code == "UNAVAILABLE" and details.startswith("tunnel reset"):
             # The route's own word (vnet.route.rpc.end_unless_told), with its reason.
             return "reset by the route" + details.removeprefix("tunnel reset")
-        if exc.code() is grpc.StatusCode.INTERNAL:
+        if exc.code == "INTERNAL" or exc.finished:
             # What a write meets when the route ended the call under it, as it
             # does when the far end reset (its reset frame, if any, is stuck
-            # behind data this node's client has not read yet).
+            # behind data this node's client has not read yet); or the write
+            # came just after the call ended ("RPC already finished").
             return "reset by the far end (the route ended the stream)"
-        return f"reset: the stream to the route failed ({exc.code().name.lower()}: {details})"
-    if isinstance(exc, asyncio.InvalidStateError):
-        # grpc.aio's "RPC already finished": a write after the route ended the call.
-        return "reset by the far end (the route ended the stream)"
+        if exc.code:
+            return f"reset: the stream to the route failed ({exc.code.lower()}: {details})"
+        return f"reset: {details}"
     return f"reset: {type(exc).__name__}: {exc}"
 
 
@@ -315,7 +313,7 @@ def _for_the_far_end(failure: LocalFailure, local: str) -> str:
     return f"{local}'s connection failed ({failure.detail()})"
 
 
-async def _tell(call: Any, reason: str) -> None:
+async def _tell(call: TunnelCall, reason: str) -> None:
     """Send the far end a reset frame with the reason; bounded, best effort.
 
     Then wait (as long again at most) for the route to end the call: a
@@ -325,14 +323,14 @@ async def _tell(call: Any, reason: str) -> None:
     """
     with contextlib.suppress(Exception):
         await asyncio.wait_for(call.write(wire.encode_reset(reason)), TELL_TIMEOUT)
-        await asyncio.wait_for(call.code(), TELL_TIMEOUT)
+        await asyncio.wait_for(call.ended(), TELL_TIMEOUT)
 
 
-async def refuse(call: Any, reason: str) -> None:
+async def refuse(call: TunnelCall, reason: str) -> None:
     """Answer an OpenTunnel with a reset, so the dialling client closes at once."""
     try:
         await call.write(wire.encode_reset(reason))
-        async for _ in call:
+        while await call.read() is not None:
             pass
     except Exception:  # noqa: BLE001 - the dialler is told by the route either way
         call.cancel()

@@ -21,6 +21,7 @@ from vnet.core.config import UseConfig
 from vnet.core.pacing import Pacer
 from vnet.core.registry import Serve
 from vnet.node import tunnel
+from vnet.node.client import TunnelCall
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Uses:
     def __init__(
         self,
         remote: Mapping[int, Serve],
-        dial: Callable[[int, str], Any],
+        dial: Callable[[int, str], TunnelCall],
         spawn: Spawn,
         pacer: Pacer,
     ) -> None:

@@ -62,6 +62,33 @@ from vnet.wire.messages import (
 from vnet.wire.messages import (
     vnet_to_pb as vnet_to_pb,
 )
+from vnet.wire.node_messages import ControlEvent as ControlEvent
+from vnet.wire.node_messages import GoingAway as GoingAway
+from vnet.wire.node_messages import Joined as Joined
+from vnet.wire.node_messages import OpenTunnel as OpenTunnel
+from vnet.wire.node_messages import Registered as Registered
+from vnet.wire.node_messages import ServeAdded as ServeAdded
+from vnet.wire.node_messages import ServeRemoved as ServeRemoved
+from vnet.wire.node_messages import Snapshot as Snapshot
+from vnet.wire.node_messages import UnserveAsked as UnserveAsked
+from vnet.wire.node_messages import VnetInfo as VnetInfo
+from vnet.wire.node_messages import answer_unserve_request as answer_unserve_request
+from vnet.wire.node_messages import control_request as control_request
+from vnet.wire.node_messages import event_from_pb as event_from_pb
+from vnet.wire.node_messages import join_request as join_request
+from vnet.wire.node_messages import joined_from_pb as joined_from_pb
+from vnet.wire.node_messages import leave_request as leave_request
+from vnet.wire.node_messages import list_serves_request as list_serves_request
+from vnet.wire.node_messages import list_vnets_request as list_vnets_request
+from vnet.wire.node_messages import listed_serves_from_pb as listed_serves_from_pb
+from vnet.wire.node_messages import ping_request as ping_request
+from vnet.wire.node_messages import register_request as register_request
+from vnet.wire.node_messages import registered_from_pb as registered_from_pb
+from vnet.wire.node_messages import route_stub as route_stub
+from vnet.wire.node_messages import unregister_request as unregister_request
+from vnet.wire.node_messages import unserve_request as unserve_request
+from vnet.wire.node_messages import unserved_from_pb as unserved_from_pb
+from vnet.wire.node_messages import vnets_from_pb as vnets_from_pb
 from vnet.wire.status import (
     ERROR_OF as ERROR_OF,
 )
