@@ -21,7 +21,6 @@ import grpc
 from vnet import wire
 from vnet.core.config import NodeConfig, resolve_secret
 from vnet.core.errors import RouteUnavailable, VnetError
-from vnet.core.pacing import STREAM_WINDOW
 from vnet.core.registry import Serve
 from vnet.files import check_ca, check_key_pair, read_pem, read_text
 from vnet.node.diagnose import Probe, probe_for
@@ -37,18 +36,13 @@ from vnet.wire import ServeRemoved as ServeRemoved
 from vnet.wire import Snapshot as Snapshot
 from vnet.wire import UnserveAsked as UnserveAsked
 from vnet.wire import VnetInfo as VnetInfo
+from vnet.wire.options import Options, common_options, keepalive_options
 
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024 + 1024),
-    ("grpc.max_send_message_length", 4 * 1024 * 1024 + 1024),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+CHANNEL_OPTIONS: Options = [
+    *common_options(),
     # A connection of its own: channels with equal arguments otherwise share
     # one, so a reconnect's "fresh" channel would inherit the dead link.
     ("grpc.use_local_subchannel_pool", 1),
-    # Fixed stream windows, not BDP-grown ones (vnet/core/pacing.py STREAM_WINDOW).
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
 ]
 CLOSE_TIMEOUT = 5.0
 # A refused or unreachable route is looked at again after this (seconds)
@@ -61,15 +55,8 @@ KEEPALIVE = 10.0
 KEEPALIVE_TIMEOUT = 10.0
 
 
-def channel_options(keepalive: float, keepalive_timeout: float) -> list[tuple[str, Any]]:
-    return [
-        *CHANNEL_OPTIONS,
-        ("grpc.keepalive_time_ms", int(keepalive * 1000)),
-        ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
-        # Any ping in flight (a BDP probe too) must be answered this soon, or
-        # a link that died during one goes unnoticed for the 60 s default.
-        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
-    ]
+def channel_options(keepalive: float, keepalive_timeout: float) -> Options:
+    return [*CHANNEL_OPTIONS, *keepalive_options(keepalive, keepalive_timeout)]
 
 
 class TunnelBroken(VnetError):

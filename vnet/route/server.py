@@ -19,15 +19,10 @@ from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
 from vnet.core.config import RouteConfig, RouteLimits
-from vnet.core.pacing import STREAM_WINDOW
 from vnet.metrics import MetricsServer, serve_metrics
 from vnet.route.security import RouteSecurity
-from vnet.route.service import (
-    MAX_MESSAGE,
-    NODE_PING_FLOOR_MS,
-    RouteServicer,
-    RouteTimeouts,
-)
+from vnet.route.service import RouteServicer, RouteTimeouts
+from vnet.wire.options import NODE_PING_FLOOR_MS, common_options, keepalive_options
 
 log = logging.getLogger(__name__)
 
@@ -105,26 +100,14 @@ async def start_route(
             ("grpc.so_reuseport", 0),
             # A connection must finish its HTTP/2 (and TLS) handshake this soon.
             ("grpc.server_handshake_timeout_ms", int(servicer.timeouts.join * 1000)),
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            # Fixed stream windows, not BDP-grown ones (vnet/core/pacing.py
-            # STREAM_WINDOW): they bound what a stalled tunnel holds here.
-            ("grpc.http2.bdp_probe", 0),
-            ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
+            *common_options(),
             # Find dead or black-holed nodes: ping idle connections, and give
             # up on them when a ping goes unanswered.
-            ("grpc.keepalive_time_ms", int(servicer.timeouts.keepalive * 1000)),
-            ("grpc.keepalive_timeout_ms", int(servicer.timeouts.keepalive_timeout * 1000)),
-            # Every ping, BDP probes included, must be answered this soon: a
-            # probe in flight when the link dies would otherwise hold off the
-            # keepalive ping for its own 60 s default.
-            ("grpc.http2.ping_timeout_ms", int(servicer.timeouts.keepalive_timeout * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
+            *keepalive_options(servicer.timeouts.keepalive, servicer.timeouts.keepalive_timeout),
             # Nodes ping as often as this; any stricter and the route would
             # answer them with GOAWAY too_many_pings.
             ("grpc.http2.min_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", NODE_PING_FLOOR_MS),
-            ("grpc.http2.max_pings_without_data", 0),
             # grpc.aio takes new calls from C-core one per loop turn, so a
             # burst of Dials and Accepts waits in C-core's queue; past its
             # defaults (1,000 soft, 3,000 hard) calls were dropped: a

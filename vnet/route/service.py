@@ -37,7 +37,7 @@ from vnet.core.errors import (
     Unanswered,
     VnetError,
 )
-from vnet.core.limits import HOST_MAX
+from vnet.core.limits import HOST_MAX, SERVEID_MAX
 from vnet.core.registry import Registry, Serve, Vnet
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.core.unanswered import AnswerWatch
@@ -50,12 +50,7 @@ from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
 
-# A tunnel frame carries at most one read of a node's socket (512 KiB) plus
-# framing; leave room, and refuse anything wildly larger.
-MAX_MESSAGE = 4 * 1024 * 1024 + 1024
 CONTROL_QUEUE = 10_000
-# The shortest keepalive interval nodes may use (tests go down to this).
-NODE_PING_FLOOR_MS = 500
 
 
 @dataclass(frozen=True)
@@ -443,8 +438,11 @@ class RouteServicer:
         """The caller, the serve's node and the serve; refused here, before anything waits."""
         link = self._session(context)
         raw = metadata(context, wire.MD_SERVEID)
-        if not raw.isdigit() or not 1 <= int(raw) <= 999:
-            raise InvalidRequest(f"{wire.MD_SERVEID} must be a serveid 1-999, not {raw!r}")
+        # ASCII digits only: int() would take other scripts' digits too.
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= SERVEID_MAX:
+            raise InvalidRequest(
+                f"{wire.MD_SERVEID} must be a serveid 1-{SERVEID_MAX}, not {raw[:20]!r}"
+            )
         serve = self.registry.find(link.vnet.group, int(raw))
         found = self.table.of_vnet(serve.vnetid)
         owner = None if found is None else self.sessions.get(found)
