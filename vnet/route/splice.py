@@ -5,10 +5,18 @@ handler of the leg it reads (Dial's handler reads the dialling node's stream
 and writes the serving node's, Accept's the other way), so a tunnel costs no
 tasks of its own: an idle tunnel is two handlers each waiting in a read. Each
 leg's context is written only by the pump that reads the other leg, so no
-context ever has two writers. A pump that sees a reset (forwarded or its own)
-stops the other pump too: the tunnel is dead both ways, and both nodes are
-told with a reset frame. A handler whose pump ended waits for the other pump
-before its RPC may end: the other pump may still be writing to its stream.
+context ever has two writers.
+
+How the tunnel ends is not decided here: each pump feeds what its leg did
+(data, fin, reset, the stream's end, a failure or a cancel) to the splice's
+TunnelState (vnet/core/tunnel_state.py; end A is the dialling leg, B the
+serving one) and carries out what it returns: forward the frame, write a
+reset, stop the other pump. A reset for a leg whose writer runs in another
+task is left with that leg (Leg.pending) for its writer to write as the
+machine stops it. A handler whose pump ended waits for the other pump before
+its RPC may end (the other pump may still be writing to its stream), and then
+ends it OK only if the machine told its leg how the tunnel ended and that
+word reached it (Leg.told, route/rpc.py end_unless_told).
 """
 
 from __future__ import annotations
