@@ -5,16 +5,23 @@ handler of the leg it reads (Dial's handler reads the dialling node's stream
 and writes the serving node's, Accept's the other way), so a tunnel costs no
 tasks of its own: an idle tunnel is two handlers each waiting in a read. Each
 leg's context is written only by the pump that reads the other leg, so no
-context ever has two writers. A pump that sees a reset (forwarded or its own)
-stops the other pump too: the tunnel is dead both ways, and both nodes are
-told with a reset frame. A handler whose pump ended waits for the other pump
-before its RPC may end: the other pump may still be writing to its stream.
+context ever has two writers.
+
+How the tunnel ends is not decided here: each pump feeds what its leg did
+(data, fin, reset, the stream's end, a failure or a cancel) to the splice's
+TunnelState (vnet/core/tunnel_state.py; end A is the dialling leg, B the
+serving one) and carries out what it returns: forward the frame, write a
+reset, stop the other pump. A reset for a leg whose writer runs in another
+task is left with that leg (Leg.pending) for its writer to write as the
+machine stops it. A handler whose pump ended waits for the other pump before
+its RPC may end (the other pump may still be writing to its stream), and then
+ends it OK only if the machine told its leg how the tunnel ended and that
+word reached it (Leg.told, route/rpc.py end_unless_told).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ import grpc
 from vnet import wire
 from vnet.core import pacing
 from vnet.core.budget import Budget
+from vnet.core.tunnel_state import Action, Do, End, Event, Flow, Kind, Phase, TunnelState
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +60,44 @@ _NODE = {"dial": "the dialling node", "accept": "the serving node"}
 _IDLE, _PUMPING, _PUMPED = 0, 1, 2
 
 
+class _Stopped(Exception):
+    """The pump's own tunnel was reset while it ran (not a cancel: nothing to take back)."""
+
+
 class Leg:
-    """One stream of a tunnel, and the pump that reads it."""
+    """One stream of a tunnel, and the pump that reads it: I/O bookkeeping only.
+
+    How the tunnel ends is its TunnelState's (vnet/core/tunnel_state.py).
+    """
 
     # Slots: a route holds two of these per open tunnel.
-    __slots__ = ("ctx", "task", "state", "stopped", "finished", "ending", "told", "why")
+    __slots__ = ("ctx", "task", "pump", "end", "machine", "cancelled", "pending", "why")
 
     def __init__(self, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         self.ctx = ctx
         # The handler task the pump runs in, once it runs.
         self.task: asyncio.Task[None] | None = None
-        self.state = _IDLE
-        # The other side asked this pump to stop (a cancel of ours, not grpc's).
-        self.stopped = False
-        # This direction ended with a fin: the tunnel is half-closed.
-        self.finished = False
-        # The pump reading this leg is telling the other leg how it ended; it
-        # must not be cancelled then, or that word is lost.
-        self.ending = False
-        # A fin or reset frame was written to this leg's stream: its node knows
-        # how the tunnel ended. If not, the RPC must not end with OK.
-        self.told = False
-        # Why the tunnel was reset, when the reset frame could not be written:
-        # the RPC's status says it instead.
-        self.why = ""
+        self.pump = _IDLE
+        # Which end of the machine this leg is, and the machine (set by Splice).
+        self.end = End.A
+        self.machine: TunnelState | None = None
+        # We cancelled the pump's task (the machine stopped its reading): taken back.
+        self.cancelled = False
+        # A reset this leg is to get, decided while its writer (the other
+        # leg's pump) ran in another task: that pump writes it as it ends.
+        self.pending: str | None = None
+        # The fin or reset meant for this leg did not reach it, and why: its
+        # RPC must not end with OK then, and the status says why instead.
+        self.why: str | None = None
+
+    @property
+    def told(self) -> bool:
+        """A fin or reset was written to this leg's stream: its node knows how the tunnel ended."""
+        return self.machine is not None and self.machine.told(self.end) and self.why is None
 
 
 class Splice:
-    """One tunnel: the dialling node's leg and the serving node's leg."""
+    """One tunnel: the dialling node's leg (end A) and the serving node's (end B)."""
 
     __slots__ = (
         "tunnel_id",
@@ -91,7 +109,7 @@ class Splice:
         "ends",
         "budget",
         "last_activity",
-        "_abort_reason",
+        "state",
         "_waiters",
         "_closed",
     )
@@ -119,7 +137,10 @@ class Splice:
         self.budget = budget
         # When a frame last went through, by the loop's clock: for idle reaping.
         self.last_activity = asyncio.get_running_loop().time()
-        self._abort_reason = ""
+        # How the tunnel ends: the pumps feed it and do what it says.
+        self.state = TunnelState()
+        dial.end, accept.end = End.A, End.B
+        dial.machine = accept.machine = self.state
         # Futures of whoever waits for the end; made only when someone waits.
         self._waiters: list[asyncio.Future[None]] | None = None
         self._closed = False
@@ -127,55 +148,73 @@ class Splice:
 
     @property
     def half_closed(self) -> bool:
-        return self.dial.finished or self.accept.finished
+        return self.state.phase is Phase.HALF_CLOSED
 
-    def _other(self, leg: Leg) -> Leg:
-        return self.accept if leg is self.dial else self.dial
+    def _leg(self, end: End) -> Leg:
+        return self.dial if end is End.A else self.accept
+
+    def _name(self, leg: Leg) -> str:
+        return "dial" if leg is self.dial else "accept"
 
     async def run(self, src: Leg) -> None:
         """Pump src into the other leg in the calling handler, then wait for the other pump.
 
         The caller's RPC may end when this returns. A cancel from gRPC (src's
-        node went away) resets the tunnel and is raised again; a stop asked by
-        the other pump is not. One coroutine, not a pump awaited by a runner:
-        an idle tunnel holds two of these frames.
+        node went away) resets the tunnel and is raised again; a stop the
+        machine asked for is not. One coroutine, not a pump awaited by a
+        runner: an idle tunnel holds two of these frames.
         """
-        dst = self._other(src)
-        if src.state != _IDLE:
+        dst = self.accept if src is self.dial else self.dial
+        if src.pump != _IDLE:
             raise RuntimeError("a leg is pumped once")
-        if src.stopped:
-            # Stopped before it started: like a pump task cancelled before its first step.
-            src.state = _PUMPED
-            if dst.state == _PUMPED:
+        if self.state.done:
+            # Reset before it started: like a pump task cancelled before its first step.
+            src.pump = _PUMPED
+            if dst.pump == _PUMPED:
                 self._finish()
             await self.wait()
             return
-        src.task = asyncio.current_task()
-        src.state = _PUMPING
+        task = src.task = asyncio.current_task()
+        assert task is not None
+        src.pump = _PUMPING
         loop = asyncio.get_running_loop()
         to_serve = src is self.dial
-        name = "dial" if to_serve else "accept"
-        # How the last frame ended its direction, if it did. Kept instead of
-        # the frame: a 512 KiB frame held through a long wait is memory a
-        # stalled or idle tunnel need not pin.
-        kind: wire.FrameKind | None = None
-        reason = ""
-        cancelled = False
+        name = self._name(src)
+        data, fin, reset = (Event(src.end, kind) for kind in (Kind.DATA, Kind.FIN, Kind.RESET))
+        # A fin is being written to dst: if that fails, dst never got it.
+        writing_fin = False
+        gone = False
         try:
             try:
                 while True:
                     msg = await src.ctx.read()
                     if msg is grpc.aio.EOF:
+                        why = f"{_NODE[name]}'s stream ended without fin"
+                        await self._carry_out(self._feed(Event(src.end, Kind.ENDED)), why)
                         break
-                    if msg[:1] != wire.DATA_TAG and wire.terminal_kind(msg) is wire.FrameKind.RESET:
-                        # Its node cancels its call right after a reset:
-                        # forward it out of that cancel's reach (see _tell_reset).
-                        kind = wire.FrameKind.RESET
-                        await self._shielded(self._forward(dst, msg))
+                    # Only a frame not led by the data tag can end a direction.
+                    kind = None if msg[:1] == wire.DATA_TAG else wire.terminal_kind(msg)
+                    if kind is wire.FrameKind.RESET:
+                        log.debug(
+                            "tunnel %s serveid %s reset by the %s side",
+                            self.tunnel_id,
+                            self.serveid,
+                            name,
+                        )
+                        # Passed on as the bytes it came as, with its node's reason.
+                        await self._carry_out(self._feed(reset), "", msg)
                         break
+                    actions = self.state.receive(fin if kind is wire.FrameKind.FIN else data)
+                    if not actions or actions[0].do not in (Do.FORWARD, Do.SEND_FIN):
+                        # The machine allows nothing after a fin; the route
+                        # reads none, so this does not happen.
+                        await self._carry_out(actions, "frame after fin")
+                        break
+                    writing_fin = kind is wire.FrameKind.FIN
                     if self.budget is not None:
                         self._hold(src, len(msg), loop.time())
                     await dst.ctx.write(msg)
+                    writing_fin = False
                     if self.budget is not None:
                         self.budget.release(src)
                     self.last_activity = loop.time()
@@ -183,55 +222,54 @@ class Splice:
                         self.stats.bytes_to_serve += len(msg)
                     else:
                         self.stats.bytes_to_dialer += len(msg)
-                    kind = wire.terminal_kind(msg)
-                    # Nothing follows a fin or reset (route.proto), so the node
-                    # need not half-close as well: one call operation less at
-                    # each end of every tunnel.
-                    if msg[:1] != wire.DATA_TAG and kind is not None:
+                    # Nothing follows a fin (route.proto), so the node need not
+                    # half-close as well: one call operation less at each end
+                    # of every tunnel.
+                    if kind is not None:
                         break
                     # Not held while the next read waits (maybe for minutes).
                     del msg
-                # Only the last frame says how the direction ended.
-                if kind is wire.FrameKind.FIN:
-                    src.finished = dst.told = True
-                elif kind is wire.FrameKind.RESET:
-                    self.stats.resets += 1
-                    log.debug(
-                        "tunnel %s serveid %s reset by the %s side",
-                        self.tunnel_id,
-                        self.serveid,
-                        name,
-                    )
-                    self._stop(dst)
-                else:
-                    reason = f"{_NODE[name]}'s stream ended without fin"
+            except _Stopped:
+                await self._failed(src, dst, writing_fin, self.state.reason)
             except asyncio.CancelledError:
-                other = "accept" if to_serve else "dial"
-                reason = self._abort_reason or (
-                    f"{_NODE[other]} reset it" if src.stopped else f"{_NODE[name]} went away"
-                )
-                cancelled = True
+                # Ours (the machine stopped this reading) is taken back; any
+                # other (gRPC's: this handler's RPC is gone) goes on up.
+                gone = not src.cancelled or task.uncancel() > 0
+                why = f"{_NODE[name]} went away" if gone else self.state.reason
+                await self._failed(src, dst, writing_fin, why)
             except grpc.aio.BaseError:
                 # Core refused a read or write: one of the two calls had
                 # ended (its node cancelled it), usually the other one.
-                reason = "a stream of the tunnel had ended"
+                await self._failed(src, dst, writing_fin, "a stream of the tunnel had ended")
             except Exception as exc:  # noqa: BLE001 - any failure resets the tunnel
-                reason = f"{_NODE[name]}'s stream failed: {type(exc).__name__}"
-            if reason:
-                src.ending = True
-                await self._tell_reset(dst, reason)
-            # Our own stop is taken back; any other cancel (gRPC's: this
-            # handler's RPC is gone) goes on up.
-            if cancelled and (not src.stopped or src.task.uncancel() > 0):
+                why = f"{_NODE[name]}'s stream failed: {type(exc).__name__}"
+                await self._failed(src, dst, writing_fin, why)
+            if dst.pending is not None:
+                # A reset decided while this pump ran: it is dst's only writer.
+                why = dst.pending
+                log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, why)
+                await self._write_reset(dst, wire.encode_reset(why), why)
+            if gone:
                 raise asyncio.CancelledError
         finally:
             if self.budget is not None:
                 self.budget.release(src)
-            src.state = _PUMPED
+            if dst.pending is not None:
+                # Cut off before it could write it: dst's status says it.
+                self._missed(dst, dst.pending)
+                dst.pending = None
+            src.pump = _PUMPED
             src.task = None
-            if dst.state == _PUMPED:
+            if dst.pump == _PUMPED:
                 self._finish()
         await self.wait()
+
+    async def _failed(self, src: Leg, dst: Leg, writing_fin: bool, why: str) -> None:
+        """src's pump failed or was stopped: the tunnel is reset (if it has not
+        ended yet), and dst told. A fin cut off on its way did not reach dst."""
+        if writing_fin:
+            dst.why = why
+        await self._carry_out(self._feed(Event(src.end, Kind.FAILED, why)), why)
 
     def _hold(self, src: Leg, nbytes: int, now: float) -> None:
         """Book the write src's pump starts; reset whichever tunnels that puts over budget.
@@ -247,13 +285,13 @@ class Splice:
         _reset_all(budget.hold(src, self, node, 2 * nbytes, now, bulk))
         if budget.armed is None:
             _arm(budget)
-        if src.stopped:
+        if self.state.phase is Phase.RESET:
             # This tunnel was the one over budget: its write would only wait.
-            raise asyncio.CancelledError
+            raise _Stopped
 
     def reset_for_memory(self, reason: str) -> None:
         """Reset this tunnel: the route holds too much in stalled writes."""
-        if self._closed or self._abort_reason:
+        if self.state.done:
             return
         self.stats.memory_resets += 1
         log.info("tunnel %s serveid %s: %s; reset", self.tunnel_id, self.serveid, reason)
@@ -261,20 +299,16 @@ class Splice:
 
     async def lost(self, src: Leg) -> None:
         """src's handler is ending before its pump started (its node went away): reset."""
-        if src.state != _IDLE:
+        if src.pump != _IDLE:
             return
-        src.state = _PUMPED
-        dst = self._other(src)
+        src.pump = _PUMPED
+        dst = self.accept if src is self.dial else self.dial
         try:
-            if not src.stopped:
-                src.ending = True
-                await self._tell_reset(dst, f"{_NODE[self._name(src)]} went away")
+            why = f"{_NODE[self._name(src)]} went away"
+            await self._carry_out(self._feed(Event(src.end, Kind.FAILED, why)), why)
         finally:
-            if dst.state == _PUMPED:
+            if dst.pump == _PUMPED:
                 self._finish()
-
-    def _name(self, leg: Leg) -> str:
-        return "dial" if leg is self.dial else "accept"
 
     def _finish(self) -> None:
         if self._closed:
@@ -289,21 +323,39 @@ class Splice:
         self.on_done(self)
         log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
 
-    async def _tell_reset(self, dst: Leg, reason: str) -> None:
-        self.stats.resets += 1
-        log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, reason)
+    def _feed(self, event: Event) -> list[Action]:
+        """Tell the machine what an end did; count the tunnel's reset once, if this was it."""
+        was_done = self.state.done
+        actions = self.state.receive(event)
+        if not was_done and self.state.phase is Phase.RESET:
+            self.stats.resets += 1
+        return actions
+
+    async def _carry_out(self, actions: list[Action], why: str, frame: bytes = b"") -> None:
+        """Do, in order, what the machine said after an event of the current pump's leg.
+
+        Such an event only ever tells the leg this pump writes (a reset from
+        an end is told to the other end), so each leg keeps one writer.
+        FORWARD and SEND_FIN are the pump's own write of the frame it read.
+        """
+        for action in actions:
+            if action.do is Do.SEND_RESET:
+                assert action.end is not None
+                if not frame:
+                    log.debug("tunnel %s serveid %s reset: %s", self.tunnel_id, self.serveid, why)
+                await self._write_reset(self._leg(action.end), frame or wire.encode_reset(why), why)
+            else:
+                self._apply(action, why)
+
+    async def _write_reset(self, dst: Leg, frame: bytes, why: str) -> None:
+        dst.pending = None
         # In a task of its own: the handler running this is often being
         # cancelled by gRPC (its node just went away), and a cancel landing
         # mid-write would leave the write half done in core. Then dst's node
         # gets the reset but dst's RPC can neither write nor end with a status
         # (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS). So the write is let finish
         # (it is bounded) before the cancel goes on.
-        try:
-            await self._shielded(self._forward(dst, wire.encode_reset(reason)))
-        finally:
-            if not dst.told:
-                dst.why = reason
-            self._stop(dst)
+        await self._shielded(self._forward(dst, frame, why))
 
     @staticmethod
     async def _shielded(write: Coroutine[Any, Any, None]) -> None:
@@ -315,30 +367,54 @@ class Splice:
             await asyncio.wait({telling})
             raise
 
-    @staticmethod
-    async def _forward(dst: Leg, frame: bytes) -> None:
+    async def _forward(self, dst: Leg, frame: bytes, why: str) -> None:
         """Write a reset frame to dst; bounded: the far side may be gone or stuck."""
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(dst.ctx.write(frame), RESET_WRITE_TIMEOUT)
-            dst.told = True
+        except Exception:  # noqa: BLE001 - dst gone or stuck: its status says it instead
+            self._missed(dst, why)
+        else:
+            # The reset reached dst, even if a fin cut off before it did not.
+            dst.why = None
 
-    @staticmethod
-    def _stop(leg: Leg) -> None:
-        if leg.stopped or leg.ending or leg.state == _PUMPED:
-            return
-        leg.stopped = True
-        if (
-            leg.state == _PUMPING
-            and leg.task is not None
-            and leg.task is not asyncio.current_task()
-        ):
-            leg.task.cancel()
+    def _missed(self, leg: Leg, why: str) -> None:
+        """The reset meant for leg did not reach it: unless a fin did before, its
+        RPC's status must tell it instead (route/rpc.py end_unless_told)."""
+        fin_reached = self.state.flow(leg.end.other) is Flow.FINISHED and leg.why is None
+        if leg.why is None and not fin_reached:
+            leg.why = why
+
+    def _apply(self, action: Action, why: str) -> None:
+        """Do one of the machine's actions that needs no write from this task."""
+        if action.end is None:
+            return  # CLOSE: each handler's RPC ends as its pump and wait() return
+        leg = self._leg(action.end)
+        if action.do is Do.STOP_READING:
+            task = leg.task
+            if (
+                leg.pump == _PUMPING
+                and task is not None
+                and task is not asyncio.current_task()
+                and not leg.cancelled
+            ):
+                leg.cancelled = True
+                task.cancel()
+        elif action.do is Do.SEND_RESET:
+            # Written by leg's only writer, the other leg's pump, as it ends
+            # (the machine stops it too); if none runs, leg goes untold.
+            if self._leg(action.end.other).pump == _PUMPING:
+                leg.pending = why or f"{_NODE[self._name(leg)]} reset it"
+            else:
+                self._missed(leg, why)
 
     def abort(self, reason: str = "") -> None:
         """Reset both ends now."""
-        self._abort_reason = self._abort_reason or reason
-        for leg in (self.dial, self.accept):
-            self._stop(leg)
+        was_done = self.state.done
+        actions = self.state.cancel(reason)
+        if not was_done and self.state.done:
+            self.stats.resets += 1
+        for action in actions:
+            self._apply(action, reason)
 
     async def wait(self) -> None:
         """Until both pumps ended; a caller cancelled meanwhile resets the tunnel."""
