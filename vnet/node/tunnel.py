@@ -1,12 +1,15 @@
 """One tunnelled TCP connection on a node: the local socket <-> a gRPC stream.
 
-Two pumps, one per direction. Socket EOF becomes a fin frame (the far end
-shuts down its write side); a received fin shuts down ours. Anything abnormal
-(a socket error, a reset frame, the stream failing or ending without fin)
-resets the local socket with RST and cancels the call, which makes the route
-reset the far end: a truncated transfer never looks complete. When it was
-the local socket that failed, a reset frame saying so goes first (if no
-write is under way on the call), so the far node can tell its user why.
+Two pumps, one per direction, and one `TunnelState` (vnet/core/tunnel_state.py)
+that decides how the tunnel ends: end A is the local socket, end B the stream.
+The pumps feed it what they read and carry out what it returns, so socket EOF
+becomes a fin frame (the far end shuts down its write side), a received fin
+shuts down ours, and anything abnormal (a socket error, a reset frame, the
+stream failing or ending without fin, a frame after fin) resets the tunnel:
+the local socket gets an RST and the call is cancelled, which makes the route
+reset the far end, so a truncated transfer never looks complete. When it was
+the local socket that failed, a reset frame saying so goes first (if no write
+is under way on the call), so the far node can tell its user why.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from vnet import wire
 from vnet.core import pacing
 from vnet.core.errors import ProtocolError
+from vnet.core.tunnel_state import Do, End, Event, Kind, TunnelState
 from vnet.node.client import TunnelBroken, TunnelCall
 
 log = logging.getLogger(__name__)
@@ -126,22 +130,40 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+# What the pumps see most often, made once: a tunnel feeds one per read.
+_SOCKET_DATA = Event(End.A, Kind.DATA)
+_SOCKET_FIN = Event(End.A, Kind.FIN)
+_STREAM_DATA = Event(End.B, Kind.DATA)
+_STREAM_FIN = Event(End.B, Kind.FIN)
+_STREAM_ENDED = Event(End.B, Kind.ENDED)
+
+# The machine's reasons in this node's words, where its log has said more.
+_WORDING = {"ended without fin": "reset by the route: the stream ended without fin"}
+
+
 async def _upstream(
     reader: asyncio.StreamReader,
     call: TunnelCall,
+    state: TunnelState,
     counters: Counters,
     pacer: pacing.Pacer,
     sending: _Sending,
 ) -> None:
+    """The local socket (end A) into the call."""
     loop = asyncio.get_running_loop()
     lane = pacing.Lane()
     while True:
         try:
             data = await reader.read(pacer.read_size(lane, loop.time()))
         except OSError as exc:
+            # Fed to the machine by relay, which ranks it against the other pump's end.
             raise LocalFailure(exc) from None
         if not data:
             break
+        actions = state.receive(_SOCKET_DATA)
+        if not actions or actions[0].do is not Do.FORWARD:
+            # The tunnel ended meanwhile (the other pump saw to it): nothing more goes out.
+            return
         pacer.note(lane, len(data), loop.time())
         sending.writing = True
         await call.write(wire.encode_data(data))
@@ -155,41 +177,56 @@ async def _upstream(
         pause = pacer.pause(lane, nbytes, loop.time())
         if pause:
             await asyncio.sleep(pause)
-    # No half-close after it: the route stops reading at a fin, and the
-    # extra operation cost 7% of the tunnel setup rate.
-    sending.writing = sending.ended = True
-    await call.write(wire.FIN_FRAME)
+    for action in state.receive(_SOCKET_FIN):
+        if action.do is Do.SEND_FIN:
+            # No half-close after it: the route stops reading at a fin, and the
+            # extra operation cost 7% of the tunnel setup rate.
+            sending.writing = sending.ended = True
+            await call.write(wire.FIN_FRAME)
+        # CLOSE: relay closes the socket once both pumps are done.
 
 
-async def _downstream(call: TunnelCall, writer: asyncio.StreamWriter, counters: Counters) -> None:
-    got_fin = False
+async def _downstream(
+    call: TunnelCall, writer: asyncio.StreamWriter, state: TunnelState, counters: Counters
+) -> None:
+    """The call (end B) into the local socket. It reads on after a fin, to
+    the stream's end, so the machine sees a frame after fin."""
     while True:
         raw = await call.read()
+        payload: bytes | memoryview | str = b""
         if raw is None:
-            break
-        try:
-            kind, payload = wire.decode_frame(raw)
-        except ProtocolError as exc:
-            raise TunnelReset(str(exc)) from None
-        if got_fin:
-            raise TunnelReset("frame after fin")
-        if kind is wire.FrameKind.DATA:
-            try:
-                writer.write(payload)  # type: ignore[arg-type]
-                counters.bytes_in += len(payload)
-                # Not held through the next read, which may wait for minutes.
-                del raw, payload
-                await writer.drain()
-            except (OSError, RuntimeError) as exc:
-                raise LocalFailure(exc) from None
-        elif kind is wire.FrameKind.FIN:
-            got_fin = True
-            if writer.can_write_eof():
-                writer.write_eof()
+            event = _STREAM_ENDED
         else:
-            raise TunnelReset(f"reset by the far end: {payload!s}")
-    if not got_fin:
-        raise TunnelReset("reset by the route: the stream ended without fin")
+            try:
+                kind, payload = wire.decode_frame(raw)
+            except ProtocolError as exc:
+                event = Event(End.B, Kind.FAILED, str(exc))
+            else:
+                if kind is wire.FrameKind.DATA:
+                    event = _STREAM_DATA
+                elif kind is wire.FrameKind.FIN:
+                    event = _STREAM_FIN
+                else:
+                    event = Event(End.B, Kind.RESET, f"reset by the far end: {payload!s}")
+        for action in state.receive(event):
+            if action.do is Do.FORWARD:
+                try:
+                    writer.write(payload)  # type: ignore[arg-type]
+                    counters.bytes_in += len(payload)
+                    # Not held through the next read, which may wait for minutes.
+                    del raw, payload
+                    await writer.drain()
+                except (OSError, RuntimeError) as exc:
+                    raise LocalFailure(exc) from None
+            elif action.do is Do.SEND_FIN:
+                if writer.can_write_eof():
+                    writer.write_eof()
+            elif action.do is not Do.CLOSE:
+                # SEND_RESET / STOP_READING: the machine reset the tunnel;
+                # relay carries it out (RST the socket, cancel the call).
+                raise TunnelReset(_WORDING.get(state.reason, state.reason))
+        if event is _STREAM_ENDED:
+            return
 
 
 async def relay(
@@ -211,9 +248,12 @@ async def relay(
     """
     counters.opened += 1
     counters.open += 1
+    state = TunnelState()
     sending = _Sending()
-    up = asyncio.create_task(_upstream(reader, call, counters, pacer or pacing.Pacer(), sending))
-    down = asyncio.create_task(_downstream(call, writer, counters))
+    up = asyncio.create_task(
+        _upstream(reader, call, state, counters, pacer or pacing.Pacer(), sending)
+    )
+    down = asyncio.create_task(_downstream(call, writer, state, counters))
     reason = ""
     failure: LocalFailure | None = None
     try:
@@ -230,8 +270,18 @@ async def relay(
             reason = _describe(cause, local)
             if isinstance(cause, LocalFailure):
                 failure = cause
+                # SEND_RESET to the stream: the reset frame below, then the cancel.
+                state.receive(Event(End.A, Kind.FAILED, reason))
+            else:
+                # A no-op when a frame already reset the machine (TunnelReset).
+                state.receive(Event(End.B, Kind.FAILED, reason))
+            # A failed end cannot be told; it is torn down below all the same.
+            # A stream that fails after the machine closed (both fins passed
+            # on) is a reset too: the route did not confirm the close, so this
+            # end's data may not have arrived.
     except asyncio.CancelledError:
         reason = "reset: the node is stopping"
+        state.cancel(reason)
         raise
     finally:
         counters.open -= 1
