@@ -118,9 +118,6 @@ class Counters:
     bytes_in: int = 0
 
 
-_NO_COUNTERS = Counters()
-
-
 def reset_socket(writer: asyncio.StreamWriter) -> None:
     """Close the local connection with RST, so the application sees an error."""
     sock = writer.get_extra_info("socket")
@@ -235,7 +232,7 @@ async def relay(
     call: TunnelCall,
     label: str,
     fields: dict[str, object] | None = None,
-    counters: Counters = _NO_COUNTERS,
+    counters: Counters | None = None,
     pacer: pacing.Pacer | None = None,
     local: str = "the client",
 ) -> bool:
@@ -246,6 +243,8 @@ async def relay(
     serveid, tunnel) as structured fields for JSON logs. `local` names the
     local end in those reasons ("the client", "the service").
     """
+    # A tunnel of no use (an unserve's, a test's) counts into a throwaway of its own.
+    counters = counters if counters is not None else Counters()
     counters.opened += 1
     counters.open += 1
     state = TunnelState()
