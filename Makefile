@@ -32,8 +32,8 @@ check-generated: venv
 	rm -rf .gen-check
 
 lint: venv buf-lint
-	$(PY) -m ruff check vnet tests bench tools
-	$(PY) -m ruff format --check vnet tests bench tools
+	$(PY) -m ruff check vnet tests bench tools harness
+	$(PY) -m ruff format --check vnet tests bench tools harness
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 
