@@ -54,7 +54,7 @@ bench-wan: venv
 	$(PY) -m bench.wan $(ARGS)
 
 soak: venv
-	$(PY) tools/soak.py $(ARGS)
+	$(PY) -m tools.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .gen-check build *.egg-info .pytest_cache .mypy_cache .ruff_cache
