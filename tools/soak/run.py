@@ -13,11 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.procs import (
-    HOST,
-    free_port,
-    rss_kib,
-)
+from harness.procs import HOST, free_port, rss_kib
 from tools.soak.fleet import OFFICES, Fleet, SoakError, tunnels_open
 from tools.soak.load import (
     MIB,

@@ -7,9 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from harness.procs import (
-    HOST,
-)
+from harness.procs import HOST
 from tools.soak.load import HEADER, MAX_SIZE, MIB, READ, Lost, Source, discard, receive, send_view
 from vnet.node.tunnel import reset_socket
 
