@@ -32,8 +32,8 @@ check-generated: venv
 	rm -rf .gen-check
 
 lint: venv buf-lint
-	$(PY) -m ruff check vnet tests bench tools
-	$(PY) -m ruff format --check vnet tests bench tools
+	$(PY) -m ruff check vnet tests bench tools harness
+	$(PY) -m ruff format --check vnet tests bench tools harness
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 
@@ -54,7 +54,7 @@ bench-wan: venv
 	$(PY) -m bench.wan $(ARGS)
 
 soak: venv
-	$(PY) tools/soak.py $(ARGS)
+	$(PY) -m tools.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .gen-check build *.egg-info .pytest_cache .mypy_cache .ruff_cache

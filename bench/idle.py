@@ -9,34 +9,19 @@ waits (bounded) for vnet to tear them down before anything else is measured.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bench.client import Address
 from bench.paths import BenchPath
 from bench.procs import BenchError, Children
+from harness.procs import fd_count, rss_kib
 
 # Tunnels set up at once: enough to keep vnet busy, few enough for office's listen backlog.
 BATCH = 64
 ROLES = ("vnet route", "vnet office", "vnet home")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 @dataclass
@@ -79,7 +64,7 @@ def _settle(pids: dict[str, int], base_fds: dict[str, int], timeout: float) -> b
     """Wait until office and home hold no more fds than before the test (tunnels torn down)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_fds(pids[r]) <= base_fds[r] + 8 for r in ("vnet office", "vnet home")):
+        if all(fd_count(pids[r]) <= base_fds[r] + 8 for r in ("vnet office", "vnet home")):
             return True
         time.sleep(0.2)
     return False
@@ -90,7 +75,7 @@ def run(
 ) -> IdleResult:
     pids = {role: path.processes[role] for role in ROLES}
     base = {role: rss_kib(pid) for role, pid in pids.items()}
-    base_fds = {role: _fds(pid) for role, pid in pids.items()}
+    base_fds = {role: fd_count(pid) for role, pid in pids.items()}
     result = IdleResult()
     socks: list[socket.socket] = []
     confirmed = 0  # tunnels whose echo came back

@@ -15,12 +15,12 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from bench import client
 from bench.client import Address
 from bench.paths import BenchPath
 from bench.procs import BenchError
+from harness.procs import rss_kib
 
 STALL_BYTES = 256 * 1024 * 1024
 CONTROL_PINGS = 50
@@ -72,13 +72,6 @@ def _control_pings(route: Address) -> list[float]:
     return asyncio.run(run())
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @dataclass
 class Figures:
     bulk: float
@@ -100,7 +93,7 @@ def _measure(path: BenchPath, nbytes: int, pings: int) -> Figures:
         ping_p99=samples[min(len(samples) - 1, int(0.99 * len(samples)))],
         control_p50=statistics.median(control),
         control_max=control[-1],
-        route_rss=_rss_mib(path.processes["vnet route"]),
+        route_rss=rss_kib(path.processes["vnet route"]) / 1024,
     )
 
 

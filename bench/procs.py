@@ -1,4 +1,5 @@
-"""Child processes of a benchmark run: free ports, start, readiness polling, cleanup.
+"""Child processes of a benchmark run, on harness.procs: the bench's own parts are its error
+type, CPU accounting of process groups, readiness probes and the vnet trio's configs.
 
 Every child gets its own session (process group) so that a Ctrl-C in the terminal reaches only
 the bench, which then stops the children itself, and so that socat's per-connection forks are
@@ -7,75 +8,31 @@ stopped with their parent.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from harness.procs import HOST, Child, free_port, spawn, stop_all
+from harness.procs import command as console_script
+
+__all__ = ["HOST", "BenchError", "Child", "Children", "command", "free_port", "wait_ready"]
+
 MAX_TUNNELS = 20_000
-_taken: set[int] = set()
 
 
 class BenchError(Exception):
     """A run cannot go on: a child died, a wait timed out, or a reply was wrong."""
 
 
-def ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port() -> int:
-    """A currently free port outside the ephemeral range.
-
-    The run opens thousands of short connections; a listener on an ephemeral port could collide
-    with one of their local ports, or with a lingering TIME_WAIT, between choosing and binding.
-    """
-    lo, hi = ephemeral_range()
-    pools = [(20000, lo - 1)] if lo > 21000 else []
-    if hi < 64535:
-        pools.append((hi + 1, 65535))
-    for _ in range(500):
-        if not pools:
-            break
-        start, end = random.choice(pools)
-        port = random.randint(start, end)
-        if port in _taken:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = int(probe.getsockname()[1])
-    _taken.add(port)
-    return port
-
-
 def command(name: str, module_args: Sequence[str]) -> list[str]:
-    """The installed console script next to this interpreter, else `python -m vnet`."""
-    script = Path(sys.executable).parent / name
-    if script.exists():
-        return [str(script)]
-    found = shutil.which(name)
-    if found:
-        return [found]
+    """The installed console script (next to this interpreter, else on PATH), else
+    `python -m vnet`."""
+    script = console_script(name)
+    if Path(script).exists():
+        return [script]
     return [sys.executable, "-m", "vnet", *module_args]
 
 
@@ -105,21 +62,6 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 @dataclass
-class Child:
-    name: str
-    argv: list[str]
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:]) or "(empty log)"
-
-
-@dataclass
 class Children:
     """Every process the run started; stop_all() ends each of them, whatever happened."""
 
@@ -128,18 +70,7 @@ class Children:
     started: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str]) -> Child:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=self.env,
-                start_new_session=True,
-            )
-        child = Child(name, argv, proc, log)
+        child = spawn(name, argv, self.workdir / f"{name}.log", self.workdir, self.env, True)
         self.started.append(child)
         return child
 
@@ -159,25 +90,8 @@ class Children:
                 )
 
     def stop_all(self, grace: float = 5.0) -> None:
-        for child in self.started:
-            _signal_group(child, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-        for child in self.started:
-            # Also reaches socat's forked children, which share its process group.
-            _signal_group(child, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(2.0)
-
-
-def _signal_group(child: Child, sig: signal.Signals) -> None:
-    # The group id is the child's pid (start_new_session); signal it only while the child is
-    # unreaped, so the id cannot have been reused by an unrelated process.
-    if child.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.proc.pid, sig)
+        # Group signals: they also reach socat's forked children, which share its group.
+        stop_all(self.started, grace)
 
 
 def wait_ready(

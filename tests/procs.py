@@ -1,53 +1,18 @@
-"""Running the real `vnet-route` and `vnet` commands as subprocesses."""
+"""Running the real `vnet-route` and `vnet` commands as subprocesses: the pytest side of
+harness.procs (a per-test directory, unique log names, one-shot commands, cleanup)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from harness.procs import Child, command, spawn, unbuffered_env
 
+# A started command, as the tests name it.
+Proc = Child
 
-def command(name: str) -> str:
-    """A console script of this venv (vnet, vnet-route, grpcurl)."""
-    return str(BIN / name)
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def wait_for_line(self, text: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if self.proc.returncode is not None:
-                raise AssertionError(f"{self.name} exited early:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} never logged {text!r}:\n{self.output()}")
-            await asyncio.sleep(0.02)
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        assert self.proc.returncode is not None
-        return self.proc.returncode
+__all__ = ["Proc", "Procs", "command", "node_ini"]
 
 
 class Procs:
@@ -71,18 +36,9 @@ class Procs:
         while unique in taken:
             n += 1
             unique = f"{name}-{n}"
-        name = unique
-        log = self.tmp / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                cwd=cwd or self.tmp,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )
-        started = Proc(name, proc, log)
+        started = spawn(
+            unique, args, self.tmp / f"{unique}.log", cwd or self.tmp, unbuffered_env(env)
+        )
         self.procs.append(started)
         return started
 

@@ -9,13 +9,13 @@ default listen backlog (100), as many real services have: a serving node that di
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import resource
 from pathlib import Path
 
 import pytest
 
+from harness.procs import fd_count
 from tests.conftest import TIMEOUT, free_port, wait_until
 from tests.procs import Procs, command, node_ini
 from tests.rawclient import Raw
@@ -55,10 +55,6 @@ async def _burst(port: int, count: int) -> None:
     assert not wrong, f"{len(wrong)} of {count} came back different, e.g. conn {wrong[0]}"
 
 
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 @pytest.fixture
 def many_files() -> None:
     # 2,000 clients and the target's 2,000 sockets live in this process.
@@ -88,13 +84,13 @@ async def test_bursts_of_1000_and_2000_connections_all_pass(procs: Procs, tmp_pa
     office = await procs.start("office", command("vnet"), "office.ini")
     await office.wait_for_line(f"listening on 127.0.0.1:{use}")
     nodes = (home.proc.pid, office.proc.pid)
-    idle = {pid: _fds(pid) for pid in nodes}
+    idle = {pid: fd_count(pid) for pid in nodes}
     # Under max_tunnels_per_node (2048), so every one of them must pass.
     for count in (1000, 2000):
         await _burst(use, count)
         # The first burst's tunnels closed before the second counts against the cap.
         await wait_until(
-            lambda: all(_fds(pid) <= idle[pid] + 8 for pid in nodes), "tunnels to close", 60
+            lambda: all(fd_count(pid) <= idle[pid] + 8 for pid in nodes), "tunnels to close", 60
         )
     assert "reset" not in home.output(), home.output()[-2000:]
     await echo.close()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.procs import spawn
 from tests.conftest import free_port
-from tests.procs import Proc
 from vnet import __version__
 
 pytestmark = pytest.mark.e2e
@@ -161,18 +161,13 @@ async def test_wheel_installs_and_runs_outside_the_repo(tmp_path: Path) -> None:
 
     port = free_port()
     (outside / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n")
-    log = outside / "route.log"
-    with open(log, "wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            str(bin_dir / "vnet-route"),
-            "route.ini",
-            cwd=outside,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-    route = Proc("vnet-route", proc, log)
+    route = spawn(
+        "vnet-route",
+        [str(bin_dir / "vnet-route"), "route.ini"],
+        outside / "route.log",
+        outside,
+        env,
+    )
     try:
         await route.wait_for_line(f"route listening on 127.0.0.1:{port}")
     finally:

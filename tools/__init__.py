@@ -1,0 +1,1 @@
+"""Developer tools: code generation (gen.py) and the soak (soak/); not part of the vnet package."""
