@@ -18,7 +18,7 @@ import pytest
 from tests.procs import Procs
 from vnet.core.config import (
     NodeConfig,
-    RouteConfig,
+    RouteEndpoint,
     RouteLimits,
     ServeConfig,
     UseConfig,
@@ -106,7 +106,7 @@ class MakeRoute:
     ) -> RunningRoute:
         values = {"join": TIMEOUT, "accept": TIMEOUT, "stop_grace": 0.5, **timeouts}
         running = await start_route(
-            RouteConfig(ip, port), RouteTimeouts(**values), security, limits, metrics, clock
+            RouteEndpoint(ip, port), RouteTimeouts(**values), security, limits, metrics, clock
         )
         self.started.append(running)
         return running
@@ -170,7 +170,7 @@ async def make_node(make_route: MakeRoute) -> AsyncIterator[MakeNode]:
             port = route if isinstance(route, int) else route.port
             config = NodeConfig(
                 path="(test)",
-                route=RouteConfig("127.0.0.1", port),
+                route=RouteEndpoint("127.0.0.1", port),
                 vnet=vnet or VnetConfig(name=name, group=group),
                 serves=tuple(serves),
                 uses=tuple(uses),

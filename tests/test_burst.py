@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 
 from harness.procs import fd_count
-from tests.conftest import TIMEOUT, free_port, wait_until
+from tests.conftest import TIMEOUT, MakeRoute, free_port, wait_until
 from tests.procs import Procs, command, node_ini
 from tests.rawclient import Raw
 from tests.services import echo_server, read_exactly_or_eof
 from vnet import wire
-from vnet.core.config import RouteConfig
-from vnet.route.server import RouteTimeouts, start_route
 
 # Per burst: seconds on this 2-core box; bounded generously for a loaded one.
 BURST_DEADLINE = 120.0
@@ -96,13 +94,11 @@ async def test_bursts_of_1000_and_2000_connections_all_pass(procs: Procs, tmp_pa
     await echo.close()
 
 
-async def test_a_node_working_through_a_queue_of_tunnels_loses_none() -> None:
+async def test_a_node_working_through_a_queue_of_tunnels_loses_none(make_route: MakeRoute) -> None:
     """The accept deadline follows the node's progress, not the Dial alone: a node that
     answers open_tunnel after open_tunnel, each within the deadline of the one before,
     gets every tunnel, though the last comes long after the deadline from its Dial."""
-    route = await start_route(
-        RouteConfig("127.0.0.1", 0), RouteTimeouts(accept=0.5, stop_grace=0.1)
-    )
+    route = await make_route(accept=0.5, stop_grace=0.1)
     home, office = Raw(route.port), Raw(route.port)
     try:
         _, home_md, control = await home.join_and_serve(None, 700, group="g")
@@ -128,4 +124,3 @@ async def test_a_node_working_through_a_queue_of_tunnels_loses_none() -> None:
     finally:
         await home.close()
         await office.close()
-        await route.stop()

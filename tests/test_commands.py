@@ -24,7 +24,7 @@ from vnet.core.commands import (
 )
 from vnet.core.config import (
     NodeConfig,
-    RouteConfig,
+    RouteEndpoint,
     ServeConfig,
     UseConfig,
     VnetConfig,
@@ -364,7 +364,7 @@ def test_help() -> None:
 
 FULL = NodeConfig(
     path="full.ini",
-    route=RouteConfig("10.12.140.180", 7749),
+    route=RouteEndpoint("10.12.140.180", 7749),
     vnet=VnetConfig(name="local-ssh", group="default-ssh", terminal=True, startserve=False),
     serves=(
         ServeConfig("ssh", 22, serveid=700, info="home ssh", name="ssh"),
@@ -413,7 +413,7 @@ def test_example_files_round_trip(path: str) -> None:
 
 def test_render_writes_other_fields_only_when_not_default() -> None:
     # The original's [vnet] keys always; fields it did not have only when set.
-    plain = render(NodeConfig("x.ini", RouteConfig(), VnetConfig()))
+    plain = render(NodeConfig("x.ini", RouteEndpoint(), VnetConfig()))
     vnet_keys = plain.split("[vnet]\n")[1].split("\n\n")[0].splitlines()
     assert [line.partition("=")[0] for line in vnet_keys] == [
         "name",
@@ -425,7 +425,7 @@ def test_render_writes_other_fields_only_when_not_default() -> None:
         "unserve_remote",
         "unserve_num",
     ]
-    tls = NodeConfig("x.ini", RouteConfig(), VnetConfig(tls=True, tls_ca="ca.pem"))
+    tls = NodeConfig("x.ini", RouteEndpoint(), VnetConfig(tls=True, tls_ca="ca.pem"))
     text = render(tls)
     assert "tls=true\ntls_ca=ca.pem\n" in text
     assert parse_node_config("x.ini", text) == tls
@@ -434,14 +434,14 @@ def test_render_writes_other_fields_only_when_not_default() -> None:
 def test_a_config_that_cannot_be_written_back_is_refused() -> None:
     bad = NodeConfig(
         "x.ini",
-        RouteConfig(),
+        RouteEndpoint(),
         VnetConfig(),
         serves=(ServeConfig("a", 1, name="same"), ServeConfig("b", 2, name="same")),
     )
     with pytest.raises(ConfigError, match=r"\[serve.b\] name: 'same' is already the name of"):
         checked(bad)
     tricky = NodeConfig(
-        "x.ini", RouteConfig(), VnetConfig(), serves=(ServeConfig("a", 1, info="x ; y"),)
+        "x.ini", RouteEndpoint(), VnetConfig(), serves=(ServeConfig("a", 1, info="x ; y"),)
     )
     with pytest.raises(ConfigError, match="would not read back"):
         checked(tricky)
@@ -459,7 +459,7 @@ def test_saving_keeps_what_only_the_file_holds() -> None:
         "route": {"token_env": "VNET_TOKEN"},
         "group.team": {"token_file": "/etc/vnet/team"},
     }
-    config = NodeConfig("s.ini", RouteConfig("0.0.0.0", 7749), VnetConfig(name="a"))
+    config = NodeConfig("s.ini", RouteEndpoint("0.0.0.0", 7749), VnetConfig(name="a"))
     text = render(config, extras)
     assert "[route]\nip=0.0.0.0\nport=7749\ntoken_env=VNET_TOKEN\n" in text
     assert "[group.team]\ntoken_file=/etc/vnet/team\n" in text

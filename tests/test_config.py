@@ -8,7 +8,7 @@ import pytest
 
 from vnet.core.config import (
     NodeConfig,
-    RouteConfig,
+    RouteEndpoint,
     ServeConfig,
     UseConfig,
     VnetConfig,
@@ -56,7 +56,7 @@ def test_original_example_parses() -> None:
     config = parse_node_config("config.ini", ORIGINAL)
     assert config == NodeConfig(
         path="config.ini",
-        route=RouteConfig("127.0.0.1", 7749),
+        route=RouteEndpoint("127.0.0.1", 7749),
         vnet=VnetConfig(
             name="xiao",
             group="default",
@@ -112,11 +112,11 @@ def test_use_without_serveid_is_disabled_with_a_warning() -> None:
 
 
 def test_route_defaults_without_a_file() -> None:
-    assert parse_route_config("(defaults)", None).listen == RouteConfig("127.0.0.1", 7749)
+    assert parse_route_config("(defaults)", None).listen == RouteEndpoint("127.0.0.1", 7749)
 
 
 def test_route_reads_only_route_section() -> None:
-    assert parse_route_config("c.ini", ORIGINAL).listen == RouteConfig("127.0.0.1", 7749)
+    assert parse_route_config("c.ini", ORIGINAL).listen == RouteEndpoint("127.0.0.1", 7749)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from tests.services import (
 from vnet.console.executor import Outcome, run_script
 from vnet.console.prompt import Console, VnetCompleter, console_logging, history_path
 from vnet.core.commands import CompletionData
-from vnet.core.config import NodeConfig, RouteConfig, ServeConfig, VnetConfig, parse_node_config
+from vnet.core.config import NodeConfig, RouteEndpoint, ServeConfig, VnetConfig, parse_node_config
 from vnet.node.node import Node, NodeTimeouts
 from vnet.route.server import RunningRoute
 
@@ -635,7 +635,7 @@ async def test_script_runs_commands_against_the_route(
 
 async def test_script_when_the_route_is_down(make_node: MakeNode, tmp_path: Path) -> None:
     port = free_port()
-    config = NodeConfig("(test)", RouteConfig("127.0.0.1", port), VnetConfig())
+    config = NodeConfig("(test)", RouteEndpoint("127.0.0.1", port), VnetConfig())
     err: list[str] = []
     started = time.monotonic()
     node = await make_node(config=config, timeouts=NodeTimeouts(connect=0.5), start=False)

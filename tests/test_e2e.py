@@ -273,13 +273,13 @@ async def test_make_demo_check(procs: Procs) -> None:
 
 
 async def test_node_exits_when_the_route_is_unreachable_in_process(make_node: MakeNode) -> None:
-    from vnet.core.config import NodeConfig, RouteConfig, VnetConfig
+    from vnet.core.config import NodeConfig, RouteEndpoint, VnetConfig
     from vnet.core.errors import RouteUnavailable
     from vnet.node.node import NodeTimeouts
 
     port = free_port()
     node = await make_node(
-        config=NodeConfig("(test)", RouteConfig("127.0.0.1", port), VnetConfig()),
+        config=NodeConfig("(test)", RouteEndpoint("127.0.0.1", port), VnetConfig()),
         timeouts=NodeTimeouts(connect=0.5),
         start=False,
     )

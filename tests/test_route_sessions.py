@@ -8,23 +8,19 @@ import logging
 import grpc
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import MakeRoute, wait_until
 from tests.rawclient import Raw, status_of
-from vnet.core.config import RouteConfig
-from vnet.route.server import RouteTimeouts, start_route
 from vnetrpc.v1 import route_pb2 as pb
 
 
 async def test_a_session_without_its_control_stream_expires_on_the_routes_clock(
-    caplog: pytest.LogCaptureFixture,
+    make_route: MakeRoute, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "vnet.route.service")
     now = [500.0]
     # The route looks once a second (real time) and decides by its clock: a
     # minute of it passes here in moments.
-    route = await start_route(
-        RouteConfig("127.0.0.1", 0), RouteTimeouts(join=60.0, stop_grace=0.2), clock=lambda: now[0]
-    )
+    route = await make_route(join=60.0, stop_grace=0.2, clock=lambda: now[0])
     raw = Raw(route.port)
     quiet = await raw.join(None, group="g", name="quiet")
     talker = await raw.join(None, group="g", name="talker")
@@ -49,4 +45,3 @@ async def test_a_session_without_its_control_stream_expires_on_the_routes_clock(
     control.cancel()
     with contextlib.suppress(grpc.aio.AioRpcError):
         await raw.close()
-    await route.stop()

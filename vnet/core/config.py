@@ -37,7 +37,7 @@ STATIC_SERVEID_MIN = 500
 
 
 @dataclass(frozen=True)
-class RouteConfig:
+class RouteEndpoint:
     """[route]: where the route listens, and where nodes connect."""
 
     ip: str = DEFAULT_ROUTE_IP
@@ -77,7 +77,7 @@ class RouteSettings:
     """Everything the route process reads: where to listen, and who may join."""
 
     path: str
-    listen: RouteConfig
+    listen: RouteEndpoint
     # A token valid for every group; token_env / token_file give it indirectly.
     token: str = ""
     token_env: str = ""
@@ -167,7 +167,7 @@ class NodeConfig:
     """Everything a node reads from its file."""
 
     path: str
-    route: RouteConfig
+    route: RouteEndpoint
     vnet: VnetConfig
     serves: tuple[ServeConfig, ...] = ()
     uses: tuple[UseConfig, ...] = ()
@@ -185,7 +185,7 @@ def _keys(
 # new setting is one field (plus its reading in the parser below).
 SECRET_KEYS = frozenset({"token", "token_env", "token_file"})
 ROUTE_KEYS = _keys(
-    RouteConfig,
+    RouteEndpoint,
     RouteSettings,
     RouteLimits,
     # Read into other records, or not keys at all.
@@ -325,15 +325,15 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
 
 def _route(
     problems: Problems, sections: Mapping[str, Section]
-) -> tuple[RouteConfig, SectionReader]:
+) -> tuple[RouteEndpoint, SectionReader]:
     """[route], required in a file: both the route and its nodes need ip and port."""
     section = sections.get("route")
     sec = SectionReader(problems, "route", section, ROUTE_KEYS)
     if section is None:
         problems.error(None, "route", None, "section is missing")
-        return RouteConfig(), sec
+        return RouteEndpoint(), sec
     sec.require("ip")
-    return RouteConfig(ip=sec.host("ip", DEFAULT_ROUTE_IP), port=sec.port("port")), sec
+    return RouteEndpoint(ip=sec.host("ip", DEFAULT_ROUTE_IP), port=sec.port("port")), sec
 
 
 def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
@@ -408,7 +408,7 @@ def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
     """
     problems = Problems(path)
     if text is None:
-        return Checked(RouteSettings(path=path, listen=RouteConfig()), problems, {})
+        return Checked(RouteSettings(path=path, listen=RouteEndpoint()), problems, {})
     sections = read_ini(text, problems)
     known = _check_section_kinds(sections, problems)
     listen, sec = _route(problems, sections)

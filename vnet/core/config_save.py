@@ -129,10 +129,10 @@ def extras_of(text: str) -> Extras:
 
 
 def _modelled_keys() -> dict[str, frozenset[str]]:
-    from vnet.core.config import RouteConfig, VnetConfig
+    from vnet.core.config import RouteEndpoint, VnetConfig
 
     return {
-        "route": frozenset(f.name for f in dataclasses.fields(RouteConfig)),
+        "route": frozenset(f.name for f in dataclasses.fields(RouteEndpoint)),
         "vnet": frozenset(f.name for f in dataclasses.fields(VnetConfig)),
     }
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
-from vnet.core.config import RouteConfig, RouteLimits
+from vnet.core.config import RouteEndpoint, RouteLimits
 from vnet.metrics import MetricsServer, serve_metrics
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer, RouteTimeouts
@@ -59,7 +59,7 @@ class RunningRoute:
             await asyncio.to_thread(self.metrics.close)
 
 
-def _check_bindable(config: RouteConfig) -> None:
+def _check_bindable(config: RouteEndpoint) -> None:
     """Fail with the OS's reason before gRPC does: it only logs a vague line."""
     try:
         infos = socket.getaddrinfo(
@@ -78,7 +78,7 @@ def _check_bindable(config: RouteConfig) -> None:
 
 
 async def start_route(
-    config: RouteConfig,
+    config: RouteEndpoint,
     timeouts: RouteTimeouts | None = None,
     security: RouteSecurity | None = None,
     limits: RouteLimits | None = None,
