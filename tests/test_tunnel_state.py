@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,7 +22,7 @@ from vnet.core.tunnel_state import Action, Do, End, Event, Flow, Kind, Phase, Tu
 A, B = End.A, End.B
 
 
-def kinds(actions: list[Action]) -> list[tuple[Do, End | None]]:
+def kinds(actions: Sequence[Action]) -> list[tuple[Do, End | None]]:
     return [(a.do, a.end) for a in actions]
 
 
@@ -259,7 +260,7 @@ class Net:
             event = Event(stream, kind, "reset by peer")
         self._node_do(which, state.receive(event), msg)
 
-    def _node_do(self, which: str, actions: list[Action], msg: tuple[object, ...]) -> None:
+    def _node_do(self, which: str, actions: Sequence[Action], msg: tuple[object, ...]) -> None:
         state, sock, stream, to_app, to_route = self._node(which)
         for action in actions:
             if action.do is Do.FORWARD:
@@ -303,7 +304,7 @@ class Net:
         state, *_ = self._node(which)
         self._node_do(which, state.cancel("node stopping"), ("none",))
 
-    def _route_do(self, actions: list[Action], msg: tuple[object, ...]) -> None:
+    def _route_do(self, actions: Sequence[Action], msg: tuple[object, ...]) -> None:
         for action in actions:
             link = "r>na" if action.end is A else "r>nb"
             if action.do is Do.FORWARD:

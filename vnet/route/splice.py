@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,7 +323,7 @@ class Splice:
         self.on_done(self)
         log.debug("tunnel %s serveid %s closed", self.tunnel_id, self.serveid)
 
-    def _feed(self, event: Event) -> list[Action]:
+    def _feed(self, event: Event) -> Sequence[Action]:
         """Tell the machine what an end did; count the tunnel's reset once, if this was it."""
         was_done = self.state.done
         actions = self.state.receive(event)
@@ -331,7 +331,7 @@ class Splice:
             self.stats.resets += 1
         return actions
 
-    async def _carry_out(self, actions: list[Action], why: str, frame: bytes = b"") -> None:
+    async def _carry_out(self, actions: Sequence[Action], why: str, frame: bytes = b"") -> None:
         """Do, in order, what the machine said after an event of the current pump's leg.
 
         Such an event only ever tells the leg this pump writes (a reset from
