@@ -259,3 +259,20 @@ async def send_until_reset(port: int, timeout: float = 10.0) -> None:
             await read_until_reset(reader)
         finally:
             writer.close()
+
+
+async def echo_ok(port: int, size: int) -> bool:
+    """One echo of size bytes through 127.0.0.1:port comes back whole, within 2 s."""
+    writer = None
+    try:
+        async with asyncio.timeout(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = pattern(size, seed=port)
+            writer.write(body)
+            writer.write_eof()
+            return await read_exactly_or_eof(reader) == body
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()

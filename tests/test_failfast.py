@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import TIMEOUT, free_port, wait_until
 from tests.procs import Proc, Procs, command, node_ini
-from tests.services import echo_server, pattern, read_exactly_or_eof
+from tests.services import echo_ok, echo_server
 from vnet.core.unanswered import (
     BACKLOG_ALLOWANCE,
     FORGET_AFTER,
@@ -240,22 +240,6 @@ async def test_each_start_up_mistake_gets_one_line_with_its_fix(
 # --- a frozen serving node ---------------------------------------------------------
 
 
-async def _echo_ok(port: int) -> bool:
-    writer = None
-    try:
-        async with asyncio.timeout(2):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            body = pattern(10_000, seed=port)
-            writer.write(body)
-            writer.write_eof()
-            return await read_exactly_or_eof(reader) == body
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 async def _reset_at_once(port: int) -> bool:
     """Whether a new connection through the use is reset (not left hanging)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -289,7 +273,7 @@ async def test_clients_of_a_frozen_node_are_reset_until_it_answers(
     home: Proc = await procs.start("home", command("vnet"), "home.ini")
     office = await procs.start("office", command("vnet"), "office.ini")
     await office.wait_for_line(f"listening on 127.0.0.1:{use}")
-    assert await _echo_ok(use)
+    assert await echo_ok(use, 10_000)
 
     home.proc.send_signal(signal.SIGSTOP)
     try:
@@ -306,6 +290,6 @@ async def test_clients_of_a_frozen_node_are_reset_until_it_answers(
         home.proc.send_signal(signal.SIGCONT)
     first.close()
     await wait_until(
-        lambda: _echo_ok(use), "the serve to work again after SIGCONT", 3 * TIMEOUT, 0.1
+        lambda: echo_ok(use, 10_000), "the serve to work again after SIGCONT", 3 * TIMEOUT, 0.1
     )
     await echo.close()

@@ -12,12 +12,11 @@ import pytest
 from tests.conftest import TIMEOUT, free_port, wait_until
 from tests.procs import Procs, command, node_ini
 from tests.services import (
+    echo_ok,
     echo_server,
     endless_source_server,
     exchange,
     exchange_server,
-    pattern,
-    read_exactly_or_eof,
 )
 from vnet.node.client import RouteClient
 
@@ -27,26 +26,10 @@ pytestmark = pytest.mark.e2e
 RECOVERY = 30.0
 
 
-async def _echo_ok(port: int) -> bool:
-    writer = None
-    try:
-        async with asyncio.timeout(2):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            body = pattern(50_000, seed=port)
-            writer.write(body)
-            writer.write_eof()
-            return await read_exactly_or_eof(reader) == body
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 async def _until_echo_works(port: int, within: float) -> float:
     """Seconds until an echo through 127.0.0.1:port works (for the log)."""
     start = time.monotonic()
-    await wait_until(lambda: _echo_ok(port), f"127.0.0.1:{port} to work again", within, 0.1)
+    await wait_until(lambda: echo_ok(port, 50_000), f"127.0.0.1:{port} to work again", within, 0.1)
     return time.monotonic() - start
 
 
