@@ -94,21 +94,17 @@ class Stalled:
         assert got == self.block * self.sent, "the echo differs from what was sent"
 
 
-@pytest.mark.timeout(500)
-async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything(
-    procs: Procs, tmp_path: Path
-) -> None:
-    echo = await _echo()
+async def _trio(
+    procs: Procs, tmp_path: Path, echo_port: int, route_extra: str
+) -> tuple[Proc, Proc, Proc, int]:
+    """A route ([route] lines route_extra), home serving the echo as 700, office
+    using it: the processes and the use's port, once it listens."""
     port, use = free_port(), free_port()
-    # A budget beyond what 200 stalled tunnels hold: this measures what each
-    # one costs, and that nothing is lost; the next test is the budget's.
-    (tmp_path / "route.ini").write_text(
-        f"[route]\nip=127.0.0.1\nport={port}\ntunnel_memory=100000\ntunnel_memory_per_node=100000\n"
-    )
+    (tmp_path / "route.ini").write_text(f"[route]\nip=127.0.0.1\nport={port}\n{route_extra}")
     route = await procs.start("route", command("vnet-route"), "route.ini")
     await route.wait_for_line("route listening on")
     (tmp_path / "home.ini").write_text(
-        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo.port}\n")
+        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo_port}\n")
     )
     (tmp_path / "office.ini").write_text(
         node_ini(port, f"[vnet]\nname=office\n[use.e]\nserveid=700\nport={use}\n")
@@ -116,6 +112,19 @@ async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything
     home = await procs.start("home", command("vnet"), "home.ini")
     office = await procs.start("office", command("vnet"), "office.ini")
     await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    return route, home, office, use
+
+
+@pytest.mark.timeout(500)
+async def test_200_stalled_tunnels_hold_a_bounded_amount_then_deliver_everything(
+    procs: Procs, tmp_path: Path
+) -> None:
+    echo = await _echo()
+    # A budget beyond what 200 stalled tunnels hold: this measures what each
+    # one costs, and that nothing is lost; the next test is the budget's.
+    route, home, office, use = await _trio(
+        procs, tmp_path, echo.port, "tunnel_memory=100000\ntunnel_memory_per_node=100000\n"
+    )
     # One tunnel through first: what every process sets up once is not counted.
     warm = Stalled(-1)
     await warm.start(use)
@@ -190,21 +199,7 @@ async def test_a_route_over_its_memory_budget_resets_stalled_tunnels_and_still_c
     procs: Procs, tmp_path: Path
 ) -> None:
     echo = await _echo()
-    port, use = free_port(), free_port()
-    (tmp_path / "route.ini").write_text(
-        f"[route]\nip=127.0.0.1\nport={port}\ntunnel_memory={BUDGET_MIB}\n"
-    )
-    route = await procs.start("route", command("vnet-route"), "route.ini")
-    await route.wait_for_line("route listening on")
-    (tmp_path / "home.ini").write_text(
-        node_ini(port, f"[vnet]\nname=home\n[serve.e]\nserveid=700\nport={echo.port}\n")
-    )
-    (tmp_path / "office.ini").write_text(
-        node_ini(port, f"[vnet]\nname=office\n[use.e]\nserveid=700\nport={use}\n")
-    )
-    await procs.start("home", command("vnet"), "home.ini")
-    office = await procs.start("office", command("vnet"), "office.ini")
-    await office.wait_for_line(f"listening on 127.0.0.1:{use}")
+    route, _, _, use = await _trio(procs, tmp_path, echo.port, f"tunnel_memory={BUDGET_MIB}\n")
     await _normal_transfer(use)
     base = _rss_mib(route.proc.pid)
 
