@@ -74,6 +74,14 @@ class RouteCollector:
         for code, count in sorted(s.rejected.items()):
             rejected.add_metric([code], count)
         yield rejected
+        probes = CounterMetricFamily(
+            "vnet_path_probes",
+            "Pings passed on through another node (nodes timing their paths), by outcome",
+            labels=["outcome"],
+        )
+        probes.add_metric(["echoed"], s.probes.echoed)
+        probes.add_metric(["unanswered"], s.probes.unanswered)
+        yield probes
 
 
 class NodeCollector:
@@ -113,6 +121,38 @@ class NodeCollector:
             "vnet_node_bulk_yields",
             "Reads of bulk tunnels cut to 64 KiB because another tunnel was interactive",
             value=node.pacer.yielded,
+        )
+        g = node.governor
+        if g is None:
+            return
+        yield GaugeMetricFamily(
+            "vnet_node_bulk_governed",
+            "1 while the bulk tunnels are paced against the path's queueing delay "
+            "(another tunnel is interactive), else 0",
+            value=0 if g.phase.value == "off" else 1,
+        )
+        yield GaugeMetricFamily(
+            "vnet_node_bulk_rate_bytes",
+            "Bytes/s the bulk tunnels may send together while governed (0: not governed)",
+            value=0 if g.phase.value == "off" else g.rate,
+        )
+        yield GaugeMetricFamily(
+            "vnet_node_path_queue_delay_seconds",
+            "Queueing delay the last probe measured on the path of the busiest bulk tunnel",
+            value=g.delay,
+        )
+        yield GaugeMetricFamily(
+            "vnet_node_path_base_rtt_seconds",
+            "The lowest probe round trip on that path: the path without queues",
+            value=g.base,
+        )
+        yield CounterMetricFamily(
+            "vnet_node_bulk_held_seconds",
+            "Seconds of pause the governor asked of bulk tunnels",
+            value=g.held_s,
+        )
+        yield CounterMetricFamily(
+            "vnet_node_path_probes", "Probes the governor timed", value=g.probes
         )
 
 

@@ -33,6 +33,9 @@ DEFAULT_ROUTE_PORT = 7749
 DEFAULT_GROUP = "default"
 DEFAULT_KEEPALIVE = 10
 DEFAULT_BULK_WHILE_INTERACTIVE = 200
+# ms of queueing delay the node lets its bulk tunnels build on the path while
+# another tunnel is interactive (vnet/core/queueing.py); 0 turns the governor off.
+DEFAULT_QUEUE_TARGET_MS = 12
 STATIC_SERVEID_MIN = 500
 
 
@@ -132,6 +135,9 @@ class VnetConfig:
     # MB/s the node's bulk transfers may send together while another of its
     # tunnels is interactive (vnet/core/pacing.py); 0: no limit.
     bulk_while_interactive: int = DEFAULT_BULK_WHILE_INTERACTIVE
+    # ms of queueing delay the bulk tunnels may add on the path while another
+    # tunnel is interactive (vnet/core/queueing.py); 0: not governed.
+    queue_target_ms: int = DEFAULT_QUEUE_TARGET_MS
 
 
 @dataclass(frozen=True)
@@ -368,6 +374,7 @@ def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
         bulk_while_interactive=sec.integer(
             "bulk_while_interactive", DEFAULT_BULK_WHILE_INTERACTIVE, 0, 1_000_000
         ),
+        queue_target_ms=sec.integer("queue_target_ms", DEFAULT_QUEUE_TARGET_MS, 0, 10_000),
     )
 
 

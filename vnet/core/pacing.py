@@ -24,11 +24,19 @@ while sharing, the node's bulk tunnels together also keep under a rate
 ([vnet] bulk_while_interactive, 200 MB/s by default: p99 ~2.5 ms measured),
 which leaves the processes idle often enough to answer at once. It is above
 most WAN links, so across the internet it rarely binds; 0 turns it off.
+
+Across the internet the wait is in queues below gRPC (socket buffers, the
+bottleneck link), which neither smaller frames nor a fixed rate fix: there the
+node's Governor (vnet/core/queueing.py) paces the bulk tunnels against the
+queueing delay it measures on the path, from the same interactive signal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from vnet.core.queueing import Governor, Phase
 
 # The one constant for a bulk frame's size: measured against 128 KiB, 256 KiB
 # and 1 MiB in docs/BENCHMARKS.md ("Frames and windows").
@@ -66,6 +74,9 @@ class Lane:
 
     reads: int = 0
     small_reads: int = 0
+    # The vnetid of the node at the tunnel's far end ("" if unknown): where
+    # the governor's probes go to time the path this tunnel's bytes take.
+    peer: str = ""
 
 
 class Pacer:
@@ -78,6 +89,7 @@ class Pacer:
         interactive_below: int = INTERACTIVE_BELOW,
         hold: float = HOLD_S,
         shared_rate: float = SHARED_RATE,
+        governor: Governor | None = None,
     ) -> None:
         self.bulk = bulk
         # 0: no rate limit while sharing, only the smaller reads.
@@ -91,10 +103,19 @@ class Pacer:
         self.yielded = 0
         # The time by which the bulk bytes sent while sharing are paid for.
         self._paid_until = float("-inf")
+        # None: bulk tunnels are not governed by the path's queueing delay.
+        self.governor = governor
+        # Called when a tunnel turns interactive (the node wakes its prober).
+        self.on_interactive: Callable[[], None] | None = None
 
     def read_size(self, lane: Lane, now: float) -> int:
         """How much lane may read (and send as one message) now."""
-        if lane is not self._interactive_lane and now - self._interactive_at < self.hold:
+        if lane is self._interactive_lane:
+            return self.bulk
+        if self.governor is not None and self.governor.phase is not Phase.OFF:
+            self.yielded += 1
+            return self.governor.frame(self.shared)
+        if now - self._interactive_at < self.hold:
             self.yielded += 1
             return self.shared
         return self.bulk
@@ -102,22 +123,33 @@ class Pacer:
     def note(self, lane: Lane, nbytes: int, now: float) -> None:
         """Record that lane read nbytes (> 0) at now."""
         lane.reads += 1
-        if nbytes >= self.interactive_below or lane.reads == 1:
+        if nbytes >= self.interactive_below:
+            if self.governor is not None and lane is not self._interactive_lane:
+                self.governor.sent(lane.peer, nbytes, now)
+            return
+        if lane.reads == 1:
             return
         lane.small_reads += 1
         if lane.small_reads < 2:
             return
         self._interactive_at = now
         self._interactive_lane = lane
+        if self.governor is not None:
+            self.governor.interactive(now)
+            if self.on_interactive is not None:
+                self.on_interactive()
 
     def pause(self, lane: Lane, nbytes: int, now: float) -> float:
         """Seconds lane should wait after sending nbytes (0: go on), to keep the
         node's bulk tunnels under shared_rate while another tunnel is interactive."""
-        if not self.shared_rate or lane is self._interactive_lane or not self.sharing(now):
+        if lane is self._interactive_lane:
             return 0.0
+        governed = self.governor.pause(nbytes, now) if self.governor is not None else 0.0
+        if not self.shared_rate or not self.sharing(now):
+            return governed
         self._paid_until = max(self._paid_until, now - BURST_S) + nbytes / self.shared_rate
         wait = self._paid_until - now
-        return wait if wait >= MIN_PAUSE_S else 0.0
+        return max(governed, wait if wait >= MIN_PAUSE_S else 0.0)
 
     def sharing(self, now: float) -> bool:
         """Whether bulk tunnels are on the smaller messages now (for tests and metrics)."""

@@ -27,6 +27,7 @@ from vnet.node.diagnose import Probe, probe_for
 
 # What the calls return, made by the wire adapter; named here for the node's callers.
 from vnet.wire import ControlEvent as ControlEvent
+from vnet.wire import EchoAsked as EchoAsked
 from vnet.wire import GoingAway as GoingAway
 from vnet.wire import Joined as Joined
 from vnet.wire import OpenTunnel as OpenTunnel
@@ -355,6 +356,16 @@ class RouteClient:
         start = time.perf_counter()
         await self._unary(self.stub.Ping, wire.ping_request(nonce=1), timeout)
         return time.perf_counter() - start
+
+    async def ping_via(self, via: str, timeout: float = 3.0) -> bool:
+        """A round trip through the route and node via and back: whether via echoed
+        (False: the route answered alone, via does not echo). The caller times it."""
+        answer = await self._unary(self.stub.Ping, wire.ping_request(nonce=1, via=via), timeout)
+        return wire.pinged_from_pb(answer).echoed
+
+    async def echo(self, probe: int, timeout: float = 3.0) -> None:
+        """Answer an echo_asked event."""
+        await self._unary(self.stub.Echo, wire.echo_request(probe), timeout)
 
     async def leave(self, timeout: float = 2.0) -> None:
         """End the session on purpose, so the route logs a leave, not a lost node."""

@@ -23,9 +23,12 @@ from vnet.core.config import NodeConfig, ServeConfig, UseConfig
 from vnet.core.config_diff import ConfigDiff
 from vnet.core.errors import RouteUnavailable, Unauthenticated, VnetError
 from vnet.core.pacing import Pacer
+from vnet.core.queueing import Governor
 from vnet.core.registry import Serve
+from vnet.node import probing
 from vnet.node.client import (
     ControlEvent,
+    EchoAsked,
     GoingAway,
     NodeCredentials,
     OpenTunnel,
@@ -38,6 +41,7 @@ from vnet.node.client import (
 )
 from vnet.node.editing import Editor
 from vnet.node.offers import Unserves
+from vnet.node.probing import Prober
 from vnet.node.serves import Serves
 from vnet.node.state import NodeRequestError, NodeTimeouts, ServeState
 from vnet.node.uses import Uses, UseState
@@ -84,7 +88,16 @@ class Node:
         self.remote: dict[int, Serve] = {}
         self.serves: dict[str, ServeState] = {}
         # All tunnels share the connection to the route, both ways.
-        self.pacer = Pacer(shared_rate=config.vnet.bulk_while_interactive * 1_000_000)
+        target = config.vnet.queue_target_ms / 1000
+        self.governor = Governor(target=target) if target else None
+        self.pacer = Pacer(
+            shared_rate=config.vnet.bulk_while_interactive * 1_000_000, governor=self.governor
+        )
+        self.prober = (
+            Prober(self.governor, lambda: self.client) if self.governor is not None else None
+        )
+        if self.prober is not None:
+            self.pacer.on_interactive = self.prober.wake.set
         # The uses' listeners and the dialling side of tunnels. Through a
         # lambda: the client is replaced on each reconnect.
         self.use_side = Uses(
@@ -152,6 +165,8 @@ class Node:
         await self._join(fail_fast=True)
         self._supervisor = asyncio.create_task(self._supervise())
         self._spawn(self.unserves.lapse_forever())
+        if self.prober is not None:
+            self._spawn(self.prober.run())
         # terminal=false: the file is all there is, so everything active starts.
         console = cfg.vnet.terminal
         serve_now = autostart and (not console or cfg.vnet.startserve)
@@ -320,6 +335,9 @@ class Node:
         """
         self.lost = why
         self.remote.clear()
+        if self.governor is not None:
+            # The next connection's paths are new: their bases too.
+            self.governor.reset()
         self.unserves.forget()
         self._drop_ephemeral(lambda _: True)
         for state in self.serves.values():
@@ -338,6 +356,9 @@ class Node:
             return
         if isinstance(event, UnserveAsked):
             self._spawn(self.unserves.answer(event))
+            return
+        if isinstance(event, EchoAsked):
+            self._spawn(probing.echo(self.client, event.probe))
             return
         if isinstance(event, GoingAway):
             self._going_away = True

@@ -145,10 +145,11 @@ async def _upstream(
     counters: Counters,
     pacer: pacing.Pacer,
     sending: _Sending,
+    peer: str,
 ) -> None:
     """The local socket (end A) into the call."""
     loop = asyncio.get_running_loop()
-    lane = pacing.Lane()
+    lane = pacing.Lane(peer=peer)
     while True:
         try:
             data = await reader.read(pacer.read_size(lane, loop.time()))
@@ -250,7 +251,15 @@ async def relay(
     state = TunnelState()
     sending = _Sending()
     up = asyncio.create_task(
-        _upstream(reader, call, state, counters, pacer or pacing.Pacer(), sending)
+        _upstream(
+            reader,
+            call,
+            state,
+            counters,
+            pacer or pacing.Pacer(),
+            sending,
+            str((fields or {}).get("vnetid", "")),
+        )
     )
     down = asyncio.create_task(_downstream(call, writer, state, counters))
     reason = ""

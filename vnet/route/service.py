@@ -44,6 +44,7 @@ from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
 from vnet.route.admission import Admission, metadata
+from vnet.route.probes import Probes
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
@@ -67,6 +68,9 @@ class RouteTimeouts:
     accept_limit: float = 60.0
     # An asked node must answer an unserve request this soon.
     unserve: float = 10.0
+    # A node must echo a probe through it (Ping with via) this soon, or it is
+    # taken for one that does not echo (vnet/route/probes.py).
+    echo: float = 2.0
     # When the route stops: how long open tunnels may still run.
     stop_grace: float = 5.0
     # Keepalive pings on idle connections, and how long an answer may take:
@@ -164,6 +168,8 @@ class RouteServicer:
         self._handovers: dict[Pending, _Handover] = {}
         # Unserve requests waiting for the asked node: id -> (asked, answer).
         self.unserves: dict[str, tuple[Link, asyncio.Future[msg.UnserveAnswer]]] = {}
+        # Pings on through another node (vnet/route/probes.py).
+        self.probes = Probes(self.timeouts.echo)
         self.splices: set[Splice] = set()
         # Set when the route starts going away.
         self.stopping = False
@@ -337,9 +343,27 @@ class RouteServicer:
     async def Leave(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._drop(self._session(context), LEFT)
 
-    async def Ping(self, nonce: int, context: grpc.aio.ServicerContext[Any, Any]) -> msg.Pong:
-        self._session(context)
-        return msg.Pong(nonce, self.boot_id)
+    async def Ping(
+        self, request: msg.PingAsk, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> msg.Pong:
+        link = self._session(context)
+        if not request.via:
+            return msg.Pong(request.nonce, self.boot_id)
+        found = self.table.of_vnet(request.via)
+        via = None if found is None else self.sessions.get(found)
+        if via is None or via.vnet.group != link.vnet.group or via.core.closed:
+            # Another group's node looks exactly like one that does not exist.
+            raise NotFound(f"no vnet {request.via!r} in this group")
+        asked = self.probes.ask(link, via)
+        if asked is None:
+            return msg.Pong(request.nonce, self.boot_id)
+        number, done = asked
+        via.push(msg.echo_asked_event(number))
+        echoed = await self.probes.wait(link, via, number, done)
+        return msg.Pong(request.nonce, self.boot_id, echoed)
+
+    async def Echo(self, probe: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.probes.answered(self._session(context), probe)
 
     async def Unserve(
         self, request: msg.UnserveAsk, context: grpc.aio.ServicerContext[Any, Any]

@@ -63,6 +63,7 @@ from vnet.wire.messages import (
     vnet_to_pb as vnet_to_pb,
 )
 from vnet.wire.node_messages import ControlEvent as ControlEvent
+from vnet.wire.node_messages import EchoAsked as EchoAsked
 from vnet.wire.node_messages import GoingAway as GoingAway
 from vnet.wire.node_messages import Joined as Joined
 from vnet.wire.node_messages import OpenTunnel as OpenTunnel
@@ -74,6 +75,7 @@ from vnet.wire.node_messages import UnserveAsked as UnserveAsked
 from vnet.wire.node_messages import VnetInfo as VnetInfo
 from vnet.wire.node_messages import answer_unserve_request as answer_unserve_request
 from vnet.wire.node_messages import control_request as control_request
+from vnet.wire.node_messages import echo_request as echo_request
 from vnet.wire.node_messages import event_from_pb as event_from_pb
 from vnet.wire.node_messages import join_request as join_request
 from vnet.wire.node_messages import joined_from_pb as joined_from_pb
@@ -82,6 +84,7 @@ from vnet.wire.node_messages import list_serves_request as list_serves_request
 from vnet.wire.node_messages import list_vnets_request as list_vnets_request
 from vnet.wire.node_messages import listed_serves_from_pb as listed_serves_from_pb
 from vnet.wire.node_messages import ping_request as ping_request
+from vnet.wire.node_messages import pinged_from_pb as pinged_from_pb
 from vnet.wire.node_messages import register_request as register_request
 from vnet.wire.node_messages import registered_from_pb as registered_from_pb
 from vnet.wire.node_messages import route_stub as route_stub

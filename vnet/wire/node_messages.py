@@ -80,7 +80,23 @@ class UnserveAsked:
     port: int
 
 
-ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked
+@dataclass(frozen=True)
+class EchoAsked:
+    """Another node times a round trip through this one: answer with Echo."""
+
+    probe: int
+
+
+@dataclass(frozen=True)
+class Pinged:
+    """A Ping's answer: whether it went through the via node."""
+
+    echoed: bool
+
+
+ControlEvent = (
+    Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked | EchoAsked
+)
 
 
 def route_stub(channel: grpc.aio.Channel) -> pb_grpc.RouteServiceAsyncStub:
@@ -126,8 +142,16 @@ def answer_unserve_request(request_id: str, serveid: int, refusal: str) -> pb.An
     return pb.AnswerUnserveRequest(request_id=request_id, serveid=serveid, refusal=refusal)
 
 
-def ping_request(nonce: int = 0) -> pb.PingRequest:
-    return pb.PingRequest(nonce=nonce)
+def ping_request(nonce: int = 0, via: str = "") -> pb.PingRequest:
+    return pb.PingRequest(nonce=nonce, via_vnetid=via)
+
+
+def echo_request(probe: int) -> pb.EchoRequest:
+    return pb.EchoRequest(probe=probe)
+
+
+def pinged_from_pb(msg: pb.PingResponse) -> Pinged:
+    return Pinged(msg.via_echoed)
 
 
 def leave_request() -> pb.LeaveRequest:
@@ -176,6 +200,8 @@ def event_from_pb(msg: pb.ControlEvent) -> ControlEvent | None:
     if kind == "unserve_asked":
         ua = msg.unserve_asked
         return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port)
+    if kind == "echo_asked":
+        return EchoAsked(msg.echo_asked.probe)
     if kind == "going_away":
         return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
     return None  # an event kind from a newer route: ignore it

@@ -53,6 +53,14 @@ class UnserveAsk:
 
 
 @dataclass(frozen=True, slots=True)
+class PingAsk:
+    """A Ping request: a round trip to the route, or on through via (a vnetid)."""
+
+    nonce: int
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnserveAnswer:
     """An AnswerUnserve request: the asked node's serveid, or its refusal."""
 
@@ -83,6 +91,8 @@ class Registered:
 class Pong:
     nonce: int
     boot_id: str
+    # The round trip went through the PingAsk's via node.
+    echoed: bool = False
 
 
 def _join(msg: pb.JoinRequest) -> JoinAsk:
@@ -124,7 +134,7 @@ def _vnets(vnets: Iterable[tuple[Vnet, int]]) -> pb.ListVnetsResponse:
 
 
 def _pong(answer: Pong) -> pb.PingResponse:
-    return pb.PingResponse(nonce=answer.nonce, boot_id=answer.boot_id)
+    return pb.PingResponse(nonce=answer.nonce, boot_id=answer.boot_id, via_echoed=answer.echoed)
 
 
 def _unserved(serve: Serve) -> pb.UnserveResponse:
@@ -172,6 +182,10 @@ def unserve_asked_event(request_id: str, from_vnetid: str, ip: str, port: int) -
     )
 
 
+def echo_asked_event(probe: int) -> bytes:
+    return _event(pb.ControlEvent(echo_asked=pb.EchoAsked(probe=probe)))
+
+
 def going_away_event(reason: str, grace_ms: int) -> bytes:
     return _event(pb.ControlEvent(going_away=pb.GoingAway(reason=reason, grace_ms=grace_ms)))
 
@@ -210,7 +224,8 @@ UNARY_CODECS: Mapping[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]
     ),
     "ListServes": (_parse(pb.ListServesRequest), _build(_serves)),
     "ListVnets": (_parse(pb.ListVnetsRequest), _build(_vnets)),
-    "Ping": (_parse(pb.PingRequest, lambda m: m.nonce), _build(_pong)),
+    "Ping": (_parse(pb.PingRequest, lambda m: PingAsk(m.nonce, m.via_vnetid)), _build(_pong)),
+    "Echo": (_parse(pb.EchoRequest, lambda m: m.probe), _empty(pb.EchoResponse)),
     "Leave": (_parse(pb.LeaveRequest), _empty(pb.LeaveResponse)),
     "Unserve": (_parse(pb.UnserveRequest, _unserve), _build(_unserved)),
     "AnswerUnserve": (

@@ -182,6 +182,7 @@ class ControlEvent(_message.Message):
     OPEN_TUNNEL_FIELD_NUMBER: _builtins.int
     GOING_AWAY_FIELD_NUMBER: _builtins.int
     UNSERVE_ASKED_FIELD_NUMBER: _builtins.int
+    ECHO_ASKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___ServeSnapshot:
         """The serves of the group when the stream opened."""
@@ -211,6 +212,12 @@ class ControlEvent(_message.Message):
         with AnswerUnserve.
         """
 
+    @_builtins.property
+    def echo_asked(self) -> Global___EchoAsked:
+        """Another node times a round trip through this one (Ping with
+        via_vnetid): call Echo with the probe at once.
+        """
+
     def __init__(
         self,
         *,
@@ -220,16 +227,39 @@ class ControlEvent(_message.Message):
         open_tunnel: Global___OpenTunnel | None = ...,
         going_away: Global___GoingAway | None = ...,
         unserve_asked: Global___UnserveAsked | None = ...,
+        echo_asked: Global___EchoAsked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["echo_asked", b"echo_asked", "event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo_asked", b"echo_asked", "event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away", "unserve_asked"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away", "unserve_asked", "echo_asked"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ControlEvent: _TypeAlias = ControlEvent  # noqa: Y015
+
+@_typing.final
+class EchoAsked(_message.Message):
+    """A round trip through this node that the route waits on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_FIELD_NUMBER: _builtins.int
+    probe: _builtins.int
+    """Identifies the round trip; send it back in Echo."""
+    def __init__(
+        self,
+        *,
+        probe: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EchoAsked: _TypeAlias = EchoAsked  # noqa: Y015
 
 @_typing.final
 class UnserveAsked(_message.Message):
@@ -764,16 +794,22 @@ class PingRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NONCE_FIELD_NUMBER: _builtins.int
+    VIA_VNETID_FIELD_NUMBER: _builtins.int
     nonce: _builtins.int
     """Echoed back unchanged."""
+    via_vnetid: _builtins.str
+    """Empty: a round trip to the route. A vnetid of the caller's group: on
+    through that node and back (see Ping).
+    """
     def __init__(
         self,
         *,
         nonce: _builtins.int = ...,
+        via_vnetid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce", "via_vnetid", b"via_vnetid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -787,23 +823,68 @@ class PingResponse(_message.Message):
 
     NONCE_FIELD_NUMBER: _builtins.int
     BOOT_ID_FIELD_NUMBER: _builtins.int
+    VIA_ECHOED_FIELD_NUMBER: _builtins.int
     nonce: _builtins.int
     """The request's nonce."""
     boot_id: _builtins.str
     """The route's boot id."""
+    via_echoed: _builtins.bool
+    """True when the round trip went through via_vnetid's node; false when the
+    route answered alone (no via_vnetid, or that node does not echo).
+    """
     def __init__(
         self,
         *,
         nonce: _builtins.int = ...,
         boot_id: _builtins.str = ...,
+        via_echoed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "nonce", b"nonce", "via_echoed", b"via_echoed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PingResponse: _TypeAlias = PingResponse  # noqa: Y015
+
+@_typing.final
+class EchoRequest(_message.Message):
+    """A node's answer to echo_asked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_FIELD_NUMBER: _builtins.int
+    probe: _builtins.int
+    """The probe of the event."""
+    def __init__(
+        self,
+        *,
+        probe: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EchoRequest: _TypeAlias = EchoRequest  # noqa: Y015
+
+@_typing.final
+class EchoResponse(_message.Message):
+    """The answer to Echo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EchoResponse: _TypeAlias = EchoResponse  # noqa: Y015
 
 @_typing.final
 class LeaveRequest(_message.Message):

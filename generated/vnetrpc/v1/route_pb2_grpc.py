@@ -75,6 +75,11 @@ class RouteServiceStub:
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.PingRequest.SerializeToString,
                 response_deserializer=vnetrpc_dot_v1_dot_route__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.Echo = channel.unary_unary(
+                '/vnetrpc.v1.RouteService/Echo',
+                request_serializer=vnetrpc_dot_v1_dot_route__pb2.EchoRequest.SerializeToString,
+                response_deserializer=vnetrpc_dot_v1_dot_route__pb2.EchoResponse.FromString,
+                _registered_method=True)
         self.Unserve = channel.unary_unary(
                 '/vnetrpc.v1.RouteService/Unserve',
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.UnserveRequest.SerializeToString,
@@ -163,6 +168,20 @@ class RouteServiceServicer:
 
     def Ping(self, request, context):
         """Round trip to the route; also tells whether the session is still known.
+        With via_vnetid, the round trip goes on through that node of the
+        caller's group: the route asks it on its control stream (echo_asked) and
+        answers once it has called Echo, so the caller times every queue its
+        tunnels to that node pass through (both nodes' links and the route's
+        sockets toward each). A node that does not echo within 2 s is not asked
+        again: the route then answers at once with via_echoed false. NOT_FOUND
+        for a via_vnetid that is not in the caller's group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Echo(self, request, context):
+        """The asked node's answer to an echo_asked event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +276,11 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=vnetrpc_dot_v1_dot_route__pb2.PingRequest.FromString,
                     response_serializer=vnetrpc_dot_v1_dot_route__pb2.PingResponse.SerializeToString,
+            ),
+            'Echo': grpc.unary_unary_rpc_method_handler(
+                    servicer.Echo,
+                    request_deserializer=vnetrpc_dot_v1_dot_route__pb2.EchoRequest.FromString,
+                    response_serializer=vnetrpc_dot_v1_dot_route__pb2.EchoResponse.SerializeToString,
             ),
             'Unserve': grpc.unary_unary_rpc_method_handler(
                     servicer.Unserve,
@@ -496,6 +520,33 @@ class RouteService:
             '/vnetrpc.v1.RouteService/Ping',
             vnetrpc_dot_v1_dot_route__pb2.PingRequest.SerializeToString,
             vnetrpc_dot_v1_dot_route__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Echo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vnetrpc.v1.RouteService/Echo',
+            vnetrpc_dot_v1_dot_route__pb2.EchoRequest.SerializeToString,
+            vnetrpc_dot_v1_dot_route__pb2.EchoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,7 +115,17 @@ class RouteServiceStub:
     ListVnets: _grpc.UnaryUnaryMultiCallable[_route_pb2.ListVnetsRequest, _route_pb2.ListVnetsResponse]
     """Lists the nodes joined in the caller's group."""
     Ping: _grpc.UnaryUnaryMultiCallable[_route_pb2.PingRequest, _route_pb2.PingResponse]
-    """Round trip to the route; also tells whether the session is still known."""
+    """Round trip to the route; also tells whether the session is still known.
+    With via_vnetid, the round trip goes on through that node of the
+    caller's group: the route asks it on its control stream (echo_asked) and
+    answers once it has called Echo, so the caller times every queue its
+    tunnels to that node pass through (both nodes' links and the route's
+    sockets toward each). A node that does not echo within 2 s is not asked
+    again: the route then answers at once with via_echoed false. NOT_FOUND
+    for a via_vnetid that is not in the caller's group.
+    """
+    Echo: _grpc.UnaryUnaryMultiCallable[_route_pb2.EchoRequest, _route_pb2.EchoResponse]
+    """The asked node's answer to an echo_asked event."""
     Unserve: _grpc.UnaryUnaryMultiCallable[_route_pb2.UnserveRequest, _route_pb2.UnserveResponse]
     """Asks another node of the group to offer a service it has not
     registered ("unserve", from the original vnet). The route forwards the
@@ -181,7 +191,17 @@ class RouteServiceAsyncStub(RouteServiceStub):
     ListVnets: _aio.UnaryUnaryMultiCallable[_route_pb2.ListVnetsRequest, _route_pb2.ListVnetsResponse]  # type: ignore[assignment]
     """Lists the nodes joined in the caller's group."""
     Ping: _aio.UnaryUnaryMultiCallable[_route_pb2.PingRequest, _route_pb2.PingResponse]  # type: ignore[assignment]
-    """Round trip to the route; also tells whether the session is still known."""
+    """Round trip to the route; also tells whether the session is still known.
+    With via_vnetid, the round trip goes on through that node of the
+    caller's group: the route asks it on its control stream (echo_asked) and
+    answers once it has called Echo, so the caller times every queue its
+    tunnels to that node pass through (both nodes' links and the route's
+    sockets toward each). A node that does not echo within 2 s is not asked
+    again: the route then answers at once with via_echoed false. NOT_FOUND
+    for a via_vnetid that is not in the caller's group.
+    """
+    Echo: _aio.UnaryUnaryMultiCallable[_route_pb2.EchoRequest, _route_pb2.EchoResponse]  # type: ignore[assignment]
+    """The asked node's answer to an echo_asked event."""
     Unserve: _aio.UnaryUnaryMultiCallable[_route_pb2.UnserveRequest, _route_pb2.UnserveResponse]  # type: ignore[assignment]
     """Asks another node of the group to offer a service it has not
     registered ("unserve", from the original vnet). The route forwards the
@@ -292,7 +312,23 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _route_pb2.PingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_route_pb2.PingResponse, _abc.Awaitable[_route_pb2.PingResponse]]:
-        """Round trip to the route; also tells whether the session is still known."""
+        """Round trip to the route; also tells whether the session is still known.
+        With via_vnetid, the round trip goes on through that node of the
+        caller's group: the route asks it on its control stream (echo_asked) and
+        answers once it has called Echo, so the caller times every queue its
+        tunnels to that node pass through (both nodes' links and the route's
+        sockets toward each). A node that does not echo within 2 s is not asked
+        again: the route then answers at once with via_echoed false. NOT_FOUND
+        for a via_vnetid that is not in the caller's group.
+        """
+
+    @_abc_1.abstractmethod
+    def Echo(
+        self,
+        request: _route_pb2.EchoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_route_pb2.EchoResponse, _abc.Awaitable[_route_pb2.EchoResponse]]:
+        """The asked node's answer to an echo_asked event."""
 
     @_abc_1.abstractmethod
     def Unserve(

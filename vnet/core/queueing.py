@@ -1,0 +1,302 @@
+"""Keeping the queue short on a node's path while someone types: a delay-based rate
+for the node's bulk tunnels.
+
+On a real link the wait behind a download is not CPU but bytes queued ahead of a
+keystroke: the sending node's socket buffer (the kernel grows it to megabytes), the
+bottleneck link's buffer, the route's socket toward the receiving node. Measured on
+an emulated 50 ms / 100 Mbit/s path, a 1-byte ping-pong next to an upload took
+~450 ms where the bare round trip is 52 ms, with ~2 MB unsent in the office node's
+socket and ~1.8 MB in the route's socket toward home. Smaller frames do not help
+(the bytes are queued below gRPC), and a fixed rate is wrong on every link but one.
+The node owns the sender, so it can keep those queues short itself: send bulk
+bytes only as fast as the path drains them.
+
+How (LEDBAT, RFC 6817, with a drain phase like BBR's). While an interactive tunnel
+is active and bulk tunnels are sending, the node times a probe every round trip
+through the route and the peer node of its busiest bulk tunnel (a Ping with via:
+it crosses the same sockets and links as the tunnel's frames). The queueing delay
+is that round trip minus the lowest one seen on that path (the base). The bulk
+tunnels together get a rate that grows while the delay is under the target and
+shrinks in proportion above it, at most once per probe sent after the last cut.
+When governing starts, the queues are still full of the transfer's bytes and no
+base is known: the rate drops to half of what the bulk tunnels were sending until
+the round trip stops falling, and the lowest one seen then is the base. A base
+not confirmed for REBASE_S is measured again the same way (the path may have
+changed). Nothing of this runs while no interactive tunnel exists: a lone download
+is never paced, so it keeps the whole link on any bandwidth-delay product.
+
+Pure: the caller passes the time, the probe results and the bytes sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+# Queueing delay the bulk tunnels may build while someone types. A few ms keeps the
+# bottleneck busy (a standing queue means the link never idles) and stays well
+# under what a person notices; it must exceed the probes' own jitter (the three
+# processes' event loops, ~1-3 ms on a busy box).
+TARGET_S = 0.012
+# How long governing lasts after the last interactive read: longer than the gap
+# between a ping-pong's reads when the queue is full (hundreds of ms), so the
+# governor is not switched off by the very queue it is draining.
+HOLD_S = 2.0
+# Bulk tunnels count as sending if they sent within this.
+BULK_IDLE_S = 1.0
+# At most this many probes a second on a short path.
+PROBE_GAP_S = 0.02
+# The rate while draining, as a share of what the bulk tunnels sent before: next
+# to nothing, so the queues empty at the link's own rate and the drain is short.
+DRAIN_SHARE = 0.1
+# A drain ends after this even if the round trip keeps falling.
+DRAIN_MAX_S = 3.0
+# Probes in a row that no longer fall before a drain ends.
+FLAT_PROBES = 2
+# Re-measure a base not seen again within this.
+REBASE_S = 30.0
+# Per probe: the most the rate grows (at zero delay; less, quadratically, nearer the
+# target), and how much a probe at twice the target cuts it (more above that,
+# never below CUT_FLOOR). Fast growth finds a 100 Mbit/s path from the floor in ~20
+# probes; an overshoot costs one round trip of queue, then a cut.
+GROW = 0.25
+# Within NEAR of the rate at the last cut (where the queue built last time) the
+# rate creeps instead: the path's rate is near, and overshooting it by a quarter
+# builds a queue of a quarter of the link for every probe's round trip.
+NEAR = 0.9
+GROW_NEAR = 0.03
+CUT = 0.15
+CUT_FLOOR = 0.5
+# The rate never falls below this: bulk slows, it never stops.
+FLOOR_RATE = 256 * 1024
+# How far the rate may run ahead of the most the bulk tunnels recently sent.
+HEADROOM = 2.0
+# The sending rate is counted in buckets of this length, over BUCKETS of them.
+BUCKET_S = 0.1
+BUCKETS = 20
+# How far behind the rate the bulk tunnels may fall and then catch up at once. Each
+# send itself takes time (the write's completion comes back through gRPC's
+# poller), and a debt forgotten after every slow write would halve the rate.
+BURST_S = 0.015
+# The delay is the lowest of the last this many probes: one late probe (an event
+# loop busy elsewhere for a moment) is noise; a queue shows in every probe.
+FILTER = 2
+# While governed, a bulk frame carries about this much of the rate: on a 100 Mbit/s
+# link a 64 KiB frame is 5 ms on the wire, and bursts of them put that much queue
+# in front of a keystroke (measured: ~10 ms of delay at 60% of the link rate, and
+# the governor cut the rate to hold it). 16 KiB frames held it at ~4 ms up to 90%.
+FRAME_S = 0.0015
+MIN_FRAME = 16 * 1024
+# A pause shorter than this is not taken (the loop's timers are ~1 ms coarse).
+MIN_PAUSE_S = 0.001
+
+
+class Phase(enum.Enum):
+    OFF = "off"  # no interactive tunnel, or no bulk: nothing is paced
+    DRAIN = "drain"  # emptying the queues to find the base round trip
+    TRACK = "track"  # holding the queueing delay near the target
+
+
+@dataclass
+class _Base:
+    rtt: float
+    seen: float  # when a probe last came within the target of it
+
+
+@dataclass
+class Governor:
+    """One per node: the bulk tunnels' common rate while an interactive one is active."""
+
+    target: float = TARGET_S
+    hold: float = HOLD_S
+    phase: Phase = Phase.OFF
+    # Bytes/s the bulk tunnels may send now (inf while OFF).
+    rate: float = math.inf
+    # The last probe's queueing delay, and its path's base (for metrics and show).
+    delay: float = 0.0
+    base: float = 0.0
+    # Totals for the metrics: seconds of pause asked of bulk tunnels, probes taken.
+    held_s: float = 0.0
+    probes: int = 0
+    _interactive_at: float = -math.inf
+    _bulk_at: float = -math.inf
+    _buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    _bucket_at: int = 0
+    _by_peer: dict[str, int] = field(default_factory=dict)
+    _peer: str = ""
+    _bases: dict[str, _Base] = field(default_factory=dict)
+    _probe_out: bool = False
+    _next_probe: float = -math.inf
+    _paid_until: float = -math.inf
+    _cut_at: float = -math.inf
+    _drain_at: float = 0.0
+    _drain_min: float = math.inf
+    _recent: list[float] = field(default_factory=list)
+    # The rate at the last cut: about what the path carries.
+    _ceiling: float = math.inf
+    _resume_rate: float = FLOOR_RATE
+    _flat: int = 0
+
+    # --- what the tunnels tell it -----------------------------------------
+
+    def interactive(self, now: float) -> None:
+        """An interactive tunnel read at now."""
+        self._interactive_at = now
+
+    def sent(self, peer: str, nbytes: int, now: float) -> None:
+        """A bulk tunnel toward peer (a vnetid, "" if unknown) sent nbytes at now."""
+        self._bulk_at = now
+        self._roll(now)
+        self._buckets[self._bucket_at % BUCKETS] += nbytes
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + nbytes
+
+    def pause(self, nbytes: int, now: float) -> float:
+        """Seconds a bulk tunnel should wait after sending nbytes (0: go on)."""
+        self._update(now)
+        if self.phase is Phase.OFF:
+            return 0.0
+        self._paid_until = max(self._paid_until, now - BURST_S) + nbytes / self.rate
+        wait = self._paid_until - now
+        if wait < MIN_PAUSE_S:
+            return 0.0
+        self.held_s += wait
+        # A tunnel held back is still a bulk tunnel sending.
+        self._bulk_at = max(self._bulk_at, self._paid_until)
+        return wait
+
+    # --- probes -----------------------------------------------------------
+
+    def probe_due(self, now: float) -> str | None:
+        """The peer to probe through now ("" for the route alone), or None: no probe due."""
+        self._update(now)
+        if self.phase is Phase.OFF or self._probe_out or now < self._next_probe:
+            return None
+        self._probe_out = True
+        if self._by_peer:
+            self._peer = max(self._by_peer, key=self._by_peer.__getitem__)
+            self._by_peer.clear()
+        return self._peer
+
+    def frame(self, largest: int) -> int:
+        """How much a bulk tunnel reads (and sends as one message) while governed."""
+        if math.isinf(self.rate):
+            return largest
+        return max(MIN_FRAME, min(largest, int(self.rate * FRAME_S)))
+
+    def next_probe_in(self, now: float) -> float | None:
+        """Seconds until a probe may be due; None while governing is off."""
+        self._update(now)
+        if self.phase is Phase.OFF:
+            return None
+        return max(0.0, self._next_probe - now)
+
+    def probed(self, path: str, rtt: float, sent_at: float, now: float) -> None:
+        """A probe sent at sent_at over path (a peer's vnetid, or "" for the route
+        alone) came back after rtt seconds."""
+        self._probe_out = False
+        self.probes += 1
+        self._next_probe = sent_at + PROBE_GAP_S
+        if self.phase is Phase.OFF:
+            return
+        base = self._bases.get(path)
+        if self.phase is Phase.DRAIN:
+            self._draining(path, rtt, now)
+            return
+        if base is None or now - base.seen > REBASE_S:
+            self._start_drain(now)
+            self._draining(path, rtt, now)
+            return
+        if rtt < base.rtt:
+            base.rtt = rtt
+        self._recent = [*self._recent[-(FILTER - 1) :], rtt]
+        self.base = base.rtt
+        before, self.delay = self.delay, min(self._recent) - base.rtt
+        if self.delay <= self.target:
+            base.seen = now
+            off = 1 - self.delay / self.target
+            if self.rate < NEAR * self._ceiling:
+                grown = self.rate * (1 + GROW * off * off)
+            else:
+                grown = self.rate * (1 + GROW_NEAR * off)
+            self.rate = min(grown, max(FLOOR_RATE, HEADROOM * self.peak_rate()))
+        elif sent_at > self._cut_at and self.delay >= before:
+            # One cut per probe that left after the last one (earlier probes
+            # sat in the queue that cut is draining), and none while the delay
+            # falls: the last cut is draining the queue already.
+            self._ceiling = self.rate
+            over = self.delay / self.target - 1
+            self.rate = max(FLOOR_RATE, self.rate * max(CUT_FLOOR, 1 - CUT * over))
+            self._cut_at = now
+
+    def lost(self) -> None:
+        """The probe failed (no answer, the peer left): the next one may go."""
+        self._probe_out = False
+
+    def reset(self) -> None:
+        """A new connection to the route: the paths and their bases are new."""
+        self._bases.clear()
+        self._by_peer.clear()
+        self._probe_out = False
+        self.phase, self.rate = Phase.OFF, math.inf
+        self._ceiling = math.inf
+
+    # --- state --------------------------------------------------------------
+
+    def sending_rate(self, now: float) -> float:
+        """What the bulk tunnels sent per second over the last second (the current
+        bucket excluded: it has only just begun)."""
+        self._roll(now)
+        last = [self._buckets[(self._bucket_at - i) % BUCKETS] for i in range(1, 11)]
+        return sum(last) / (BUCKET_S * len(last))
+
+    def peak_rate(self) -> float:
+        """The most the bulk tunnels sent in any BUCKET_S of the last BUCKETS."""
+        return max(self._buckets) / BUCKET_S
+
+    def active(self, now: float) -> bool:
+        return now - self._interactive_at < self.hold and now - self._bulk_at < BULK_IDLE_S
+
+    def _update(self, now: float) -> None:
+        active = self.active(now)
+        if self.phase is Phase.OFF and active:
+            self._roll(now)
+            self._start_drain(now)
+        elif self.phase is not Phase.OFF and not active:
+            self.phase, self.rate = Phase.OFF, math.inf
+            self._probe_out = False
+
+    def _start_drain(self, now: float) -> None:
+        # Where tracking starts once drained: what the bulk tunnels were sending.
+        self._resume_rate = max(FLOOR_RATE, self.sending_rate(now))
+        self.phase = Phase.DRAIN
+        self.rate = max(FLOOR_RATE, DRAIN_SHARE * self._resume_rate)
+        self._drain_at, self._drain_min, self._flat = now, math.inf, 0
+        # Not held to the pre-drain schedule: the debt of unpaced sending is not ours.
+        self._paid_until = now
+
+    def _draining(self, path: str, rtt: float, now: float) -> None:
+        # Still falling: by more than the target below the lowest so far.
+        if rtt < self._drain_min - self.target:
+            self._flat = 0
+        else:
+            self._flat += 1
+        self._drain_min = min(self._drain_min, rtt)
+        self.delay = max(0.0, rtt - self._drain_min)
+        if self._flat >= FLAT_PROBES or now - self._drain_at > DRAIN_MAX_S:
+            self._bases[path] = _Base(self._drain_min, now)
+            self.base = self._drain_min
+            self.phase = Phase.TRACK
+            self.rate = self._resume_rate
+            self._paid_until = now
+            self._cut_at = now
+            self._recent = []
+
+    def _roll(self, now: float) -> None:
+        """Move the sending-rate buckets on to now's, emptying the ones passed."""
+        at = int(now / BUCKET_S)
+        if at == self._bucket_at:
+            return
+        for i in range(max(self._bucket_at + 1, at - BUCKETS + 1), at + 1):
+            self._buckets[i % BUCKETS] = 0
+        self._bucket_at = at

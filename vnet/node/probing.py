@@ -1,0 +1,91 @@
+"""The node's side of its Governor (vnet/core/queueing.py): the probes that time the
+path while bulk tunnels are governed, and the echoes it owes other nodes' probes.
+
+One probe at a time: a Ping through the route and the peer of the busiest bulk
+tunnel, on the same connection (and so behind the same queues) as the tunnels'
+frames. Idle otherwise: the task sleeps on an event the pacer sets when a tunnel
+turns interactive, so a node with no typing and no transfer sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from vnet.core.errors import NotFound, VnetError
+from vnet.core.queueing import PROBE_GAP_S, Governor
+from vnet.node.client import RouteClient
+
+log = logging.getLogger(__name__)
+
+# Longer than the route's own wait for an echo (2 s): the route answers first.
+PROBE_TIMEOUT_S = 3.0
+
+
+class Prober:
+    """Runs the governor's probes for as long as the node runs."""
+
+    def __init__(self, governor: Governor, client: Callable[[], RouteClient]) -> None:
+        self.governor = governor
+        self._client = client
+        self.wake = asyncio.Event()
+        # Peers the route answered for alone (they do not echo): probed as the
+        # route alone from then on, so their path keeps one base of its own.
+        self._silent: set[str] = set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self.governor.next_probe_in(loop.time())
+            if wait is None:
+                # Not governing: sleep until a tunnel turns interactive.
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            if wait > 0:
+                # The probe schedule itself, not synchronisation.
+                await asyncio.sleep(wait)
+                continue
+            peer = self.governor.probe_due(loop.time())
+            if peer is None:
+                await asyncio.sleep(PROBE_GAP_S)
+                continue
+            await self._probe(loop, "" if peer in self._silent else peer)
+
+    async def _probe(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
+        sent_at = loop.time()
+        try:
+            if peer:
+                echoed = await self._client().ping_via(peer, PROBE_TIMEOUT_S)
+            else:
+                await self._client().ping(PROBE_TIMEOUT_S)
+                echoed = False
+        except NotFound:
+            # The peer left; the next probe goes through whichever is busiest then.
+            self.governor.lost()
+            return
+        except VnetError as exc:
+            log.debug("probe through %s failed: %s", peer or "the route", exc)
+            self.governor.lost()
+            # Not a tight loop against a route that is down.
+            await asyncio.sleep(PROBE_TIMEOUT_S / 3)
+            return
+        if peer and not echoed:
+            # Its round trip may have been the route's 2 s wait for that node.
+            self._silent.add(peer)
+            self.governor.lost()
+            log.info("vnet %s does not echo probes; timing the route alone for it", peer)
+            return
+        now = loop.time()
+        self.governor.probed(peer, now - sent_at, sent_at, now)
+
+
+async def echo(client: RouteClient, probe: int) -> None:
+    """Answer another node's probe (an echo_asked event) at once."""
+    try:
+        await client.echo(probe)
+    except VnetError as exc:
+        # The route timed the probe out already, or the connection is going:
+        # the prober on the other side copes with a missing echo.
+        log.debug("echo of probe %s failed: %s", probe, exc)
