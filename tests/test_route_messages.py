@@ -33,7 +33,9 @@ def test_requests_become_dataclasses() -> None:
         pb.RegisterServeRequest(serveid=7, name="s", ip="h", port=9, info="i", unserve=True),
     ) == rm.ServeAsk(7, "s", "", "h", 9, "i", True)
     assert _parse("UnregisterServe", pb.UnregisterServeRequest(serveid=12)) == 12
-    assert _parse("Ping", pb.PingRequest(nonce=2**63)) == 2**63
+    assert _parse("Ping", pb.PingRequest(nonce=2**63)) == rm.PingAsk(2**63, "")
+    assert _parse("Ping", pb.PingRequest(nonce=1, via_vnetid="03")) == rm.PingAsk(1, "03")
+    assert _parse("Echo", pb.EchoRequest(probe=9)) == 9
     assert _parse("Unserve", pb.UnserveRequest(vnetid="02", port=80)) == rm.UnserveAsk("02", "", 80)
     assert _parse(
         "AnswerUnserve", pb.AnswerUnserveRequest(request_id="r", refusal="no")
@@ -64,7 +66,9 @@ def test_answers_become_their_messages() -> None:
     assert _build(
         "ListVnets", pb.ListVnetsResponse, [(Vnet("03", "n", "g"), 2)]
     ) == pb.ListVnetsResponse(vnets=[pb.VnetInfo(vnetid="03", name="n", group="g", serves=2)])
-    assert _build("Ping", pb.PingResponse, rm.Pong(5, "b")) == pb.PingResponse(nonce=5, boot_id="b")
+    assert _build("Ping", pb.PingResponse, rm.Pong(5, "b", True)) == pb.PingResponse(
+        nonce=5, boot_id="b", via_echoed=True
+    )
     assert _build("Unserve", pb.UnserveResponse, SERVE) == pb.UnserveResponse(serve=info)
     assert _build("Leave", pb.LeaveResponse, None) == pb.LeaveResponse()
 
