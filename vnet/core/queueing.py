@@ -290,7 +290,9 @@ class Governor:
             self.rate = self._resume_rate
             self._paid_until = now
             self._cut_at = now
-            self._recent = []
+            # The last probe counts in the filter, so one late probe right after
+            # the drain is filtered like any other.
+            self._recent = [rtt]
 
     def _roll(self, now: float) -> None:
         """Move the sending-rate buckets on to now's, emptying the ones passed."""
