@@ -100,6 +100,15 @@ def test_bulk_while_interactive_defaults_to_200_and_0_turns_it_off() -> None:
     assert off.vnet.bulk_while_interactive == 0
 
 
+def test_queue_target_ms_defaults_to_12_and_0_turns_the_governor_off() -> None:
+    route = "[route]\nip=a\nport=1\n"
+    assert parse_node_config("c.ini", route).vnet.queue_target_ms == 12
+    off = parse_node_config("c.ini", route + "[vnet]\nqueue_target_ms=0\n")
+    assert off.vnet.queue_target_ms == 0
+    with pytest.raises(ConfigError, match=r"queue_target_ms: 20000 is out of range \(0-10000\)"):
+        parse_node_config("c.ini", route + "[vnet]\nqueue_target_ms=20000\n")
+
+
 def test_serveid_000_means_assign() -> None:
     config = parse_node_config("c.ini", "[route]\nip=a\nport=1\n[serve.x]\nserveid=000\nport=22\n")
     assert config.serves[0].serveid == 0

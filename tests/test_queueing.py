@@ -69,13 +69,15 @@ def test_off_until_an_interactive_tunnel_and_a_bulk_one_are_both_active() -> Non
     g = Governor()
     g.sent("peer", 512 * 1024, 0.0)
     assert g.pause(512 * 1024, 0.0) == 0.0
-    assert g.phase is Phase.OFF and g.probe_due(0.0) is None
+    assert g.phase is Phase.OFF
+    assert g.probe_due(0.0) is None
     g.interactive(0.1)
     assert g.probe_due(0.1) == "peer"
     assert g.phase is Phase.DRAIN
     # Typing stops: after the hold, bulk runs free again.
     assert g.next_probe_in(0.1 + q.HOLD_S + 0.01) is None
-    assert g.phase is Phase.OFF and math.isinf(g.rate)
+    assert g.phase is Phase.OFF
+    assert math.isinf(g.rate)
 
 
 def test_one_probe_at_a_time_and_not_more_often_than_the_gap() -> None:
@@ -209,7 +211,8 @@ def test_reset_forgets_the_paths() -> None:
         g.probed("peer", BASE, i * 0.05, i * 0.05 + 0.05)
     assert g.phase is Phase.TRACK
     g.reset()
-    assert g.phase is Phase.OFF and math.isinf(g.rate)
+    assert g.phase is Phase.OFF
+    assert math.isinf(g.rate)
     g.interactive(1.0)
     g.sent("peer", 100_000, 1.0)
     assert g.probe_due(1.0) == "peer"
