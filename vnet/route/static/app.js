@@ -90,22 +90,31 @@ function confirmThen(text, withGrace) {
   });
 }
 
-async function act(text, path, body, withGrace) {
+async function act(text, path, body, withGrace, done) {
   if (!(await confirmThen(text, withGrace))) return;
   if (withGrace) body.grace = Number($("grace").value || 30);
+  let answer;
   try {
-    setStatus(path === "/api/drain" ? "draining..." : "");
-    await api(path, body);
+    if (path === "/api/drain" && !body.undo) notice("draining: waiting for open tunnels...");
+    answer = await api(path, body);
   } catch (e) {
-    setStatus("failed: " + e.message);
+    notice("failed: " + e.message, true);
     return;
   }
+  notice(done(answer));
   await refresh();
+}
+
+function notice(text, bad) {
+  const n = $("notice");
+  n.textContent = text;
+  n.className = bad ? "error" : "ok";
 }
 
 function renderNodes(nodes) {
   fill("nodes", nodes, (tr, n) => {
     tr.id = "node-" + n.vnetid;
+    tr.dataset.joined = String(n.joined_at_ms);
     cell(tr, n.vnetid); cell(tr, n.name); cell(tr, n.group); cell(tr, n.peer);
     cell(tr, n.tls_identity || "-");
     cell(tr, new Date(n.joined_at_ms).toLocaleString());
@@ -113,7 +122,9 @@ function renderNodes(nodes) {
     cell(tr, bytes(n.bytes_from_node), "num"); cell(tr, bytes(n.bytes_to_node), "num");
     button(tr, "Kick", () => act(
       "Kick vnet " + n.vnetid + " (" + n.name + ")? Its tunnels are reset and its serves " +
-      "withdrawn; it may join again.", "/api/kick", { vnetid: n.vnetid }, false),
+      "withdrawn; it may join again.", "/api/kick", { vnetid: n.vnetid }, false,
+      (r) => "kicked vnet " + n.vnetid + " (" + r.name + "): " + r.tunnels_reset +
+        " tunnel(s) reset, " + r.serves_withdrawn + " serve(s) withdrawn"),
       "kick-" + n.vnetid);
   });
 }
@@ -127,7 +138,8 @@ function renderTunnels(tunnels) {
     cell(tr, Math.round(t.age_ms / 1000) + "s", "num"); cell(tr, t.state);
     button(tr, "Close", () => act(
       "Close tunnel " + t.tunnel_id + "? Both ends are reset.", "/api/close",
-      { tunnel_id: t.tunnel_id }, false), "close-" + t.tunnel_id);
+      { tunnel_id: t.tunnel_id }, false, () => "closed tunnel " + t.tunnel_id),
+      "close-" + t.tunnel_id);
   });
 }
 
@@ -154,6 +166,9 @@ function renderCharts(throughput, windowSeconds) {
   const W = 360, H = 120, PAD = 4;
   for (const g of groups) {
     const points = throughput[g];
+    // The x axis spans what has been sampled (at least a minute), up to the whole window.
+    const oldest = points.length ? -points[0][0] : 0;
+    const span = Math.min(windowSeconds, Math.max(60, oldest));
     const peak = Math.max(1, ...points.map((p) => p[1]));
     const div = document.createElement("div");
     div.className = "chart";
@@ -166,14 +181,14 @@ function renderCharts(throughput, windowSeconds) {
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     const line = document.createElementNS(SVG, "polyline");
     line.setAttribute("points", points.map((p) => {
-      const x = PAD + (W - 2 * PAD) * (1 + p[0] / windowSeconds);
+      const x = PAD + (W - 2 * PAD) * (1 + p[0] / span);
       const y = H - PAD - (H - 2 * PAD) * (p[1] / peak);
       return x.toFixed(1) + "," + y.toFixed(1);
     }).join(" "));
     svg.appendChild(line);
     const label = document.createElementNS(SVG, "text");
     label.setAttribute("x", "6"); label.setAttribute("y", "12");
-    label.textContent = "-" + Math.round(windowSeconds / 60) + " min";
+    label.textContent = span >= 120 ? "-" + Math.round(span / 60) + " min" : "-" + Math.round(span) + " s";
     svg.appendChild(label);
     div.appendChild(svg);
     box.appendChild(div);
@@ -240,8 +255,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search").addEventListener("input", filter);
   $("drain").addEventListener("click", () => act(
     "Drain the route? New nodes and tunnels are refused; open tunnels get the grace, then are reset.",
-    "/api/drain", {}, true));
+    "/api/drain", {}, true,
+    (r) => "drained in " + (r.waited_ms / 1000).toFixed(1) + "s: " +
+      (r.tunnels_at_start - r.tunnels_reset) + " tunnel(s) finished, " + r.tunnels_reset +
+      " reset; the route is empty"));
   $("undrain").addEventListener("click", () => act(
-    "Stop draining? New nodes and tunnels are accepted again.", "/api/drain", { undo: true }, false));
+    "Stop draining? New nodes and tunnels are accepted again.", "/api/drain", { undo: true }, false,
+    () => "not draining: new nodes and tunnels are accepted again"));
   if (token()) start(); else showBoard(false);
 });
