@@ -114,9 +114,20 @@ def test_admin_auth_rules() -> None:
     for wrong in ("", NODE_TOKEN, ADMIN_TOKEN.upper()):
         with pytest.raises(Unauthenticated):
             locked.check(wrong, "127.0.0.1")
-    assert locked.changed(AdminAuth("other")) == "[admin] token changed"
-    assert open_local.changed(locked) == "[admin] token added"
-    assert locked.changed(AdminAuth(ADMIN_TOKEN)) == ""
+    assert locked.changed(AdminAuth("other")) == ["[admin] token changed"]
+    assert open_local.changed(locked) == ["[admin] token added"]
+    assert locked.changed(AdminAuth(ADMIN_TOKEN)) == []
+    # Client certificate names: an admin by certificate, or else by token.
+    both = AdminAuth(ADMIN_TOKEN, ["ops.example"])
+    assert both.check("", "203.0.113.9", ["x", "ops.example"]) == "cert:ops.example"
+    assert both.check(ADMIN_TOKEN, "203.0.113.9", ["node.example"]) == "token"
+    with pytest.raises(Unauthenticated):
+        both.check("", "127.0.0.1", ["node.example"])
+    names_only = AdminAuth("", ["ops.example"])
+    with pytest.raises(Unauthenticated):
+        names_only.check("", "127.0.0.1")
+    assert names_only.changed(both) == ["[admin] token added"]
+    assert both.changed(AdminAuth(ADMIN_TOKEN)) == ["[admin] client_names changed"]
 
 
 def test_token_table_changes_and_digests() -> None:
@@ -243,3 +254,52 @@ async def test_no_admin_token_answers_loopback(make_route: MakeRoute) -> None:
     route = await make_route()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{route.port}") as ch:
         assert await call(ch, "ListNodes", None) == grpc.StatusCode.OK
+
+
+async def test_admin_by_client_certificate_and_tls_identity_listed(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    import trustme
+
+    from vnet.node.client import ClientTls
+    from vnet.route.security import ServerTls
+
+    ca, client_ca = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    tls = ServerTls(
+        cert_chain=b"".join(b.bytes() for b in server.cert_chain_pems),
+        private_key=server.private_key_pem.bytes(),
+        client_ca=client_ca.cert_pem.bytes(),
+    )
+    security = RouteSecurity(
+        tokens=TokenTable(NODE_TOKEN), tls=tls, admin_names=("ops.example",), penalty=LENIENT
+    )
+    route = await make_route(security=security)
+
+    def pems(name: str) -> tuple[bytes, bytes]:
+        cert = client_ca.issue_cert(name)
+        return b"".join(b.bytes() for b in cert.cert_chain_pems), cert.private_key_pem.bytes()
+
+    chain, key = pems("node.example")
+    node = await make_node(
+        "n",
+        route=route,
+        credentials=NodeCredentials(
+            token=NODE_TOKEN,
+            tls=ClientTls(root_ca=ca.cert_pem.bytes(), cert_chain=chain, private_key=key),
+        ),
+    )
+
+    def channel(name: str) -> grpc.aio.Channel:
+        chain, key = pems(name)
+        creds = grpc.ssl_channel_credentials(ca.cert_pem.bytes(), key, chain)
+        return grpc.aio.secure_channel(f"127.0.0.1:{route.port}", creds)
+
+    async with channel("ops.example") as ops, channel("node.example") as other:
+        [listed] = await AdminStub(ops, []).nodes()
+        assert (listed.vnetid, listed.tls_identity) == (node.vnetid, "node.example")
+        # A node's certificate (and its token) is not an admin's.
+        for name in ADMIN_METHODS:
+            assert await call(other, name, None) == grpc.StatusCode.UNAUTHENTICATED, name
+            assert await call(other, name, NODE_TOKEN) == grpc.StatusCode.UNAUTHENTICATED, name
+    assert route.admin.actions[("list-nodes", "failed")] == 2

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.conftest import MakeRoute
 from tests.test_metrics import _scrape
@@ -80,10 +81,9 @@ async def test_admin_actions_are_counted_in_metrics(make_route: MakeRoute) -> No
         await good.drain(1.0)
         await good.drain(0, undo=True)
         for _ in range(2):
-            try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await bad.kick("01")
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     samples = await asyncio.to_thread(_scrape, route.metrics.port)
     counted = {
         labels: value

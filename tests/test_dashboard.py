@@ -35,6 +35,7 @@ NEEDS = "needs Debian's chromium and chromium-driver (apt-get install chromium c
 webdriver: Any = None
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -68,10 +69,22 @@ def browser(profile: Path) -> Any:
 
 
 def scenario(url: str, home: str, office: str, shots: Path, profile: Path) -> list[str]:
-    """The browser's part, in a thread of its own (Selenium blocks). Returns what it did."""
+    """The browser's part, in a thread of its own (Selenium blocks). Returns what it did.
+
+    The page redraws a table when its rows change (every second at most), so
+    an element found a moment ago may be gone: every look and click is retried
+    on a stale element until the wait's deadline.
+    """
     done: list[str] = []
     driver = browser(profile)
-    wait = WebDriverWait(driver, TIMEOUT)
+    wait = WebDriverWait(driver, TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))
+
+    def text(element_id: str) -> str:
+        return str(wait.until(lambda d: d.find_element(By.ID, element_id).text or True))
+
+    def click(element_id: str) -> None:
+        wait.until(lambda d: d.find_element(By.ID, element_id).click() or True)
+
     try:
         driver.get(url)
         wait.until(ec.visibility_of_element_located((By.ID, "token")))
@@ -85,9 +98,8 @@ def scenario(url: str, home: str, office: str, shots: Path, profile: Path) -> li
         for vnetid in (home, office):
             wait.until(ec.visibility_of_element_located((By.ID, f"node-{vnetid}")))
         assert not driver.find_element(By.ID, "signin").is_displayed()
-        row = driver.find_element(By.ID, f"node-{home}")
-        assert "home" in row.text
-        assert "office" in driver.find_element(By.ID, f"node-{office}").text
+        assert "home" in text(f"node-{home}")
+        assert "office" in text(f"node-{office}")
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tunnels tbody tr"))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .chart"))
         done.append("signed in; both nodes and the tunnel shown")
@@ -96,7 +108,7 @@ def scenario(url: str, home: str, office: str, shots: Path, profile: Path) -> li
         # Search: only office's row stays visible.
         driver.find_element(By.ID, "search").send_keys("office")
         wait.until(ec.invisibility_of_element_located((By.ID, f"node-{home}")))
-        assert driver.find_element(By.ID, f"node-{office}").is_displayed()
+        wait.until(ec.visibility_of_element_located((By.ID, f"node-{office}")))
         driver.find_element(By.ID, "search").clear()
         driver.execute_script("document.getElementById('search').dispatchEvent(new Event('input'))")
         wait.until(ec.visibility_of_element_located((By.ID, f"node-{home}")))

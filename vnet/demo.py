@@ -2,9 +2,10 @@
 
 Starts, as separate processes: the route on 127.0.0.1:7749 with its web
 dashboard on 127.0.0.1:18090 (a fresh admin token each run, printed), a small
-web server on 127.0.0.1:18080 (the "home" side's service), the home node serving it as serveid 701, and the office node mapping
-it to 127.0.0.1:18888. Then it prints what to open and runs until Ctrl-C.
-With --check it fetches the page through the tunnel, compares it with the
+web server on 127.0.0.1:18080 (the "home" side's service), the home node
+serving it as serveid 701, and the office node mapping it to 127.0.0.1:18888.
+Then it prints what to open and runs until Ctrl-C. With --check it fetches
+the page through the tunnel (and the dashboard's page), compares it with the
 file, says so and exits (0 when it matched).
 """
 

@@ -30,40 +30,48 @@ LOOPBACK_ONLY = (
 
 
 class AdminAuth:
-    """The admin credential: a token's digest, or none (loopback only)."""
+    """The admin credentials: a token's digest and client certificate names, or
+    neither (loopback only)."""
 
-    def __init__(self, token: str = "") -> None:
+    def __init__(self, token: str = "", names: Iterable[str] = ()) -> None:
         self._digest = digest(token) if token else None
+        self.names = frozenset(names)
 
     @property
     def enabled(self) -> bool:
-        return self._digest is not None
+        return self._digest is not None or bool(self.names)
 
-    def check(self, presented: str, peer_host: str) -> None:
-        """Raise unless the caller is an admin: Unauthenticated (count it as a
-        failure) or Forbidden (no admin token, not loopback)."""
-        if self._digest is None:
+    def check(self, presented: str, peer_host: str, identities: Iterable[str] = ()) -> str:
+        """Who the caller is ("token", "cert:NAME" or "loopback"), or raise:
+        Unauthenticated (count it as a failure) or Forbidden (no admin
+        credential configured, and the caller is not on loopback).
+
+        identities are the names of the caller's verified client certificate.
+        """
+        if not self.enabled:
             if not is_loopback(peer_host):
                 raise Forbidden(LOOPBACK_ONLY)
-            return
+            return "loopback"
+        for name in identities:
+            if name in self.names:
+                return f"cert:{name}"
         # Fixed-length digests: the time taken does not tell how much matched.
-        if not presented or not hmac.compare_digest(digest(presented), self._digest):
+        ok = self._digest is not None and hmac.compare_digest(digest(presented), self._digest)
+        if not presented or not ok:
             raise Unauthenticated(BAD_ADMIN_CREDENTIALS)
+        return "token"
 
-    def admits(self, presented: str, peer_host: str) -> bool:
-        try:
-            self.check(presented, peer_host)
-        except (Forbidden, Unauthenticated):
-            return False
-        return True
-
-    def changed(self, new: AdminAuth) -> str:
-        """A line saying how the admin token changed ("" when it did not)."""
-        if self._digest == new._digest:
-            return ""
-        if self._digest is None:
-            return "[admin] token added"
-        return "[admin] token removed" if new._digest is None else "[admin] token changed"
+    def changed(self, new: AdminAuth) -> list[str]:
+        """Lines saying how the admin credentials changed (none when they did not)."""
+        found = []
+        if self._digest != new._digest:
+            if self._digest is None:
+                found.append("[admin] token added")
+            else:
+                found.append("[admin] token " + ("removed" if new._digest is None else "changed"))
+        if self.names != new.names:
+            found.append("[admin] client_names changed")
+        return found
 
 
 def audit_line(who: str, action: str, target: str, result: str) -> str:

@@ -17,11 +17,14 @@ from vnet.core.ini import Problems, Section
 
 @dataclass(frozen=True)
 class AdminSettings:
-    """[admin]: one of token / token_env / token_file, and web=HOST:PORT."""
+    """[admin]: one of token / token_env / token_file, client_names=, and web=HOST:PORT."""
 
     token: str = ""
     token_env: str = ""
     token_file: str = ""
+    # Names (common name or subject alternative name) of client certificates,
+    # from the route's tls_client_ca, that are admins as well as the token.
+    client_names: tuple[str, ...] = ()
     # Where to serve the web dashboard, (host, port); None: nowhere.
     web: tuple[str, int] | None = None
 
@@ -33,16 +36,32 @@ class AdminSettings:
 ADMIN_KEYS = frozenset(f.name for f in fields(AdminSettings))
 
 
-def read_admin(problems: Problems, section: Section | None) -> AdminSettings:
-    """The [admin] section (absent: no admin token, no dashboard)."""
+def read_admin(
+    problems: Problems, section: Section | None, client_certs: bool = False
+) -> AdminSettings:
+    """The [admin] section (absent: no admin token, no dashboard).
+
+    client_certs: the route requires client certificates (tls_client_ca), so
+    client_names can name some.
+    """
     sec = SectionReader(problems, "admin", section, ADMIN_KEYS)
     if section is None:
         return AdminSettings()
     sec.one_secret()
+    names = tuple(n.strip() for n in sec.text("client_names", "").split(",") if n.strip())
+    if names and not client_certs:
+        sec.fail(
+            "client_names",
+            "needs client certificates: set [route] tls_client_ca (with tls_cert and tls_key)",
+        )
+    for name in names:
+        if not name.isprintable() or len(name) > 253:
+            sec.fail("client_names", f"{name[:40]!r} is not a certificate name")
     settings = AdminSettings(
         token=sec.token("token"),
         token_env=sec.text("token_env", ""),
         token_file=sec.text("token_file", ""),
+        client_names=names,
         web=sec.host_port("web"),
     )
     if settings.web is not None:

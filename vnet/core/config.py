@@ -437,7 +437,7 @@ def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
     settings = RouteSettings(
         metrics=sec.host_port("metrics"),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
-        admin=read_admin(problems, sections.get("admin")),
+        admin=read_admin(problems, sections.get("admin"), client_certs=sec.has("tls_client_ca")),
         path=path,
         listen=listen,
         token=sec.token("token"),

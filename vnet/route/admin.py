@@ -72,7 +72,7 @@ class RouteAdmin:
         reloader: Reloader | None = None,
     ) -> None:
         self.servicer = servicer
-        self.auth = AdminAuth(security.admin_token)
+        self.auth = AdminAuth(security.admin_token, security.admin_names)
         self.settings = settings
         self.reloader = reloader
         # (action, result) -> count, for the metrics endpoint.
@@ -261,10 +261,8 @@ class RouteAdmin:
     def _apply(self, settings: RouteSettings, security: RouteSecurity) -> ReloadReport:
         s = self.servicer
         changes = s.admission.tokens.changes(security.tokens)
-        auth = AdminAuth(security.admin_token)
-        admin_change = self.auth.changed(auth)
-        if admin_change:
-            changes.append(admin_change)
+        auth = AdminAuth(security.admin_token, security.admin_names)
+        changes.extend(self.auth.changed(auth))
         changes.extend(_limit_changes(s.limits, settings.limits))
         needs_restart = []
         if self.settings is not None:

@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
         "--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA (or certificate)"
     )
     p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system CAs")
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="a client certificate named in the route's [admin] client_names (with --tls-key)",
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
     p.add_argument("--tls-server-name", metavar="NAME", help="the name in the route's certificate")
     p.add_argument("--json", action="store_true", help="JSON for scripts instead of a table")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -95,9 +101,17 @@ def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
     options = list(common_options())
     if args.tls_server_name:
         options.append(("grpc.ssl_target_name_override", args.tls_server_name))
-    if args.tls_ca or args.tls:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError(
+            "(command line)", "admin", "tls_key", "--tls-cert and --tls-key go together"
+        )
+    if args.tls_ca or args.tls or args.tls_cert:
         ca = read_pem("--tls-ca", "admin", "tls_ca", args.tls_ca) if args.tls_ca else None
-        creds = grpc.ssl_channel_credentials(root_certificates=ca)
+        cert = read_pem("--tls-cert", "admin", "tls_cert", args.tls_cert) if args.tls_cert else None
+        key = read_pem("--tls-key", "admin", "tls_key", args.tls_key) if args.tls_key else None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
         return grpc.aio.secure_channel(args.route, creds, options=options)
     return grpc.aio.insecure_channel(args.route, options=options)
 

@@ -17,7 +17,7 @@ from vnet.core.auth import peer_address
 from vnet.core.errors import Forbidden, Unauthenticated
 from vnet.route import rpc as route_rpc
 from vnet.route.admin import RouteAdmin
-from vnet.route.admission import bearer
+from vnet.route.admission import bearer, cert_names
 from vnet.wire.admin_messages import ADMIN_METHODS, admin_handlers
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class AdminRpc:
         address = peer_address(context.peer() or "")
         admission.not_penalised(context)
         try:
-            self.admin.auth.check(bearer(context), address)
+            how = self.admin.auth.check(bearer(context), address, cert_names(context))
         except Unauthenticated:
             admission.failed(context)
             self.admin.audited(f"?@{address}", action, "", "refused: bad admin credentials")
@@ -45,7 +45,7 @@ class AdminRpc:
         except Forbidden:
             self.admin.audited(f"?@{address}", action, "", "refused: not loopback, no admin token")
             raise
-        return f"{'admin' if self.admin.auth.enabled else 'loopback'}@{address}"
+        return f"{'admin' if how == 'token' else how}@{address}"
 
     async def ListNodes(self, request: None, context: Context) -> Any:
         self._admin(context, "list-nodes")

@@ -43,19 +43,26 @@ def bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return _bearer(context)
 
 
+def cert_names(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+    """The caller's verified client certificate's names: common name, then
+    subject alternative names (none without client certificates)."""
+    auth = context.auth_context() or {}
+    names = []
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(key) or []:
+            name = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            # An empty common name (a certificate with SANs only) names nothing.
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
 def admin_facts(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
     """What the admin API shows of a joining node, and the digest of its token."""
-    identity = ""
-    auth = context.auth_context() or {}
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
-        values = auth.get(key) or []
-        if values:
-            first = values[0]
-            identity = first.decode("utf-8", "replace") if isinstance(first, bytes) else first
-            break
+    names = cert_names(context)
     return {
         "peer": context.peer() or "",
-        "identity": identity,
+        "identity": names[0] if names else "",
         "joined_at_ms": int(time.time() * 1000),
         "credential": digest(_bearer(context)),
     }

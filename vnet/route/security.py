@@ -32,8 +32,11 @@ class RouteSecurity:
     tokens: TokenTable = field(default_factory=TokenTable)
     tls: ServerTls | None = None
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
-    # The admin API's token ([admin]); "" means admin calls from loopback only.
+    # The admin API's token ([admin]); "" (and no admin_names) means admin
+    # calls from loopback only.
     admin_token: str = ""
+    # Client certificate names that are admins too ([admin] client_names).
+    admin_names: tuple[str, ...] = ()
 
 
 def load_security(

@@ -59,7 +59,13 @@ function button(row, label, onclick, id) {
   row.appendChild(td);
 }
 
+const shown = {};
+
 function fill(tableId, rows, make) {
+  // Unchanged rows are left alone: no flicker, and a button under the pointer stays.
+  const key = JSON.stringify(rows);
+  if (shown[tableId] === key) return;
+  shown[tableId] = key;
   const body = $(tableId).querySelector("tbody");
   body.replaceChildren();
   for (const r of rows) {
@@ -237,6 +243,7 @@ function start() {
 
 function signOut(why) {
   sessionStorage.removeItem(KEY);
+  for (const k of Object.keys(shown)) delete shown[k];
   if (timer !== null) { clearInterval(timer); timer = null; }
   showBoard(false);
   setStatus("");
