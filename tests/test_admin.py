@@ -174,7 +174,7 @@ def test_throughput_rates_per_group() -> None:
 
 
 async def test_lists_kick_and_close_with_live_tunnels(
-    make_route: MakeRoute, make_node: MakeNode
+    make_route: MakeRoute, make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     route = await make_route(security=secured())
     creds = NodeCredentials(token=NODE_TOKEN)
@@ -245,6 +245,11 @@ async def test_lists_kick_and_close_with_live_tunnels(
             return False
 
         await wait_until(back, "the kicked node to rejoin and serve again", interval=0.1)
+        # The node says why it lost the route, not that the route stopped.
+        assert (
+            "lost the route: the route ended this node's session (kicked by an admin); reconnecting"
+            in caplog.messages
+        )
         assert route.admin.actions[("kick", "ok")] == 1
         assert route.admin.actions[("close", "ok")] == 1
     await echo.close()
