@@ -41,7 +41,7 @@ audit_log = logging.getLogger("vnet.audit")
 
 DRAINING = "the route is draining: it accepts no new nodes or tunnels"
 KICKED = "kicked by an admin"
-REVOKED = "its token is no longer valid (reloaded)"
+REVOKED = "its token was revoked by a reload"
 DEFAULT_DRAIN_GRACE = 30.0
 SAMPLE_EVERY = 2.0
 
