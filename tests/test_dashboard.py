@@ -48,7 +48,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def browser(profile: Path) -> Any:
+def browser(profile: Path, *extra: str) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -63,6 +63,7 @@ def browser(profile: Path) -> Any:
         "--disable-dev-shm-usage",
         "--window-size=1400,1000",
         f"--user-data-dir={profile}",
+        *extra,
     ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
@@ -201,3 +202,86 @@ async def test_dashboard_signs_in_shows_the_demo_nodes_and_kicks_one(
         "3-confirm-kick.png",
         "4-after-kick.png",
     ]
+
+
+async def tls_proxy(target: int, prefix: str, cert: Any) -> tuple[Any, int]:
+    """A TLS-terminating reverse proxy on 127.0.0.1 that serves the dashboard under prefix,
+    as an operator would put one in front of it (nginx, Caddy): aiohttp both ways."""
+    import ssl
+
+    import aiohttp
+    from aiohttp import web
+
+    async def forward(request: web.Request) -> web.Response:
+        url = f"http://127.0.0.1:{target}/{request.match_info['tail']}"
+        headers = {
+            k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(request.method, url, headers=headers, data=await request.read()) as r,
+        ):
+            body = await r.read()
+            kept = {
+                k: v
+                for k, v in r.headers.items()
+                if k.lower()
+                not in ("content-length", "transfer-encoding", "content-encoding", "connection")
+            }
+            return web.Response(status=r.status, body=body, headers=kept)
+
+    app = web.Application()
+    app.router.add_route("*", prefix + "{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+def signed_in_through(url: str, home: str, shots: Path, profile: Path) -> bool:
+    driver = browser(profile, "--ignore-certificate-errors")
+    wait = WebDriverWait(driver, TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))
+    try:
+        driver.get(url)
+        wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(ADMIN)
+        driver.find_element(By.ID, "signin-button").click()
+        wait.until(ec.visibility_of_element_located((By.ID, f"node-{home}")))
+        driver.save_screenshot(str(shots / "behind-tls.png"))
+        return bool(driver.execute_script("return location.protocol === 'https:'"))
+    finally:
+        driver.quit()
+
+
+async def test_dashboard_behind_a_tls_proxy_under_a_sub_path(
+    make_route: MakeRoute, make_node: MakeNode, tmp_path: Path
+) -> None:
+    import trustme
+
+    route = await start_route(
+        RouteEndpoint("127.0.0.1", 0),
+        RouteTimeouts(stop_grace=0.5),
+        RouteSecurity(admin_token=ADMIN),
+        web=("127.0.0.1", 0),
+    )
+    make_route.started.append(route)
+    home = await make_node("home", route=route)
+    assert home.vnetid is not None
+    runner, port = await tls_proxy(
+        route.dashboard.port, "/vnet/", trustme.CA().issue_cert("127.0.0.1")
+    )
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        https = await asyncio.to_thread(
+            signed_in_through,
+            f"https://127.0.0.1:{port}/vnet/",
+            home.vnetid,
+            shots,
+            tmp_path / "profile",
+        )
+    finally:
+        await runner.cleanup()
+    assert https

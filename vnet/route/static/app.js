@@ -101,7 +101,7 @@ async function act(text, path, body, withGrace, done) {
   if (withGrace) body.grace = Number($("grace").value || 30);
   let answer;
   try {
-    if (path === "/api/drain" && !body.undo) notice("draining: waiting for open tunnels...");
+    if (path === "api/drain" && !body.undo) notice("draining: waiting for open tunnels...");
     answer = await api(path, body);
   } catch (e) {
     notice("failed: " + e.message, true);
@@ -128,7 +128,7 @@ function renderNodes(nodes) {
     cell(tr, bytes(n.bytes_from_node), "num"); cell(tr, bytes(n.bytes_to_node), "num");
     button(tr, "Kick", () => act(
       "Kick vnet " + n.vnetid + " (" + n.name + ")? Its tunnels are reset and its serves " +
-      "withdrawn; it may join again.", "/api/kick", { vnetid: n.vnetid }, false,
+      "withdrawn; it may join again.", "api/kick", { vnetid: n.vnetid }, false,
       (r) => "kicked vnet " + n.vnetid + " (" + r.name + "): " + r.tunnels_reset +
         " tunnel(s) reset, " + r.serves_withdrawn + " serve(s) withdrawn"),
       "kick-" + n.vnetid);
@@ -143,7 +143,7 @@ function renderTunnels(tunnels) {
     cell(tr, bytes(t.bytes_to_serve), "num"); cell(tr, bytes(t.bytes_to_dialer), "num");
     cell(tr, Math.round(t.age_ms / 1000) + "s", "num"); cell(tr, t.state);
     button(tr, "Close", () => act(
-      "Close tunnel " + t.tunnel_id + "? Both ends are reset.", "/api/close",
+      "Close tunnel " + t.tunnel_id + "? Both ends are reset.", "api/close",
       { tunnel_id: t.tunnel_id }, false, () => "closed tunnel " + t.tunnel_id),
       "close-" + t.tunnel_id);
   });
@@ -225,7 +225,7 @@ function showBoard(on) {
 
 async function refresh() {
   try {
-    render(await api("/api/state"));
+    render(await api("api/state"));
   } catch (e) {
     if (e.status === 401 || e.status === 403 || e.status === 429) {
       signOut(e.status === 401 ? "The admin token was not accepted." : e.message);
@@ -262,12 +262,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search").addEventListener("input", filter);
   $("drain").addEventListener("click", () => act(
     "Drain the route? New nodes and tunnels are refused; open tunnels get the grace, then are reset.",
-    "/api/drain", {}, true,
+    "api/drain", {}, true,
     (r) => "drained in " + (r.waited_ms / 1000).toFixed(1) + "s: " +
       (r.tunnels_at_start - r.tunnels_reset) + " tunnel(s) finished, " + r.tunnels_reset +
       " reset; the route is empty"));
   $("undrain").addEventListener("click", () => act(
-    "Stop draining? New nodes and tunnels are accepted again.", "/api/drain", { undo: true }, false,
+    "Stop draining? New nodes and tunnels are accepted again.", "api/drain", { undo: true }, false,
     () => "not draining: new nodes and tunnels are accepted again"));
   if (token()) start(); else showBoard(false);
 });
