@@ -238,7 +238,7 @@ async def tls_proxy(target: int, prefix: str, cert: Any) -> tuple[Any, int]:
     cert.configure_cert(context)
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
-    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    return runner, int(runner.addresses[0][1])
 
 
 def signed_in_through(url: str, home: str, shots: Path, profile: Path) -> bool:

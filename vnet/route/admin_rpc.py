@@ -35,11 +35,11 @@ class AdminRpc:
         """Who the caller is (for the audit line), once it is known to be an admin."""
         admission = self.admin.servicer.admission
         address = peer_address(context.peer() or "")
-        admission.not_penalised(context)
+        admission.not_penalised(address)
         try:
             how = self.admin.auth.check(bearer(context), address, cert_names(context))
         except Unauthenticated:
-            admission.failed(context)
+            admission.failed(address)
             self.admin.audited(f"?@{address}", action, "", "refused: bad admin credentials")
             raise
         except Forbidden:

@@ -102,13 +102,13 @@ class Admission:
             self._failed(address, now)
         raise SessionUnknown(BAD_CREDENTIALS)
 
-    def not_penalised(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def not_penalised(self, address: str) -> None:
         """Refuse an address with too many failures (the admin API's check too)."""
-        self._not_penalised(peer_address(context.peer() or ""), self.clock())
+        self._not_penalised(address, self.clock())
 
-    def failed(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def failed(self, address: str) -> None:
         """Count and penalise a failed authentication (a wrong admin token too)."""
-        self._failed(peer_address(context.peer() or ""), self.clock())
+        self._failed(address, self.clock())
 
     def _not_penalised(self, address: str, now: float) -> None:
         wait = self.penalties.blocked_for(address, now)

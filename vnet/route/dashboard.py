@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 
 from vnet.core.admin import as_json
-from vnet.core.auth import peer_address
 from vnet.core.errors import Forbidden, NotFound, Unauthenticated, VnetError
 from vnet.route.admin import RouteAdmin
 
@@ -41,17 +40,6 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-
-class _Peer:
-    """aiohttp's request as the route's admission sees a gRPC context (peer, failures)."""
-
-    def __init__(self, request: web.Request) -> None:
-        host = request.remote or ""
-        self._peer = f"ipv6:[{host}]:0" if ":" in host else f"ipv4:{host}:0"
-
-    def peer(self) -> str:
-        return self._peer
 
 
 class Dashboard:
@@ -84,9 +72,8 @@ class Dashboard:
             raise OSError(
                 f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}"
             ) from None
-        server = site._server  # noqa: SLF001 - aiohttp keeps the bound port only here
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        # Port 0 picks one: the runner knows which.
+        self.port = int(self.runner.addresses[0][1])
         shown = f"[{host}]" if ":" in host else host
         log.info("dashboard on http://%s:%s/", shown, self.port)
         return self.port
@@ -100,15 +87,14 @@ class Dashboard:
 
     def _who(self, request: web.Request, action: str) -> str:
         admission = self.admin.servicer.admission
-        peer = _Peer(request)
-        address = peer_address(peer.peer())
+        address = request.remote or ""
         auth = request.headers.get("Authorization", "")
         token = auth[7:] if auth[:7].lower() == "bearer " else ""
-        admission.not_penalised(peer)
+        admission.not_penalised(address)
         try:
             self.admin.auth.check(token, address)
         except Unauthenticated:
-            admission.failed(peer)
+            admission.failed(address)
             if action != "state":
                 self.admin.audited(f"?@{address}", action, "", "refused: bad admin credentials")
             raise

@@ -177,8 +177,9 @@ async def start_route(
     )
     running.reaper = asyncio.create_task(servicer.reap_half_closed())
     running.expirer = asyncio.create_task(servicer.expire_uncontrolled())
-    running.sampler = asyncio.create_task(admin.keep_sampling())
     if web is not None:
+        # The dashboard's charts; a route without one samples nothing.
+        running.sampler = asyncio.create_task(admin.keep_sampling())
         from vnet.route.dashboard import Dashboard
 
         dashboard = Dashboard(admin)
