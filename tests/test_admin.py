@@ -308,3 +308,50 @@ async def test_admin_by_client_certificate_and_tls_identity_listed(
             assert await call(other, name, None) == grpc.StatusCode.UNAUTHENTICATED, name
             assert await call(other, name, NODE_TOKEN) == grpc.StatusCode.UNAUTHENTICATED, name
     assert route.admin.actions[("list-nodes", "failed")] == 2
+
+
+async def test_reload_applies_limits_at_once_and_a_bad_file_changes_nothing(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    from vnet.core.config import parse_route_config
+    from vnet.core.errors import Refused
+
+    route = await make_route(security=secured())
+    base = f"[route]\nip=127.0.0.1\nport={route.port}\ntoken={NODE_TOKEN}\n"
+    route.admin.settings = parse_route_config("r.ini", base)
+    answers: list[object] = [["r.ini:4: [route] max_nodes: 'x' is not a number"]]
+    route.admin.reloader = lambda: answers[-1]  # type: ignore[assignment, return-value]
+    creds = NodeCredentials(token=NODE_TOKEN)
+    echo = await echo_server()
+    await make_node(
+        "home", serves=[ServeConfig(key="e", serveid=701, port=echo.port)], credentials=creds
+    )
+    office = await make_node(
+        "office", uses=[UseConfig(key="e", serveid=701, port=0)], credentials=creds
+    )
+    port = await use_port(office, "e")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"first")
+    assert await reader.readexactly(5) == b"first"
+
+    with pytest.raises(Refused, match="nothing changed: r.ini:4: \\[route\\] max_nodes"):
+        await route.admin.reload("test")
+    assert route.servicer.limits.max_tunnels_per_node == 2048
+
+    new = parse_route_config(
+        "r.ini", base.replace(f"port={route.port}", "port=1") + "max_tunnels_per_node=1\n"
+    )
+    answers.append((new, secured()))
+    report = await route.admin.reload("test")
+    assert report.changes == ("[route] max_tunnels_per_node 2048 -> 1",)
+    assert report.ended == ()
+    assert report.needs_restart == ("[route] port changed: needs a restart",)
+    # The cap holds for the next tunnel; the open one goes on.
+    second_reader, second = await asyncio.open_connection("127.0.0.1", port)
+    second.write(b"second")
+    await read_until_reset(second_reader)
+    second.close()
+    writer.write(b"still")
+    assert await reader.readexactly(5) == b"still"
+    writer.close()
+    await echo.close()
