@@ -106,6 +106,9 @@ async def test_wheel_installs_and_runs_outside_the_repo(tmp_path: Path) -> None:
     wheel = await build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"vnet/cli.py", "vnet/py.typed", "vnetrpc/v1/route_pb2.py"} <= names
+    # The dashboard's assets, and the admin service.
+    assert {"vnet/route/static/index.html", "vnet/route/static/app.js"} <= names
+    assert "vnetrpc/v1/admin_pb2.py" in names
     assert not any(n.startswith(("tests/", "bench/", "generated/")) for n in names)
 
     venv = tmp_path / "venv"

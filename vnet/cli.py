@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vnet import __version__
@@ -159,10 +159,15 @@ def _check(prog: str, loaded: Loaded[Any]) -> int:
 
 
 def route_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["admin"]:
+        return _admin(argv[1:])
     args = _parser(
         "vnet-route",
         "Run the vnet route: the public relay that vnet nodes connect to. "
-        "With no config file and no ./config.ini it listens on 127.0.0.1:7749.",
+        "With no config file and no ./config.ini it listens on 127.0.0.1:7749. "
+        "`vnet-route admin --help`: the admin commands (nodes, kick, drain, reload, ...). "
+        "SIGHUP reloads credentials and limits from the config file.",
     ).parse_args(argv)
     _setup_logging(args.log_level, args.log_format)
     path = args.config or DEFAULT_CONFIG
@@ -174,10 +179,29 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     if loaded.value is None:
         return EXIT_ERROR
     settings, security = loaded.value
-    return _run(_route(settings, security))
+
+    def reload() -> tuple[RouteSettings, RouteSecurity] | list[str]:
+        # The same loading as the start: a file it would refuse changes nothing.
+        again = load_route(path, explicit=True)
+        if again.value is None:
+            return [str(e) for e in again.errors]
+        return again.value
+
+    return _run(_route(settings, security, None if loaded.path == DEFAULTS else reload))
 
 
-async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
+def _admin(argv: Sequence[str]) -> int:
+    from vnet.route.admin_client import run
+
+    _setup_logging("warning")
+    return asyncio.run(run(argv))
+
+
+async def _route(
+    settings: RouteSettings,
+    security: RouteSecurity,
+    reloader: Callable[[], tuple[RouteSettings, RouteSecurity] | list[str]] | None = None,
+) -> int:
     from vnet.route.server import RouteTimeouts, start_route
 
     try:
@@ -187,10 +211,26 @@ async def _route(settings: RouteSettings, security: RouteSecurity) -> int:
             security=security,
             limits=settings.limits,
             metrics=settings.metrics,
+            settings=settings,
+            reloader=reloader,
+            web=settings.admin.web,
         )
     except OSError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload_on_signal() -> None:
+        with contextlib.suppress(VnetError):  # logged and audited by the reload itself
+            await route.admin.reload("SIGHUP")
+
+    def hangup() -> None:
+        task = asyncio.ensure_future(reload_on_signal())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
 
     async def serve() -> None:
         # Not server.wait_for_termination(): cancelling that breaks a later

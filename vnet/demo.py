@@ -1,10 +1,11 @@
 """`make demo`: a route and two nodes on loopback, with a web page between them.
 
-Starts, as separate processes: the route with its built-in defaults
-(127.0.0.1:7749), a small web server on 127.0.0.1:18080 (the "home" side's
-service), the home node serving it as serveid 701, and the office node mapping
-it to 127.0.0.1:18888. Then it prints what to open and runs until Ctrl-C.
-With --check it fetches the page through the tunnel, compares it with the
+Starts, as separate processes: the route on 127.0.0.1:7749 with its web
+dashboard on 127.0.0.1:18090 (a fresh admin token each run, printed), a small
+web server on 127.0.0.1:18080 (the "home" side's service), the home node
+serving it as serveid 701, and the office node mapping it to 127.0.0.1:18888.
+Then it prints what to open and runs until Ctrl-C. With --check it fetches
+the page through the tunnel (and the dashboard's page), compares it with the
 file, says so and exits (0 when it matched).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import signal
 import socket
 import sys
@@ -25,6 +27,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 ROUTE_PORT = 7749
 WEB_PORT = 18080
 USE_PORT = 18888
+DASHBOARD_PORT = 18090
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
@@ -121,6 +124,7 @@ async def run(check: bool) -> int:
         (ROUTE_PORT, "the route"),
         (WEB_PORT, "the web page"),
         (USE_PORT, "the use"),
+        (DASHBOARD_PORT, "the route's dashboard"),
     ):
         if _busy(port):
             print(
@@ -131,10 +135,16 @@ async def run(check: bool) -> int:
     demo = Demo(quiet=check)
     www = EXAMPLES / "www"
     try:
-        with tempfile.TemporaryDirectory() as empty:
-            # An empty working directory, so the route runs on its built-in
-            # defaults rather than any ./config.ini.
-            await demo.spawn("route", "-m", "vnet", "route", cwd=Path(empty))
+        with tempfile.TemporaryDirectory() as scratch:
+            # The route's defaults, plus its dashboard with a token made for this run.
+            token = secrets.token_urlsafe(12)
+            ini = Path(scratch) / "route.ini"
+            ini.write_text(
+                f"[route]\nip=127.0.0.1\nport={ROUTE_PORT}\n"
+                f"[admin]\ntoken={token}\nweb=127.0.0.1:{DASHBOARD_PORT}\n"
+            )
+            ini.chmod(0o600)
+            await demo.spawn("route", "-m", "vnet", "route", str(ini), cwd=Path(scratch))
             # A node gives up at once on a refused route: start them once it listens.
             await demo.wait_listening(ROUTE_PORT)
             await demo.spawn(
@@ -152,13 +162,21 @@ async def run(check: bool) -> int:
                     print(f"demo check: FAILED: {url} gave status {status}, {len(body)} bytes")
                     print("\n".join(demo.log))
                     return 1
+                status, page = await http_get(DASHBOARD_PORT)
+                if status != 200 or b"vnet route" not in page:
+                    print(f"demo check: FAILED: the dashboard gave status {status}")
+                    return 1
                 print(f"demo check: fetched {url} through the tunnel: {len(body)} bytes, OK")
                 return 0
             print(
                 f"\nvnet demo is up: the route on 127.0.0.1:{ROUTE_PORT}, "
                 f"home serving 127.0.0.1:{WEB_PORT} as serveid 701,\n"
                 f"office mapping it to 127.0.0.1:{USE_PORT}. Open:\n\n"
-                f"    curl {url}\n\nCtrl-C stops everything.\n",
+                f"    curl {url}\n\n"
+                f"The route's dashboard: http://127.0.0.1:{DASHBOARD_PORT}/ "
+                f"(admin token: {token}), or from a shell:\n\n"
+                f"    VNET_ADMIN_TOKEN={token} vnet-route admin nodes\n\n"
+                "Ctrl-C stops everything.\n",
                 flush=True,
             )
             stop = asyncio.Event()

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from vnet.node.node import Node
+    from vnet.route.admin import RouteAdmin
     from vnet.route.service import RouteServicer
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ SETUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 
 class RouteCollector:
     """Reads a route's state when Prometheus scrapes."""
 
-    def __init__(self, servicer: RouteServicer) -> None:
+    def __init__(self, servicer: RouteServicer, admin: RouteAdmin | None = None) -> None:
         self.servicer = servicer
+        self.admin = admin
 
     def collect(self) -> Iterator[Any]:
         s = self.servicer
@@ -82,6 +84,15 @@ class RouteCollector:
         probes.add_metric(["echoed"], s.probes.echoed)
         probes.add_metric(["unanswered"], s.probes.unanswered)
         yield probes
+        if self.admin is not None:
+            actions = CounterMetricFamily(
+                "vnet_admin_actions",
+                "Admin actions (API and dashboard), by action and result (ok, failed)",
+                labels=["action", "result"],
+            )
+            for (action, result), count in sorted(self.admin.actions.items()):
+                actions.add_metric([action, result], count)
+            yield actions
 
 
 class NodeCollector:
@@ -178,10 +189,12 @@ class MetricsServer:
         self._server.server_close()
 
 
-def serve_metrics(servicer: RouteServicer, host: str, port: int) -> MetricsServer:
+def serve_metrics(
+    servicer: RouteServicer, host: str, port: int, admin: RouteAdmin | None = None
+) -> MetricsServer:
     """Start the HTTP endpoint in a thread (port 0 picks a free one)."""
     registry = CollectorRegistry()
-    registry.register(RouteCollector(servicer))
+    registry.register(RouteCollector(servicer, admin))
     setup = Histogram(
         "vnet_tunnel_setup_seconds",
         "Time from a Dial to its tunnel being spliced",

@@ -13,6 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+def digest(token: str) -> bytes:
+    """SHA-256 of a token: what the route keeps of the token each session joined with."""
+    return _digest(token)
+
+
 def _digest(token: str) -> bytes:
     # Comparing fixed-length digests keeps the comparison's time independent
     # of the presented token's length and content.
@@ -46,6 +51,32 @@ class TokenTable:
         ok_group = hmac.compare_digest(got, group_digest or unused) and group_digest is not None
         return bool(presented) and (ok_all or ok_group)
 
+    def admits_digest(self, got: bytes, group: str) -> bool:
+        """admits() for a token known only by its digest (a session's, on reload).
+
+        The digest of "" is the credential of a session that joined a route
+        without tokens: valid only while the route has none.
+        """
+        if not self.enabled:
+            return True
+        if got == _digest(""):
+            return False
+        ok_all = self._all is not None and hmac.compare_digest(got, self._all)
+        group_digest = self._groups.get(group)
+        ok_group = group_digest is not None and hmac.compare_digest(got, group_digest)
+        return ok_all or ok_group
+
+    def changes(self, new: TokenTable) -> list[str]:
+        """What differs from this table to new, one line each (never a secret)."""
+        found = []
+        if self._all != new._all:
+            found.append(_changed("[route] token", self._all, new._all))
+        for group in sorted(set(self._groups) | set(new._groups)):
+            old_d, new_d = self._groups.get(group), new._groups.get(group)
+            if old_d != new_d:
+                found.append(_changed(f"[group.{group}] token", old_d, new_d))
+        return found
+
     def admits_somewhere(self, presented: str) -> bool:
         """Whether `presented` is valid for at least one group.
 
@@ -57,6 +88,14 @@ class TokenTable:
         got = _digest(presented)
         hits = [hmac.compare_digest(got, d) for d in (self._all, *self._groups.values()) if d]
         return bool(presented) and any(hits)
+
+
+def _changed(what: str, old: bytes | None, new: bytes | None) -> str:
+    if old is None:
+        return f"{what} added"
+    if new is None:
+        return f"{what} removed"
+    return f"{what} changed"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Generic, TypeVar
 
+from vnet.core.admin_config import AdminSettings, read_admin
 from vnet.core.auth import insecure_reason
 from vnet.core.budget import DEFAULT_PER_NODE_MIB, DEFAULT_TOTAL_MIB
 from vnet.core.config_section import SectionReader, token_problem
@@ -96,6 +97,8 @@ class RouteSettings:
     # Seconds between keepalive pings, and to wait for an answer: a dead or
     # black-holed node is dropped within twice this.
     keepalive: int = DEFAULT_KEEPALIVE
+    # [admin]: the admin API's token and the dashboard (vnet.core.admin_config).
+    admin: AdminSettings = AdminSettings()
 
     @property
     def has_tokens(self) -> bool:
@@ -195,7 +198,7 @@ ROUTE_KEYS = _keys(
     RouteSettings,
     RouteLimits,
     # Read into other records, or not keys at all.
-    drop=frozenset({"path", "listen", "groups", "limits"}),
+    drop=frozenset({"path", "listen", "groups", "limits", "admin"}),
 )
 VNET_KEYS = _keys(VnetConfig)
 GROUP_KEYS = _keys(GroupConfig, drop=frozenset({"name"}))
@@ -306,7 +309,7 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
     known = []
     for sec in sections.values():
         kind, dot, suffix = sec.name.partition(".")
-        if sec.name in ("route", "vnet"):
+        if sec.name in ("route", "vnet", "admin"):
             known.append(sec)
         elif kind in ("serve", "use", "group") and dot:
             if not suffix.strip():
@@ -324,7 +327,7 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
                 sec.name,
                 None,
                 "unknown section "
-                "(expected [route], [vnet], [serve.NAME], [use.NAME] or [group.NAME])",
+                "(expected [route], [vnet], [admin], [serve.NAME], [use.NAME] or [group.NAME])",
             )
     return known
 
@@ -441,6 +444,7 @@ def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
     settings = RouteSettings(
         metrics=sec.host_port("metrics"),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
+        admin=read_admin(problems, sections.get("admin"), client_certs=sec.has("tls_client_ca")),
         path=path,
         listen=listen,
         token=sec.token("token"),

@@ -101,3 +101,8 @@ class RouteUnavailable(VnetError):
 
 class Unanswered(RouteUnavailable):
     """The node the route asked did not answer in time."""
+
+
+class Forbidden(VnetError):
+    """Not allowed from here, whatever the credential (PERMISSION_DENIED): the admin API
+    of a route without an admin token, called from another machine."""

@@ -117,6 +117,8 @@ class Node:
         self._joined = False
         # The route said it is stopping (going_away): its stream's end is no surprise.
         self._going_away = False
+        # Its reason, when the route ended only this node's session (grace 0: a kick).
+        self._sent_away = ""
         self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
         # The serves' registration and the accepting side of tunnels.
         self.serve_side = Serves(self)
@@ -191,6 +193,7 @@ class Node:
         cfg = self.config
         await self.client.connect(self.timeouts.connect, fail_fast=fail_fast)
         self._joined = self._going_away = False
+        self._sent_away = ""
         joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
         self._joined = True
         restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
@@ -230,7 +233,9 @@ class Node:
                 why = "the route closed the control stream"
             except RouteUnavailable as exc:
                 why = lost_words(exc, joined=True)
-            if self._going_away:
+            if self._sent_away:
+                why = f"the route ended this node's session ({self._sent_away})"
+            elif self._going_away:
                 # Not "Cancelling all calls" or the like: it stopped, and said so.
                 why = "the route stopped"
             if self.timeouts.reconnect_max <= 0:
@@ -362,6 +367,10 @@ class Node:
             return
         if isinstance(event, GoingAway):
             self._going_away = True
+            if event.grace == 0:
+                self._sent_away = event.reason
+                log.warning("the route ends this node's session: %s", event.reason)
+                return
             log.warning(
                 "the route is going away (%s); open tunnels have %.1fs",
                 event.reason,

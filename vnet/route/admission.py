@@ -7,13 +7,14 @@ with the servicer's clock, and raises the VnetError the caller gets.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import grpc
 
 from vnet import wire
-from vnet.core.auth import PenaltyBox, peer_address
+from vnet.core.auth import PenaltyBox, digest, peer_address
 from vnet.core.errors import LimitExceeded, SessionUnknown, Unauthenticated
 from vnet.route.security import RouteSecurity
 
@@ -35,6 +36,36 @@ def metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
 def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     auth = metadata(context, wire.MD_AUTH)
     return auth[7:] if auth[:7].lower() == "bearer " else ""
+
+
+def bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The call's "authorization: Bearer TOKEN" token ("" when absent)."""
+    return _bearer(context)
+
+
+def cert_names(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+    """The caller's verified client certificate's names: common name, then
+    subject alternative names (none without client certificates)."""
+    auth = context.auth_context() or {}
+    names = []
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(key) or []:
+            name = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            # An empty common name (a certificate with SANs only) names nothing.
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def admin_facts(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
+    """What the admin API shows of a joining node, and the digest of its token."""
+    names = cert_names(context)
+    return {
+        "peer": context.peer() or "",
+        "identity": names[0] if names else "",
+        "joined_at_ms": int(time.time() * 1000),
+        "credential": digest(_bearer(context)),
+    }
 
 
 class Admission:
@@ -70,6 +101,14 @@ class Admission:
         if not self.tokens.admits_somewhere(_bearer(context)):
             self._failed(address, now)
         raise SessionUnknown(BAD_CREDENTIALS)
+
+    def not_penalised(self, address: str) -> None:
+        """Refuse an address with too many failures (the admin API's check too)."""
+        self._not_penalised(address, self.clock())
+
+    def failed(self, address: str) -> None:
+        """Count and penalise a failed authentication (a wrong admin token too)."""
+        self._failed(address, self.clock())
 
     def _not_penalised(self, address: str, now: float) -> None:
         wait = self.penalties.blocked_for(address, now)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from vnet.core.admin_config import same_as_node_token
 from vnet.core.auth import PenaltyPolicy, TokenTable
 from vnet.core.config import RouteSettings, resolve_secret
 from vnet.core.errors import ConfigError
@@ -31,6 +32,11 @@ class RouteSecurity:
     tokens: TokenTable = field(default_factory=TokenTable)
     tls: ServerTls | None = None
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+    # The admin API's token ([admin]); "" (and no admin_names) means admin
+    # calls from loopback only.
+    admin_token: str = ""
+    # Client certificate names that are admins too ([admin] client_names).
+    admin_names: tuple[str, ...] = ()
 
 
 def load_security(
@@ -68,6 +74,22 @@ def load_security(
         g.name: secret(f"group.{g.name}", g.token, g.token_env, g.token_file)
         for g in settings.groups
     }
+    admin = settings.admin
+    admin_token = secret("admin", admin.token, admin.token_env, admin.token_file)
+    clash = same_as_node_token(
+        admin_token,
+        {"[route] token": all_groups} | {f"[group.{g}] token": t for g, t in per_group.items()},
+    )
+    if clash:
+        key = "token_env" if admin.token_env else "token_file" if admin.token_file else "token"
+        found.append(
+            ConfigError(
+                settings.path,
+                "admin",
+                key,
+                f"the admin token is the same as {clash}: give admins a token of their own",
+            )
+        )
     tls = None
     # Both or neither: the config check reports a lone one.
     if settings.tls_cert and settings.tls_key:
@@ -82,4 +104,4 @@ def load_security(
         problems.extend(found)
     elif found:
         raise found[0]
-    return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls)
+    return RouteSecurity(tokens=TokenTable(all_groups, per_group), tls=tls, admin_token=admin_token)

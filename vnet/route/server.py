@@ -12,16 +12,20 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
-from vnet.core.config import RouteEndpoint, RouteLimits
+from vnet.core.config import RouteEndpoint, RouteLimits, RouteSettings
 from vnet.metrics import MetricsServer, serve_metrics
+from vnet.route.admin import Reloader, RouteAdmin
+from vnet.route.admin_rpc import AdminRpc
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer, RouteTimeouts
+from vnet.wire.admin_messages import ADMIN_SERVICE
 from vnet.wire.options import NODE_PING_FLOOR_MS, common_options, keepalive_options
 
 log = logging.getLogger(__name__)
@@ -41,15 +45,21 @@ class RunningRoute:
     port: int
     health: health.aio.HealthServicer
 
+    admin: RouteAdmin
     reaper: asyncio.Task[None] | None = None
     expirer: asyncio.Task[None] | None = None
+    sampler: asyncio.Task[None] | None = None
     metrics: MetricsServer | None = None
+    # The web dashboard, when [admin] web= is set (vnet.route.dashboard).
+    dashboard: Any = None
 
     async def stop(self, reason: str = "route stopping") -> None:
         """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
         await self.health.enter_graceful_shutdown()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.servicer.go_away(reason)
-        for timer in (self.reaper, self.expirer):
+        for timer in (self.reaper, self.expirer, self.sampler):
             if timer is not None:
                 timer.cancel()
         await self.servicer.close()
@@ -84,15 +94,23 @@ async def start_route(
     limits: RouteLimits | None = None,
     metrics: tuple[str, int] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    settings: RouteSettings | None = None,
+    reloader: Reloader | None = None,
+    web: tuple[str, int] | None = None,
 ) -> RunningRoute:
     """Start a route listening on config's address (port 0 picks a free one).
 
     metrics is where to serve Prometheus metrics (host, port), if anywhere;
     clock is the servicer's (RouteServicer), which tests may move themselves.
+    settings and reloader are the file it started from and how to read it
+    again (the admin API's Reload, SIGHUP); web is where to serve the
+    dashboard (host, port), if anywhere.
     Raises OSError when an address cannot be bound.
     """
     _check_bindable(config)
     servicer = RouteServicer(timeouts, security, limits, clock)
+    admin = RouteAdmin(servicer, servicer.security, settings, reloader)
     tls = servicer.security.tls
     server = grpc.aio.server(
         options=[
@@ -116,12 +134,13 @@ async def start_route(
             ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
         ]
     )
-    server.add_generic_rpc_handlers((servicer.handlers(),))
+    server.add_generic_rpc_handlers((servicer.handlers(), AdminRpc(admin).handlers()))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             wire.SERVICE,
+            ADMIN_SERVICE,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -153,12 +172,26 @@ async def start_route(
         " with TLS" if tls else "",
         "" if servicer.security.tokens.enabled else ", no token: anyone who reaches it may join",
     )
-    running = RunningRoute(server=server, servicer=servicer, port=port, health=health_servicer)
+    running = RunningRoute(
+        server=server, servicer=servicer, port=port, health=health_servicer, admin=admin
+    )
     running.reaper = asyncio.create_task(servicer.reap_half_closed())
     running.expirer = asyncio.create_task(servicer.expire_uncontrolled())
+    if web is not None:
+        # The dashboard's charts; a route without one samples nothing.
+        running.sampler = asyncio.create_task(admin.keep_sampling())
+        from vnet.route.dashboard import Dashboard
+
+        dashboard = Dashboard(admin)
+        try:
+            await dashboard.start(*web)
+        except OSError:
+            await running.stop()
+            raise
+        running.dashboard = dashboard
     if metrics is not None:
         try:
-            running.metrics = serve_metrics(servicer, *metrics)
+            running.metrics = serve_metrics(servicer, *metrics, admin=admin)
         except OSError as exc:
             await running.stop()
             raise OSError(

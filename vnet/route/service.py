@@ -34,6 +34,7 @@ from vnet.core.errors import (
     LimitExceeded,
     NotFound,
     Refused,
+    RouteUnavailable,
     Unanswered,
     VnetError,
 )
@@ -43,7 +44,7 @@ from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
-from vnet.route.admission import Admission, metadata
+from vnet.route.admission import Admission, admin_facts, metadata
 from vnet.route.probes import Probes
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
@@ -106,6 +107,16 @@ class Link:
     splices: set[Splice] = field(default_factory=set)
     # Its unanswered open_tunnels: a silent node's serves are refused at once.
     answers: AnswerWatch = field(default_factory=AnswerWatch)
+    # For the admin API (vnet.route.admin): where it joined from, its client
+    # certificate's name, when (wall clock, ms), the digest of the token it
+    # joined with (a reload ends the session when that is no longer valid),
+    # and the bytes of its tunnels that have closed, each way.
+    peer: str = ""
+    identity: str = ""
+    joined_at_ms: int = 0
+    credential: bytes = b""
+    bytes_from_node: int = 0
+    bytes_to_node: int = 0
 
     @property
     def vnet(self) -> Vnet:
@@ -173,6 +184,8 @@ class RouteServicer:
         self.splices: set[Splice] = set()
         # Set when the route starts going away.
         self.stopping = False
+        # While not "", new joins and tunnels are refused with it (an admin's drain).
+        self.refusing = ""
         self.stats = SpliceStats()
         self.budget = Budget(
             self.limits.tunnel_memory * MIB, self.limits.tunnel_memory_per_node * MIB
@@ -205,6 +218,12 @@ class RouteServicer:
             # None: a session joining right now, not told yet (its snapshot will).
             if link is not None:
                 link.push(event)
+
+    def end_session(self, link: Link, why: str) -> None:
+        """End a session from the route's side (an admin's kick, a revoked token):
+        its node is told (going_away, no grace) and its control stream closes."""
+        link.push(msg.going_away_event(why, 0))
+        self._drop(link, why)
 
     def _drop(self, link: Link, why: str) -> None:
         gone = self.table.drop(link.core)
@@ -268,6 +287,8 @@ class RouteServicer:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
         self.admission.admit(context, group)
+        if self.refusing:
+            raise RouteUnavailable(self.refusing)
         joined = self.table.join(
             request.name, group, self.clock(), request.resume_vnetid, request.resume_token
         )
@@ -276,7 +297,7 @@ class RouteServicer:
             if stale is not None:
                 self._ended(stale, joined.withdrawn, "replaced by its own new connection")
         session = joined.session
-        self.sessions[session] = Link(session)
+        self.sessions[session] = Link(session, **admin_facts(context))
         vnet = session.vnet
         log.info(
             "vnet %s (%s) joined group %s from %s",
@@ -461,6 +482,8 @@ class RouteServicer:
     ) -> tuple[Link, Link, Serve]:
         """The caller, the serve's node and the serve; refused here, before anything waits."""
         link = self._session(context)
+        if self.refusing:
+            raise RouteUnavailable(self.refusing)
         raw = metadata(context, wire.MD_SERVEID)
         # ASCII digits only: int() would take other scripts' digits too.
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= SERVEID_MAX:
@@ -604,6 +627,12 @@ class RouteServicer:
         self.splices.discard(done)
         for end in done.ends:
             end.splices.discard(done)
+        if len(done.ends) == 2:
+            dialer, server = done.ends
+            dialer.bytes_from_node += done.bytes_to_serve
+            dialer.bytes_to_node += done.bytes_to_dialer
+            server.bytes_from_node += done.bytes_to_dialer
+            server.bytes_to_node += done.bytes_to_serve
 
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""

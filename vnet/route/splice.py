@@ -109,6 +109,9 @@ class Splice:
         "ends",
         "budget",
         "last_activity",
+        "opened_at",
+        "bytes_to_serve",
+        "bytes_to_dialer",
         "state",
         "_waiters",
         "_closed",
@@ -136,7 +139,9 @@ class Splice:
         # What the route's pumps hold in stalled writes, and its limits.
         self.budget = budget
         # When a frame last went through, by the loop's clock: for idle reaping.
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.opened_at = asyncio.get_running_loop().time()
+        # Frame bytes relayed each way, for the admin API (vnet.route.admin).
+        self.bytes_to_serve = self.bytes_to_dialer = 0
         # How the tunnel ends: the pumps feed it and do what it says.
         self.state = TunnelState()
         dial.end, accept.end = End.A, End.B
@@ -220,8 +225,10 @@ class Splice:
                     self.last_activity = loop.time()
                     if to_serve:
                         self.stats.bytes_to_serve += len(msg)
+                        self.bytes_to_serve += len(msg)
                     else:
                         self.stats.bytes_to_dialer += len(msg)
+                        self.bytes_to_dialer += len(msg)
                     # Nothing follows a fin (route.proto), so the node need not
                     # half-close as well: one call operation less at each end
                     # of every tunnel.

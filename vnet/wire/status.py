@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from vnet.core.errors import (
+    Forbidden,
     LimitExceeded,
     LocalProtocolError,
     NotFound,
@@ -26,6 +27,7 @@ STATUS_OF: dict[type[VnetError], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Refused: grpc.StatusCode.FAILED_PRECONDITION,
     RouteUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # And back again, used by the node: the same table inverted, except that
