@@ -306,6 +306,7 @@ async def test_serve_and_use_lifecycle_then_save(
         assert table[1].split() == [
             "loop",
             "702",
+            "tcp",
             "listening",
             "127.0.0.1",
             str(port),
@@ -322,7 +323,7 @@ async def test_serve_and_use_lifecycle_then_save(
         await s.ok("serve close web")
         assert 702 not in {x.serveid for x in registry.serves("g")}
         await wait_until(lambda: office.uses["loop"].port is None, "the use to follow its serve")
-        assert (await s.ok("show serve"))[1].split()[:3] == ["web", "702", "inactive"]
+        assert (await s.ok("show serve"))[1].split()[:3] == ["web", "702", "tcp", "inactive"]
         await s.ok("serve open web")
         assert registry.find("g", 702).vnetid == office.vnetid
         await use_port(office, "loop")
@@ -468,7 +469,7 @@ async def test_the_route_going_away(
         assert outcome is Outcome.FAILED
         assert err[0].startswith("ping: the route is not connected (")
         assert await s.ok("show serve") == [
-            "serve  serveid  state  ip  port  name  info",
+            "serve  serveid  type  state  ip  port  name  info",
             "- 0 serve(s), 0 registered -",
         ]
 
@@ -591,7 +592,7 @@ async def test_reload_of_a_bad_file_changes_nothing(
         assert (outcome, out) == (Outcome.FAILED, [])
         assert err == [
             f"reload: {office_ini}: [use.a] serverid: unknown key "
-            "(known: active, ip, port, serveid, type)"
+            "(known: active, ip, port, serveid, type, udp_flows, udp_idle)"
         ]
         assert office.config is before
         outcome, _, err = await s.run(f"reload {tmp_path / 'missing.ini'}")

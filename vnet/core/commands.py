@@ -84,17 +84,20 @@ SHOW: dict[str, str] = {
 FIELD_HELP: dict[Kind, dict[str, str]] = {
     "serve": {
         "serveid": "1-999, 500+ static; 000: the route assigns one",
-        "type": "tcp only",
+        "type": "tcp (default) or udp",
         "ip": "where the service is (127.0.0.1)",
         "port": "the service's port (required)",
         "name": "shown in listings (default: NAME)",
         "info": "free text",
+        "udp_idle": "type=udp: seconds a flow may be silent (60)",
     },
     "use": {
         "serveid": "the serve to map (required)",
-        "type": "tcp only",
+        "type": "tcp (default) or udp: the serve's type",
         "ip": "where to listen (127.0.0.1)",
         "port": "where to listen (default: the serve's port)",
+        "udp_idle": "type=udp: seconds a flow may be silent (60)",
+        "udp_flows": "type=udp: flows (client addresses) at once (256)",
     },
 }
 
@@ -539,7 +542,7 @@ def _fields(kind: Kind, given: list[str], word: str, data: CompletionData) -> li
         if key == "ip":
             return [Candidate("ip=127.0.0.1", "this machine")]
         if key == "type":
-            return [Candidate("type=tcp")]
+            return [Candidate("type=tcp", "the default"), Candidate("type=udp", "datagrams")]
         return []
     used = {w.partition("=")[0] for w in given}
     return [

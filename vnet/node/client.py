@@ -321,8 +321,9 @@ class RouteClient:
         info: str,
         timeout: float = 10.0,
         unserve: bool = False,
+        type: str = "tcp",
     ) -> Registered:
-        request = wire.register_request(serveid, name, ip, port, info, unserve)
+        request = wire.register_request(serveid, name, ip, port, info, unserve, type)
         resp = await self._unary(self.stub.RegisterServe, request, timeout)
         return wire.registered_from_pb(resp)
 

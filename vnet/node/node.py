@@ -24,6 +24,7 @@ from vnet.core.config_diff import ConfigDiff
 from vnet.core.errors import RouteUnavailable, Unauthenticated, VnetError
 from vnet.core.pacing import Pacer
 from vnet.core.registry import Serve
+from vnet.core.udp import Slots
 from vnet.node.client import (
     ControlEvent,
     GoingAway,
@@ -85,6 +86,8 @@ class Node:
         self.serves: dict[str, ServeState] = {}
         # All tunnels share the connection to the route, both ways.
         self.pacer = Pacer(shared_rate=config.vnet.bulk_while_interactive * 1_000_000)
+        # UDP flows held at once, by the uses and the serves together.
+        self.udp_slots = Slots(config.vnet.udp_flows)
         # The uses' listeners and the dialling side of tunnels. Through a
         # lambda: the client is replaced on each reconnect.
         self.use_side = Uses(
@@ -92,6 +95,7 @@ class Node:
             lambda serveid, tunnel_id: self.client.dial(serveid, tunnel_id),
             self._spawn,
             self.pacer,
+            self.udp_slots,
         )
         self.uses: dict[str, UseState] = self.use_side.states
         # Why the route went away, once it has.

@@ -99,10 +99,10 @@ def join_request(name: str, group: str, resume_vnetid: str, resume_token: str) -
 
 
 def register_request(
-    serveid: int, name: str, ip: str, port: int, info: str, unserve: bool
+    serveid: int, name: str, ip: str, port: int, info: str, unserve: bool, type: str = "tcp"
 ) -> pb.RegisterServeRequest:
     return pb.RegisterServeRequest(
-        serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info, unserve=unserve
+        serveid=serveid, name=name, type=type, ip=ip, port=port, info=info, unserve=unserve
     )
 
 

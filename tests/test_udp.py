@@ -1,0 +1,300 @@
+"""UDP serves and uses: real datagrams through an in-process route and two nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from typing import cast
+
+import dns.asyncquery
+import dns.message
+import dns.rrset
+import pytest
+
+from tests.conftest import TIMEOUT, MakeNode, free_port, use_port, wait_until
+from tests.services import echo_ok, echo_server
+from tests.udp_services import UdpClient, UdpServer, _Collect, udp_client, udp_server
+from vnet.core.config import ServeConfig, UseConfig, VnetConfig
+from vnet.core.udp import MAX_DATAGRAM, Drop
+from vnet.node.node import Node
+
+
+async def _pair(
+    make_node: MakeNode,
+    target_port: int,
+    *,
+    serve_idle: int = 60,
+    use_idle: int = 60,
+    udp_flows: int = 256,
+    serveid: int = 753,
+) -> tuple[Node, Node, int]:
+    home = await make_node(
+        "home",
+        serves=[
+            ServeConfig(
+                key="svc", port=target_port, serveid=serveid, type="udp", udp_idle=serve_idle
+            )
+        ],
+    )
+    office = await make_node(
+        "office",
+        uses=[
+            UseConfig(
+                key="svc",
+                serveid=serveid,
+                port=0,
+                type="udp",
+                udp_idle=use_idle,
+                udp_flows=udp_flows,
+            )
+        ],
+    )
+    return home, office, await use_port(office, "svc")
+
+
+@pytest.mark.parametrize(("size", "count"), [(1, 50), (1000, 50), (MAX_DATAGRAM, 3)])
+async def test_echo_keeps_boundaries_contents_and_order(
+    make_node: MakeNode, size: int, count: int
+) -> None:
+    echo = await udp_server()
+    _, office, port = await _pair(make_node, echo.port)
+    client = await udp_client(port)
+    # Distinct contents per datagram, so a merge, split, truncation or
+    # reordering shows.
+    sent = [
+        bytes([(i * 7 + j) & 0xFF for j in range(min(size, 256))]) * (size // 256 + 1)
+        for i in range(count)
+    ]
+    sent = [d[:size] for d in sent]
+    assert await client.round_trip(sent[0]) == sent[0]
+    for datagram in sent[1:]:
+        client.send(datagram)
+    got = await client.wait_for(count)
+    assert [len(d) for d in got] == [size] * count
+    assert got == sent
+    counters = office.uses["svc"].udp_counters
+    assert counters.datagrams_out == count
+    assert counters.bytes_out == size * count
+    assert counters.datagrams_in == count
+    assert all(n == 0 for n in counters.drops.values())
+    client.close()
+    echo.close()
+
+
+async def test_an_empty_datagram_passes(make_node: MakeNode) -> None:
+    echo = await udp_server()
+    _, _, port = await _pair(make_node, echo.port)
+    # asyncio's sendto sends nothing for b"": a plain socket does.
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        for datagram in (b"", b"x", b""):
+            sock.send(datagram)
+            async with asyncio.timeout(TIMEOUT):
+                assert await loop.sock_recv(sock, 70_000) == datagram
+    assert [d for d, _ in echo.received] == [b"", b"x", b""]
+    echo.close()
+
+
+async def test_200_flows_each_get_only_their_own_replies(make_node: MakeNode) -> None:
+    echo = await udp_server()
+    home, office, port = await _pair(make_node, echo.port)
+    clients = [await udp_client(port) for _ in range(200)]
+    per_flow = 5
+    # A round is one datagram in flight per flow: all 200 at once, which a
+    # node's socket buffers hold (more at once would be lost to the kernel
+    # on a machine with small net.core.rmem_max, not to vnet).
+    for round_ in range(per_flow):
+        for i, client in enumerate(clients):
+            client.send(b"flow %d datagram %d" % (i, round_))
+        for client in clients:
+            await client.wait_for(round_ + 1)
+    for i, client in enumerate(clients):
+        assert client.received == [b"flow %d datagram %d" % (i, r) for r in range(per_flow)]
+    # One flow per client at the serving node too: 200 distinct sources at the target.
+    assert len({addr for _, addr in echo.received}) == 200
+    assert office.uses["svc"].udp_counters.flows_open == 200
+    await wait_until(lambda: home.serves["svc"].udp.flows_open == 200, "200 flows at home")
+    for client in clients:
+        client.close()
+    echo.close()
+
+
+@pytest.mark.parametrize("short", ["use", "serve"])
+async def test_idle_ends_the_flow_on_both_sides(make_node: MakeNode, short: str) -> None:
+    echo = await udp_server()
+    home, office, port = await _pair(
+        make_node,
+        echo.port,
+        use_idle=1 if short == "use" else 60,
+        serve_idle=1 if short == "serve" else 60,
+    )
+    client = await udp_client(port)
+    assert await client.round_trip(b"hello") == b"hello"
+    use_side = office.uses["svc"].udp_counters
+    serve_side = home.serves["svc"].udp
+    assert use_side.flows_open == serve_side.flows_open == 1
+    # The shorter udp_idle wins, at both ends, and the flow ends cleanly (fins).
+    await wait_until(
+        lambda: use_side.flows_open == 0 and serve_side.flows_open == 0,
+        "the idle flow to end on both nodes",
+    )
+    assert use_side.flows_closed == serve_side.flows_closed == 1
+    assert use_side.flows_reset == serve_side.flows_reset == 0
+    udp = office.uses["svc"].udp
+    assert udp is not None
+    assert not udp.flows
+    # The same client again: a new flow, from a new socket at the target.
+    assert await client.round_trip(b"again") == b"again"
+    assert use_side.flows_opened == 2
+    assert len({addr for _, addr in echo.received}) == 2
+    client.close()
+    echo.close()
+
+
+async def test_flow_cap_drops_and_counts(make_node: MakeNode) -> None:
+    echo = await udp_server()
+    _, office, port = await _pair(make_node, echo.port, udp_flows=2)
+    clients = [await udp_client(port) for _ in range(3)]
+    assert await clients[0].round_trip(b"a") == b"a"
+    assert await clients[1].round_trip(b"b") == b"b"
+    counters = office.uses["svc"].udp_counters
+    clients[2].send(b"c")
+    await wait_until(lambda: counters.drops[Drop.FLOW_LIMIT] == 1, "the third flow refused")
+    assert counters.flows_open == 2
+    for client in clients:
+        client.close()
+    echo.close()
+
+
+async def test_node_flow_cap_is_shared_by_the_uses(make_node: MakeNode) -> None:
+    echo = await udp_server()
+    await make_node(
+        "home", serves=[ServeConfig(key="svc", port=echo.port, serveid=753, type="udp")]
+    )
+    office = await make_node(
+        "office",
+        uses=[
+            UseConfig(key="a", serveid=753, port=0, type="udp"),
+            UseConfig(key="b", serveid=753, port=0, type="udp"),
+        ],
+        vnet=VnetConfig(name="office", group="g", udp_flows=1),
+    )
+    a = await udp_client(await use_port(office, "a"))
+    b = await udp_client(await use_port(office, "b"))
+    assert await a.round_trip(b"a") == b"a"
+    b.send(b"b")
+    counters = office.uses["b"].udp_counters
+    await wait_until(lambda: counters.drops[Drop.FLOW_LIMIT] == 1, "b's flow refused")
+    a.close()
+    b.close()
+    echo.close()
+
+
+async def test_a_use_of_the_wrong_type_does_not_listen(make_node: MakeNode) -> None:
+    echo = await udp_server()
+    await make_node(
+        "home", serves=[ServeConfig(key="svc", port=echo.port, serveid=753, type="udp")]
+    )
+    office = await make_node("office", uses=[UseConfig(key="svc", serveid=753, port=0)])
+    state = office.uses["svc"]
+    await wait_until(lambda: "udp" in state.error, "the type mismatch reported")
+    assert state.error == ("type=tcp but serveid 753 (svc on vnet 01) is udp: set type=udp")
+    assert not state.listening
+    echo.close()
+
+
+async def test_udp_and_tcp_serves_share_a_port_number(make_node: MakeNode) -> None:
+    """As a DNS server listens on 53/udp and 53/tcp: both served, and used on one port."""
+    tcp_echo = await echo_server()
+    loop = asyncio.get_running_loop()
+    holder: list[_Collect] = []
+    # The UDP echo on the TCP echo's port number.
+    _, proto = await loop.create_datagram_endpoint(
+        lambda: _Collect(lambda d, a: holder[0].sendto(d, a)),
+        local_addr=("127.0.0.1", tcp_echo.port),
+    )
+    holder.append(proto)
+    udp_echo = UdpServer(proto)
+    await make_node(
+        "home",
+        serves=[
+            ServeConfig(key="t", port=tcp_echo.port, serveid=760),
+            ServeConfig(key="u", port=tcp_echo.port, serveid=761, type="udp"),
+        ],
+    )
+    port = free_port()
+    office = await make_node(
+        "office",
+        uses=[
+            UseConfig(key="t", serveid=760, port=port),
+            UseConfig(key="u", serveid=761, port=port, type="udp"),
+        ],
+    )
+    assert await use_port(office, "t") == await use_port(office, "u") == port
+    assert await echo_ok(port, 10_000)
+    client = await udp_client(port)
+    assert await client.round_trip(b"over udp") == b"over udp"
+    client.close()
+    udp_echo.close()
+    await tcp_echo.close()
+
+
+async def _dns_server() -> tuple[asyncio.DatagramTransport, int]:
+    """A small authoritative server: every A query for *.vnet.test gets 192.0.2.N."""
+
+    class Dns(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.DatagramTransport, transport)
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            query = dns.message.from_wire(data)
+            answer = dns.message.make_response(query)
+            name = query.question[0].name
+            label = name.labels[0].decode()
+            answer.answer.append(dns.rrset.from_text(name, 60, "IN", "A", f"192.0.2.{len(label)}"))
+            self.transport.sendto(answer.to_wire(), addr)
+
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        Dns, local_addr=("127.0.0.1", 0)
+    )
+    return transport, int(transport.get_extra_info("sockname")[1])
+
+
+async def test_a_dns_query_through_the_tunnel(make_node: MakeNode) -> None:
+    server, dns_port = await _dns_server()
+    _, _, port = await _pair(make_node, dns_port)
+    query = dns.message.make_query("abcd.vnet.test", "A")
+    answer = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=TIMEOUT)
+    assert answer.id == query.id
+    assert [r.to_text() for r in answer.answer[0]] == ["192.0.2.4"]
+    dig = shutil.which("dig")
+    if dig is not None:
+        proc = await asyncio.create_subprocess_exec(
+            dig,
+            "@127.0.0.1",
+            "-p",
+            str(port),
+            "+short",
+            "+tries=1",
+            "+time=10",
+            "ab.vnet.test",
+            "A",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 2 * TIMEOUT)
+        assert proc.returncode == 0, err
+        assert out.decode().split() == ["192.0.2.2"]
+    server.close()
+
+
+async def _flood(client: UdpClient, size: int, count: int) -> None:
+    """Send without waiting for replies, yielding now and then so the use's
+    node reads its socket (a kernel drop would be invisible to vnet)."""
+    for i in range(count):
+        client.send(i.to_bytes(4, "big") * (size // 4))
+        if i % 8 == 7:
+            await asyncio.sleep(0)
