@@ -116,7 +116,8 @@ def test_parse(line: str, expected: commands.Command | None) -> None:
         ("show serves 01 02", "show serves: unexpected '02' (usage: show serves [VNETID])"),
         (
             "serve run x port",
-            "serve run x: 'port' is not KEY=VALUE (keys: serveid, type, ip, port, name, info, udp_idle)",
+            "serve run x: 'port' is not KEY=VALUE "
+            "(keys: serveid, type, ip, port, name, info, udp_idle)",
         ),
         (
             "serve run x prot=1",

@@ -323,7 +323,7 @@ async def test_serve_and_use_lifecycle_then_save(
         await s.ok("serve close web")
         assert 702 not in {x.serveid for x in registry.serves("g")}
         await wait_until(lambda: office.uses["loop"].port is None, "the use to follow its serve")
-        assert (await s.ok("show serve"))[1].split()[:3] == ["web", "702", "tcp", "inactive"]
+        assert (await s.ok("show serve"))[1].split()[:4] == ["web", "702", "tcp", "inactive"]
         await s.ok("serve open web")
         assert registry.find("g", 702).vnetid == office.vnetid
         await use_port(office, "loop")

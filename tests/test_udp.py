@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
+import urllib.request
+from pathlib import Path
 from typing import cast
 
 import dns.asyncquery
@@ -12,9 +15,10 @@ import dns.message
 import dns.rrset
 import pytest
 
-from tests.conftest import TIMEOUT, MakeNode, free_port, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, use_port, wait_until
+from tests.procs import Procs, command, node_ini
 from tests.services import echo_ok, echo_server
-from tests.udp_services import UdpClient, UdpServer, _Collect, udp_client, udp_server
+from tests.udp_services import UdpServer, _Collect, udp_client, udp_server
 from vnet.core.config import ServeConfig, UseConfig, VnetConfig
 from vnet.core.udp import MAX_DATAGRAM, Drop
 from vnet.node.node import Node
@@ -291,10 +295,117 @@ async def test_a_dns_query_through_the_tunnel(make_node: MakeNode) -> None:
     server.close()
 
 
-async def _flood(client: UdpClient, size: int, count: int) -> None:
-    """Send without waiting for replies, yielding now and then so the use's
-    node reads its socket (a kernel drop would be invisible to vnet)."""
-    for i in range(count):
-        client.send(i.to_bytes(4, "big") * (size // 4))
-        if i % 8 == 7:
-            await asyncio.sleep(0)
+async def test_drops_are_counted_when_the_far_end_stops_reading(
+    make_route: MakeRoute, make_node: MakeNode, procs: Procs, tmp_path: Path
+) -> None:
+    """The serving node frozen (SIGSTOP): nothing reads the flow's stream, its
+    windows fill, the use's queue for it fills and drops its oldest datagrams,
+    counted in `show use` and the metrics. Then it carries on.
+
+    A target that merely stops reading its socket is not this case: the
+    kernel drops what overflows its receive buffer, and on loopback the
+    sender never learns of it (`netstat -su`, RcvbufErrors, counts those)."""
+    from vnet.console.executor import use_views
+    from vnet.core.tables import local_uses_table
+    from vnet.metrics import serve_node_metrics
+
+    sink = await udp_server(echo=False)
+    route = await make_route()
+    (tmp_path / "home.ini").write_text(
+        node_ini(
+            route.port,
+            f"[vnet]\nname=home\ngroup=g\n[serve.sink]\nserveid=754\ntype=udp\nport={sink.port}\n",
+        )
+    )
+    home = await procs.start("home", command("vnet"), "home.ini")
+    await home.wait_for_line("registered as serveid 754")
+    office = await make_node(
+        "office", uses=[UseConfig(key="sink", serveid=754, port=0, type="udp")]
+    )
+    endpoint = serve_node_metrics(office, "127.0.0.1", 0)
+    client = await udp_client(await use_port(office, "sink"))
+    client.send(b"first")
+    await wait_until(lambda: len(sink.received) == 1, "the first datagram at the target")
+    counters = office.uses["sink"].udp_counters
+    big = 60_000
+    home.send(signal.SIGSTOP)
+    try:
+        sent = 0
+        deadline = asyncio.get_running_loop().time() + 3 * TIMEOUT
+        while counters.drops[Drop.QUEUE_FULL] == 0:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"no queue drop after {sent} datagrams: {counters.summary()}"
+            )
+            # Paced, so the use's node reads its socket (else the kernel
+            # would drop them first, where vnet cannot count them).
+            for _ in range(8):
+                client.send(sent.to_bytes(4, "big") * (big // 4))
+                sent += 1
+            await asyncio.sleep(0.001)
+        dropped = counters.drops[Drop.QUEUE_FULL]
+        assert counters.datagrams_out + dropped <= sent + 1
+        line = [ln for ln in local_uses_table(use_views(office)) if "[use.sink] udp" in ln]
+        assert f"queue_full {dropped}" in line[0]
+        m = await asyncio.to_thread(_scrape, endpoint.port)
+        key = (("kind", "use"), ("name", "sink"), ("reason", "queue_full"))
+        assert m[("vnet_udp_drops_total", key)] >= dropped
+        assert m[("vnet_udp_flows_open", (("kind", "use"), ("name", "sink")))] == 1
+    finally:
+        home.send(signal.SIGCONT)
+    # The flow itself survived: a marked datagram still reaches the target.
+    await wait_until(
+        lambda: (client.send(b"marker"), any(d == b"marker" for d, _ in sink.received))[1],
+        "a datagram through the same flow after SIGCONT",
+        3 * TIMEOUT,
+        0.2,
+    )
+    assert counters.flows_opened == 1
+    await asyncio.to_thread(endpoint.close)
+    client.close()
+    sink.close()
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_an_oversize_datagram_is_dropped_and_counted(make_node: MakeNode) -> None:
+    """Over IPv6 a datagram may hold 65,527 bytes; past 65,507 it could not go
+    on to an IPv4 target, so the use drops it, counted, and passes the rest."""
+    echo = await udp_server()
+    await make_node(
+        "home", serves=[ServeConfig(key="svc", port=echo.port, serveid=753, type="udp")]
+    )
+    office = await make_node(
+        "office", uses=[UseConfig(key="svc", serveid=753, ip="::1", port=0, type="udp")]
+    )
+    port = await use_port(office, "svc")
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(("::1", port))
+        sock.send(b"o" * (MAX_DATAGRAM + 1))
+        sock.send(b"fits" * (MAX_DATAGRAM // 4))
+        async with asyncio.timeout(TIMEOUT):
+            got = await loop.sock_recv(sock, 70_000)
+    assert got == b"fits" * (MAX_DATAGRAM // 4)
+    assert office.uses["svc"].udp_counters.drops[Drop.OVERSIZE] == 1
+    echo.close()
