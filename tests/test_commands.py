@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
         ("unserve", Unserve()),
         ("unserve 01 8888", Unserve("01", "", 8888)),
         ("unserve 01 8888 18888", Unserve("01", "", 8888, "", 18888)),
+        ("unserve 01 53 5353 type=udp", Unserve("01", "", 53, "", 5353, "udp")),
+        ("unserve type=udp", Unserve(type="udp")),
         ("unserve 01 localhost 8888 0", Unserve("01", "localhost", 8888, "", 0)),
         (
             "unserve 02 10.0.0.5 22 127.0.0.2 2222",
@@ -285,6 +287,8 @@ def test_complete_fields_and_values() -> None:
 
 def test_complete_vnetids_paths_and_quotes() -> None:
     assert texts("show serves ") == ["01", "02"]
+    assert texts("unserve ") == ["01", "02"]
+    assert texts("unserve 01 53 t") == ["type=tcp", "type=udp"]
     assert complete("reload ", DATA).path
     assert complete("save conf", DATA) == commands.Completions("conf", (), path=True)
     assert not complete("reload x ", DATA).path
@@ -385,7 +389,9 @@ def test_help() -> None:
     serve = commands.help_text("serve")
     assert any("serve run NAME [KEY=VALUE ...]" in line for line in serve)
     assert serve[-1] == '  e.g. serve run jupyter port=8888 serveid=701 info="notebook"'
-    assert commands.help_text("unserve")[-1] == "  e.g. unserve 01 8888 18888"
+    assert commands.help_text("unserve")[-1] == (
+        "  e.g. unserve 01 8888 18888, unserve 01 53 5353 type=udp"
+    )
 
 
 # --- save ----------------------------------------------------------------------

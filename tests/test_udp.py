@@ -409,3 +409,22 @@ async def test_an_oversize_datagram_is_dropped_and_counted(make_node: MakeNode) 
     assert got == b"fits" * (MAX_DATAGRAM // 4)
     assert office.uses["svc"].udp_counters.drops[Drop.OVERSIZE] == 1
     echo.close()
+
+
+async def test_unserve_of_a_udp_service(make_node: MakeNode) -> None:
+    """A UDP service the home node never registered, asked for and mapped here."""
+    echo = await udp_server()
+    home = await make_node("home", vnet=VnetConfig(name="home", group="g", allow_unserve=True))
+    office = await make_node("office")
+    serve = await office.unserve(home.vnetid, "127.0.0.1", echo.port, "udp")
+    assert serve.type == "udp"
+    assert serve.unserve
+    state = await office.map_unserve(serve, "127.0.0.1", 0)
+    assert state.config.type == "udp"
+    assert state.port is not None
+    client = await udp_client(state.port)
+    assert await client.round_trip(b"unserved datagram") == b"unserved datagram"
+    offer = home.unserves.offers[serve.serveid]
+    assert offer.open == 1  # the flow counts as a connection: the offer does not lapse
+    client.close()
+    echo.close()

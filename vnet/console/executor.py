@@ -305,11 +305,12 @@ class Executor:
             ip = ip or await self._optional("ip(127.0.0.1): ")
             port = _port(await self._required("port: ", "unserve: a port is required"), 1)
         ip = ip or "127.0.0.1"
+        udp = "/udp" if command.type == "udp" else ""
         self.out(
-            f"asking vnet {vnetid} for its unregistered {ip}:{port} ... "
+            f"asking vnet {vnetid} for its unregistered {ip}:{port}{udp} ... "
             f"(an unserve lapses after {UNUSED_TTL / 60:g} min unused)"
         )
-        serve = await self.node.unserve(vnetid, ip, port)
+        serve = await self.node.unserve(vnetid, ip, port, command.type)
         self.out(f"vnet {vnetid} offers it as serveid {tables.serveid_text(serve.serveid)}")
         local_ip, local_port = command.local_ip, command.local_port
         if local_port is None and self.ask is not None:

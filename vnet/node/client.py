@@ -339,9 +339,11 @@ class RouteClient:
         resp = await self._unary(self.stub.ListVnets, wire.list_vnets_request(), timeout)
         return wire.vnets_from_pb(resp)
 
-    async def unserve(self, vnetid: str, ip: str, port: int, timeout: float = 30.0) -> Serve:
+    async def unserve(
+        self, vnetid: str, ip: str, port: int, timeout: float = 30.0, type: str = "tcp"
+    ) -> Serve:
         """Ask vnet `vnetid` to offer ip:port; the serve it registered for it."""
-        request = wire.unserve_request(vnetid, ip, port)
+        request = wire.unserve_request(vnetid, ip, port, type)
         resp = await self._unary(self.stub.Unserve, request, timeout)
         return wire.unserved_from_pb(resp)
 

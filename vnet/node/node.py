@@ -427,9 +427,9 @@ class Node:
         """Apply only what differs from new; returns the diff and what failed."""
         return await self._editor.reload(new)
 
-    async def unserve(self, vnetid: str, ip: str, port: int) -> Serve:
+    async def unserve(self, vnetid: str, ip: str, port: int, type: str = "tcp") -> Serve:
         """Ask vnet `vnetid` to offer ip:port; the serve it registered."""
-        return await self._editor.unserve(vnetid, ip, port)
+        return await self._editor.unserve(vnetid, ip, port, type)
 
     async def map_unserve(self, serve: Serve, ip: str, port: int) -> UseState:
         """Map an unserve to a local port, for as long as the unserve lives."""

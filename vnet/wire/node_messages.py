@@ -78,6 +78,7 @@ class UnserveAsked:
     from_vnetid: str
     ip: str
     port: int
+    type: str = "tcp"
 
 
 ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked
@@ -118,8 +119,8 @@ def list_vnets_request() -> pb.ListVnetsRequest:
     return pb.ListVnetsRequest()
 
 
-def unserve_request(vnetid: str, ip: str, port: int) -> pb.UnserveRequest:
-    return pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port)
+def unserve_request(vnetid: str, ip: str, port: int, type: str = "tcp") -> pb.UnserveRequest:
+    return pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port, type=type)
 
 
 def answer_unserve_request(request_id: str, serveid: int, refusal: str) -> pb.AnswerUnserveRequest:
@@ -175,7 +176,7 @@ def event_from_pb(msg: pb.ControlEvent) -> ControlEvent | None:
         return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
     if kind == "unserve_asked":
         ua = msg.unserve_asked
-        return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port)
+        return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port, ua.type or "tcp")
     if kind == "going_away":
         return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
     return None  # an event kind from a newer route: ignore it
