@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ RATE_MBIT = {1: 20.0, 8: 5.0}
 LENGTH = 1400
 SECONDS = 5
 REPEAT = 3
+ATTEMPTS = 5
 
 
 @dataclass
@@ -57,7 +59,7 @@ class UdpRun:
 
     @property
     def received_mbit(self) -> float:
-        return (self.datagrams - self.lost) * LENGTH * 8 / self.seconds / 1e6 if self.seconds else 0
+        return self.pps * LENGTH * 8 / 1e6
 
     @property
     def loss_percent(self) -> float:
@@ -74,13 +76,18 @@ def iperf3() -> str | None:
 
 
 def _client(binary: str, port: int, streams: int, rate: float, seconds: int) -> dict[str, object]:
-    """One iperf3 -u run; tried once more when iperf3 itself fails to set its streams up
-    (3.12 sometimes does with -P 8 at higher rates, straight to the server as well)."""
-    try:
-        return _client_once(binary, port, streams, rate, seconds)
-    except BenchError as exc:
-        print(f"udp: {exc}; once more", file=sys.stderr, flush=True)
-        return _client_once(binary, port, streams, rate, seconds)
+    """One iperf3 -u run. Tried again (up to ATTEMPTS, 1 s apart) when iperf3 fails before
+    the test: its server is still finishing the last one ("busy"), or 3.12 failed to set
+    its streams up (it sometimes does with -P 8, straight to the server as well)."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _client_once(binary, port, streams, rate, seconds)
+        except BenchError as exc:
+            if attempt == ATTEMPTS:
+                raise
+            print(f"udp: {exc}; again", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def _client_once(

@@ -428,3 +428,52 @@ async def test_unserve_of_a_udp_service(make_node: MakeNode) -> None:
     assert offer.open == 1  # the flow counts as a connection: the offer does not lapse
     client.close()
     echo.close()
+
+
+async def test_a_udp_use_keeps_its_port_through_a_route_restart(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    from vnet.node.node import NodeTimeouts
+
+    fast = NodeTimeouts(connect=TIMEOUT, reconnect_min=0.05, reconnect_max=0.2)
+    echo = await udp_server()
+    route = await make_route(stop_grace=0.2)
+    home = await make_node(
+        "home",
+        route=route,
+        timeouts=fast,
+        serves=[ServeConfig(key="svc", port=echo.port, serveid=753, type="udp")],
+    )
+    office = await make_node(
+        "office",
+        route=route,
+        timeouts=fast,
+        uses=[UseConfig(key="svc", serveid=753, port=0, type="udp")],
+    )
+    port = await use_port(office, "svc")
+    client = await udp_client(port)
+    assert await client.round_trip(b"before") == b"before"
+    # As if killed: connections drop, nobody is told (a route that stops cleanly
+    # withdraws the serve first, and the use closes its port with it, as a tcp use does).
+    await route.server.stop(None)
+    await wait_until(lambda: not office.connected, "the office node to notice")
+    counters = office.uses["svc"].udp_counters
+    # The flow was reset with the route; the socket stays.
+    await wait_until(lambda: counters.flows_open == 0, "the flow to be reset")
+    assert counters.flows_reset == 1
+    assert office.uses["svc"].port == port
+    await make_route(route.port, stop_grace=0.2)
+    await wait_until(lambda: home.connected and office.connected, "both to reconnect")
+
+    async def answered() -> bool:
+        before = len(client.received)
+        client.send(b"after")
+        try:
+            await client.wait_for(before + 1, timeout=0.5)
+        except TimeoutError:
+            return False
+        return client.received[-1] == b"after"
+
+    await wait_until(answered, "a datagram through the same port after the restart")
+    client.close()
+    echo.close()

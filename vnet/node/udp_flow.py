@@ -31,6 +31,7 @@ from vnet.core.udp import (
     DatagramQueue,
     Drop,
     IdleClock,
+    Throttle,
     UdpCounters,
 )
 from vnet.node.client import TunnelBroken, TunnelCall
@@ -121,6 +122,9 @@ class Flow:
         self._timer: asyncio.TimerHandle | None = None
         # Called once the flow is over (its table forgets it).
         self.on_end: Callable[[Flow], None] | None = None
+        # Shared by a use's flows: while the route is away every datagram of a client
+        # opens a flow that fails at once, which must not be a log line each.
+        self.resets: Throttle | None = None
 
     def push(self, datagram: bytes) -> None:
         """A datagram from the local socket, for the far end."""
@@ -198,7 +202,10 @@ class Flow:
             await asyncio.gather(up, down, return_exceptions=True)
             if reason:
                 self.counters.flows_reset += 1
-                log.info("%s: %s", self.label, reason, extra=self.fields)
+                held = 0 if self.resets is None else self.resets.due(self._loop.time())
+                if held is not None:
+                    more = f" ({held} more flow resets since the last such line)" if held else ""
+                    log.info("%s: %s%s", self.label, reason, more, extra=self.fields)
             else:
                 self.counters.flows_closed += 1
                 log.debug("%s: closed (%s)", self.label, self.ending, extra=self.fields)

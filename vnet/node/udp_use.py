@@ -32,6 +32,8 @@ from vnet.node.udp_flow import Flow, LocalSocket
 log = logging.getLogger(__name__)
 
 Address = tuple[Any, ...]
+# At most one line a second about this use's flows being reset.
+RESET_LOG_EVERY = 1.0
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 
@@ -61,6 +63,7 @@ class UdpUse(asyncio.DatagramProtocol):
         self._ids = itertools.count(1)
         self._refusals = Throttle()
         self._oversize = Throttle()
+        self._resets = Throttle(RESET_LOG_EVERY)
 
     @property
     def port(self) -> int:
@@ -140,6 +143,7 @@ class UdpUse(asyncio.DatagramProtocol):
             self._node_slots.give()
 
         flow.on_end = forget
+        flow.resets = self._resets
         task = self._spawn(flow.run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
