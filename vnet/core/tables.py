@@ -44,7 +44,7 @@ def serves_table(serves: Sequence[Serve], vnetid: str = "") -> list[str]:
             serveid_text(s.serveid),
             s.vnetid,
             s.name,
-            "unserve" if s.unserve else s.type,
+            (f"unserve/{s.type}" if s.type != "tcp" else "unserve") if s.unserve else s.type,
             s.ip,
             str(s.port),
             s.info,
