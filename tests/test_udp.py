@@ -158,7 +158,9 @@ async def test_idle_ends_the_flow_on_both_sides(make_node: MakeNode, short: str)
     echo.close()
 
 
-async def test_flow_cap_drops_and_counts(make_node: MakeNode) -> None:
+async def test_flow_cap_drops_and_counts(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
     echo = await udp_server()
     _, office, port = await _pair(make_node, echo.port, udp_flows=2)
     clients = [await udp_client(port) for _ in range(3)]
@@ -168,6 +170,17 @@ async def test_flow_cap_drops_and_counts(make_node: MakeNode) -> None:
     clients[2].send(b"c")
     await wait_until(lambda: counters.drops[Drop.FLOW_LIMIT] == 1, "the third flow refused")
     assert counters.flows_open == 2
+    refusals = [r.getMessage() for r in caplog.records if "no new flow" in r.getMessage()]
+    local = clients[2].transport.get_extra_info("sockname")
+    assert refusals == [
+        f"[use.svc] no new flow for 127.0.0.1:{local[1]}: 2 flows open, "
+        "the cap of [use.svc] udp_flows=2"
+    ]
+    # Throttled: more refusals within LOG_EVERY make no new line, only a count.
+    clients[2].send(b"c")
+    clients[2].send(b"c")
+    await wait_until(lambda: counters.drops[Drop.FLOW_LIMIT] == 3, "two more refused")
+    assert sum("no new flow" in r.getMessage() for r in caplog.records) == 1
     for client in clients:
         client.close()
     echo.close()
@@ -194,6 +207,30 @@ async def test_node_flow_cap_is_shared_by_the_uses(make_node: MakeNode) -> None:
     await wait_until(lambda: counters.drops[Drop.FLOW_LIMIT] == 1, "b's flow refused")
     a.close()
     b.close()
+    echo.close()
+
+
+async def test_the_serving_nodes_cap_refuses_a_flow(make_node: MakeNode) -> None:
+    echo = await udp_server()
+    home = await make_node(
+        "home",
+        serves=[ServeConfig(key="svc", port=echo.port, serveid=753, type="udp")],
+        vnet=VnetConfig(name="home", group="g", udp_flows=1),
+    )
+    office = await make_node("office", uses=[UseConfig(key="svc", serveid=753, port=0, type="udp")])
+    port = await use_port(office, "svc")
+    first, second = await udp_client(port), await udp_client(port)
+    assert await first.round_trip(b"1") == b"1"
+    second.send(b"2")
+    at_home = home.serves["svc"].udp
+    await wait_until(lambda: at_home.drops[Drop.FLOW_LIMIT] == 1, "home to refuse the flow")
+    # The refused flow is reset at the office too; the first one carries on.
+    at_office = office.uses["svc"].udp_counters
+    await wait_until(lambda: at_office.flows_reset == 1, "the office to hear of it")
+    assert await first.round_trip(b"1 again") == b"1 again"
+    assert at_home.flows_open == 1
+    first.close()
+    second.close()
     echo.close()
 
 

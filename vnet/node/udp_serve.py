@@ -62,7 +62,10 @@ class UdpServing:
     ) -> None:
         if not self.node_slots.take():
             counters.drop(Drop.FLOW_LIMIT)
-            reason = f"vnet has {self.node_slots.used} UDP flows open, its cap ([vnet] udp_flows)"
+            reason = (
+                f"{self.node_slots.used} UDP flows open, the cap of the serving node's "
+                f"[vnet] udp_flows={self.node_slots.limit}"
+            )
             held = self._refusals.due(asyncio.get_running_loop().time())
             if held is not None:
                 more = f" ({held} more since the last such line)" if held else ""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vnet.core.config import UseConfig
+from vnet.core.config import DEFAULT_UDP_FLOWS, UseConfig
 from vnet.core.pacing import Pacer
 from vnet.core.registry import Serve
 from vnet.core.udp import Slots, UdpCounters
@@ -78,7 +78,7 @@ class Uses:
         self._dial_call = dial
         self._spawn = spawn
         self._pacer = pacer
-        self._udp_slots = udp_slots or Slots(1024)
+        self._udp_slots = udp_slots or Slots(DEFAULT_UDP_FLOWS)
         self._ids = itertools.count(1)
         # Until then (loop time), a serve missing from the group does not
         # close its use's listener: after a reconnect the serving nodes may
