@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import burst, client, floor, idle, isolation, output, report, stalled
+from bench import burst, client, floor, idle, isolation, output, report, stalled, udp
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
@@ -92,6 +92,14 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         f"(default {FULL_STALLED}; --quick: {QUICK_STALLED})",
     )
     p.add_argument("--no-stalled", action="store_true", help="skip the stalled-memory test")
+    p.add_argument(
+        "--no-udp", action="store_true", help="skip the UDP test (iperf3 -u, vnet vs direct)"
+    )
+    p.add_argument(
+        "--udp-seconds",
+        type=int,
+        help=f"length of each iperf3 -u run (default {udp.SECONDS}; --quick: 2)",
+    )
     p.add_argument(
         "--chart",
         metavar="PNG",
@@ -345,6 +353,24 @@ def _vnet_sections(
                 stalled.table([res]),
             )
         )
+    if not args.no_udp:
+        if udp.iperf3() is None:
+            _say(udp.MISSING)
+        else:
+            workdir = tmp / "udp"
+            workdir.mkdir()
+            seconds = args.udp_seconds or (2 if args.quick else udp.SECONDS)
+            repeat = 1 if args.quick else udp.REPEAT
+            runs = runner._guard(path, "udp", lambda: udp.run(workdir, env, seconds, repeat))
+            rates = ", ".join(f"{n} x {udp.RATE_MBIT[n]:g}" for n in udp.STREAMS)
+            sections.append(
+                (
+                    f"UDP (bench/udp.py: iperf3 -u, {udp.LENGTH}-byte datagrams, {rates} "
+                    f"Mbit/s offered, {seconds} s per run, median of {repeat}; loss and "
+                    "jitter as iperf3's receiver reports them; a fresh route and nodes)",
+                    udp.table(runs),
+                )
+            )
     return sections
 
 

@@ -34,6 +34,7 @@ from vnet.core.config_diff import diff
 from vnet.core.config_save import checked, extras_of, render
 from vnet.core.errors import ConfigError
 from vnet.core.registry import Serve
+from vnet.core.udp import Drop, UdpCounters
 from vnet.node.client import VnetInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
         ("unserve", Unserve()),
         ("unserve 01 8888", Unserve("01", "", 8888)),
         ("unserve 01 8888 18888", Unserve("01", "", 8888, "", 18888)),
+        ("unserve 01 53 5353 type=udp", Unserve("01", "", 53, "", 5353, "udp")),
+        ("unserve type=udp", Unserve(type="udp")),
         ("unserve 01 localhost 8888 0", Unserve("01", "localhost", 8888, "", 0)),
         (
             "unserve 02 10.0.0.5 22 127.0.0.2 2222",
@@ -115,12 +118,13 @@ def test_parse(line: str, expected: commands.Command | None) -> None:
         ("show serves 01 02", "show serves: unexpected '02' (usage: show serves [VNETID])"),
         (
             "serve run x port",
-            "serve run x: 'port' is not KEY=VALUE (keys: serveid, type, ip, port, name, info)",
+            "serve run x: 'port' is not KEY=VALUE "
+            "(keys: serveid, type, ip, port, name, info, udp_idle)",
         ),
         (
             "serve run x prot=1",
             "serve run x: unknown key 'prot'; did you mean 'port'? "
-            "(keys: serveid, type, ip, port, name, info)",
+            "(keys: serveid, type, ip, port, name, info, udp_idle)",
         ),
         (
             "serve run x active=true",
@@ -178,8 +182,8 @@ def test_make_serve_has_the_files_defaults() -> None:
             "serve x: serveid: '1234' is not a serveid (0-999, up to 3 digits)",
         ),
         (
-            {"port": "1", "type": "udp"},
-            "serve x: type: 'udp' is not supported (vnet carries tcp only)",
+            {"port": "1", "type": "sctp"},
+            "serve x: type: 'sctp' is not supported (tcp or udp)",
         ),
     ],
 )
@@ -259,9 +263,18 @@ def test_complete_local_names_by_what_the_action_needs() -> None:
 
 
 def test_complete_fields_and_values() -> None:
-    assert texts("serve run j ") == ["serveid=", "type=", "ip=", "port=", "name=", "info="]
+    assert texts("serve run j ") == [
+        "serveid=",
+        "type=",
+        "ip=",
+        "port=",
+        "name=",
+        "info=",
+        "udp_idle=",
+    ]
     assert texts("serve run j port=1 i") == ["ip=", "info="]
-    assert texts("use run j ") == ["serveid=", "type=", "ip=", "port="]
+    assert texts("use run j ") == ["serveid=", "type=", "ip=", "port=", "udp_idle=", "udp_flows="]
+    assert texts("use run j type=") == ["type=tcp", "type=udp"]
     assert texts("use run j serveid=") == ["serveid=700", "serveid=701"]
     assert texts("use run j serveid=70") == ["serveid=700", "serveid=701"]
     assert [c.meta for c in complete("use run j serveid=", DATA).candidates] == [
@@ -274,6 +287,8 @@ def test_complete_fields_and_values() -> None:
 
 def test_complete_vnetids_paths_and_quotes() -> None:
     assert texts("show serves ") == ["01", "02"]
+    assert texts("unserve ") == ["01", "02"]
+    assert texts("unserve 01 53 t") == ["type=tcp", "type=udp"]
     assert complete("reload ", DATA).path
     assert complete("save conf", DATA) == commands.Completions("conf", (), path=True)
     assert not complete("reload x ", DATA).path
@@ -334,18 +349,35 @@ def test_local_tables() -> None:
             "x", "700", "error", "127.0.0.1", 1, "x", "", "static serveid 700 is taken"
         ),
     ]
+    udp = UdpCounters(flows_opened=2, flows_open=1, datagrams_out=3, bytes_out=30)
+    udp.drop(Drop.QUEUE_FULL, 4)
+    serves.append(
+        tables.ServeView(
+            "dns", "053", "registered", "127.0.0.1", 53, "dns", "", type="udp", udp=udp.summary()
+        )
+    )
     assert tables.local_serves_table(serves) == [
-        "serve  serveid  state       ip         port  name  info",
-        "ssh    700      registered  127.0.0.1  22    ssh   home",
-        "x      700      error       127.0.0.1  1     x",
+        "serve  serveid  type  state       ip         port  name  info",
+        "ssh    700      tcp   registered  127.0.0.1  22    ssh   home",
+        "x      700      tcp   error       127.0.0.1  1     x",
+        "dns    053      udp   registered  127.0.0.1  53    dns",
         "  [serve.x] static serveid 700 is taken",
-        "- 2 serve(s), 1 registered -",
+        "  [serve.dns] udp flows 1 open, 2 opened; out 3 datagrams 30 bytes; "
+        "in 0 datagrams 0 bytes; drops: queue_full 4, oversize 0, flow_limit 0",
+        "- 3 serve(s), 2 registered -",
     ]
-    uses = [tables.UseView("web", 701, "listening", "127.0.0.1", "18888", "web on vnet 01")]
+    uses = [
+        tables.UseView("web", 701, "listening", "127.0.0.1", "18888", "web on vnet 01"),
+        tables.UseView(
+            "dns", 53, "listening", "127.0.0.1", "5353", "dns on vnet 01", type="udp", udp="x"
+        ),
+    ]
     assert tables.local_uses_table(uses) == [
-        "use  serveid  state      ip         port   serve",
-        "web  701      listening  127.0.0.1  18888  web on vnet 01",
-        "- 1 use(s), 1 listening -",
+        "use  serveid  type  state      ip         port   serve",
+        "web  701      tcp   listening  127.0.0.1  18888  web on vnet 01",
+        "dns  053      udp   listening  127.0.0.1  5353   dns on vnet 01",
+        "  [use.dns] udp x",
+        "- 2 use(s), 2 listening -",
     ]
     assert tables.pairs_block([("vnetid", "01"), ("group", "g")]) == ["vnetid  01", "group   g"]
 
@@ -357,7 +389,9 @@ def test_help() -> None:
     serve = commands.help_text("serve")
     assert any("serve run NAME [KEY=VALUE ...]" in line for line in serve)
     assert serve[-1] == '  e.g. serve run jupyter port=8888 serveid=701 info="notebook"'
-    assert commands.help_text("unserve")[-1] == "  e.g. unserve 01 8888 18888"
+    assert commands.help_text("unserve")[-1] == (
+        "  e.g. unserve 01 8888 18888, unserve 01 53 5353 type=udp"
+    )
 
 
 # --- save ----------------------------------------------------------------------

@@ -154,8 +154,16 @@ def test_route_reads_only_route_section() -> None:
         ),
         ("[route]\nip=a\nport=1\n[serve.x]\nserveid=5\n", "c.ini:4: [serve.x] port: is required"),
         (
-            "[route]\nip=a\nport=1\n[serve.x]\nport=22\ntype=udp\n",
-            "c.ini:6: [serve.x] type: 'udp' is not supported (vnet carries tcp only)",
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\ntype=sctp\n",
+            "c.ini:6: [serve.x] type: 'sctp' is not supported (tcp or udp)",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[serve.x]\nport=22\nudp_idle=5\n",
+            "c.ini:6: [serve.x] udp_idle: is for type=udp only",
+        ),
+        (
+            "[route]\nip=a\nport=1\n[use.x]\nserveid=1\ntype=udp\nudp_idle=0\n",
+            "c.ini:7: [use.x] udp_idle: 0 is out of range (1-86400)",
         ),
         (
             "[route]\nip=a\nport=1\n[use.x]\nserveid=5\nport=abc\n",
@@ -193,7 +201,7 @@ def test_route_reads_only_route_section() -> None:
         (
             "[route]\nip=a\nport=1\n[serve.x]\nport=22\nserverid=5\n",
             "c.ini:6: [serve.x] serverid: unknown key "
-            "(known: active, info, ip, name, port, serveid, type)",
+            "(known: active, info, ip, name, port, serveid, type, udp_idle)",
         ),
         (
             "[route]\nip=a\nport=1\n[vnet]\nterminal=maybe\n",

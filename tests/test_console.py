@@ -306,6 +306,7 @@ async def test_serve_and_use_lifecycle_then_save(
         assert table[1].split() == [
             "loop",
             "702",
+            "tcp",
             "listening",
             "127.0.0.1",
             str(port),
@@ -322,7 +323,7 @@ async def test_serve_and_use_lifecycle_then_save(
         await s.ok("serve close web")
         assert 702 not in {x.serveid for x in registry.serves("g")}
         await wait_until(lambda: office.uses["loop"].port is None, "the use to follow its serve")
-        assert (await s.ok("show serve"))[1].split()[:3] == ["web", "702", "inactive"]
+        assert (await s.ok("show serve"))[1].split()[:4] == ["web", "702", "tcp", "inactive"]
         await s.ok("serve open web")
         assert registry.find("g", 702).vnetid == office.vnetid
         await use_port(office, "loop")
@@ -468,7 +469,7 @@ async def test_the_route_going_away(
         assert outcome is Outcome.FAILED
         assert err[0].startswith("ping: the route is not connected (")
         assert await s.ok("show serve") == [
-            "serve  serveid  state  ip  port  name  info",
+            "serve  serveid  type  state  ip  port  name  info",
             "- 0 serve(s), 0 registered -",
         ]
 
@@ -591,7 +592,7 @@ async def test_reload_of_a_bad_file_changes_nothing(
         assert (outcome, out) == (Outcome.FAILED, [])
         assert err == [
             f"reload: {office_ini}: [use.a] serverid: unknown key "
-            "(known: active, ip, port, serveid, type)"
+            "(known: active, ip, port, serveid, type, udp_flows, udp_idle)"
         ]
         assert office.config is before
         outcome, _, err = await s.run(f"reload {tmp_path / 'missing.ini'}")
@@ -801,3 +802,36 @@ async def test_real_program_in_a_terminal(
         vnet.type("exit\r")
         assert await vnet.wait() == 0
     assert "+show serves" in (state_home / "vnet" / "history").read_text()
+
+
+async def test_udp_serve_and_use_from_the_console_then_save(
+    route: RunningRoute, tmp_path: Path, file_node: FileNode
+) -> None:
+    from tests.udp_services import udp_client, udp_server
+
+    echo = await udp_server()
+    office_ini = tmp_path / "office.ini"
+    office_ini.write_text(node_ini(route.port, "[vnet]\nname=office\ngroup=g\nterminal=true\n"))
+    async with file_node(office_ini) as office, session(office) as s:
+        await s.ok(f"serve run dns type=udp port={echo.port} serveid=753 udp_idle=30")
+        assert route.servicer.registry.find("g", 753).type == "udp"
+        # A tcp use of a udp serve does not listen, and says why.
+        port = free_port()
+        outcome, _, err = await s.run(f"use run wrong serveid=753 port={port}")
+        assert outcome is Outcome.FAILED
+        assert "is udp: set type=udp" in err[0]
+        await s.ok("use delete wrong")
+        await s.ok(f"use run dns serveid=753 type=udp port={port} udp_flows=8")
+        client = await udp_client(port)
+        assert await client.round_trip(b"console") == b"console"
+        serves = await s.ok("show serves")
+        assert serves[1].split()[:4] == ["753", office.vnetid, "dns", "udp"]
+        uses = await s.ok("show use")
+        assert uses[1].split()[:4] == ["dns", "753", "udp", "listening"]
+        assert uses[2].startswith("  [use.dns] udp flows 1 open, 1 opened; out 1 datagrams")
+        await s.ok("save")
+        client.close()
+    saved = config_of(office_ini)
+    assert [(u.key, u.type, u.udp_flows) for u in saved.uses] == [("dns", "udp", 8)]
+    assert [(v.key, v.type, v.udp_idle) for v in saved.serves] == [("dns", "udp", 30)]
+    echo.close()

@@ -86,11 +86,13 @@ def test_bad_port(port: int) -> None:
         registry.register(a, 0, "s", "127.0.0.1", port)
 
 
-def test_non_tcp_type_refused() -> None:
+def test_udp_is_kept_and_other_types_refused() -> None:
     registry = Registry()
     a = registry.add_vnet("a", "g").vnetid
-    with pytest.raises(InvalidRequest, match="tcp only"):
-        registry.register(a, 0, "s", "127.0.0.1", 53, type="udp")
+    assert registry.register(a, 0, "s", "127.0.0.1", 53, type="udp").serve.type == "udp"
+    assert registry.register(a, 0, "t", "127.0.0.1", 53).serve.type == "tcp"
+    with pytest.raises(InvalidRequest, match="tcp or udp"):
+        registry.register(a, 0, "s", "127.0.0.1", 53, type="sctp")
 
 
 def test_dynamic_range_exhausted() -> None:

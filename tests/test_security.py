@@ -220,9 +220,9 @@ async def test_bad_requests_get_clear_statuses_and_the_route_keeps_serving(
         invalid,
         "serveid 1000 is out of range (0-999)",
     )
-    assert await status_of(register(type="udp")) == (
+    assert await status_of(register(type="sctp")) == (
         invalid,
-        "type 'udp' is not supported (tcp only)",
+        "type 'sctp' is not supported (tcp or udp)",
     )
     assert (await status_of(register(name="x" * 10_000)))[0] == invalid
     # Oversized: past the route's message limit.

@@ -128,6 +128,7 @@ class NodeCollector:
             moved.add_metric([key, "out"], c.bytes_out)
             moved.add_metric([key, "in"], c.bytes_in)
         yield from (opened, open_now, resets, moved)
+        yield from self._udp()
         yield CounterMetricFamily(
             "vnet_node_bulk_yields",
             "Reads of bulk tunnels cut to 64 KiB because another tunnel was interactive",
@@ -165,6 +166,38 @@ class NodeCollector:
         yield CounterMetricFamily(
             "vnet_node_path_probes", "Probes the governor timed", value=g.probes
         )
+
+    def _udp(self) -> Iterator[Any]:
+        """The UDP uses' and serves' flows: kind is "use" or "serve", name its key."""
+        labels = ["kind", "name"]
+        flows = CounterMetricFamily("vnet_udp_flows", "UDP flows opened", labels=labels)
+        flows_open = GaugeMetricFamily("vnet_udp_flows_open", "UDP flows open now", labels=labels)
+        datagrams = CounterMetricFamily(
+            "vnet_udp_datagrams",
+            "UDP datagrams: out (local socket into the tunnel) and in (back out)",
+            labels=[*labels, "direction"],
+        )
+        moved = CounterMetricFamily(
+            "vnet_udp_bytes", "UDP payload bytes, by direction", labels=[*labels, "direction"]
+        )
+        drops = CounterMetricFamily(
+            "vnet_udp_drops",
+            "UDP datagrams dropped: queue_full, oversize, flow_limit",
+            labels=[*labels, "reason"],
+        )
+        node = self.node
+        both = [("use", k, u.udp_counters) for k, u in node.uses.items() if u.config.type == "udp"]
+        both += [("serve", k, s.udp) for k, s in node.serves.items() if s.config.type == "udp"]
+        for kind, key, c in sorted(both, key=lambda t: (t[0], t[1])):
+            flows.add_metric([kind, key], c.flows_opened)
+            flows_open.add_metric([kind, key], c.flows_open)
+            datagrams.add_metric([kind, key, "out"], c.datagrams_out)
+            datagrams.add_metric([kind, key, "in"], c.datagrams_in)
+            moved.add_metric([kind, key, "out"], c.bytes_out)
+            moved.add_metric([kind, key, "in"], c.bytes_in)
+            for reason, count in c.drops.items():
+                drops.add_metric([kind, key, reason.value], count)
+        yield from (flows, flows_open, datagrams, moved, drops)
 
 
 def serve_node_metrics(node: Node, host: str, port: int) -> MetricsServer:

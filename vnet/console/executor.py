@@ -90,7 +90,10 @@ def completion_data(node: Node, status: Status) -> CompletionData:
         serves={k: s.running for k, s in node.serves.items()},
         uses={k: u.running for k, u in node.uses.items()},
         serveids=tuple(
-            (s.serveid, f"{s.name} on vnet {s.vnetid}")
+            (
+                s.serveid,
+                f"{s.name} on vnet {s.vnetid}" + (f" ({s.type})" if s.type != "tcp" else ""),
+            )
             for s in sorted(node.remote.values(), key=lambda s: s.serveid)
         ),
         vnetids=tuple(sorted(vnetids.items())),
@@ -302,11 +305,12 @@ class Executor:
             ip = ip or await self._optional("ip(127.0.0.1): ")
             port = _port(await self._required("port: ", "unserve: a port is required"), 1)
         ip = ip or "127.0.0.1"
+        udp = "/udp" if command.type == "udp" else ""
         self.out(
-            f"asking vnet {vnetid} for its unregistered {ip}:{port} ... "
+            f"asking vnet {vnetid} for its unregistered {ip}:{port}{udp} ... "
             f"(an unserve lapses after {UNUSED_TTL / 60:g} min unused)"
         )
-        serve = await self.node.unserve(vnetid, ip, port)
+        serve = await self.node.unserve(vnetid, ip, port, command.type)
         self.out(f"vnet {vnetid} offers it as serveid {tables.serveid_text(serve.serveid)}")
         local_ip, local_port = command.local_ip, command.local_port
         if local_port is None and self.ask is not None:
@@ -423,6 +427,8 @@ def serve_views(node: Node) -> list[ServeView]:
                 name=s.config.name,
                 info=s.config.info,
                 error=s.error if s.serveid is None else "",
+                type=s.config.type,
+                udp=s.udp.summary() if s.config.type == "udp" else "",
             )
         )
     return views
@@ -432,7 +438,7 @@ def use_views(node: Node) -> list[UseView]:
     views = []
     for key, u in node.uses.items():
         serve = node.remote.get(u.config.serveid)
-        if u.server is not None:
+        if u.listening:
             state = "listening"
         elif not u.running:
             state = "inactive"
@@ -453,6 +459,8 @@ def use_views(node: Node) -> list[UseView]:
                 port=port,
                 target=f"{serve.name} on vnet {serve.vnetid}" if serve else "",
                 error=u.error if state == "error" else "",
+                type=u.config.type,
+                udp=u.udp_counters.summary() if u.config.type == "udp" else "",
             )
         )
     return views
@@ -464,7 +472,7 @@ def vnet_pairs(node: Node) -> list[tuple[str, str]]:
         " (connected)" if node.connected else f" (not connected: {node.lost or 'not started'})"
     )
     registered = sum(1 for s in node.serves.values() if s.serveid is not None)
-    listening = sum(1 for u in node.uses.values() if u.server is not None)
+    listening = sum(1 for u in node.uses.values() if u.listening)
     return [
         ("vnetid", node.vnetid or "-"),
         ("name", cfg.vnet.name),

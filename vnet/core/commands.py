@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("show serve|use|serves|vnet|vnets|unserves", "show this node, or ask the route"),
     "ping": ("ping", "round trip to the route, in ms"),
     "unserve": (
-        "unserve VNETID [IP] PORT [LOCAL_IP] [LOCAL_PORT]",
+        "unserve VNETID [IP] PORT [LOCAL_IP] [LOCAL_PORT] [type=udp]",
         "reach a service another node has not registered",
     ),
     "save": ("save [FILE]", "write the configuration as it is now to a file"),
@@ -84,17 +84,20 @@ SHOW: dict[str, str] = {
 FIELD_HELP: dict[Kind, dict[str, str]] = {
     "serve": {
         "serveid": "1-999, 500+ static; 000: the route assigns one",
-        "type": "tcp only",
+        "type": "tcp (default) or udp",
         "ip": "where the service is (127.0.0.1)",
         "port": "the service's port (required)",
         "name": "shown in listings (default: NAME)",
         "info": "free text",
+        "udp_idle": "type=udp: seconds a flow may be silent (60)",
     },
     "use": {
         "serveid": "the serve to map (required)",
-        "type": "tcp only",
+        "type": "tcp (default) or udp: the serve's type",
         "ip": "where to listen (127.0.0.1)",
         "port": "where to listen (default: the serve's port)",
+        "udp_idle": "type=udp: seconds a flow may be silent (60)",
+        "udp_flows": "type=udp: flows (client addresses) at once (256)",
     },
 }
 
@@ -209,13 +212,14 @@ class Ping:
 
 @dataclass(frozen=True)
 class Unserve:
-    """unserve VNETID [IP] PORT [LOCAL_IP] [LOCAL_PORT]; what is not given is asked."""
+    """unserve VNETID [IP] PORT [LOCAL_IP] [LOCAL_PORT] [type=udp]; what is not given is asked."""
 
     vnetid: str = ""
     ip: str = ""
     port: int | None = None
     local_ip: str = ""
     local_port: int | None = None
+    type: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -271,8 +275,13 @@ def parse(line: str) -> Command | None:
 def _parse_unserve(args: list[str]) -> Unserve:
     """Addresses and ports told apart by form: a port is all digits."""
     usage = f"usage: {COMMANDS['unserve'][0]}"
+    kinds = [a for a in args if a.startswith("type=")]
+    args = [a for a in args if not a.startswith("type=")]
+    kind = kinds[-1].removeprefix("type=").lower() if kinds else "tcp"
+    if kind not in ("tcp", "udp"):
+        raise CommandError(f"unserve: type {kind!r} is not supported (tcp or udp)", usage)
     if not args:
-        return Unserve()
+        return Unserve(type=kind)
     vnetid, rest = args[0], args[1:]
     if not vnetid.isdigit():
         raise CommandError(f"unserve: {vnetid!r} is not a vnetid (e.g. 01)", usage)
@@ -298,6 +307,7 @@ def _parse_unserve(args: list[str]) -> Unserve:
         local_ip=found.get("local_ip", ""),
         # 0: any free port, for scripts that read which one from the output.
         local_port=port("local_port", 0),
+        type=kind,
     )
 
 
@@ -505,6 +515,8 @@ def _candidates(words: list[str], word: str, data: CompletionData) -> list[Candi
         return [Candidate(w, what) for w, what in SHOW.items()]
     if verb == "show" and n == 2 and words[1] == "serves":
         return [Candidate(v, name) for v, name in data.vnetids]
+    if verb == "unserve" and word.startswith("t"):
+        return [Candidate("type=tcp", "the default"), Candidate("type=udp", "a UDP service")]
     if verb == "unserve" and n == 1:
         return [Candidate(v, name) for v, name in data.vnetids]
     if verb not in ("serve", "use"):
@@ -539,7 +551,7 @@ def _fields(kind: Kind, given: list[str], word: str, data: CompletionData) -> li
         if key == "ip":
             return [Candidate("ip=127.0.0.1", "this machine")]
         if key == "type":
-            return [Candidate("type=tcp")]
+            return [Candidate("type=tcp", "the default"), Candidate("type=udp", "datagrams")]
         return []
     used = {w.partition("=")[0] for w in given}
     return [
@@ -595,7 +607,8 @@ def help_text(topic: str = "") -> list[str]:
                 "  loopback only unless unserve_remote, at most unserve_num. An unserve",
                 "  lapses 3 minutes after it was made if never used, else 1 minute after",
                 "  its last connection closes; the mapping ends with it and is not saved.",
-                "  e.g. unserve 01 8888 18888",
+                "  type=udp asks for a UDP service instead.",
+                "  e.g. unserve 01 8888 18888, unserve 01 53 5353 type=udp",
             ]
         )
     return lines

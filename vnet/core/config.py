@@ -37,6 +37,12 @@ DEFAULT_BULK_WHILE_INTERACTIVE = 200
 # ms of queueing delay the node lets its bulk tunnels build on the path while
 # another tunnel is interactive (vnet/core/queueing.py); 0 turns the governor off.
 DEFAULT_QUEUE_TARGET_MS = 12
+# UDP (vnet/core/udp.py): seconds a flow may stay silent both ways, flows
+# one use may hold, and flows one node may hold (uses and serves together).
+DEFAULT_UDP_IDLE = 60
+DEFAULT_UDP_FLOWS_PER_USE = 256
+DEFAULT_UDP_FLOWS = 1024
+UDP_IDLE_MAX = 86_400
 STATIC_SERVEID_MIN = 500
 
 
@@ -141,19 +147,24 @@ class VnetConfig:
     # ms of queueing delay the bulk tunnels may add on the path while another
     # tunnel is interactive (vnet/core/queueing.py); 0: not governed.
     queue_target_ms: int = DEFAULT_QUEUE_TARGET_MS
+    # UDP flows this node may hold at once, its uses' and its serves' together.
+    udp_flows: int = DEFAULT_UDP_FLOWS
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """[serve.KEY]: a local TCP service this node registers at the route."""
+    """[serve.KEY]: a local TCP or UDP service this node registers at the route."""
 
     key: str
     port: int
     serveid: int = 0
+    type: str = "tcp"
     ip: str = "127.0.0.1"
     name: str = ""
     info: str = ""
     active: bool = True
+    # type=udp: seconds a flow may be silent both ways before it ends.
+    udp_idle: int = DEFAULT_UDP_IDLE
 
 
 @dataclass(frozen=True)
@@ -166,9 +177,15 @@ class UseConfig:
 
     key: str
     serveid: int
+    # Must be the serve's type (checked when the serve appears).
+    type: str = "tcp"
     ip: str = "127.0.0.1"
     port: int | None = None
     active: bool = True
+    # type=udp: seconds a flow may be silent both ways before it ends, and
+    # how many flows (client addresses) this use carries at once.
+    udp_idle: int = DEFAULT_UDP_IDLE
+    udp_flows: int = DEFAULT_UDP_FLOWS_PER_USE
 
 
 @dataclass(frozen=True)
@@ -202,9 +219,8 @@ ROUTE_KEYS = _keys(
 )
 VNET_KEYS = _keys(VnetConfig)
 GROUP_KEYS = _keys(GroupConfig, drop=frozenset({"name"}))
-# type=tcp is accepted (the original's key) and not stored: tcp is all there is.
-SERVE_KEYS = _keys(ServeConfig, drop=frozenset({"key"}), add=frozenset({"type"}))
-USE_KEYS = _keys(UseConfig, drop=frozenset({"key"}), add=frozenset({"type"}))
+SERVE_KEYS = _keys(ServeConfig, drop=frozenset({"key"}))
+USE_KEYS = _keys(UseConfig, drop=frozenset({"key"}))
 
 
 def _given(*values: str) -> bool:
@@ -378,16 +394,18 @@ def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
             "bulk_while_interactive", DEFAULT_BULK_WHILE_INTERACTIVE, 0, 1_000_000
         ),
         queue_target_ms=sec.integer("queue_target_ms", DEFAULT_QUEUE_TARGET_MS, 0, 10_000),
+        udp_flows=sec.integer("udp_flows", DEFAULT_UDP_FLOWS, 1, 100_000),
     )
 
 
 def _serve(problems: Problems, section: Section) -> ServeConfig:
     sec = SectionReader(problems, section.name, section, SERVE_KEYS)
     key = section.name.partition(".")[2]
-    sec.tcp_only()
     return ServeConfig(
         key=key,
         serveid=sec.serveid(),
+        type=sec.transport(),
+        udp_idle=sec.integer("udp_idle", DEFAULT_UDP_IDLE, 1, UDP_IDLE_MAX),
         ip=sec.host("ip", "127.0.0.1"),
         port=sec.port("port"),
         # The name defaults to the section's, checked with the section.
@@ -399,10 +417,12 @@ def _serve(problems: Problems, section: Section) -> ServeConfig:
 
 def _use(problems: Problems, section: Section) -> UseConfig:
     sec = SectionReader(problems, section.name, section, USE_KEYS)
-    sec.tcp_only()
     return UseConfig(
         key=section.name.partition(".")[2],
         serveid=sec.serveid(),
+        type=sec.transport(),
+        udp_idle=sec.integer("udp_idle", DEFAULT_UDP_IDLE, 1, UDP_IDLE_MAX),
+        udp_flows=sec.integer("udp_flows", DEFAULT_UDP_FLOWS_PER_USE, 1, 100_000),
         ip=sec.host("ip", "127.0.0.1"),
         port=sec.port("port") if sec.has("port") else None,
         active=sec.boolean("active", True),
@@ -585,11 +605,13 @@ def _check_unique(
             )
         elif serve.serveid:
             static[serve.serveid] = section
-    listens: dict[tuple[str, int], str] = {}
+    # A UDP use and a TCP use may listen on the same port: they are
+    # different sockets to the kernel.
+    listens: dict[tuple[str, int, str], str] = {}
     for use in uses:
         if use.port is None or use.serveid == 0:
             continue
-        where = (use.ip, use.port)
+        where = (use.ip, use.port, use.type)
         section = f"use.{use.key}"
         if where in listens:
             problems.error(

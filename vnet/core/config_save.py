@@ -58,14 +58,10 @@ def _section_lines(kind: str, record: Any) -> list[str]:
         for f in dataclasses.fields(record)
         if f.name != _SECTION_KEY
     }
-    order = [k for k in _ORDER.get(kind, ()) if k in values or k == "type"]
+    order = [k for k in _ORDER.get(kind, ()) if k in values]
     order += [k for k in values if k not in order]
     lines = []
     for key in order:
-        if key == "type" and key not in values:
-            if kind == "serve":  # the original writes it; vnet carries tcp only
-                lines.append("type=tcp")
-            continue
         value, spec = values[key]
         if value is None:
             continue  # e.g. a use's port: "the serve's own"

@@ -134,10 +134,16 @@ class SectionReader:
             return 0
         return self.integer("serveid", 0, 0, SERVEID_MAX)
 
-    def tcp_only(self) -> None:
+    def transport(self) -> str:
+        """type=: "tcp" (the default) or "udp"; udp_idle= is for udp only."""
         kind = self.text("type", "tcp").lower()
-        if kind != "tcp":
-            self.fail("type", f"{shown(kind)} is not supported (vnet carries tcp only)")
+        if kind not in ("tcp", "udp"):
+            self.fail("type", f"{shown(kind)} is not supported (tcp or udp)")
+            return "tcp"
+        for key in ("udp_idle", "udp_flows"):
+            if kind != "udp" and self.has(key):
+                self.fail(key, "is for type=udp only")
+        return kind
 
     def host_port(self, key: str) -> tuple[str, int] | None:
         """HOST:PORT ([v6]:PORT for IPv6), e.g. for metrics=; None when not given."""

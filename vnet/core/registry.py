@@ -128,8 +128,9 @@ class Registry:
             raise InvalidRequest(f"serveid {serveid} is out of range (0-{SERVEID_MAX})")
         if not 1 <= port <= 65535:
             raise InvalidRequest(f"port {port} is out of range (1-65535)")
-        if (type or "tcp") != "tcp":
-            raise InvalidRequest(f"type {type!r} is not supported (tcp only)")
+        type = type or "tcp"
+        if type not in ("tcp", "udp"):
+            raise InvalidRequest(f"type {type!r} is not supported (tcp or udp)")
         _check_text("name", name, NAME_MAX)
         _check_text("info", info, INFO_MAX)
         _check_text("ip", ip, HOST_MAX)
@@ -156,7 +157,7 @@ class Registry:
             ip=ip,
             port=port,
             info=info,
-            type="tcp",
+            type=type,
             unserve=unserve,
         )
         group[serveid] = serve

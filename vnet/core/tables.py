@@ -44,7 +44,7 @@ def serves_table(serves: Sequence[Serve], vnetid: str = "") -> list[str]:
             serveid_text(s.serveid),
             s.vnetid,
             s.name,
-            "unserve" if s.unserve else s.type,
+            (f"unserve/{s.type}" if s.type != "tcp" else "unserve") if s.unserve else s.type,
             s.ip,
             str(s.port),
             s.info,
@@ -82,6 +82,9 @@ class ServeView:
     name: str
     info: str
     error: str = ""
+    type: str = "tcp"
+    # type=udp: its flows' counters in one line (UdpCounters.summary).
+    udp: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,24 +98,30 @@ class UseView:
     port: str
     target: str
     error: str = ""
+    type: str = "tcp"
+    udp: str = ""
 
 
 def local_serves_table(views: Sequence[ServeView]) -> list[str]:
-    rows = [[v.key, v.serveid, v.state, v.ip, str(v.port), v.name, v.info] for v in views]
+    rows = [[v.key, v.serveid, v.type, v.state, v.ip, str(v.port), v.name, v.info] for v in views]
     registered = sum(1 for v in views if v.state == "registered")
     return [
-        *table(["serve", "serveid", "state", "ip", "port", "name", "info"], rows),
+        *table(["serve", "serveid", "type", "state", "ip", "port", "name", "info"], rows),
         *(f"  [serve.{v.key}] {v.error}" for v in views if v.error),
+        *(f"  [serve.{v.key}] udp {v.udp}" for v in views if v.udp),
         f"- {len(views)} serve(s), {registered} registered -",
     ]
 
 
 def local_uses_table(views: Sequence[UseView]) -> list[str]:
-    rows = [[v.key, serveid_text(v.serveid), v.state, v.ip, v.port, v.target] for v in views]
+    rows = [
+        [v.key, serveid_text(v.serveid), v.type, v.state, v.ip, v.port, v.target] for v in views
+    ]
     listening = sum(1 for v in views if v.state == "listening")
     return [
-        *table(["use", "serveid", "state", "ip", "port", "serve"], rows),
+        *table(["use", "serveid", "type", "state", "ip", "port", "serve"], rows),
         *(f"  [use.{v.key}] {v.error}" for v in views if v.error),
+        *(f"  [use.{v.key}] udp {v.udp}" for v in views if v.udp),
         f"- {len(views)} use(s), {listening} listening -",
     ]
 

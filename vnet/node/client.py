@@ -322,8 +322,9 @@ class RouteClient:
         info: str,
         timeout: float = 10.0,
         unserve: bool = False,
+        type: str = "tcp",
     ) -> Registered:
-        request = wire.register_request(serveid, name, ip, port, info, unserve)
+        request = wire.register_request(serveid, name, ip, port, info, unserve, type)
         resp = await self._unary(self.stub.RegisterServe, request, timeout)
         return wire.registered_from_pb(resp)
 
@@ -339,9 +340,11 @@ class RouteClient:
         resp = await self._unary(self.stub.ListVnets, wire.list_vnets_request(), timeout)
         return wire.vnets_from_pb(resp)
 
-    async def unserve(self, vnetid: str, ip: str, port: int, timeout: float = 30.0) -> Serve:
+    async def unserve(
+        self, vnetid: str, ip: str, port: int, timeout: float = 30.0, type: str = "tcp"
+    ) -> Serve:
         """Ask vnet `vnetid` to offer ip:port; the serve it registered for it."""
-        request = wire.unserve_request(vnetid, ip, port)
+        request = wire.unserve_request(vnetid, ip, port, type)
         resp = await self._unary(self.stub.Unserve, request, timeout)
         return wire.unserved_from_pb(resp)
 

@@ -33,10 +33,10 @@ class Editor:
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    async def unserve(self, vnetid: str, ip: str, port: int) -> Serve:
-        """Ask vnet `vnetid` to offer ip:port; the serve it registered."""
+    async def unserve(self, vnetid: str, ip: str, port: int, type: str = "tcp") -> Serve:
+        """Ask vnet `vnetid` to offer ip:port (tcp or udp); the serve it registered."""
         self._require_route()
-        serve = await self.node.client.unserve(vnetid, ip, port)
+        serve = await self.node.client.unserve(vnetid, ip, port, type=type)
         # Known now, whether or not its serve_added has come in yet.
         self.node.remote[serve.serveid] = serve
         return serve
@@ -49,7 +49,7 @@ class Editor:
         key = f"unserve-{serve.vnetid}-{serve.serveid:03d}"
         if key in self.node.uses:
             raise NodeRequestError(f"[use.{key}] already maps it")
-        use = UseConfig(key=key, serveid=serve.serveid, ip=ip, port=port)
+        use = UseConfig(key=key, serveid=serve.serveid, type=serve.type, ip=ip, port=port)
         state = self.node.uses[key] = UseState(use, running=True, ephemeral=True)
         error = await self.node.use_side.reconcile(state, quiet=True)
         if error:

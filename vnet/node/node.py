@@ -25,6 +25,7 @@ from vnet.core.errors import RouteUnavailable, Unauthenticated, VnetError
 from vnet.core.pacing import Pacer
 from vnet.core.queueing import Governor
 from vnet.core.registry import Serve
+from vnet.core.udp import Slots
 from vnet.node import probing
 from vnet.node.client import (
     ControlEvent,
@@ -98,6 +99,8 @@ class Node:
         )
         if self.prober is not None:
             self.pacer.on_interactive = self.prober.wake.set
+        # UDP flows held at once, by the uses and the serves together.
+        self.udp_slots = Slots(config.vnet.udp_flows)
         # The uses' listeners and the dialling side of tunnels. Through a
         # lambda: the client is replaced on each reconnect.
         self.use_side = Uses(
@@ -105,6 +108,7 @@ class Node:
             lambda serveid, tunnel_id: self.client.dial(serveid, tunnel_id),
             self._spawn,
             self.pacer,
+            self.udp_slots,
         )
         self.uses: dict[str, UseState] = self.use_side.states
         # Why the route went away, once it has.
@@ -453,9 +457,9 @@ class Node:
         """Apply only what differs from new; returns the diff and what failed."""
         return await self._editor.reload(new)
 
-    async def unserve(self, vnetid: str, ip: str, port: int) -> Serve:
+    async def unserve(self, vnetid: str, ip: str, port: int, type: str = "tcp") -> Serve:
         """Ask vnet `vnetid` to offer ip:port; the serve it registered."""
-        return await self._editor.unserve(vnetid, ip, port)
+        return await self._editor.unserve(vnetid, ip, port, type)
 
     async def map_unserve(self, serve: Serve, ip: str, port: int) -> UseState:
         """Map an unserve to a local port, for as long as the unserve lives."""

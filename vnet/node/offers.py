@@ -50,7 +50,7 @@ class Unserves:
 
     async def answer(self, asked: UnserveAsked) -> None:
         node = self.node
-        where = f"{asked.ip}:{asked.port}"
+        where = f"{asked.ip}:{asked.port}" + ("/udp" if asked.type == "udp" else "")
         addresses = await self.resolve(asked.ip, asked.port)
         reason = refusal(node.config.vnet, asked.ip, addresses, len(self.offers))
         if reason:
@@ -65,6 +65,7 @@ class Unserves:
                 asked.port,
                 f"unserve for vnet {asked.from_vnetid}",
                 unserve=True,
+                type=asked.type,
             )
         except VnetError as exc:
             await self._answer(asked, refusal=f"could not register it: {exc}")
@@ -78,6 +79,7 @@ class Unserves:
             ServeConfig(
                 key=self.key(serveid),
                 port=asked.port,
+                type=asked.type,
                 ip=asked.ip,
                 name=reg.serve.name,
                 info=reg.serve.info,

@@ -13,10 +13,13 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from vnet.core.config import ServeConfig
 from vnet.core.errors import NotFound, VnetError
+from vnet.core.udp import UdpCounters
 from vnet.node import tunnel
 from vnet.node.client import OpenTunnel, TunnelCall
 from vnet.node.state import ServeState
+from vnet.node.udp_serve import UdpServing
 
 if TYPE_CHECKING:
     from vnet.node.node import Node
@@ -39,6 +42,7 @@ class Serves:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._target_connects = asyncio.Semaphore(TARGET_CONNECTS)
+        self.udp = UdpServing(node.udp_slots)
 
     async def register(self, state: ServeState) -> int:
         serve = state.config
@@ -49,6 +53,7 @@ class Serves:
                 serve.ip,
                 serve.port,
                 serve.info,
+                type=serve.type,
             )
         except VnetError as exc:
             state.error = str(exc)
@@ -103,6 +108,9 @@ class Serves:
                 log.warning("%s: refused: %s", label, reason)
                 await tunnel.refuse(call, reason)
                 return
+        if serve.type == "udp":
+            await self._accept_udp(event, call, serve, host, label, offered)
+            return
         try:
             # One deadline for the wait in line and the connect itself.
             # asyncio.timeout, not wait_for: no extra task for every tunnel.
@@ -130,6 +138,25 @@ class Serves:
             await tunnel.relay(
                 reader, writer, call, label, fields, pacer=self.node.pacer, local="the service"
             )
+        finally:
+            if offered:
+                self.node.unserves.closed(event.serveid)
+
+    async def _accept_udp(
+        self,
+        event: OpenTunnel,
+        call: TunnelCall,
+        serve: ServeConfig,
+        host: str,
+        label: str,
+        offered: bool,
+    ) -> None:
+        state = next((s for s in self.node.serves.values() if s.serveid == event.serveid), None)
+        counters = state.udp if state is not None else UdpCounters()
+        if offered:
+            self.node.unserves.opened(event.serveid)
+        try:
+            await self.udp.accept(event, call, serve, host, counters, "udp " + label)
         finally:
             if offered:
                 self.node.unserves.closed(event.serveid)

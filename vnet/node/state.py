@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vnet.core.config import ServeConfig
 from vnet.core.errors import VnetError
+from vnet.core.udp import UdpCounters
 from vnet.core.unserve import LINGER, UNUSED_TTL
 from vnet.node.client import KEEPALIVE, KEEPALIVE_TIMEOUT
 
@@ -45,6 +46,8 @@ class ServeState:
     error: str = ""
     # Offered on another node's request (unserve): not part of the config.
     unserve: bool = False
+    # type=udp: its flows' traffic (kept across reconnects, as a use's counters are).
+    udp: UdpCounters = field(default_factory=UdpCounters)
 
     @property
     def key(self) -> str:

@@ -17,11 +17,13 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vnet.core.config import UseConfig
+from vnet.core.config import DEFAULT_UDP_FLOWS, UseConfig
 from vnet.core.pacing import Pacer
 from vnet.core.registry import Serve
+from vnet.core.udp import Slots, UdpCounters
 from vnet.node import tunnel
 from vnet.node.client import TunnelCall
+from vnet.node.udp_use import UdpUse, open_udp_use
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,17 @@ class UseState:
     # Made at run time for an unserve: not part of the config, ends with it.
     ephemeral: bool = False
     counters: tunnel.Counters = field(default_factory=tunnel.Counters)
+    # type=udp: its socket and flows while it listens, and their traffic.
+    udp: UdpUse | None = None
+    udp_counters: UdpCounters = field(default_factory=UdpCounters)
 
     @property
     def key(self) -> str:
         return self.config.key
+
+    @property
+    def listening(self) -> bool:
+        return self.server is not None or self.udp is not None
 
 
 class Uses:
@@ -61,6 +70,7 @@ class Uses:
         dial: Callable[[int, str], TunnelCall],
         spawn: Spawn,
         pacer: Pacer,
+        udp_slots: Slots | None = None,
     ) -> None:
         # The group's serves as the control stream tells them (owned by the node).
         self.remote = remote
@@ -68,6 +78,7 @@ class Uses:
         self._dial_call = dial
         self._spawn = spawn
         self._pacer = pacer
+        self._udp_slots = udp_slots or Slots(DEFAULT_UDP_FLOWS)
         self._ids = itertools.count(1)
         # Until then (loop time), a serve missing from the group does not
         # close its use's listener: after a reconnect the serving nodes may
@@ -85,7 +96,7 @@ class Uses:
 
     def reconcile_all(self) -> None:
         for state in self.states.values():
-            if state.running or state.server is not None:
+            if state.running or state.listening:
                 self._spawn(self._reconcile_quietly(state))
 
     async def _reconcile_quietly(self, state: UseState) -> None:
@@ -96,9 +107,9 @@ class Uses:
         serve = self.remote.get(use.serveid) if state.running and use.serveid else None
         if serve is None:
             held = state.running and asyncio.get_running_loop().time() < self.hold_until
-            if state.server is not None and held:
+            if state.listening and held:
                 return ""
-            if state.server is not None:
+            if state.listening:
                 self.close(state)
                 if state.running:
                     log.info("[use.%s] serveid %s left; stopped listening", use.key, use.serveid)
@@ -106,9 +117,20 @@ class Uses:
                 state.error = f"waiting for serveid {use.serveid}"
                 log.info("[use.%s] waiting for serveid %s to appear", use.key, use.serveid)
             return ""
-        if state.server is not None:
+        if state.listening:
             return ""
+        if serve.type != use.type:
+            message = (
+                f"type={use.type} but serveid {serve.serveid} ({serve.name} on vnet "
+                f"{serve.vnetid}) is {serve.type}: set type={serve.type}"
+            )
+            if state.error != message and not quiet:
+                log.error("[use.%s] %s", use.key, message)
+            state.error = message
+            return message
         port = use.port if use.port is not None else serve.port
+        if use.type == "udp":
+            return await self._listen_udp(state, serve, port, quiet)
         try:
             server = await asyncio.start_server(
                 lambda r, w: self._on_local(state, r, w),
@@ -140,11 +162,49 @@ class Uses:
         )
         return ""
 
+    async def _listen_udp(self, state: UseState, serve: Serve, port: int, quiet: bool) -> str:
+        use = state.config
+        try:
+            udp = await open_udp_use(
+                use,
+                serve,
+                port,
+                self._dial_call,
+                self._spawn,
+                state.udp_counters,
+                self._udp_slots,
+            )
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+            message = f"cannot listen on udp {use.ip}:{port}: {reason}"
+            if state.error != reason and not quiet:
+                log.error("[use.%s] %s", use.key, message)
+            state.error = reason
+            return message
+        state.udp = udp
+        state.port = udp.port
+        state.error = ""
+        log.info(
+            "[use.%s] listening on udp %s:%s -> serveid %s (%s on vnet %s), udp_idle=%ss",
+            use.key,
+            use.ip,
+            state.port,
+            serve.serveid,
+            serve.name,
+            serve.vnetid,
+            use.udp_idle,
+        )
+        return ""
+
     def close(self, state: UseState) -> None:
-        """Stop listening; connections already accepted carry on."""
+        """Stop listening; TCP connections already accepted carry on, UDP flows end."""
         if state.server is not None:
             state.server.close()
             state.server = None
+            state.port = None
+        if state.udp is not None:
+            state.udp.close()
+            state.udp = None
             state.port = None
 
     def close_all(self) -> None:
@@ -165,6 +225,10 @@ class Uses:
         label = f"[use.{state.config.key}] conn {next(self._ids)} -> serveid {serveid}"
         if serveid not in self.remote:
             log.info("%s: refused, serveid %s is not registered", label, serveid)
+            tunnel.reset_socket(writer)
+            return
+        if self.remote[serveid].type != "tcp":
+            log.info("%s: refused, serveid %s is no longer tcp", label, serveid)
             tunnel.reset_socket(writer)
             return
         serve = self.remote[serveid]

@@ -402,10 +402,14 @@ class RouteServicer:
         ip = request.ip or "127.0.0.1"
         if len(ip) > HOST_MAX or any(ord(ch) <= 32 for ch in ip):
             raise InvalidRequest("ip is not an address or host name")
+        if request.type not in ("tcp", "udp"):
+            raise InvalidRequest(f"type {request.type!r} is not supported (tcp or udp)")
         request_id = self._ids()
         answer: asyncio.Future[msg.UnserveAnswer] = asyncio.get_running_loop().create_future()
         self.unserves[request_id] = (asked, answer)
-        asked.push(msg.unserve_asked_event(request_id, link.vnet.vnetid, ip, request.port))
+        asked.push(
+            msg.unserve_asked_event(request_id, link.vnet.vnetid, ip, request.port, request.type)
+        )
         log.info(
             "vnet %s asks vnet %s to offer %s:%s",
             link.vnet.vnetid,
@@ -422,7 +426,7 @@ class RouteServicer:
         if reply.refusal or not reply.serveid:
             raise Refused(f"vnet {asked.vnet.vnetid} refused: {reply.refusal or 'no reason'}")
         serve = self.registry.find(asked.vnet.group, reply.serveid)
-        if serve.vnetid != asked.vnet.vnetid or not serve.unserve:
+        if serve.vnetid != asked.vnet.vnetid or not serve.unserve or serve.type != request.type:
             raise Refused(f"vnet {asked.vnet.vnetid} answered with a serve that is not its unserve")
         return serve
 

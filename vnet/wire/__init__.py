@@ -18,6 +18,9 @@ from vnet.wire.frames import (
     FrameKind as FrameKind,
 )
 from vnet.wire.frames import (
+    decode_datagram as decode_datagram,
+)
+from vnet.wire.frames import (
     decode_frame as decode_frame,
 )
 from vnet.wire.frames import (

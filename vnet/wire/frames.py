@@ -26,6 +26,8 @@ DATA_TAG = bytes([_DATA_TAG])
 _FIN_TAG = 0x12
 _RESET_TAG = 0x1A
 FIN_FRAME = pb.TunnelFrame(fin=pb.Fin()).SerializeToString()
+# A UDP flow's empty datagram: a data frame with no bytes (a TCP tunnel never sends one).
+EMPTY_DATA = bytes([_DATA_TAG, 0])
 
 
 class FrameKind(enum.Enum):
@@ -82,6 +84,13 @@ def terminal_kind(frame: bytes) -> FrameKind | None:
     except MalformedFrame:
         return None
     return kind if kind is not FrameKind.DATA else None
+
+
+def decode_datagram(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:
+    """decode_frame for a UDP flow's tunnel, where a data frame may be empty."""
+    if raw == EMPTY_DATA:
+        return FrameKind.DATA, b""
+    return decode_frame(raw)
 
 
 def decode_frame(raw: bytes) -> tuple[FrameKind, bytes | memoryview | str]:

@@ -78,6 +78,7 @@ class UnserveAsked:
     from_vnetid: str
     ip: str
     port: int
+    type: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,10 @@ def join_request(name: str, group: str, resume_vnetid: str, resume_token: str) -
 
 
 def register_request(
-    serveid: int, name: str, ip: str, port: int, info: str, unserve: bool
+    serveid: int, name: str, ip: str, port: int, info: str, unserve: bool, type: str = "tcp"
 ) -> pb.RegisterServeRequest:
     return pb.RegisterServeRequest(
-        serveid=serveid, name=name, type="tcp", ip=ip, port=port, info=info, unserve=unserve
+        serveid=serveid, name=name, type=type, ip=ip, port=port, info=info, unserve=unserve
     )
 
 
@@ -134,8 +135,8 @@ def list_vnets_request() -> pb.ListVnetsRequest:
     return pb.ListVnetsRequest()
 
 
-def unserve_request(vnetid: str, ip: str, port: int) -> pb.UnserveRequest:
-    return pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port)
+def unserve_request(vnetid: str, ip: str, port: int, type: str = "tcp") -> pb.UnserveRequest:
+    return pb.UnserveRequest(vnetid=vnetid, ip=ip, port=port, type=type)
 
 
 def answer_unserve_request(request_id: str, serveid: int, refusal: str) -> pb.AnswerUnserveRequest:
@@ -199,7 +200,7 @@ def event_from_pb(msg: pb.ControlEvent) -> ControlEvent | None:
         return OpenTunnel(ot.tunnel_id, ot.serveid, ot.from_vnetid)
     if kind == "unserve_asked":
         ua = msg.unserve_asked
-        return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port)
+        return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port, ua.type or "tcp")
     if kind == "echo_asked":
         return EchoAsked(msg.echo_asked.probe)
     if kind == "going_away":

@@ -15,8 +15,8 @@ from typing import Any
 from vnet.core.pacing import STREAM_WINDOW
 
 # A tunnel frame carries at most one read of a node's socket (BULK_READ) plus
-# framing; 4 MiB leaves room for other clients' larger frames, and refuses
-# anything wildly larger.
+# framing, or one UDP datagram (at most 65,507 bytes, vnet/core/udp.py); 4 MiB
+# leaves room for other clients' larger frames, and refuses anything wildly larger.
 MAX_MESSAGE = 4 * 1024 * 1024 + 1024
 # The shortest keepalive interval nodes may use (tests go down to this); the
 # route allows pings this often.

@@ -50,6 +50,7 @@ class UnserveAsk:
     vnetid: str
     ip: str
     port: int
+    type: str = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def _register(msg: pb.RegisterServeRequest) -> ServeAsk:
 
 
 def _unserve(msg: pb.UnserveRequest) -> UnserveAsk:
-    return UnserveAsk(msg.vnetid, msg.ip, msg.port)
+    return UnserveAsk(msg.vnetid, msg.ip, msg.port, msg.type or "tcp")
 
 
 def _answer_unserve(msg: pb.AnswerUnserveRequest) -> UnserveAnswer:
@@ -172,11 +173,13 @@ def open_tunnel_event(tunnel_id: str, serveid: int, from_vnetid: str) -> bytes:
     )
 
 
-def unserve_asked_event(request_id: str, from_vnetid: str, ip: str, port: int) -> bytes:
+def unserve_asked_event(
+    request_id: str, from_vnetid: str, ip: str, port: int, type: str = "tcp"
+) -> bytes:
     return _event(
         pb.ControlEvent(
             unserve_asked=pb.UnserveAsked(
-                request_id=request_id, from_vnetid=from_vnetid, ip=ip, port=port
+                request_id=request_id, from_vnetid=from_vnetid, ip=ip, port=port, type=type
             )
         )
     )

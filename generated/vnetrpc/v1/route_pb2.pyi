@@ -5,7 +5,7 @@ The vnet route API, version 1.
 
 A route relays TCP connections between vnet nodes. A node calls Join once,
 keeps one Control stream open for as long as it is part of the network, and
-registers the local TCP services it offers ("serves", each numbered by a
+registers the local TCP and UDP services it offers ("serves", each numbered by a
 serveid in 1-999). Nodes see only the serves and nodes of their own group.
 
 Every call after Join carries the session it returned in the metadata key
@@ -22,7 +22,8 @@ repeated failures from one address are answered RESOURCE_EXHAUSTED for a
 while. Caps (nodes, serves per node, tunnels per node) answer
 RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT.
 
-Each tunnelled TCP connection is one pair of bidirectional streams: the node
+Each tunnelled TCP connection, and each UDP flow (the datagrams of one
+client address, see TunnelFrame), is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
 told through its Control stream and answers with Accept; the route splices
 the two. Both streams carry TunnelFrame messages, and the route forwards
@@ -271,6 +272,7 @@ class UnserveAsked(_message.Message):
     FROM_VNETID_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Identifies the request; send it back in AnswerUnserve."""
     from_vnetid: _builtins.str
@@ -279,6 +281,8 @@ class UnserveAsked(_message.Message):
     """The address to offer, as the asking node wrote it (an IP or a name)."""
     port: _builtins.int
     """The port to offer, 1-65535."""
+    type: _builtins.str
+    """"tcp" (empty means tcp) or "udp": the type of serve to register for it."""
     def __init__(
         self,
         *,
@@ -286,10 +290,11 @@ class UnserveAsked(_message.Message):
         from_vnetid: _builtins.str = ...,
         ip: _builtins.str = ...,
         port: _builtins.int = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_vnetid", b"from_vnetid", "ip", b"ip", "port", b"port", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_vnetid", b"from_vnetid", "ip", b"ip", "port", b"port", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,7 +427,9 @@ class ServeInfo(_message.Message):
     name: _builtins.str
     """Its name, e.g. "ssh"."""
     type: _builtins.str
-    """Always "tcp" in this version."""
+    """"tcp" or "udp". A use maps a serve of its own type only. Tunnels to a
+    "udp" serve carry one flow each (see TunnelFrame).
+    """
     ip: _builtins.str
     """The address the serve's node connects to, as that node sees it."""
     port: _builtins.int
@@ -473,7 +480,9 @@ class RegisterServeRequest(_message.Message):
     name: _builtins.str
     """Its name."""
     type: _builtins.str
-    """"tcp" (empty means tcp); anything else is refused with INVALID_ARGUMENT."""
+    """"tcp" (empty means tcp) or "udp"; anything else is refused with
+    INVALID_ARGUMENT. A tcp and a udp serve may have the same ip and port.
+    """
     ip: _builtins.str
     """The address the node connects to."""
     port: _builtins.int
@@ -577,6 +586,7 @@ class UnserveRequest(_message.Message):
     VNETID_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     vnetid: _builtins.str
     """The node to ask."""
     ip: _builtins.str
@@ -585,16 +595,19 @@ class UnserveRequest(_message.Message):
     """
     port: _builtins.int
     """The port, 1-65535."""
+    type: _builtins.str
+    """"tcp" (empty means tcp) or "udp": the kind of service asked for."""
     def __init__(
         self,
         *,
         vnetid: _builtins.str = ...,
         ip: _builtins.str = ...,
         port: _builtins.int = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "port", b"port", "vnetid", b"vnetid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "port", b"port", "type", b"type", "vnetid", b"vnetid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -927,6 +940,15 @@ class TunnelFrame(_message.Message):
     more on that direction. The route stops reading a stream at its fin or
     reset, so a node need not half-close its call after one (it may). A stream
     that ends, or fails, before either makes the route reset the other node.
+
+    A tunnel to a "udp" serve carries one UDP flow: the datagrams between one
+    client address (at the dialling node's use) and the serving node's
+    connected socket toward its target. Each data frame is exactly one
+    datagram, boundaries kept; it may be empty, and holds at most 65,507
+    bytes. A flow ends after udp_idle seconds without a datagram either way:
+    the node whose udp_idle passed first sends fin, and the other answers
+    with its own fin and forgets the flow, so both ends agree on the shorter
+    of the two settings. A reset frame ends a flow at once.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -935,7 +957,9 @@ class TunnelFrame(_message.Message):
     FIN_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """Bytes of the TCP stream, in order. Never empty."""
+    """Bytes of the TCP stream, in order, never empty; or, in a UDP flow's
+    tunnel, one whole datagram (possibly empty).
+    """
     @_builtins.property
     def fin(self) -> Global___Fin:
         """The sender's side of the TCP connection ended cleanly (it read EOF):

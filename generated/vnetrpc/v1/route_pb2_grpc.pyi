@@ -5,7 +5,7 @@ The vnet route API, version 1.
 
 A route relays TCP connections between vnet nodes. A node calls Join once,
 keeps one Control stream open for as long as it is part of the network, and
-registers the local TCP services it offers ("serves", each numbered by a
+registers the local TCP and UDP services it offers ("serves", each numbered by a
 serveid in 1-999). Nodes see only the serves and nodes of their own group.
 
 Every call after Join carries the session it returned in the metadata key
@@ -22,7 +22,8 @@ repeated failures from one address are answered RESOURCE_EXHAUSTED for a
 while. Caps (nodes, serves per node, tunnels per node) answer
 RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT.
 
-Each tunnelled TCP connection is one pair of bidirectional streams: the node
+Each tunnelled TCP connection, and each UDP flow (the datagrams of one
+client address, see TunnelFrame), is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
 told through its Control stream and answers with Accept; the route splices
 the two. Both streams carry TunnelFrame messages, and the route forwards
