@@ -276,3 +276,17 @@ async def echo_ok(port: int, size: int) -> bool:
     finally:
         if writer is not None:
             writer.close()
+
+
+async def ping_until(port: int, rounds: list[int], stop: asyncio.Event) -> None:
+    """1-byte round trips to an echo service at port until stop, counted in rounds[0];
+    each must come back intact."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while not stop.is_set():
+            writer.write(b"p")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(1), 10) == b"p"
+            rounds[0] += 1
+    finally:
+        writer.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import TIMEOUT, MakeNode, home_and_office, wait_until
-from tests.services import Server, echo_server, exchange, exchange_server
+from tests.services import Server, echo_server, exchange, exchange_server, ping_until
 from vnet.core.pacing import BULK_READ, HOLD_S, SHARED_READ, Lane, Pacer
 from vnet.node.node import Node
 
@@ -74,19 +74,6 @@ def test_large_reads_are_not_interactive() -> None:
 # --- through a real route and nodes ------------------------------------------
 
 
-async def _pinger(port: int, rounds: list[int], stop: asyncio.Event) -> None:
-    """1-byte round trips through an echo tunnel until stop; each must come back intact."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while not stop.is_set():
-            writer.write(b"p")
-            await writer.drain()
-            assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == b"p"
-            rounds[0] += 1
-    finally:
-        writer.close()
-
-
 async def _home_and_office(make_node: MakeNode) -> tuple[Node, int, int, list[Server]]:
     sink, echo = await exchange_server(), await echo_server()
     office, ports = await home_and_office(
@@ -100,7 +87,7 @@ async def test_a_transfer_next_to_an_interactive_tunnel_yields_and_arrives_intac
 ) -> None:
     office, sink_port, echo_port, servers = await _home_and_office(make_node)
     rounds, stop = [0], asyncio.Event()
-    pinger = asyncio.create_task(_pinger(echo_port, rounds, stop))
+    pinger = asyncio.create_task(ping_until(echo_port, rounds, stop))
     try:
         await wait_until(lambda: rounds[0] >= 5 or pinger.done(), "pings through the tunnel")
         await exchange(sink_port, 16 * 1024 * 1024, 1024)

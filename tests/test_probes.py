@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import TIMEOUT, MakeNode, MakeRoute, home_and_office, wait_until
 from tests.rawclient import Raw, status_of
-from tests.services import echo_server, exchange, exchange_server
+from tests.services import echo_server, exchange, exchange_server, ping_until
 from vnet.core.errors import NotFound
 from vnet.core.queueing import Phase
 from vnetrpc.v1 import route_pb2 as pb
@@ -117,18 +117,7 @@ async def test_bulk_is_held_back_while_an_interactive_tunnel_keeps_going(
     assert governor is not None
     rounds, stop = [0], asyncio.Event()
 
-    async def pinger() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports["echo"])
-        try:
-            while not stop.is_set():
-                writer.write(b"p")
-                await writer.drain()
-                assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == b"p"
-                rounds[0] += 1
-        finally:
-            writer.close()
-
-    task = asyncio.create_task(pinger())
+    task = asyncio.create_task(ping_until(ports["echo"], rounds, stop))
     try:
         await wait_until(lambda: rounds[0] >= 5 or task.done(), "pings through the tunnel")
         transfer = asyncio.create_task(exchange(ports["sink"], 32 * 1024 * 1024, 1024))

@@ -142,12 +142,7 @@ class Uses:
                 backlog=LISTEN_BACKLOG,
             )
         except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
-            message = f"cannot listen on {use.ip}:{port}: {reason}"
-            if state.error != reason and not quiet:
-                log.error("[use.%s] %s", use.key, message)
-            state.error = reason
-            return message
+            return _cannot_listen(state, f"{use.ip}:{port}", exc, quiet)
         state.server = server
         state.port = server.sockets[0].getsockname()[1]
         state.error = ""
@@ -175,12 +170,7 @@ class Uses:
                 self._udp_slots,
             )
         except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
-            message = f"cannot listen on udp {use.ip}:{port}: {reason}"
-            if state.error != reason and not quiet:
-                log.error("[use.%s] %s", use.key, message)
-            state.error = reason
-            return message
+            return _cannot_listen(state, f"udp {use.ip}:{port}", exc, quiet)
         state.udp = udp
         state.port = udp.port
         state.error = ""
@@ -240,3 +230,13 @@ class Uses:
         }
         call = self._dial_call(serveid, tunnel_id)
         await tunnel.relay(reader, writer, call, label, fields, state.counters, self._pacer)
+
+
+def _cannot_listen(state: UseState, where: str, exc: OSError, quiet: bool) -> str:
+    """Record why a use could not listen on where; the message for the console."""
+    reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+    message = f"cannot listen on {where}: {reason}"
+    if state.error != reason and not quiet:
+        log.error("[use.%s] %s", state.config.key, message)
+    state.error = reason
+    return message
