@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import TIMEOUT, MakeNode, MakeRoute, home_and_office, wait_until
 from tests.rawclient import Raw, status_of
 from tests.services import echo_server, exchange, exchange_server, ping_until
-from vnet.core.errors import NotFound
+from vnet.core.errors import LimitExceeded, NotFound
 from vnet.core.queueing import Phase
+from vnet.route.probes import BURST, RATE, Probes
 from vnetrpc.v1 import route_pb2 as pb
 
 
@@ -140,3 +141,22 @@ async def test_bulk_is_held_back_while_an_interactive_tunnel_keeps_going(
         await asyncio.wait_for(task, TIMEOUT)
         await sink.close()
         await echo.close()
+
+
+async def test_a_node_cannot_start_probes_faster_than_the_rate() -> None:
+    class Peer:
+        def push(self, event: bytes) -> None:
+            pass
+
+    probes, asker, via = Probes(), Peer(), Peer()
+    for _ in range(int(BURST)):
+        asked = probes.ask(asker, via, now=0.0)
+        assert asked is not None
+        probes.answered(via, asked[0])
+        assert await probes.wait(asker, via, *asked)
+    with pytest.raises(LimitExceeded, match="a second"):
+        probes.ask(asker, via, now=0.0)
+    # Tokens come back with time, at RATE a second.
+    assert probes.ask(asker, via, now=1 / RATE) is not None
+    # Another node has its own allowance.
+    assert probes.ask(Peer(), via, now=0.0) is not None

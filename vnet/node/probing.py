@@ -75,7 +75,11 @@ class Prober:
             # Its round trip may have been the route's 2 s wait for that node.
             self._silent.add(peer)
             self.governor.lost()
-            log.info("vnet %s does not echo probes; timing the route alone for it", peer)
+            log.info(
+                "probes through vnet %s are not echoed (that node or the route is older); "
+                "timing the route alone for it",
+                peer,
+            )
             return
         now = loop.time()
         self.governor.probed(peer, now - sent_at, sent_at, now)

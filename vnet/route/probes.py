@@ -26,6 +26,11 @@ from vnet.core.errors import LimitExceeded, NotFound
 ECHO_TIMEOUT_S = 2.0
 # Probes one node may have waiting at once; a governor sends one at a time.
 PER_ASKER = 4
+# Probes one node may start per second (a governor starts at most 50), with a burst:
+# each costs the node it goes through an event and an Echo, so a node that sends
+# them in a loop would load another node of its group.
+RATE = 100.0
+BURST = 20.0
 
 
 class Peer(Protocol):
@@ -42,6 +47,10 @@ class Probes:
         self._numbers = itertools.count(1)
         self._waiting: dict[int, tuple[Peer, asyncio.Future[None]]] = {}
         self._asked_by: dict[int, int] = {}
+        # Per asker: (tokens, when last counted) of its rate limit.
+        self._tokens: weakref.WeakKeyDictionary[object, tuple[float, float]] = (
+            weakref.WeakKeyDictionary()
+        )
         # Nodes that let a probe time out: answered for from then on.
         self._silent: weakref.WeakSet[Peer] = weakref.WeakSet()
         # Totals for the metrics.
@@ -51,11 +60,17 @@ class Probes:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def ask(self, asker: object, via: Peer) -> tuple[int, asyncio.Future[None]] | None:
-        """Register a probe from asker through via: its number and the future its Echo sets.
-
-        None when via is known not to echo (the caller answers at once).
+    def ask(
+        self, asker: object, via: Peer, now: float
+    ) -> tuple[int, asyncio.Future[None]] | None:
+        """Register a probe from asker through via at now: its number and the future its
+        Echo sets. None when via is known not to echo (the caller answers at once).
         """
+        tokens, then = self._tokens.get(asker, (BURST, now))
+        tokens = min(BURST, tokens + (now - then) * RATE)
+        if tokens < 1:
+            raise LimitExceeded(f"more than {RATE:g} round trips through other nodes a second")
+        self._tokens[asker] = (tokens - 1, now)
         if via in self._silent:
             return None
         key = id(asker)

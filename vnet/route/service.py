@@ -375,7 +375,7 @@ class RouteServicer:
         if via is None or via.vnet.group != link.vnet.group or via.core.closed:
             # Another group's node looks exactly like one that does not exist.
             raise NotFound(f"no vnet {request.via!r} in this group")
-        asked = self.probes.ask(link, via)
+        asked = self.probes.ask(link, via, self.clock())
         if asked is None:
             return msg.Pong(request.nonce, self.boot_id)
         number, done = asked
