@@ -56,18 +56,22 @@ DRAIN_MAX_S = 3.0
 FLAT_PROBES = 2
 # Re-measure a base not seen again within this.
 REBASE_S = 30.0
-# Per probe: the most the rate grows (at zero delay; less, quadratically, nearer the
-# target), and how much a probe at twice the target cuts it (more above that,
-# never below CUT_FLOOR). Fast growth finds a 100 Mbit/s path from the floor in ~20
-# probes; an overshoot costs one round trip of queue, then a cut.
-GROW = 0.25
-# Within NEAR of the rate at the last cut (where the queue built last time) the
-# rate creeps instead: the path's rate is near, and overshooting it by a quarter
-# builds a queue of a quarter of the link for every probe's round trip.
+# Per probe: how far the rate moves at zero delay (up) or at twice the target
+# (down), in proportion in between.
+GAIN_UP = 0.02
+GAIN_DOWN = 0.1
+# Below NEAR of the rate at which the queue last built, the rate grows this much a
+# probe whatever the delay under the target.
+GAIN_BACK = 0.08
 NEAR = 0.9
-GROW_NEAR = 0.03
-CUT = 0.15
-CUT_FLOOR = 0.5
+# After a drain: the rate grows this much a probe until the delay reaches
+# STARTUP_UNTIL of the target (~25 probes from the floor to 100 Mbit/s).
+STARTUP_GROW = 0.12
+STARTUP_UNTIL = 0.5
+STARTUP_HEADROOM = 1.25
+# Past this many targets of delay the rate is cut by BACKOFF instead.
+OVERSHOOT = 4
+BACKOFF = 0.7
 # The rate never falls below this: bulk slows, it never stops.
 FLOOR_RATE = 256 * 1024
 # How far the rate may run ahead of the most the bulk tunnels recently sent.
@@ -81,7 +85,7 @@ BUCKETS = 20
 BURST_S = 0.015
 # The delay is the lowest of the last this many probes: one late probe (an event
 # loop busy elsewhere for a moment) is noise; a queue shows in every probe.
-FILTER = 2
+FILTER = 3
 # While governed, a bulk frame carries about this much of the rate: on a 100 Mbit/s
 # link a 64 KiB frame is 5 ms on the wire, and bursts of them put that much queue
 # in front of a keystroke (measured: ~10 ms of delay at 60% of the link rate, and
@@ -132,9 +136,10 @@ class Governor:
     _cut_at: float = -math.inf
     _drain_at: float = 0.0
     _drain_min: float = math.inf
-    _recent: list[float] = field(default_factory=list)
-    # The rate at the last cut: about what the path carries.
+    _startup: bool = False
+    # The rate at which a queue last built: about what the path carries.
     _ceiling: float = math.inf
+    _recent: list[float] = field(default_factory=list)
     _resume_rate: float = FLOOR_RATE
     _flat: int = 0
 
@@ -156,7 +161,11 @@ class Governor:
         self._update(now)
         if self.phase is Phase.OFF:
             return 0.0
-        self._paid_until = max(self._paid_until, now - BURST_S) + nbytes / self.rate
+        # A frame read before governing began (up to 512 KiB) is charged as one
+        # governed frame: at the drain's rate its full size would stall the
+        # tunnel for seconds, for bytes that went out before the rate existed.
+        charged = min(nbytes, self.frame(nbytes))
+        self._paid_until = max(self._paid_until, now - BURST_S) + charged / self.rate
         wait = self._paid_until - now
         if wait < MIN_PAUSE_S:
             return 0.0
@@ -214,24 +223,61 @@ class Governor:
         before, self.delay = self.delay, min(self._recent) - base.rtt
         if self.delay <= self.target:
             base.seen = now
-            off = 1 - self.delay / self.target
-            if self.rate < NEAR * self._ceiling:
-                grown = self.rate * (1 + GROW * off * off)
-            else:
-                grown = self.rate * (1 + GROW_NEAR * off)
-            self.rate = min(grown, max(FLOOR_RATE, HEADROOM * self.peak_rate()))
-        elif sent_at > self._cut_at and self.delay >= before:
-            # One cut per probe that left after the last one (earlier probes
-            # sat in the queue that cut is draining), and none while the delay
-            # falls: the last cut is draining the queue already.
+        if self.delay > OVERSHOOT * self.target:
+            # Far over: a queue of several targets is building (the path's rate
+            # fell, or another sender joined). Cut hard, once per probe that left
+            # after the last cut (earlier ones sat in the queue that cut drains),
+            # and not while the delay already falls.
+            if sent_at > self._cut_at and self.delay >= before:
+                self._ceiling = self.rate
+                self.rate = max(FLOOR_RATE, self.rate * BACKOFF)
+                self._cut_at = now
+            return
+        latest = rtt - base.rtt
+        cap = max(FLOOR_RATE, HEADROOM * self.peak_rate())
+        if self._startup:
+            # From the drain's rate up, fast, until a queue begins to show (as
+            # HyStart ends slow start on a rising delay, before the overshoot).
+            # The filtered delay: one late probe must not end it (a noisy path
+            # would then climb the rest of the way at GAIN_UP).
+            if self.delay < self.target * STARTUP_UNTIL:
+                if latest < self.target:
+                    # Not far ahead of what actually goes out: once that stops
+                    # growing, the path is full, and a rate far above it would
+                    # build a queue faster than the filtered delay shows it.
+                    startup_cap = max(FLOOR_RATE, STARTUP_HEADROOM * self.peak_rate())
+                    self.rate = min(self.rate * (1 + STARTUP_GROW), startup_cap)
+                return
+            self._startup = False
             self._ceiling = self.rate
-            over = self.delay / self.target - 1
-            self.rate = max(FLOOR_RATE, self.rate * max(CUT_FLOOR, 1 - CUT * over))
-            self._cut_at = now
+        # Near the target: up or down in proportion to the distance (LEDBAT's law,
+        # per probe instead of per acknowledged byte). Symmetric, so noise in the
+        # probes' round trips moves the rate both ways instead of ratcheting it
+        # down; slow, because a probe sees the effect of a change a round trip or
+        # more later. Growth also needs the newest probe under the target: a queue
+        # that has begun to build stops it at once, not FILTER probes later.
+        off = max(-1.0, (self.target - self.delay) / self.target)
+        if off > 0 and latest > self.target:
+            return
+        if off > 0:
+            # Back up to near the rate where the queue last built, quickly; past
+            # that, slowly (as CUBIC returns to its last window): the path's rate
+            # is near there, and overshooting it builds a queue fast.
+            gain = GAIN_BACK if self.rate < NEAR * self._ceiling else GAIN_UP * off
+        else:
+            gain = GAIN_DOWN * off
+            if self.delay > 2 * self.target:
+                self._ceiling = self.rate
+        self.rate = max(FLOOR_RATE, min(self.rate * (1 + gain), cap))
 
     def lost(self) -> None:
         """The probe failed (no answer, the peer left): the next one may go."""
         self._probe_out = False
+
+    def halt(self) -> None:
+        """Off for good: nothing times the path any more (the prober failed)."""
+        self.hold = -math.inf
+        self.phase, self.rate = Phase.OFF, math.inf
 
     def reset(self) -> None:
         """A new connection to the route: the paths and their bases are new."""
@@ -239,7 +285,6 @@ class Governor:
         self._by_peer.clear()
         self._probe_out = False
         self.phase, self.rate = Phase.OFF, math.inf
-        self._ceiling = math.inf
 
     # --- state --------------------------------------------------------------
 
@@ -287,6 +332,8 @@ class Governor:
             self._bases[path] = _Base(self._drain_min, now)
             self.base = self._drain_min
             self.phase = Phase.TRACK
+            self._startup = True
+            self._ceiling = math.inf
             self.rate = self._resume_rate
             self._paid_until = now
             self._cut_at = now

@@ -35,6 +35,14 @@ class Prober:
         self._silent: set[str] = set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            # Never leave bulk tunnels paced with nobody timing the path.
+            self.governor.halt()
+            log.exception("the probes stopped; bulk tunnels are not paced from now on")
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             wait = self.governor.next_probe_in(loop.time())

@@ -60,9 +60,7 @@ class Probes:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def ask(
-        self, asker: object, via: Peer, now: float
-    ) -> tuple[int, asyncio.Future[None]] | None:
+    def ask(self, asker: object, via: Peer, now: float) -> tuple[int, asyncio.Future[None]] | None:
         """Register a probe from asker through via at now: its number and the future its
         Echo sets. None when via is known not to echo (the caller answers at once).
         """
