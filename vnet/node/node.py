@@ -21,16 +21,18 @@ from typing import Any
 
 from vnet.core.config import NodeConfig, ServeConfig, UseConfig
 from vnet.core.config_diff import ConfigDiff
-from vnet.core.errors import RouteUnavailable, Unauthenticated, VnetError
+from vnet.core.errors import Busy, RouteUnavailable, Unauthenticated, VnetError
 from vnet.core.pacing import Pacer
 from vnet.core.registry import Serve
 from vnet.node.client import (
     ControlEvent,
     GoingAway,
+    IdConflict,
     NodeCredentials,
     OpenTunnel,
     RouteClient,
     ServeAdded,
+    ServeChanges,
     ServeRemoved,
     Snapshot,
     UnserveAsked,
@@ -176,9 +178,19 @@ class Node:
         cfg = self.config
         await self.client.connect(self.timeouts.connect, fail_fast=fail_fast)
         self._joined = self._going_away = False
-        joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
+        # The serveids it had: a restarted route holds them for it (vnet.core.claims).
+        had = [s.last_serveid for s in self.serves.values() if s.last_serveid]
+        joined = await self.client.join(
+            cfg.vnet.name, cfg.vnet.group, resume=self._resume, boot_id=self.boot_id, serveids=had
+        )
         self._joined = True
         restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
+        if self._resume is not None and joined.vnetid != self._resume[0]:
+            log.warning(
+                "rejoined as vnet %s: vnet %s was taken by another node",
+                joined.vnetid,
+                self._resume[0],
+            )
         self.vnetid, self.group, self.boot_id = joined.vnetid, joined.group, joined.boot_id
         self._resume = (joined.vnetid, joined.resume_token)
         log.info(
@@ -251,6 +263,11 @@ class Node:
                 else:
                     log.info("reconnect attempt %d failed: %s", attempt, why)
                 delay = min(delay * 2, self.timeouts.reconnect_max)
+                if isinstance(exc, Busy):
+                    # The route is admitting a storm and said when to come back:
+                    # not sooner (the jitter above spreads the returns over
+                    # delay/2..delay, so at least twice the hint).
+                    delay = max(delay, 2 * exc.retry_after)
         for state in self.serves.values():
             if state.running and state.serveid is None:
                 await self.register_logged(state)
@@ -347,7 +364,26 @@ class Node:
                 event.grace,
             )
             return
+        if isinstance(event, IdConflict):
+            log.warning("%s", event.detail)
+            return
+        if isinstance(event, ServeChanges):
+            # Several at once (the route coalesced them): one by one, then one reconcile.
+            for removed in event.removed:
+                self._on_serve_event(removed)
+            for added in event.added:
+                self._on_serve_event(added)
+        else:
+            self._on_serve_event(event)
+        self.use_side.reconcile_all()
+
+    def _on_serve_event(self, event: ControlEvent) -> None:
         if isinstance(event, Snapshot):
+            # A snapshot in the middle of the stream (the route resynchronises a
+            # node that fell behind) may leave out serves that went meanwhile.
+            left = set(self.remote) - {s.serveid for s in event.serves}
+            if left:
+                self._drop_ephemeral(lambda u: u.config.serveid in left)
             # In place: the uses hold this same dict.
             self.remote.clear()
             self.remote.update((s.serveid, s) for s in event.serves)
@@ -369,7 +405,6 @@ class Node:
             # A mapping made for an unserve ends with it: its serveid may
             # later be given to something else.
             self._drop_ephemeral(lambda u: u.config.serveid == event.serveid)
-        self.use_side.reconcile_all()
 
     # --- serves: registration ------------------------------------------------
 

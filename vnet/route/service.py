@@ -6,10 +6,14 @@ in vnet.core.registry, credentials and penalties in vnet.core.auth, the
 fail-fast rule in vnet.core.unanswered; messages are built and parsed in
 vnet.wire.route_messages, the byte pumps are vnet.route.splice, the method
 table's error translation is vnet.route.rpc. What stays here is I/O: each
-session's control-event queue and splices, the futures that hand a Dial its
-splice or an Unserve its answer, and the timers. The clock and the secrets
-are passed in, so tests can move time instead of waiting it out. The server
-around it (ports, TLS, health, reflection) is vnet.route.server.
+session's queue of its own control events (tunnels to accept, unserve
+requests) and splices, the futures that hand a Dial its splice or an Unserve
+its answer, and the timers. Serve changes reach the control streams through
+vnet.route.fanout (one log per group that each stream reads at its own pace,
+coalesced), and ids claimed after a restart are held by vnet.core.claims. The
+clock and the secrets are passed in, so tests can move time instead of
+waiting it out. The server around it (ports, TLS, health, reflection) is
+vnet.route.server.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +33,7 @@ import grpc
 
 from vnet import wire
 from vnet.core.budget import MIB, Budget
+from vnet.core.claims import Claims, Conflict
 from vnet.core.config import RouteLimits
 from vnet.core.errors import (
     InvalidRequest,
@@ -43,14 +49,21 @@ from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
-from vnet.route.admission import Admission, metadata
+from vnet.route.admission import Admission, JoinGate, metadata
+from vnet.route.fanout import Fanout
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
 
+# A node's own events (tunnels to accept, unserve requests) waiting for its control
+# stream; its serve changes are not queued here (vnet.route.fanout). Bounded by the tunnel
+# cap in practice; a node that lets this many pile up does not read its stream.
 CONTROL_QUEUE = 10_000
+# A tick of the expiry timer that comes this much later than asked for was the
+# route's own backlog (its loop was busy), not the node's: it is not counted.
+STALL_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -92,13 +105,18 @@ def _hex_id() -> str:
     return secrets.token_hex(8)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Link:
-    """The I/O side of one session (vnet.core.sessions.Session): its control
-    stream's queue of encoded events and the tunnels it is an end of."""
+    """The I/O side of one session (vnet.core.sessions.Session): its own encoded
+    control events, how far its stream has read the group's serve changes, and
+    the tunnels it is an end of."""
 
     core: Session
-    events: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(CONTROL_QUEUE))
+    # Made when needed: an idle node costs as little as can be.
+    events: deque[bytes] | None = None
+    wake: asyncio.Event | None = None
+    # How far into its group's feed (vnet.core.feed) its stream has sent.
+    cursor: int = 0
     splices: set[Splice] = field(default_factory=set)
     # Its unanswered open_tunnels: a silent node's serves are refused at once.
     answers: AnswerWatch = field(default_factory=AnswerWatch)
@@ -114,14 +132,18 @@ class Link:
     def push(self, event: bytes) -> None:
         if self.core.closed:
             return
-        try:
-            self.events.put_nowait(event)
-        except asyncio.QueueFull:
+        if self.events is None:
+            self.events = deque()
+        if len(self.events) >= CONTROL_QUEUE:
             # A node that does not read its control stream is broken; it
             # will be dropped when its stream ends, so drop it now: closed,
             # its calls are refused from here on as after a drop.
             log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
             self.core.closed = True
+            return
+        self.events.append(event)
+        if self.wake is not None:
+            self.wake.set()
 
 
 @dataclass(eq=False)
@@ -155,7 +177,13 @@ class RouteServicer:
         self.clock = clock
         self._ids = ids
         self.admission = Admission(self.security, clock)
-        self.registry = Registry()
+        # Ids claimed by nodes back from an earlier boot are held for a while.
+        self.claims = Claims(clock, clock())
+        self.registry = Registry(self.claims)
+        self.fanout = Fanout(self.registry)
+        self.gate = JoinGate()
+        # Seconds the expiry timer found the route's own loop behind (STALL_SLACK).
+        self._stalled = 0.0
         self.boot_id = ids()
         self.table = Sessions(self.registry, self.limits.max_nodes, secret)
         # The I/O side of each live session of the table.
@@ -193,12 +221,21 @@ class RouteServicer:
     def auth_failures(self) -> int:
         return self.admission.failures
 
-    def _broadcast(self, group: str, event: bytes) -> None:
-        for session in self.table.in_group(group):
-            link = self.sessions.get(session)
-            # None: a session joining right now, not told yet (its snapshot will).
-            if link is not None:
-                link.push(event)
+    def node_time(self) -> float:
+        """The clock without the time the route itself was stalled: what the
+        Control-after-Join timer measures, so a node is judged on its own delay."""
+        return self.clock() - self._stalled
+
+    def _tell_conflicts(self, conflicts: Iterable[Conflict]) -> None:
+        """Both nodes of a claim conflict hear of it (and the log says so)."""
+        for conflict in conflicts:
+            log.warning("group %s: %s", conflict.group, conflict.words())
+            event = msg.id_conflict_event(conflict)
+            for vnetid in {conflict.kept_by, conflict.lost_by}:
+                found = self.table.of_vnet(vnetid)
+                link = None if found is None else self.sessions.get(found)
+                if link is not None:
+                    link.push(event)
 
     def _drop(self, link: Link, why: str) -> None:
         gone = self.table.drop(link.core)
@@ -211,8 +248,10 @@ class RouteServicer:
         self.sessions.pop(session, None)
         withdrawn = 0
         for serve in gone:
-            self._broadcast(session.vnet.group, msg.serve_removed_event(serve))
+            self.fanout.removed(serve, session.vnet.group)
             withdrawn += 1
+        if link.wake is not None:
+            self.fanout.group(session.vnet.group).waiting.discard(link.wake)
         left = why == LEFT
         if left:
             because = f"vnet {session.vnet.vnetid} left"
@@ -242,14 +281,22 @@ class RouteServicer:
         """Now and then, drop_uncontrolled: a quarter of the time allowed
         apart, and at least once a second (the rule reads the clock given,
         which tests move on faster than real time)."""
+        loop = asyncio.get_running_loop()
+        tick = max(min(self.timeouts.join / 4, 1.0), 0.02)
         while True:
-            await asyncio.sleep(max(min(self.timeouts.join / 4, 1.0), 0.02))
+            began = loop.time()
+            await asyncio.sleep(tick)
+            late = loop.time() - began - tick
+            if late > STALL_SLACK:
+                # The loop was busy with the route's own work (a storm): whatever
+                # a node did meanwhile could not even be read. Not its time.
+                self._stalled += late
             self.drop_uncontrolled()
 
     def drop_uncontrolled(self) -> None:
         """Drop the sessions that did not open their Control stream in time:
         the table's rule (Sessions.uncontrolled), on the route's clock."""
-        for session in self.table.uncontrolled(self.clock(), self.timeouts.join):
+        for session in self.table.uncontrolled(self.node_time(), self.timeouts.join):
             link = self.sessions.get(session)
             if link is not None:
                 self._drop(link, "no control stream after join")
@@ -262,8 +309,17 @@ class RouteServicer:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
         self.admission.admit(context, group)
+        # Back-pressure: too many joined and not yet controlled is a storm.
+        self.gate.admit(self.table.joining)
+        earlier_boot = bool(request.resume_boot_id) and request.resume_boot_id != self.boot_id
         joined = self.table.join(
-            request.name, group, self.clock(), request.resume_vnetid, request.resume_token
+            request.name,
+            group,
+            self.node_time(),
+            request.resume_vnetid,
+            request.resume_token,
+            earlier_boot=earlier_boot,
+            resume_serveids=request.resume_serveids,
         )
         if joined.replaced is not None:
             stale = self.sessions.get(joined.replaced)
@@ -271,6 +327,7 @@ class RouteServicer:
                 self._ended(stale, joined.withdrawn, "replaced by its own new connection")
         session = joined.session
         self.sessions[session] = Link(session)
+        self._tell_conflicts(joined.conflicts)
         vnet = session.vnet
         log.info(
             "vnet %s (%s) joined group %s from %s",
@@ -288,9 +345,12 @@ class RouteServicer:
     ) -> msg.Registered:
         link = self._session(context)
         vnet = link.vnet
-        own = {s.serveid for s in self.registry.serves(vnet.group) if s.vnetid == vnet.vnetid}
-        if request.serveid not in own and len(own) >= self.limits.max_serves_per_node:
-            raise LimitExceeded(f"this vnet has {len(own)} serves, the most the route allows")
+        own = self.registry.serve_count(vnet.vnetid)
+        if (
+            not self.registry.owns(vnet.vnetid, request.serveid)
+            and own >= self.limits.max_serves_per_node
+        ):
+            raise LimitExceeded(f"this vnet has {own} serves, the most the route allows")
         reg = self.registry.register(
             vnet.vnetid,
             request.serveid,
@@ -301,9 +361,10 @@ class RouteServicer:
             request.type,
             unserve=request.unserve,
         )
+        # Appended to the group's feed: this reply waits for no node's stream.
         if reg.replaced is not None:
-            self._broadcast(vnet.group, msg.serve_removed_event(reg.replaced))
-        self._broadcast(vnet.group, msg.serve_added_event(reg.serve))
+            self.fanout.removed(reg.replaced, vnet.group)
+        self.fanout.added(reg.serve, vnet.group)
         log.info(
             "vnet %s registered serve %s (%s) -> %s:%s%s",
             vnet.vnetid,
@@ -320,7 +381,7 @@ class RouteServicer:
     ) -> None:
         link = self._session(context)
         serve = self.registry.unregister(link.vnet.vnetid, serveid)
-        self._broadcast(link.vnet.group, msg.serve_removed_event(serve))
+        self.fanout.removed(serve, link.vnet.group)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
 
     async def ListServes(
@@ -394,20 +455,47 @@ class RouteServicer:
     # --- control stream ----------------------------------------------------
 
     async def Control(
-        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
+        self, serve_changes: bool, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
+        """The snapshot, then the node's own events and its group's serve changes.
+
+        Serve changes are read from the group's feed when it is flushed: all
+        that this stream has not sent yet as one message (ServeChanges, for a
+        node that asked for them; else one message a change), or a snapshot
+        when it is far behind. A stream that writes slowly (its node reads
+        slowly) just falls behind; nothing piles up for it.
+        """
         link = self._session(context)
         self.table.open_control(link.core)
+        self.gate.controlled(self.clock())
+        group = self.fanout.group(link.vnet.group)
+        wake = link.wake = asyncio.Event()
         why = "control stream closed"
         try:
-            yield msg.snapshot_event(self.registry.serves(link.vnet.group))
-            while not link.core.closed:
-                yield await link.events.get()
+            link.cursor, snapshot = group.snapshot()
+            yield snapshot
+            while True:
+                if link.events:
+                    # Before the check below: a going_away pushed just before the
+                    # route ended the session still goes out.
+                    yield link.events.popleft()
+                elif link.core.closed:
+                    break
+                elif group.flushed > link.cursor:
+                    link.cursor, out = group.batch(link.cursor, serve_changes)
+                    for data in out:
+                        yield data
+                else:
+                    # No await between the checks above and this wait: no wake-up is lost.
+                    wake.clear()
+                    group.waiting.add(wake)
+                    await wake.wait()
             why = "its control stream was not read"
         except asyncio.CancelledError:
             why = "connection lost"
             raise
         finally:
+            group.waiting.discard(wake)
             self._drop(link, why)
 
     # --- tunnels -----------------------------------------------------------

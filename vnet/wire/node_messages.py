@@ -7,6 +7,7 @@ protobuf message itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -80,7 +81,35 @@ class UnserveAsked:
     port: int
 
 
-ControlEvent = Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked
+@dataclass(frozen=True)
+class ServeChanges:
+    """Several serve changes at once: apply removed, then added."""
+
+    removed: tuple[ServeRemoved, ...]
+    added: tuple[ServeAdded, ...]
+
+
+@dataclass(frozen=True)
+class IdConflict:
+    """Another node returning after a route restart claimed one of this node's ids."""
+
+    kind: str
+    ident: str
+    kept_by: str
+    lost_by: str
+    detail: str
+
+
+ControlEvent = (
+    Snapshot
+    | ServeAdded
+    | ServeRemoved
+    | OpenTunnel
+    | GoingAway
+    | UnserveAsked
+    | ServeChanges
+    | IdConflict
+)
 
 
 def route_stub(channel: grpc.aio.Channel) -> pb_grpc.RouteServiceAsyncStub:
@@ -92,9 +121,21 @@ def route_stub(channel: grpc.aio.Channel) -> pb_grpc.RouteServiceAsyncStub:
 # --- requests -------------------------------------------------------------------
 
 
-def join_request(name: str, group: str, resume_vnetid: str, resume_token: str) -> pb.JoinRequest:
+def join_request(
+    name: str,
+    group: str,
+    resume_vnetid: str,
+    resume_token: str,
+    resume_boot_id: str = "",
+    resume_serveids: Sequence[int] = (),
+) -> pb.JoinRequest:
     return pb.JoinRequest(
-        name=name, group=group, resume_vnetid=resume_vnetid, resume_token=resume_token
+        name=name,
+        group=group,
+        resume_vnetid=resume_vnetid,
+        resume_token=resume_token,
+        resume_boot_id=resume_boot_id,
+        resume_serveids=list(resume_serveids),
     )
 
 
@@ -135,7 +176,8 @@ def leave_request() -> pb.LeaveRequest:
 
 
 def control_request() -> pb.ControlRequest:
-    return pb.ControlRequest()
+    # This node applies ServeChanges (vnet.node.node): batches welcome.
+    return pb.ControlRequest(serve_changes=True)
 
 
 # --- answers and events -----------------------------------------------------------
@@ -178,4 +220,13 @@ def event_from_pb(msg: pb.ControlEvent) -> ControlEvent | None:
         return UnserveAsked(ua.request_id, ua.from_vnetid, ua.ip, ua.port)
     if kind == "going_away":
         return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
+    if kind == "serve_changes":
+        sc = msg.serve_changes
+        return ServeChanges(
+            tuple(ServeRemoved(r.serveid, r.vnetid) for r in sc.removed),
+            tuple(ServeAdded(serve_from_pb(a)) for a in sc.added),
+        )
+    if kind == "id_conflict":
+        ic = msg.id_conflict
+        return IdConflict(ic.kind, ic.id, ic.kept_by, ic.lost_by, ic.detail)
     return None  # an event kind from a newer route: ignore it

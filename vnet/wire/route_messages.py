@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from vnet.core.claims import Conflict
+from vnet.core.limits import SERVEID_MAX
 from vnet.core.registry import Serve, Vnet
 from vnet.wire.messages import SERVICE, serve_to_pb, vnet_to_pb
 from vnetrpc.v1 import route_pb2 as pb
@@ -28,6 +30,9 @@ class JoinAsk:
     group: str
     resume_vnetid: str
     resume_token: str
+    # The boot the resume pair is from, and the serveids the node had then.
+    resume_boot_id: str = ""
+    resume_serveids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,14 @@ class Pong:
 
 
 def _join(msg: pb.JoinRequest) -> JoinAsk:
-    return JoinAsk(msg.name, msg.group, msg.resume_vnetid, msg.resume_token)
+    return JoinAsk(
+        msg.name,
+        msg.group,
+        msg.resume_vnetid,
+        msg.resume_token,
+        msg.resume_boot_id,
+        tuple(msg.resume_serveids[:SERVEID_MAX]),
+    )
 
 
 def _register(msg: pb.RegisterServeRequest) -> ServeAsk:
@@ -146,6 +158,34 @@ def snapshot_event(serves: Sequence[Serve]) -> bytes:
 
 def serve_added_event(serve: Serve) -> bytes:
     return _event(pb.ControlEvent(serve_added=serve_to_pb(serve)))
+
+
+def serve_changes_event(
+    added: Sequence[Serve], removed: Sequence[tuple[int, str]]
+) -> bytes:
+    """Several changes as one message (vnet.core.feed.Batch): removed first, then added."""
+    return _event(
+        pb.ControlEvent(
+            serve_changes=pb.ServeChanges(
+                removed=[pb.ServeRemoved(serveid=s, vnetid=v) for s, v in removed],
+                added=[serve_to_pb(s) for s in added],
+            )
+        )
+    )
+
+
+def id_conflict_event(conflict: Conflict) -> bytes:
+    return _event(
+        pb.ControlEvent(
+            id_conflict=pb.IdConflict(
+                kind=conflict.kind,
+                id=conflict.ident,
+                kept_by=conflict.kept_by,
+                lost_by=conflict.lost_by,
+                detail=conflict.words(),
+            )
+        )
+    )
 
 
 def serve_removed_event(serve: Serve) -> bytes:
@@ -240,8 +280,9 @@ def route_handlers(
         for name, (parse, build) in UNARY_CODECS.items()
     }
     # The events are bytes already (see above): no serializer.
+    # The handler gets ControlRequest.serve_changes: whether the node takes batches.
     table["Control"] = grpc.unary_stream_rpc_method_handler(
-        control, request_deserializer=_parse(pb.ControlRequest)
+        control, request_deserializer=_parse(pb.ControlRequest, lambda m: m.serve_changes)
     )
     # No (de)serializers: frames go through as the bytes they came as.
     table["Dial"] = grpc.stream_stream_rpc_method_handler(dial)

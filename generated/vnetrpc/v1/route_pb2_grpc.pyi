@@ -20,7 +20,13 @@ valid for that group only; the route may also have one token for all
 groups. Every authentication failure is UNAUTHENTICATED with the same text;
 repeated failures from one address are answered RESOURCE_EXHAUSTED for a
 while. Caps (nodes, serves per node, tunnels per node) answer
-RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT.
+RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT. A route busy
+admitting a storm of Joins answers RESOURCE_EXHAUSTED too, with a retry hint
+in the trailing metadata key "vnet-retry-after-ms" (decimal milliseconds):
+wait at least that long (plus jitter) before the next try.
+
+A group holds at most 999 serves (serveids 1-999), of which the route
+assigns 499 (1-499); RegisterServe beyond that is RESOURCE_EXHAUSTED.
 
 Each tunnelled TCP connection is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
