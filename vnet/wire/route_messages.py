@@ -160,9 +160,7 @@ def serve_added_event(serve: Serve) -> bytes:
     return _event(pb.ControlEvent(serve_added=serve_to_pb(serve)))
 
 
-def serve_changes_event(
-    added: Sequence[Serve], removed: Sequence[tuple[int, str]]
-) -> bytes:
+def serve_changes_event(added: Sequence[Serve], removed: Sequence[tuple[int, str]]) -> bytes:
     """Several changes as one message (vnet.core.feed.Batch): removed first, then added."""
     return _event(
         pb.ControlEvent(

@@ -49,7 +49,8 @@ them; none is negotiated):
   without calls open, but not more often than every 500 ms (else the
   route answers with GOAWAY "too_many_pings").
 - The TLS/HTTP/2 handshake, and the Control stream after Join, must come
-  within 10 s; a session whose Control stream never opens expires then.
+  within 10 s; a session whose Control stream never opens expires then
+  (time the route itself was too busy to read anything is not counted).
 - A Dial waits for the serving node's Accept for 10 s, counted from the
   Dial or from that node's last Accept, whichever is later (a node
   working through a burst is slow, not gone), and 60 s at most; then it
