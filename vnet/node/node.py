@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 SESSION_FORGOTTEN = "the route restarted; joining again as a new session"
 
 
+# How many times a registration answered "busy" is tried again before it counts as refused.
+BUSY_RETRIES = 5
+
+
 def lost_words(exc: VnetError, joined: bool) -> str:
     """What to log for a failure of the route's: the credentials text only
     when Join itself refused them.
@@ -409,8 +413,18 @@ class Node:
     # --- serves: registration ------------------------------------------------
 
     async def register_logged(self, state: ServeState) -> int | None:
-        """Register, logging a refusal (start-up and reload, where no one is asking)."""
+        """Register, logging a refusal (start-up and reload, where no one is asking).
+
+        A route that says it is busy (it restarted and is giving returning nodes
+        their serveids back first) is asked again after its hint, with jitter.
+        """
         try:
+            for _ in range(BUSY_RETRIES):
+                try:
+                    return await self.serve_side.register(state)
+                except Busy as exc:
+                    log.info("[serve.%s] the route is busy: %s", state.key, exc)
+                    await asyncio.sleep(exc.retry_after * random.uniform(1.0, 1.5))
             return await self.serve_side.register(state)
         except VnetError as exc:
             why = lost_words(exc, joined=True)

@@ -117,9 +117,7 @@ class JoinGate:
             return
         hint = min(max(joining / max(self.rate, 1.0), HINT_MIN), HINT_MAX)
         self.refused += 1
-        raise Busy(
-            f"the route is busy admitting {joining} nodes; try again in {hint:.1f}s", hint
-        )
+        raise Busy(f"the route is busy admitting {joining} nodes; try again in {hint:.1f}s", hint)
 
     def controlled(self, now: float) -> None:
         """A session opened its control stream (it is in)."""

@@ -5,7 +5,7 @@ last snapshot and batches encoded (streams at the same place of the log share on
 encoding), and a flush timer. A change is appended and a flush scheduled; the flush wakes
 the waiting streams, each of which then sends, in one message, everything it has not sent
 yet (or a snapshot). Flushes of one group are at least `interval` apart, an interval that
-grows with the group (25 us a node, 2-100 ms): a storm of registrations in a big group then
+grows with the group (0.1 ms a node, 2-250 ms): a storm of registrations in a big group then
 reaches each node as a few batches a second, not as one message per registration, and a
 single change in a quiet group still goes out at once. Nothing here waits on a stream: a
 registration only appends and schedules.
@@ -21,9 +21,9 @@ from vnet.core.registry import Registry, Serve
 from vnet.wire import route_messages as msg
 
 # Flush spacing per node of the group, and its bounds, in seconds.
-PER_NODE = 25e-6
+PER_NODE = 100e-6
 MIN_INTERVAL = 0.002
-MAX_INTERVAL = 0.1
+MAX_INTERVAL = 0.25
 
 
 @dataclass(eq=False)
