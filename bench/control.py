@@ -44,6 +44,7 @@ from harness.procs import HOST, Child, free_port, rss_kib, spawn
 from vnetrpc.v1 import route_pb2 as pb
 from vnetrpc.v1 import route_pb2_grpc as pb_grpc
 
+REPO = Path(__file__).resolve().parent.parent
 # The serve the probe session adds and removes for the fan-out figure: static, so no node's
 # dynamic serveid can take it.
 PROBE_SERVEID = 999
@@ -80,6 +81,8 @@ class Node:
     session: str = ""
     vnetid: str = ""
     resume_token: str = ""
+    boot_id: str = ""
+    serves_wanted: int = 2
     serveids: list[int] = field(default_factory=list)
     full: int = 0  # registrations refused for lack of serveids
     control: Any = None
@@ -104,10 +107,14 @@ class Node:
         req = pb.JoinRequest(name=f"n{self.index}", group=self.group)
         if resume:
             req.resume_vnetid, req.resume_token = self.vnetid, self.resume_token
+            # A route whose .proto has them (not main's before this round's work) holds the
+            # ids a node claims with them after a restart.
             if RESUME_FIELD in pb.JoinRequest.DESCRIPTOR.fields_by_name:
                 getattr(req, RESUME_FIELD).extend(self.serveids)
+                req.resume_boot_id = self.boot_id
         resp = await self.stub.Join(req, timeout=CALL_TIMEOUT)
         self.session, self.vnetid, self.resume_token = resp.session, resp.vnetid, resp.resume_token
+        self.boot_id = resp.boot_id
 
     async def open_control(self) -> None:
         self.ended = ""
@@ -157,15 +164,23 @@ class Node:
             req = pb.RegisterServeRequest(
                 serveid=serveid, name=f"s{serveid}", ip="127.0.0.1", port=22
             )
-            try:
-                resp = await self.stub.RegisterServe(
-                    req, metadata=_md(self.session), timeout=CALL_TIMEOUT
-                )
-                got.append(resp.serve.serveid)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
-                self.full += 1
+            while True:
+                try:
+                    resp = await self.stub.RegisterServe(
+                        req, metadata=_md(self.session), timeout=CALL_TIMEOUT
+                    )
+                    got.append(resp.serve.serveid)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    hint = retry_hint(exc)
+                    if hint > 0:
+                        # Busy (a restarted route is giving serveids back first): as a node does.
+                        self.refused(exc, "register (busy)")
+                        await asyncio.sleep(hint * random.uniform(1.0, 1.5))
+                        continue
+                    self.full += 1
+                break
         self.serveids = got
 
     async def bring_up(self, resume: bool, deadline: float) -> None:
@@ -173,7 +188,7 @@ class Node:
         delay = RECONNECT_MIN
         # Back again, a real node registers what it had (as wishes) and tries again the
         # serves it could not register (0: any free one).
-        wanted = [*self.serveids, *[0] * self.full] if resume else [0, 0]
+        wanted = [*self.serveids, *[0] * self.full] if resume else [0] * self.serves_wanted
         while True:
             try:
                 self.full = 0
@@ -227,6 +242,9 @@ class Route:
         if self.code is not None:
             env["PYTHONPATH"] = f"{self.code}:{self.code / 'generated'}"
         argv = [sys.executable, "-m", "vnet", "route", "--log-level", "warning", str(ini)]
+        profile = os.environ.get("VNET_BENCH_PROFILE")
+        if profile:  # a cProfile of the route (written when it stops), for looking into it
+            argv[1:1] = ["-m", "cProfile", "-o", f"{profile}.{self.restarts}"]
         log = self.workdir / f"route-{self.restarts}.log"
         self.child = spawn("route", argv, log, self.workdir, env, True)
         deadline = time.monotonic() + 30
@@ -267,38 +285,62 @@ class Route:
 
 
 class Pinger:
-    """A probe session's Ping round trips, one after another, while a storm runs."""
+    """A probe session's Ping round trips, one after another (20 ms apart), while a storm runs.
 
-    def __init__(self, probe: Node) -> None:
-        self.probe = probe
-        self.samples: list[float] = []
-        self.failed = 0
-        self._task: asyncio.Task[None] | None = None
+    In a process of its own (this module's --pinger mode): in the generator's own loop, busy
+    with thousands of simulated nodes, the figure would be the generator's latency.
+    """
+
+    def __init__(self, workdir: Path, port: int, group: str) -> None:
+        self.out = workdir / "pings.txt"
+        self.port, self.group = port, group
+        self.child: Child | None = None
 
     def start(self) -> None:
-        self.samples.clear()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.out.unlink(missing_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.control",
+            "--pinger",
+            str(self.port),
+            "--group",
+            self.group,
+            "--samples",
+            str(self.out),
+        ]
+        self.child = spawn("pinger", argv, self.out.with_suffix(".log"), REPO, None, True)
+        deadline = time.monotonic() + 30
+        # Started once it has joined and written its first sample.
+        while not (self.out.exists() and self.out.read_text().strip()):
+            if self.child.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the pinger did not start; see {self.out.with_suffix('.log')}")
+            time.sleep(0.02)
 
-    async def _run(self) -> None:
+    def stop(self) -> tuple[float, float, float]:
+        """(p50, p99, max) in ms."""
+        assert self.child is not None
+        self.child.send(signal.SIGTERM)
+        self.child.proc.wait(10)
+        samples = [float(x) for x in self.out.read_text().split()]
+        return percentiles(samples)
+
+
+async def _ping_forever(port: int, group: str, out: Path) -> None:
+    probe = Node(-2, group, port, serves_wanted=0)
+    probe.connect()
+    await probe.bring_up(False, time.monotonic() + 30)
+    with out.open("w") as f:
         while True:
             began = time.monotonic()
-            try:
-                await self.probe.stub.Ping(
-                    pb.PingRequest(nonce=1), metadata=_md(self.probe.session), timeout=5
+            # A failure counts as the time it took (up to the 5 s timeout).
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await probe.stub.Ping(
+                    pb.PingRequest(nonce=1), metadata=_md(probe.session), timeout=5
                 )
-                self.samples.append(time.monotonic() - began)
-            except grpc.aio.AioRpcError:
-                self.failed += 1
-                self.samples.append(time.monotonic() - began)
+            f.write(f"{time.monotonic() - began:.6f}\n")
+            f.flush()
             await asyncio.sleep(0.02)
-
-    async def stop(self) -> tuple[float, float, float]:
-        """(p50, p99, max) in ms."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        return percentiles(self.samples)
 
 
 def percentiles(samples: Sequence[float]) -> tuple[float, float, float]:
@@ -318,6 +360,7 @@ class StormResult:
     serves: int = 0
     full: int = 0
     dropped: int = 0
+    fill_messages: int = 0
     ping_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
     fanout_messages: float = 0.0
     fanout_ms: float = 0.0
@@ -380,7 +423,9 @@ async def _fanout(route: Route, probe: Node, nodes: Sequence[Node], rounds: int)
         began = time.monotonic()
         if i % 2 == 0:
             await probe.register([PROBE_SERVEID])
-            ok = await _wait(lambda: all(n.seen.get(PROBE_SERVEID, 0) >= began for n in group), 30)
+            ok = await _wait(
+                lambda t=began: all(n.seen.get(PROBE_SERVEID, 0) >= t for n in group), 30
+            )
             stamp = [n.seen.get(PROBE_SERVEID, began) for n in group]
         else:
             await probe.stub.UnregisterServe(
@@ -389,7 +434,9 @@ async def _fanout(route: Route, probe: Node, nodes: Sequence[Node], rounds: int)
                 timeout=CALL_TIMEOUT,
             )
             probe.serveids = []
-            ok = await _wait(lambda: all(n.gone.get(PROBE_SERVEID, 0) >= began for n in group), 30)
+            ok = await _wait(
+                lambda t=began: all(n.gone.get(PROBE_SERVEID, 0) >= t for n in group), 30
+            )
             stamp = [n.gone.get(PROBE_SERVEID, began) for n in group]
         if not ok:
             out.missed_change += 1
@@ -424,24 +471,24 @@ async def storm(
     route = Route(workdir, code)
     route.start()
     result = StormResult(nodes_n, groups)
-    probe = Node(-1, "g0", route.port)
+    probe = Node(-1, "g0", route.port, serves_wanted=0)
     nodes = [Node(i, f"g{i % groups}", route.port) for i in range(nodes_n)]
     try:
         probe.connect()
         await _probe_up(probe, "g0", 30)
-        pinger = Pinger(probe)
+        pinger = Pinger(workdir, route.port, "g0")
+        pinger.start()
         await asyncio.sleep(0.3)
         rss0 = route.rss()
         for node in nodes:
             node.connect()
-        pinger.start()
         began = time.monotonic()
         deadline = began + deadline_s
         outcome = await asyncio.gather(
             *(n.bring_up(False, deadline) for n in nodes), return_exceptions=True
         )
         result.join_s = time.monotonic() - began
-        result.ping_ms = await pinger.stop()
+        result.ping_ms = pinger.stop()
         failed = [o for o in outcome if isinstance(o, BaseException)]
         result.join_refusals = _merge(nodes)
         if failed:
@@ -449,6 +496,7 @@ async def storm(
         # Let the route finish telling everyone, then judge who was dropped.
         await asyncio.sleep(1.0)
         result.dropped = sum(1 for n in nodes if n.ended)
+        result.fill_messages = sum(n.messages for n in nodes)
         result.serves = sum(len(n.serveids) for n in nodes)
         result.full = sum(n.full for n in nodes)
         fan = await _fanout(route, probe, nodes, fanout_rounds)
@@ -491,9 +539,7 @@ async def _restart(
         result.restart_refusals["never back"] = len(failed)
     result.vnetids_changed = sum(1 for n in nodes if n.vnetid != before[n.index][0])
     # A serveid a node had and does not have back is one that changed.
-    result.serveids_changed = sum(
-        len(set(before[n.index][1]) - set(n.serveids)) for n in nodes
-    )
+    result.serveids_changed = sum(len(set(before[n.index][1]) - set(n.serveids)) for n in nodes)
     await asyncio.sleep(1.0)
     result.restart_dropped = sum(1 for n in nodes if n.ended)
     # Every node sees every other node's serves after the restart (snapshot or events).
@@ -502,9 +548,7 @@ async def _restart(
         by_group.setdefault(n.group, set()).update(n.serveids)
     started = began
     result.restart_missed = sum(
-        1
-        for n in nodes
-        if any(n.seen.get(s, 0) < started for s in by_group[n.group])
+        1 for n in nodes if any(n.seen.get(s, 0) < started for s in by_group[n.group])
     )
 
 
@@ -520,8 +564,11 @@ def rows(results: Sequence[StormResult]) -> tuple[list[str], list[list[str]]]:
 
     body = [
         row("join storm: all in (s)", lambda r: f"{r.join_s:.1f}"),
-        row("join storm: serves in / refused (no free serveid)", lambda r: f"{r.serves} / {r.full}"),
+        row(
+            "join storm: serves in / refused (no free serveid)", lambda r: f"{r.serves} / {r.full}"
+        ),
         row("join storm: dropped sessions", lambda r: f"{r.dropped}"),
+        row("join storm: control messages to fill the group(s)", lambda r: f"{r.fill_messages:,}"),
         row("join storm: retried calls", lambda r: _fmt_refusals(r.join_refusals)),
         row(
             "join storm: Ping p50 / p99 / max (ms)",
@@ -539,7 +586,10 @@ def rows(results: Sequence[StormResult]) -> tuple[list[str], list[list[str]]]:
             "restart storm: vnetids / serveids changed",
             lambda r: f"{r.vnetids_changed} / {r.serveids_changed}",
         ),
-        row("restart storm: dropped after / missed a serve", lambda r: f"{r.restart_dropped} / {r.restart_missed}"),
+        row(
+            "restart storm: dropped after / missed a serve",
+            lambda r: f"{r.restart_dropped} / {r.restart_missed}",
+        ),
     ]
     return header, body
 
@@ -561,7 +611,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--spread", type=int, default=2000, help="nodes of the spread run (0: none)")
     p.add_argument("--code", type=Path, help="run the route from this source tree instead")
     p.add_argument("--no-restart", action="store_true")
+    p.add_argument("--pinger", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--group", default="g0", help=argparse.SUPPRESS)
+    p.add_argument("--samples", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pinger:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        asyncio.run(_ping_forever(args.pinger, args.group, args.samples))
+        return 0
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     results = []
     with tempfile.TemporaryDirectory(prefix="vnet-control-") as tmp:
