@@ -356,6 +356,8 @@ class StormResult:
     nodes: int
     groups: int
     join_s: float = 0.0
+    join_cpu_s: float = 0.0
+    restart_cpu_s: float = 0.0
     join_refusals: dict[str, int] = field(default_factory=dict)
     serves: int = 0
     full: int = 0
@@ -483,11 +485,13 @@ async def storm(
         for node in nodes:
             node.connect()
         began = time.monotonic()
+        cpu = route.cpu()
         deadline = began + deadline_s
         outcome = await asyncio.gather(
             *(n.bring_up(False, deadline) for n in nodes), return_exceptions=True
         )
         result.join_s = time.monotonic() - began
+        result.join_cpu_s = route.cpu() - cpu
         result.ping_ms = pinger.stop()
         failed = [o for o in outcome if isinstance(o, BaseException)]
         result.join_refusals = _merge(nodes)
@@ -531,8 +535,10 @@ async def _restart(
         await asyncio.sleep(RECONNECT_MIN / 2 + random.uniform(0, RECONNECT_MIN / 2))
         await node.bring_up(True, deadline)
 
+    cpu = route.cpu()
     outcome = await asyncio.gather(*(back(n) for n in [probe, *nodes]), return_exceptions=True)
     result.restart_s = time.monotonic() - began
+    result.restart_cpu_s = route.cpu() - cpu
     failed = [o for o in outcome if isinstance(o, BaseException)]
     result.restart_refusals = _merge(nodes)
     if failed:
@@ -564,6 +570,7 @@ def rows(results: Sequence[StormResult]) -> tuple[list[str], list[list[str]]]:
 
     body = [
         row("join storm: all in (s)", lambda r: f"{r.join_s:.1f}"),
+        row("join storm: route CPU (s)", lambda r: f"{r.join_cpu_s:.1f}"),
         row(
             "join storm: serves in / refused (no free serveid)", lambda r: f"{r.serves} / {r.full}"
         ),
@@ -581,6 +588,7 @@ def rows(results: Sequence[StormResult]) -> tuple[list[str], list[list[str]]]:
         row("ListServes p50 (ms)", lambda r: f"{r.list_serves_ms:.1f}"),
         row("route memory per idle node (KiB)", lambda r: f"{r.kib_per_node:.0f}"),
         row("restart storm: all back (s)", lambda r: f"{r.restart_s:.1f}"),
+        row("restart storm: route CPU (s)", lambda r: f"{r.restart_cpu_s:.1f}"),
         row("restart storm: retried calls", lambda r: _fmt_refusals(r.restart_refusals)),
         row(
             "restart storm: vnetids / serveids changed",

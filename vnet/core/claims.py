@@ -16,7 +16,9 @@ route's start:
   resume token it presents, and simply takes its claim again;
 - fresh dynamic serveids wait until claims have stopped coming for `quiet` seconds (a
   request for one meanwhile is answered "busy" with the wait as its retry hint): in a full
-  group any free id is one a node not back yet is about to claim;
+  group any free id is one a node not back yet is about to claim; and until the grace is
+  over they are taken from the top of the range down, away from the low ones that a route
+  handing out the lowest free id first gave out earliest;
 - two claimants of one id: the static rules decide, as for two nodes registering one serveid
   (the first keeps it; a dynamic serveid or a vnetid is reassigned, a static serveid refused),
   and both are told: conflicts() returns what each must hear.
@@ -37,7 +39,7 @@ from vnet.core.config import STATIC_SERVEID_MIN
 # just before it came back still has a couple of tries inside the grace.
 CLAIM_GRACE = 60.0
 # Fresh dynamic serveids are handed out once no claim has come for this long.
-CLAIM_QUIET = 3.0
+CLAIM_QUIET = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,12 @@ class Claims:
             return "take"
         return decide("vnetid", vnetid)
 
+    def expect(self) -> None:
+        """A claimant was told to come back later (the route is busy admitting): its claim
+        is still to come, so fresh serveids wait for it too."""
+        if self.active():
+            self._last_claim = self.clock()
+
     def settling(self) -> float:
         """Seconds until fresh dynamic serveids may be assigned; 0: now (no claim has come
         for `quiet` seconds, none ever has, or the grace is over)."""
@@ -116,6 +124,10 @@ class Claims:
             return 0.0
         wait = self._last_claim + self.quiet - self.clock()
         return max(0.0, min(wait, self.started + self.grace - self.clock()))
+
+    def top_down(self) -> bool:
+        """Fresh dynamic serveids from the highest free one down (within the grace)."""
+        return self._last_claim is not None and self.active()
 
     def vnetid_held(self, vnetid: str) -> bool:
         """Claimed by a returning node: not to be made as a fresh vnetid."""

@@ -268,7 +268,10 @@ class Registry:
                     wait,
                 )
         held = self.claims.held_serveids(group_name) if self.claims is not None else ()
-        for candidate in DYNAMIC_RANGE:
+        order = DYNAMIC_RANGE
+        if self.claims is not None and self.claims.top_down():
+            order = DYNAMIC_RANGE[::-1]
+        for candidate in order:
             if candidate not in group and candidate not in held:
                 return candidate
         raise NoFreeServeId(

@@ -23,10 +23,11 @@ log = logging.getLogger("vnet.route.service")
 
 # Sessions joined whose control stream is not open yet, past which a Join is answered
 # "busy" (RESOURCE_EXHAUSTED with a retry hint) instead of queueing behind them.
-MAX_JOINING = 256
-# Bounds of the retry hint, in seconds.
-HINT_MIN = 0.25
-HINT_MAX = 10.0
+MAX_JOINING = 1000
+# Bounds of the retry hint, in seconds: long enough to spread the returns, short enough
+# that a node is not kept waiting long after the route has caught up.
+HINT_MIN = 0.1
+HINT_MAX = 3.0
 
 # One answer for every authentication failure, so it tells nothing.
 BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"

@@ -309,9 +309,14 @@ class RouteServicer:
         group = request.group or "default"
         # The token decides the group: a group token admits to its group only.
         self.admission.admit(context, group)
-        # Back-pressure: too many joined and not yet controlled is a storm.
-        self.gate.admit(self.table.joining)
         earlier_boot = bool(request.resume_boot_id) and request.resume_boot_id != self.boot_id
+        # Back-pressure: too many joined and not yet controlled is a storm.
+        try:
+            self.gate.admit(self.table.joining)
+        except LimitExceeded:
+            if earlier_boot:
+                self.claims.expect()
+            raise
         joined = self.table.join(
             request.name,
             group,
