@@ -609,6 +609,26 @@ def markdown(results: Sequence[StormResult]) -> str:
     return "\n".join(lines)
 
 
+def run_all(
+    workdir: Path,
+    sizes: Sequence[int],
+    spread: int,
+    groups: int,
+    restart: bool = True,
+    code: Path | None = None,
+    say: Any = print,
+) -> list[StormResult]:
+    """Each size in one group, then `spread` nodes over `groups` groups (0: not), each on a
+    fresh route; say() gets each run's table as it is done."""
+    results = []
+    runs = [(n, 1) for n in sizes] + ([(spread, groups)] if spread else [])
+    for n, g in runs:
+        res = asyncio.run(storm(workdir, n, g, restart, code))
+        results.append(res)
+        say(markdown([res]))
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import tempfile
@@ -628,13 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_ping_forever(args.pinger, args.group, args.samples))
         return 0
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    results = []
     with tempfile.TemporaryDirectory(prefix="vnet-control-") as tmp:
-        runs = [(n, 1) for n in sizes] + ([(args.spread, args.groups)] if args.spread else [])
-        for n, groups in runs:
-            res = asyncio.run(storm(Path(tmp), n, groups, not args.no_restart, args.code))
-            results.append(res)
-            print(markdown([res]), flush=True)
+        results = run_all(
+            Path(tmp), sizes, args.spread, args.groups, not args.no_restart, args.code
+        )
     print(markdown(results))
     return 0
 

@@ -24,6 +24,9 @@ from vnet.wire import route_messages as msg
 PER_NODE = 100e-6
 MIN_INTERVAL = 0.002
 MAX_INTERVAL = 0.25
+# Streams woken per turn of the loop: grpc.aio takes new calls (a Ping, a Join) from C-core
+# once per turn, so 2,000 writes in one turn would hold them all back.
+WAKE_CHUNK = 200
 
 
 @dataclass(eq=False)
@@ -58,9 +61,8 @@ class Group:
         self._timer = None
         self._last_flush = asyncio.get_running_loop().time()
         self.flushed = self.feed.seq
-        waiting, self.waiting = self.waiting, set()
-        for wake in waiting:
-            wake.set()
+        waiting, self.waiting = list(self.waiting), set()
+        _wake(waiting)
 
     def snapshot(self) -> tuple[int, bytes]:
         """(seq it is at, encoded snapshot event). Reused until the next flush: a stream that
@@ -94,6 +96,13 @@ class Group:
             out += [msg.serve_added_event(s) for s in batch.added]
         self._batches[key] = out
         return batch.upto, out
+
+
+def _wake(events: list[asyncio.Event]) -> None:
+    for wake in events[:WAKE_CHUNK]:
+        wake.set()
+    if len(events) > WAKE_CHUNK:
+        asyncio.get_running_loop().call_soon(_wake, events[WAKE_CHUNK:])
 
 
 def _gone(serveid: int, vnetid: str) -> Serve:
