@@ -553,9 +553,26 @@ async def _restart(
     for n in nodes:
         by_group.setdefault(n.group, set()).update(n.serveids)
     started = began
-    result.restart_missed = sum(
-        1 for n in nodes if any(n.seen.get(s, 0) < started for s in by_group[n.group])
-    )
+
+    def missing() -> list[Node]:
+        return [n for n in nodes if any(n.seen.get(s, 0) < started for s in by_group[n.group])]
+
+    # This process reads thousands of streams: give it (bounded) time to read what came.
+    await _wait(lambda: not missing(), 15)
+    missed = missing()
+    result.restart_missed = len(missed)
+    if missed and os.environ.get("VNET_BENCH_DEBUG"):
+        n = missed[0]
+        print(
+            "missed:",
+            n.index,
+            n.group,
+            n.vnetid,
+            n.ended,
+            n.messages,
+            [(s, n.seen.get(s, 0) - started) for s in sorted(by_group[n.group])],
+            file=sys.stderr,
+        )
 
 
 def _fmt_refusals(refusals: dict[str, int]) -> str:

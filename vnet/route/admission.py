@@ -24,6 +24,8 @@ log = logging.getLogger("vnet.route.service")
 # Sessions joined whose control stream is not open yet, past which a Join is answered
 # "busy" (RESOURCE_EXHAUSTED with a retry hint) instead of queueing behind them.
 MAX_JOINING = 1000
+# The route counts as behind when its timer runs this much late.
+LAG_BEHIND = 0.1
 # Bounds of the retry hint, in seconds: long enough to spread the returns, short enough
 # that a node is not kept waiting long after the route has caught up.
 HINT_MIN = 0.1
@@ -96,25 +98,28 @@ class Admission:
 class JoinGate:
     """Join back-pressure in a storm.
 
-    A Join makes a session that must open its Control stream next; while more
-    than `limit` have not, the route is behind, and one more Join only makes
-    every one of them later (and, before this, timed them out). So it is
-    refused at once with a hint: the time the route needs, at the rate it has
-    been opening control streams, to get through the ones waiting. Nodes wait
-    at least that long, with jitter (vnet.node.node), so they come back spread
-    out instead of all together.
+    A Join makes a session that must open its Control stream next. While more
+    than `limit` have not, and the route's loop has been running late (`lag`,
+    seconds, set by the servicer's timer: the route itself is behind, not only
+    slow clients), one more Join only makes every one of them later (and,
+    before this, timed them out). So it is refused at once with a hint: the
+    time the route needs, at the rate it has been opening control streams, to
+    get through the ones waiting. Nodes wait at least that long, with jitter
+    (vnet.node.node), so they come back spread out instead of all together.
     """
 
     def __init__(self, limit: int = MAX_JOINING) -> None:
         self.limit = limit
         self.refused = 0
+        # How late the route's own timer last ran (the servicer sets it each tick).
+        self.lag = 0.0
         # Control streams opened per second, smoothed (a one-second window).
         self.rate = 0.0
         self._window_start = float("nan")
         self._in_window = 0
 
     def admit(self, joining: int) -> None:
-        if joining < self.limit:
+        if joining < self.limit or self.lag < LAG_BEHIND:
             return
         hint = min(max(joining / max(self.rate, 1.0), HINT_MIN), HINT_MAX)
         self.refused += 1

@@ -287,6 +287,7 @@ class RouteServicer:
             began = loop.time()
             await asyncio.sleep(tick)
             late = loop.time() - began - tick
+            self.gate.lag = late
             if late > STALL_SLACK:
                 # The loop was busy with the route's own work (a storm): whatever
                 # a node did meanwhile could not even be read. Not its time.
