@@ -79,6 +79,15 @@ class Registry:
         self._sorted: dict[str, list[Vnet]] = {}
         self._next_vnet = 1
         self.claims = claims
+        # Bumped on every change to a group's nodes or serves: answers made from the group
+        # (ListVnets, ListServes) can be kept until it moves.
+        self._version: dict[str, int] = {}
+
+    def version(self, group: str) -> int:
+        return self._version.get(group, 0)
+
+    def _changed(self, group: str) -> None:
+        self._version[group] = self._version.get(group, 0) + 1
 
     def _held_vnetid(self, vnetid: str) -> bool:
         return self.claims is not None and self.claims.vnetid_held(vnetid)
@@ -113,6 +122,7 @@ class Registry:
         self._vnets[vnetid] = vnet
         self._group_vnets.setdefault(group, {})[vnetid] = vnet
         self._sorted.pop(group, None)
+        self._changed(group)
         return vnet
 
     def remove_vnet(self, vnetid: str) -> list[Serve]:
@@ -126,6 +136,7 @@ class Registry:
             if not members:
                 del self._group_vnets[vnet.group]
         self._sorted.pop(vnet.group, None)
+        self._changed(vnet.group)
         group = self._serves.get(vnet.group, {})
         gone = [group.pop(serveid) for serveid in sorted(self._own.pop(vnetid, ()))]
         if not group:
@@ -213,6 +224,7 @@ class Registry:
         )
         group[serveid] = serve
         self._own.setdefault(vnetid, set()).add(serveid)
+        self._changed(vnet.group)
         if self.claims is not None:
             self.claims.registered(vnet.group, serveid, vnetid)
         return Registration(serve=serve, reassigned=reassigned, replaced=replaced)
@@ -225,6 +237,7 @@ class Registry:
             raise NotFound(f"serveid {serveid} is not registered by this vnet")
         del group[serveid]
         self._own.get(vnetid, set()).discard(serveid)
+        self._changed(vnet.group)
         return serve
 
     def find(self, group: str, serveid: int) -> Serve:

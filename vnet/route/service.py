@@ -184,6 +184,8 @@ class RouteServicer:
         self.gate = JoinGate()
         # Seconds the expiry timer found the route's own loop behind (STALL_SLACK).
         self._stalled = 0.0
+        # (kind, group) -> (registry version, encoded List answer).
+        self._lists: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.boot_id = ids()
         self.table = Sessions(self.registry, self.limits.max_nodes, secret)
         # The I/O side of each live session of the table.
@@ -390,16 +392,30 @@ class RouteServicer:
         self.fanout.removed(serve, link.vnet.group)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
 
-    async def ListServes(
-        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> list[Serve]:
-        return self.registry.serves(self._session(context).vnet.group)
+    def _listed(self, kind: str, group: str, make: Callable[[], bytes]) -> bytes:
+        """An encoded List answer for the group, kept until the group changes (the console
+        of every node asks every 10 s)."""
+        version = self.registry.version(group)
+        kept = self._lists.get((kind, group))
+        if kept is None or kept[0] != version:
+            kept = (version, make())
+            self._lists[(kind, group)] = kept
+        return kept[1]
 
-    async def ListVnets(
-        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> list[tuple[Vnet, int]]:
-        vnets = self.registry.vnets(self._session(context).vnet.group)
-        return [(v, self.registry.serve_count(v.vnetid)) for v in vnets]
+    async def ListServes(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        group = self._session(context).vnet.group
+        return self._listed(
+            "serves", group, lambda: msg.list_serves_answer(self.registry.serves(group))
+        )
+
+    async def ListVnets(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        group = self._session(context).vnet.group
+
+        def make() -> bytes:
+            vnets = self.registry.vnets(group)
+            return msg.list_vnets_answer([(v, self.registry.serve_count(v.vnetid)) for v in vnets])
+
+        return self._listed("vnets", group, make)
 
     async def Leave(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._drop(self._session(context), LEFT)

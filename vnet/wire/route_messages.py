@@ -230,7 +230,20 @@ def _parse(kind: Any, convert: Callable[[Any], Any] | None = None) -> Callable[[
 
 
 def _build(convert: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-    return lambda answer: convert(answer).SerializeToString()
+    # An answer already encoded (a handler's cached list) goes out as it is.
+    return lambda answer: (
+        answer if isinstance(answer, bytes) else convert(answer).SerializeToString()
+    )
+
+
+def list_serves_answer(serves: Sequence[Serve]) -> bytes:
+    """A ListServes answer, encoded (for a handler that keeps it)."""
+    return _serves(serves).SerializeToString()
+
+
+def list_vnets_answer(vnets: Iterable[tuple[Vnet, int]]) -> bytes:
+    """A ListVnets answer, encoded (for a handler that keeps it)."""
+    return _vnets(vnets).SerializeToString()
 
 
 def _empty(kind: Any) -> Callable[[Any], bytes]:
