@@ -24,9 +24,8 @@ import logging
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -44,23 +43,20 @@ from vnet.core.errors import (
     VnetError,
 )
 from vnet.core.limits import HOST_MAX, SERVEID_MAX
-from vnet.core.registry import Registry, Serve, Vnet
+from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
-from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
 from vnet.route.admission import Admission, JoinGate, metadata
 from vnet.route.fanout import Fanout
+from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
+from vnet.route.link import Link
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
 
-# A node's own events (tunnels to accept, unserve requests) waiting for its control
-# stream; its serve changes are not queued here (vnet.route.fanout). Bounded by the tunnel
-# cap in practice; a node that lets this many pile up does not read its stream.
-CONTROL_QUEUE = 10_000
 # A tick of the expiry timer that comes this much later than asked for was the
 # route's own backlog (its loop was busy), not the node's: it is not counted.
 STALL_SLACK = 0.05
@@ -103,47 +99,6 @@ def _secret() -> str:
 
 def _hex_id() -> str:
     return secrets.token_hex(8)
-
-
-@dataclass(eq=False, slots=True)
-class Link:
-    """The I/O side of one session (vnet.core.sessions.Session): its own encoded
-    control events, how far its stream has read the group's serve changes, and
-    the tunnels it is an end of."""
-
-    core: Session
-    # Made when needed: an idle node costs as little as can be.
-    events: deque[bytes] | None = None
-    wake: asyncio.Event | None = None
-    # How far into its group's feed (vnet.core.feed) its stream has sent.
-    cursor: int = 0
-    splices: set[Splice] = field(default_factory=set)
-    # Its unanswered open_tunnels: a silent node's serves are refused at once.
-    answers: AnswerWatch = field(default_factory=AnswerWatch)
-
-    @property
-    def vnet(self) -> Vnet:
-        return self.core.vnet
-
-    @property
-    def control_open(self) -> bool:
-        return self.core.control_open
-
-    def push(self, event: bytes) -> None:
-        if self.core.closed:
-            return
-        if self.events is None:
-            self.events = deque()
-        if len(self.events) >= CONTROL_QUEUE:
-            # A node that does not read its control stream is broken; it
-            # will be dropped when its stream ends, so drop it now: closed,
-            # its calls are refused from here on as after a drop.
-            log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
-            self.core.closed = True
-            return
-        self.events.append(event)
-        if self.wake is not None:
-            self.wake.set()
 
 
 @dataclass(eq=False)
