@@ -183,9 +183,16 @@ class Sessions:
             replaced, old = old, None
         self._room()
         found: list[Conflict] = []
-        verdict = claims.claim_vnetid(vnetid, claimant, group) if old is None else "reassign"
-        if verdict == "take" and Registry.valid_vnetid(vnetid):
+        if not Registry.valid_vnetid(vnetid):
+            verdict = "ignore"  # not an id this route could have given: nothing to claim
+        elif old is None:
+            verdict = claims.claim_vnetid(vnetid, claimant, group)
+        else:
+            verdict = "reassign"
+        if verdict == "take":
             vnet = self.registry.add_vnet(name, group, wanted=vnetid, claimed=True)
+        elif verdict == "ignore":
+            vnet = self.registry.add_vnet(name, group)
         else:
             vnet = self.registry.add_vnet(name, group)
             keeper = old.vnet.vnetid if old is not None else vnetid
