@@ -110,9 +110,11 @@ class JoinRequest(_message.Message):
     """The boot_id of that previous JoinResponse. When it is not the route's own
     (the route restarted), the node is claiming its old ids: the route holds
     resume_vnetid and resume_serveids for it for a grace period (60 s from
-    its start), makes fresh ids only outside the claimed set, and when two
-    nodes claim one id the first keeps it (a dynamic serveid or a vnetid is
-    reassigned, a static serveid refused) and both get an id_conflict event.
+    its start), makes fresh ids only outside the claimed set (a RegisterServe
+    that needs a fresh dynamic serveid is answered RESOURCE_EXHAUSTED with a
+    retry hint until no claim has come for 5 s), and when two nodes claim one
+    id the first keeps it (a dynamic serveid or a vnetid is reassigned, a
+    static serveid refused) and both get an id_conflict event.
     """
     @_builtins.property
     def resume_serveids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
