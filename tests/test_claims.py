@@ -100,3 +100,23 @@ def test_after_the_grace_nothing_is_held() -> None:
     b = table.join("b", "g", clock())
     assert b.session.vnet.vnetid == "01"
     assert table.registry.register("01", 0, "x", "127.0.0.1", 22).serve.serveid == 1
+
+
+def test_a_claimant_that_loses_its_connection_again_keeps_its_ids() -> None:
+    """Back after the restart, it resumes (same boot) with the token this route gave it,
+    and again: its vnetid and serveids are still its own, never a fresh one's."""
+    clock = Clock()
+    table = _table(clock)
+    first = table.join("a", "g", clock(), "06", "tok-a", earlier_boot=True, resume_serveids=(8,))
+    token = first.resume_token
+    table.drop(first.session)  # the connection died before it registered
+    again = table.join("a", "g", clock(), "06", token)
+    assert again.session.vnet.vnetid == "06"
+    # Its stale session is still there this time: taken over, with the newest token.
+    third = table.join("a", "g", clock(), "06", again.resume_token)
+    assert third.replaced is again.session
+    assert third.session.vnet.vnetid == "06"
+    assert not table.registry.register("06", 8, "s", "127.0.0.1", 22).reassigned
+    # Someone else with the vnetid but no token of it gets a fresh one.
+    other = table.join("b", "g", clock(), "06", "guess")
+    assert other.session.vnet.vnetid != "06"

@@ -73,6 +73,8 @@ class _Claim:
     claimant: bytes  # digest of the resume token the claimant presented
     group: str
     vnetid: str  # the vnetid the claimant got (for serveid claims)
+    # Digests of the resume tokens of the sessions this boot gave the claimant.
+    aliases: set[bytes] = field(default_factory=set)
 
 
 @dataclass
@@ -106,8 +108,10 @@ class Claims:
             return "take"
         self._last_claim = self.clock()
         held = self._vnetids.get(vnetid)
-        if held is None or held.claimant == claimant:
+        if held is None:
             self._vnetids[vnetid] = _Claim(claimant, group, vnetid)
+            return "take"
+        if held.claimant == claimant:
             return "take"
         return decide("vnetid", vnetid)
 
@@ -132,6 +136,17 @@ class Claims:
     def vnetid_held(self, vnetid: str) -> bool:
         """Claimed by a returning node: not to be made as a fresh vnetid."""
         return self.active() and vnetid in self._vnetids
+
+    def alias(self, vnetid: str, digest: bytes) -> None:
+        """A session for vnetid's claimant was made with this resume token digest: resuming
+        it (a lost connection on this boot) is the claimant coming back."""
+        held = self._vnetids.get(vnetid)
+        if held is not None:
+            held.aliases.add(digest)
+
+    def is_claimant(self, vnetid: str, digest: bytes) -> bool:
+        held = self._vnetids.get(vnetid) if self.active() else None
+        return held is not None and (digest == held.claimant or digest in held.aliases)
 
     def vnetid_claimant(self, vnetid: str) -> bytes | None:
         held = self._vnetids.get(vnetid) if self.active() else None

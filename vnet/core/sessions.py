@@ -122,7 +122,14 @@ class Sessions:
         replaced: Session | None = None
         withdrawn: tuple[Serve, ...] = ()
         wanted = ""
+        # A vnetid held for a claimant after a restart is still this node's if it is that
+        # claimant, back with the resume token of a session it got on this boot.
+        own_claim = False
         if resume_vnetid:
+            claims = self.registry.claims
+            own_claim = claims is not None and claims.is_claimant(
+                resume_vnetid, _digest(resume_token)
+            )
             old = self._by_vnetid.get(resume_vnetid)
             if old is None:
                 wanted = resume_vnetid
@@ -132,9 +139,17 @@ class Sessions:
                 withdrawn = tuple(self.drop(old) or ())
                 replaced = old
                 wanted = resume_vnetid
+                # Its own session: whatever it claimed is its own too.
+                own_claim = own_claim or bool(old.claimant)
         self._room()
-        vnet = self.registry.add_vnet(name, group, wanted=wanted)
-        session, resume = self._add(vnet, now)
+        vnet = self.registry.add_vnet(name, group, wanted=wanted, claimed=own_claim)
+        claimant = b""
+        claims = self.registry.claims
+        if own_claim and claims is not None and vnet.vnetid == resume_vnetid:
+            claimant = claims.vnetid_claimant(vnet.vnetid) or b""
+        session, resume = self._add(vnet, now, claimant)
+        if claimant and claims is not None:
+            claims.alias(vnet.vnetid, _digest(resume))
         return Joined(session, resume, replaced, withdrawn)
 
     def _room(self) -> None:
@@ -198,6 +213,9 @@ class Sessions:
             keeper = old.vnet.vnetid if old is not None else vnetid
             found.append(claims.conflict("vnetid", vnetid, group, keeper, vnet.vnetid))
         session, resume = self._add(vnet, now, claimant)
+        if verdict == "take":
+            # Its later resumes on this boot present this session's token, not the old one.
+            claims.alias(vnet.vnetid, _digest(resume))
         for serveid in claims.claim_serveids(group, vnet.vnetid, claimant, serveids):
             keeper = claims.serveid_holder(group, serveid) or self._serve_holder(group, serveid)
             found.append(claims.conflict("serveid", str(serveid), group, keeper, vnet.vnetid))
