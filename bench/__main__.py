@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import burst, client, floor, idle, isolation, output, report, stalled, udp
+from bench import burst, client, control, floor, idle, isolation, output, report, stalled, udp
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
@@ -37,6 +37,10 @@ QUICK_IDLE = (200,)
 # Connections at once in the burst test, and stalled tunnels in the memory test.
 BURSTS = (100, 1000)
 FULL_STALLED = 50
+# The control-plane table (bench/control.py): nodes in one group, then (nodes, groups).
+CONTROL_SIZES = "100,500,2000"
+CONTROL_SPREAD = (2000, 200)
+QUICK_CONTROL_SIZES = "100"
 QUICK_STALLED = 10
 
 
@@ -100,6 +104,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         type=int,
         help=f"length of each iperf3 -u run (default {udp.SECONDS}; --quick: 2)",
     )
+    p.add_argument(
+        "--control-sizes",
+        help="node counts of the control-plane table, one group each (default "
+        f"{CONTROL_SIZES}, then {CONTROL_SPREAD[0]:,} nodes over {CONTROL_SPREAD[1]} groups; "
+        f"--quick: {QUICK_CONTROL_SIZES} only); bench/control.py",
+    )
+    p.add_argument("--no-control", action="store_true", help="skip the control-plane table")
     p.add_argument(
         "--chart",
         metavar="PNG",
@@ -338,6 +349,26 @@ def _vnet_sections(
                 f"vnet, connection bursts (bench/burst.py: N clients connect at once, each "
                 f"echoes {burst.PAYLOAD // 1024} KiB, byte-exact; seconds from the start)",
                 burst.table(results),
+            )
+        )
+    if not args.no_control:
+        workdir = tmp / "control"
+        workdir.mkdir()
+        quick = args.quick and not args.control_sizes
+        text = args.control_sizes or (QUICK_CONTROL_SIZES if quick else CONTROL_SIZES)
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+        spread, groups = (0, 1) if quick else CONTROL_SPREAD
+        _say(
+            f"control plane: {text} nodes in one group"
+            + (f", {spread} in {groups}" if spread else "")
+        )
+        results = control.run_all(workdir, sizes, spread, groups, say=_say)
+        sections.append(
+            (
+                "control plane (bench/control.py: raw sessions through the generated stubs, one "
+                "connection each, Join + Control + 2 RegisterServe, all at once against a real "
+                "vnet-route; then kill -9 and a restart on the same port)",
+                control.rows(results),
             )
         )
     if not args.no_stalled:

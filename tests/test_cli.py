@@ -17,10 +17,12 @@ pytestmark = pytest.mark.e2e
 async def test_check_good_files(procs: Procs, tmp_path: Path) -> None:
     (tmp_path / "node.ini").write_text(node_ini(7749, "[vnet]\nname=n\n[serve.s]\nport=22\n"))
     rc, out, err = await procs.run(command("vnet"), "--check", "node.ini")
-    assert (rc, out, err) == (0, "vnet: node.ini: ok\n", "")
+    space = "a group holds at most 999 serves, 499 of them assigned by the route (serveids 1-499)"
+    assert (rc, out, err) == (0, f"vnet: node.ini: ok\nvnet: 1 serve(s); {space}\n", "")
     (tmp_path / "route.ini").write_text("[route]\nip=127.0.0.1\nport=7749\nkeepalive=5\n")
     rc, out, err = await procs.run(command("vnet-route"), "--check", "route.ini")
-    assert (rc, out, err) == (0, "vnet-route: route.ini: ok\n", "")
+    limits = f"limits: 1000 nodes, 100 serves a node; {space}"
+    assert (rc, out, err) == (0, f"vnet-route: route.ini: ok\nvnet-route: {limits}\n", "")
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, out, _ = await procs.run(command("vnet-route"), "--check", cwd=empty)

@@ -61,6 +61,9 @@ async def test_metrics_count_nodes_serves_tunnels_bytes_and_refusals(
     m = await asyncio.to_thread(_scrape, route.metrics.port)
     assert m[("vnet_nodes", (("group", "g"),))] == 2
     assert m[("vnet_serves", (("group", "g"),))] == 1
+    # 701 is static: all 499 dynamic serveids are free, 499 of the 500 static ones.
+    assert m[("vnet_serveids_free", (("group", "g"), ("kind", "dynamic")))] == 499
+    assert m[("vnet_serveids_free", (("group", "g"), ("kind", "static")))] == 499
     assert m[("vnet_tunnels_total", ())] == 1
     assert m[("vnet_tunnels_open", ())] == 0
     assert m[("vnet_tunnel_resets_total", ())] == 0

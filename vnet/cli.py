@@ -22,6 +22,7 @@ from vnet import __version__
 from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
 from vnet.core.config import NodeConfig, RouteSettings
 from vnet.core.errors import RouteUnavailable, VnetError
+from vnet.core.registry import DYNAMIC_RANGE, SERVEIDS_PER_GROUP
 
 if TYPE_CHECKING:
     from vnet.node.client import NodeCredentials
@@ -143,8 +144,16 @@ def _report(prog: str, loaded: Loaded[Any], check: bool) -> None:
         print(f"{prog}: {loaded.path}: {len(loaded.errors)} problem(s)", file=sys.stderr)
 
 
-def _check(prog: str, loaded: Loaded[Any]) -> int:
-    """--check: what the start would say, without starting; exit 0 if it would start."""
+# The serveid space, as --check states it (vnet.core.registry).
+SERVEID_SPACE = (
+    f"a group holds at most {SERVEIDS_PER_GROUP} serves, {len(DYNAMIC_RANGE)} of them "
+    f"assigned by the route (serveids 1-{len(DYNAMIC_RANGE)})"
+)
+
+
+def _check(prog: str, loaded: Loaded[Any], limits: str = "") -> int:
+    """--check: what the start would say, without starting; exit 0 if it would start.
+    limits: a line on the limits that apply, printed after the verdict."""
     _report(prog, loaded, check=True)
     if loaded.errors:
         return EXIT_ERROR
@@ -152,6 +161,8 @@ def _check(prog: str, loaded: Loaded[Any]) -> int:
         print(f"{prog}: no {DEFAULT_CONFIG}; the route would run on its defaults (127.0.0.1:7749)")
     else:
         print(f"{prog}: {loaded.path}: ok")
+    if limits:
+        print(f"{prog}: {limits}")
     return EXIT_OK
 
 
@@ -174,7 +185,14 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     # The same validation for --check and the start: what passes one passes the other.
     loaded = load_route(path, explicit=args.config is not None)
     if args.check:
-        return _check("vnet-route", loaded)
+        limits = ""
+        if loaded.value is not None:
+            caps = loaded.value[0].limits
+            limits = (
+                f"limits: {caps.max_nodes} nodes, {caps.max_serves_per_node} serves a node; "
+                f"{SERVEID_SPACE}"
+            )
+        return _check("vnet-route", loaded, limits)
     _report("vnet-route", loaded, check=False)
     if loaded.value is None:
         return EXIT_ERROR
@@ -286,7 +304,9 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     loaded = load_node(path)
     if args.check:
-        return _check("vnet", loaded)
+        serves = len(loaded.value[0].serves) if loaded.value is not None else 0
+        limits = f"{serves} serve(s); {SERVEID_SPACE}" if serves else ""
+        return _check("vnet", loaded, limits)
     _report("vnet", loaded, check=False)
     if loaded.value is None:
         return EXIT_ERROR

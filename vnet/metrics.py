@@ -34,16 +34,22 @@ class RouteCollector:
         s = self.servicer
         nodes = GaugeMetricFamily("vnet_nodes", "Nodes joined, by group", labels=["group"])
         serves = GaugeMetricFamily("vnet_serves", "Serves registered, by group", labels=["group"])
-        per_group: dict[str, list[int]] = {}
-        for session in s.sessions.values():
-            counts = per_group.setdefault(session.vnet.group, [0, 0])
-            counts[0] += 1
-            counts[1] += s.registry.serve_count(session.vnet.vnetid)
-        for group, (n, k) in sorted(per_group.items()):
-            nodes.add_metric([group], n)
-            serves.add_metric([group], k)
+        free = GaugeMetricFamily(
+            "vnet_serveids_free",
+            "Serveids not registered, by group: dynamic (1-499, the route assigns them) and "
+            "static (500-999); a group holds at most 999 serves",
+            labels=["group", "kind"],
+        )
+        # From the registry's indexes: the cost is the number of groups, not of nodes.
+        for group in s.registry.groups():
+            nodes.add_metric([group], s.registry.group_size(group))
+            serves.add_metric([group], s.registry.serve_total(group))
+            dynamic, static = s.registry.free_serveids(group)
+            free.add_metric([group, "dynamic"], dynamic)
+            free.add_metric([group, "static"], static)
         yield nodes
         yield serves
+        yield free
         yield GaugeMetricFamily("vnet_tunnels_open", "Tunnels open now", value=len(s.splices))
         yield CounterMetricFamily("vnet_tunnels", "Tunnels opened", value=s.stats.opened)
         yield CounterMetricFamily(

@@ -87,6 +87,15 @@ class LimitExceeded(VnetError):
     """A cap was reached: nodes, serves, tunnels, failed attempts (RESOURCE_EXHAUSTED)."""
 
 
+class Busy(LimitExceeded):
+    """The route is admitting too many nodes at once: try again after retry_after seconds
+    (RESOURCE_EXHAUSTED with the hint in trailing metadata, vnet.wire.MD_RETRY_AFTER)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NoFreeServeId(LimitExceeded):
     """Every dynamic serveid of the group is in use: the serveid space is a cap too."""
 

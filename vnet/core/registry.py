@@ -10,17 +10,26 @@ serveid rules, from the original vnet:
 - 1-499 are dynamic: kept when free, otherwise replaced by a free one and the
   node is told.
 - Unique within a group; groups are separate namespaces.
+
+After a route restart, serveids and vnetids that returning nodes claim are held for them
+(vnet.core.claims): fresh ones are taken only outside the claimed set.
+
+Indexed by group and by node, so what one group does costs the size of that group (or of
+that node), never of the route: ListVnets reads each node's serve count, kept on change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vnet.core.claims import Claims
 from vnet.core.config import SERVEID_MAX, STATIC_SERVEID_MIN
-from vnet.core.errors import InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
+from vnet.core.errors import Busy, InvalidRequest, NoFreeServeId, NotFound, ServeIdTaken
 from vnet.core.limits import HOST_MAX, INFO_MAX, NAME_MAX, text_problem
 
 DYNAMIC_RANGE = range(1, STATIC_SERVEID_MIN)
+# Serveids per group: all of 1-999, of which 1-499 the route assigns.
+SERVEIDS_PER_GROUP = SERVEID_MAX
 
 
 @dataclass(frozen=True)
@@ -60,29 +69,60 @@ class Registration:
 class Registry:
     """Every group's nodes and serves."""
 
-    def __init__(self) -> None:
+    def __init__(self, claims: Claims | None = None) -> None:
         self._vnets: dict[str, Vnet] = {}
         self._serves: dict[str, dict[int, Serve]] = {}
+        # Indexes, kept on change: each group's nodes, each node's serveids.
+        self._group_vnets: dict[str, dict[str, Vnet]] = {}
+        self._own: dict[str, set[int]] = {}
+        # A group's nodes in ListVnets order, made again only after a change.
+        self._sorted: dict[str, list[Vnet]] = {}
         self._next_vnet = 1
+        self.claims = claims
+        # Bumped on every change to a group's nodes or serves: answers made from the group
+        # (ListVnets, ListServes) can be kept until it moves.
+        self._version: dict[str, int] = {}
+
+    def version(self, group: str) -> int:
+        return self._version.get(group, 0)
+
+    def _changed(self, group: str) -> None:
+        self._version[group] = self._version.get(group, 0) + 1
+
+    def _held_vnetid(self, vnetid: str) -> bool:
+        return self.claims is not None and self.claims.vnetid_held(vnetid)
 
     # --- nodes -------------------------------------------------------------
 
-    def add_vnet(self, name: str, group: str, wanted: str = "") -> Vnet:
-        """A new node; `wanted` is its old vnetid, given back when free."""
+    @staticmethod
+    def valid_vnetid(vnetid: str) -> bool:
+        return vnetid.isascii() and vnetid.isdigit() and len(vnetid) <= 6
+
+    def add_vnet(self, name: str, group: str, wanted: str = "", claimed: bool = False) -> Vnet:
+        """A new node; `wanted` is its old vnetid, given back when free (and, unless it is
+        the caller's own claim, not held for a node returning after a restart)."""
         _check_text("name", name, NAME_MAX)
         _check_text("group", group, NAME_MAX)
         if not group:
             raise InvalidRequest("group must not be empty")
-        if wanted and wanted.isdigit() and len(wanted) <= 6 and wanted not in self._vnets:
+        if (
+            wanted
+            and self.valid_vnetid(wanted)
+            and wanted not in self._vnets
+            and (claimed or not self._held_vnetid(wanted))
+        ):
             vnetid = wanted
         else:
             vnetid = f"{self._next_vnet:02d}"
-            while vnetid in self._vnets:
+            while vnetid in self._vnets or self._held_vnetid(vnetid):
                 self._next_vnet += 1
                 vnetid = f"{self._next_vnet:02d}"
             self._next_vnet += 1
         vnet = Vnet(vnetid=vnetid, name=name, group=group)
         self._vnets[vnetid] = vnet
+        self._group_vnets.setdefault(group, {})[vnetid] = vnet
+        self._sorted.pop(group, None)
+        self._changed(group)
         return vnet
 
     def remove_vnet(self, vnetid: str) -> list[Serve]:
@@ -90,13 +130,18 @@ class Registry:
         vnet = self._vnets.pop(vnetid, None)
         if vnet is None:
             return []
+        members = self._group_vnets.get(vnet.group)
+        if members is not None:
+            members.pop(vnetid, None)
+            if not members:
+                del self._group_vnets[vnet.group]
+        self._sorted.pop(vnet.group, None)
+        self._changed(vnet.group)
         group = self._serves.get(vnet.group, {})
-        gone = [s for s in group.values() if s.vnetid == vnetid]
-        for serve in gone:
-            del group[serve.serveid]
+        gone = [group.pop(serveid) for serveid in sorted(self._own.pop(vnetid, ()))]
         if not group:
             self._serves.pop(vnet.group, None)
-        return sorted(gone, key=lambda s: s.serveid)
+        return gone
 
     def vnet(self, vnetid: str) -> Vnet:
         try:
@@ -105,10 +150,17 @@ class Registry:
             raise NotFound(f"no vnet {vnetid}") from None
 
     def vnets(self, group: str) -> list[Vnet]:
-        return sorted((v for v in self._vnets.values() if v.group == group), key=_vnet_order)
+        ordered = self._sorted.get(group)
+        if ordered is None:
+            ordered = sorted(self._group_vnets.get(group, {}).values(), key=_vnet_order)
+            self._sorted[group] = ordered
+        return list(ordered)
 
     def vnet_count(self) -> int:
         return len(self._vnets)
+
+    def group_size(self, group: str) -> int:
+        return len(self._group_vnets.get(group, ()))
 
     # --- serves ------------------------------------------------------------
 
@@ -136,10 +188,16 @@ class Registry:
         _check_text("ip", ip, HOST_MAX)
         group = self._serves.setdefault(vnet.group, {})
         holder = group.get(serveid)
+        # Held for another node returning after a restart: as good as registered by it.
+        held_for = None
+        if holder is None and serveid and self.claims is not None:
+            held_for = self.claims.serveid_holder(vnet.group, serveid)
+            if held_for == vnetid:
+                held_for = None
         replaced: Serve | None = None
         reassigned = False
         if serveid == 0:
-            serveid = self._free_dynamic(group)
+            serveid = self._free_dynamic(vnet.group, group)
         elif holder is not None and holder.vnetid == vnetid:
             replaced = holder
         elif holder is not None and serveid >= STATIC_SERVEID_MIN:
@@ -147,8 +205,13 @@ class Registry:
                 f"static serveid {serveid} is already registered by vnet {holder.vnetid} "
                 f"({holder.name}) in this group"
             )
-        elif holder is not None:
-            serveid = self._free_dynamic(group)
+        elif held_for is not None and serveid >= STATIC_SERVEID_MIN:
+            raise ServeIdTaken(
+                f"static serveid {serveid} is held for vnet {held_for}, which had it before "
+                "the route restarted"
+            )
+        elif holder is not None or held_for is not None:
+            serveid = self._free_dynamic(vnet.group, group)
             reassigned = True
         serve = Serve(
             serveid=serveid,
@@ -161,6 +224,10 @@ class Registry:
             unserve=unserve,
         )
         group[serveid] = serve
+        self._own.setdefault(vnetid, set()).add(serveid)
+        self._changed(vnet.group)
+        if self.claims is not None:
+            self.claims.registered(vnet.group, serveid, vnetid)
         return Registration(serve=serve, reassigned=reassigned, replaced=replaced)
 
     def unregister(self, vnetid: str, serveid: int) -> Serve:
@@ -170,6 +237,8 @@ class Registry:
         if serve is None or serve.vnetid != vnetid:
             raise NotFound(f"serveid {serveid} is not registered by this vnet")
         del group[serveid]
+        self._own.get(vnetid, set()).discard(serveid)
+        self._changed(vnet.group)
         return serve
 
     def find(self, group: str, serveid: int) -> Serve:
@@ -182,17 +251,48 @@ class Registry:
         return sorted(self._serves.get(group, {}).values(), key=lambda s: s.serveid)
 
     def serve_count(self, vnetid: str) -> int:
-        vnet = self._vnets.get(vnetid)
-        if vnet is None:
-            return 0
-        return sum(1 for s in self._serves.get(vnet.group, {}).values() if s.vnetid == vnetid)
+        return len(self._own.get(vnetid, ()))
 
-    @staticmethod
-    def _free_dynamic(group: dict[int, Serve]) -> int:
-        for candidate in DYNAMIC_RANGE:
-            if candidate not in group:
+    def owns(self, vnetid: str, serveid: int) -> bool:
+        return serveid in self._own.get(vnetid, ())
+
+    def serve_total(self, group: str) -> int:
+        return len(self._serves.get(group, {}))
+
+    def groups(self) -> list[str]:
+        """The groups with at least one node, sorted."""
+        return sorted(self._group_vnets)
+
+    def free_serveids(self, group: str) -> tuple[int, int]:
+        """(dynamic, static) serveids not registered in the group: 499 and 500 when empty."""
+        taken = self._serves.get(group, {})
+        dynamic = sum(1 for s in taken if s < STATIC_SERVEID_MIN)
+        return (
+            len(DYNAMIC_RANGE) - dynamic,
+            SERVEID_MAX - STATIC_SERVEID_MIN + 1 - (len(taken) - dynamic),
+        )
+
+    def _free_dynamic(self, group_name: str, group: dict[int, Serve]) -> int:
+        if self.claims is not None:
+            wait = self.claims.settling()
+            if wait > 0:
+                raise Busy(
+                    "the route restarted and is giving nodes back their serveids; "
+                    f"a new one in {wait:.1f}s",
+                    wait,
+                )
+        held = self.claims.held_serveids(group_name) if self.claims is not None else ()
+        order = DYNAMIC_RANGE
+        if self.claims is not None and self.claims.top_down():
+            order = DYNAMIC_RANGE[::-1]
+        for candidate in order:
+            if candidate not in group and candidate not in held:
                 return candidate
-        raise NoFreeServeId(f"all dynamic serveids (1-{STATIC_SERVEID_MIN - 1}) are in use")
+        raise NoFreeServeId(
+            f"all dynamic serveids (1-{STATIC_SERVEID_MIN - 1}) of this group are in use "
+            f"(a group holds at most {SERVEIDS_PER_GROUP} serves, "
+            f"{len(DYNAMIC_RANGE)} assigned by the route)"
+        )
 
 
 def _vnet_order(vnet: Vnet) -> tuple[int, str]:

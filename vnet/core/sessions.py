@@ -8,8 +8,13 @@ until when). The servicer feeds it what arrived, with the time, and carries
 out the rest (streams, events, splices); secrets come from a function it
 passes in, so tests are deterministic.
 
-Sessions are indexed by token, by vnetid and by group, so whatever a group
-does costs the size of that group, never of the route.
+Sessions are indexed by token, by vnetid and by group (and those still to open
+their control stream by join time), so whatever a group does costs the size of
+that group, never of the route.
+
+A node that rejoins after a route restart (its resume request names another
+boot) claims its old vnetid and serveids: vnet.core.claims holds them for it,
+and decides between two claimants of one id.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hmac
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from vnet.core.claims import Conflict
 from vnet.core.errors import InvalidRequest, LimitExceeded, NotFound
 from vnet.core.registry import Registry, Serve, Vnet
 
@@ -42,6 +48,8 @@ class Session:
     tunnels: int = 0
     # When this node last answered an OpenTunnel with an Accept.
     accepted_at: float = float("-inf")
+    # Digest of the earlier boot's resume token it claimed its ids with (b"" if none).
+    claimant: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,8 @@ class Joined:
     replaced: Session | None = None
     # What that stale session had registered (now withdrawn).
     withdrawn: tuple[Serve, ...] = ()
+    # Ids this node claimed that another returning node holds (both are to be told).
+    conflicts: tuple[Conflict, ...] = ()
 
 
 class Sessions:
@@ -65,6 +75,8 @@ class Sessions:
         self._by_token: dict[str, Session] = {}
         self._by_vnetid: dict[str, Session] = {}
         self._by_group: dict[str, dict[str, Session]] = {}
+        # Joined, control stream not yet open: in join order (dicts keep it).
+        self._uncontrolled: dict[str, Session] = {}
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -91,6 +103,8 @@ class Sessions:
         now: float,
         resume_vnetid: str = "",
         resume_token: str = "",
+        earlier_boot: bool = False,
+        resume_serveids: tuple[int, ...] = (),
     ) -> Joined:
         """A new session; raises LimitExceeded when the route is full.
 
@@ -99,11 +113,23 @@ class Sessions:
         the session holding it is its own stale one, which is ended first so
         its static serveids are free again. Otherwise it gets a new vnetid:
         nobody takes over another node's session.
+
+        earlier_boot: its resume pair is from an earlier boot of the route
+        (a restart): it claims its vnetid and resume_serveids (_claim).
         """
+        if earlier_boot and resume_vnetid and self.registry.claims is not None:
+            return self._claim(name, group, now, resume_vnetid, resume_token, resume_serveids)
         replaced: Session | None = None
         withdrawn: tuple[Serve, ...] = ()
         wanted = ""
+        # A vnetid held for a claimant after a restart is still this node's if it is that
+        # claimant, back with the resume token of a session it got on this boot.
+        own_claim = False
         if resume_vnetid:
+            claims = self.registry.claims
+            own_claim = claims is not None and claims.is_claimant(
+                resume_vnetid, _digest(resume_token)
+            )
             old = self._by_vnetid.get(resume_vnetid)
             if old is None:
                 wanted = resume_vnetid
@@ -113,29 +139,107 @@ class Sessions:
                 withdrawn = tuple(self.drop(old) or ())
                 replaced = old
                 wanted = resume_vnetid
+                # Its own session: whatever it claimed is its own too.
+                own_claim = own_claim or bool(old.claimant)
+        self._room()
+        vnet = self.registry.add_vnet(name, group, wanted=wanted, claimed=own_claim)
+        claimant = b""
+        claims = self.registry.claims
+        if own_claim and claims is not None and vnet.vnetid == resume_vnetid:
+            claimant = claims.vnetid_claimant(vnet.vnetid) or b""
+        session, resume = self._add(vnet, now, claimant)
+        if claimant and claims is not None:
+            claims.alias(vnet.vnetid, _digest(resume))
+        return Joined(session, resume, replaced, withdrawn)
+
+    def _room(self) -> None:
         if len(self._by_token) >= self.max_nodes:
             raise LimitExceeded(f"the route is full ({self.max_nodes} nodes)")
-        vnet = self.registry.add_vnet(name, group, wanted=wanted)
+
+    def _add(self, vnet: Vnet, now: float, claimant: bytes = b"") -> tuple[Session, str]:
         resume = self._secret()
         session = Session(
-            token=self._secret(), vnet=vnet, resume_digest=_digest(resume), joined_at=now
+            token=self._secret(),
+            vnet=vnet,
+            resume_digest=_digest(resume),
+            joined_at=now,
+            claimant=claimant,
         )
         self._by_token[session.token] = session
         self._by_vnetid[vnet.vnetid] = session
         self._by_group.setdefault(vnet.group, {})[session.token] = session
-        return Joined(session, resume, replaced, withdrawn)
+        self._uncontrolled[session.token] = session
+        return session, resume
+
+    def _claim(
+        self,
+        name: str,
+        group: str,
+        now: float,
+        vnetid: str,
+        token: str,
+        serveids: tuple[int, ...],
+    ) -> Joined:
+        """A node back from an earlier boot claims its vnetid and serveids.
+
+        The claimant is known by the digest of the resume token it presents:
+        the same one again (its first Join's answer was lost) ends its own
+        stale session and takes its claim again; another one is a second
+        claimant, and the first keeps the id (vnet.core.claims.decide).
+        """
+        claims = self.registry.claims
+        assert claims is not None
+        claimant = _digest(token)
+        replaced: Session | None = None
+        withdrawn: tuple[Serve, ...] = ()
+        old = self._by_vnetid.get(vnetid)
+        if old is not None and old.claimant == claimant and old.vnet.group == group:
+            withdrawn = tuple(self.drop(old) or ())
+            replaced, old = old, None
+        self._room()
+        found: list[Conflict] = []
+        if not Registry.valid_vnetid(vnetid):
+            verdict = "ignore"  # not an id this route could have given: nothing to claim
+        elif old is None:
+            verdict = claims.claim_vnetid(vnetid, claimant, group)
+        else:
+            verdict = "reassign"
+        if verdict == "take":
+            vnet = self.registry.add_vnet(name, group, wanted=vnetid, claimed=True)
+        elif verdict == "ignore":
+            vnet = self.registry.add_vnet(name, group)
+        else:
+            vnet = self.registry.add_vnet(name, group)
+            keeper = old.vnet.vnetid if old is not None else vnetid
+            found.append(claims.conflict("vnetid", vnetid, group, keeper, vnet.vnetid))
+        session, resume = self._add(vnet, now, claimant)
+        if verdict == "take":
+            # Its later resumes on this boot present this session's token, not the old one.
+            claims.alias(vnet.vnetid, _digest(resume))
+        for serveid in claims.claim_serveids(group, vnet.vnetid, claimant, serveids):
+            keeper = claims.serveid_holder(group, serveid) or self._serve_holder(group, serveid)
+            found.append(claims.conflict("serveid", str(serveid), group, keeper, vnet.vnetid))
+        return Joined(session, resume, replaced, withdrawn, tuple(found))
+
+    def _serve_holder(self, group: str, serveid: int) -> str:
+        try:
+            return self.registry.find(group, serveid).vnetid
+        except NotFound:
+            return "?"
 
     def open_control(self, session: Session) -> None:
         """The session's control stream opens; a second one is refused."""
         if session.control_open:
             raise InvalidRequest("this session already has a control stream")
         session.control_open = True
+        self._uncontrolled.pop(session.token, None)
 
     def drop(self, session: Session) -> list[Serve] | None:
         """End a session: its serves are withdrawn and returned; None if it had ended."""
         if self._by_token.pop(session.token, None) is None:
             return None
         session.closed = True
+        self._uncontrolled.pop(session.token, None)
         if self._by_vnetid.get(session.vnet.vnetid) is session:
             del self._by_vnetid[session.vnet.vnetid]
         members = self._by_group.get(session.vnet.group)
@@ -146,10 +250,22 @@ class Sessions:
         return self.registry.remove_vnet(session.vnet.vnetid)
 
     def uncontrolled(self, now: float, within: float) -> list[Session]:
-        """Sessions that joined more than `within` ago and never opened their control stream."""
-        return [
-            s for s in self._by_token.values() if not s.control_open and now - s.joined_at >= within
-        ]
+        """Sessions that joined more than `within` ago and never opened their control stream.
+
+        Only those still waiting are looked at, oldest first, and only up to the
+        first that is not yet late: the cost is what expires, not the route's size.
+        """
+        late = []
+        for session in self._uncontrolled.values():
+            if now - session.joined_at < within:
+                break
+            late.append(session)
+        return late
+
+    @property
+    def joining(self) -> int:
+        """Sessions joined whose control stream is not open yet (admission counts them)."""
+        return len(self._uncontrolled)
 
 
 @dataclass(eq=False, slots=True)

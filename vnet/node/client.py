@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,12 @@ from vnet.node.diagnose import Probe, probe_for
 from vnet.wire import ControlEvent as ControlEvent
 from vnet.wire import EchoAsked as EchoAsked
 from vnet.wire import GoingAway as GoingAway
+from vnet.wire import IdConflict as IdConflict
 from vnet.wire import Joined as Joined
 from vnet.wire import OpenTunnel as OpenTunnel
 from vnet.wire import Registered as Registered
 from vnet.wire import ServeAdded as ServeAdded
+from vnet.wire import ServeChanges as ServeChanges
 from vnet.wire import ServeRemoved as ServeRemoved
 from vnet.wire import Snapshot as Snapshot
 from vnet.wire import UnserveAsked as UnserveAsked
@@ -301,10 +303,14 @@ class RouteClient:
         group: str,
         timeout: float = 10.0,
         resume: tuple[str, str] | None = None,
+        boot_id: str = "",
+        serveids: Sequence[int] = (),
     ) -> Joined:
-        """Join; `resume` is (vnetid, resume_token) of this node's last session."""
+        """Join; `resume` is (vnetid, resume_token) of this node's last session,
+        boot_id the route's boot then and serveids the ones it had registered
+        (claimed back if the route has restarted since)."""
         vnetid, token = resume or ("", "")
-        request = wire.join_request(name, group, vnetid, token)
+        request = wire.join_request(name, group, vnetid, token, boot_id, serveids)
         try:
             resp = await self.stub.Join(request, metadata=self._auth, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

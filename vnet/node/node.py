@@ -21,7 +21,7 @@ from typing import Any
 
 from vnet.core.config import NodeConfig, ServeConfig, UseConfig
 from vnet.core.config_diff import ConfigDiff
-from vnet.core.errors import RouteUnavailable, Unauthenticated, VnetError
+from vnet.core.errors import Busy, RouteUnavailable, Unauthenticated, VnetError
 from vnet.core.pacing import Pacer
 from vnet.core.queueing import Governor
 from vnet.core.registry import Serve
@@ -31,10 +31,12 @@ from vnet.node.client import (
     ControlEvent,
     EchoAsked,
     GoingAway,
+    IdConflict,
     NodeCredentials,
     OpenTunnel,
     RouteClient,
     ServeAdded,
+    ServeChanges,
     ServeRemoved,
     Snapshot,
     UnserveAsked,
@@ -50,6 +52,10 @@ from vnet.node.uses import Uses, UseState
 log = logging.getLogger(__name__)
 
 SESSION_FORGOTTEN = "the route restarted; joining again as a new session"
+
+
+# How many times a registration answered "busy" is tried again before it counts as refused.
+BUSY_RETRIES = 5
 
 
 def lost_words(exc: VnetError, joined: bool) -> str:
@@ -198,9 +204,19 @@ class Node:
         await self.client.connect(self.timeouts.connect, fail_fast=fail_fast)
         self._joined = self._going_away = False
         self._sent_away = ""
-        joined = await self.client.join(cfg.vnet.name, cfg.vnet.group, resume=self._resume)
+        # The serveids it had: a restarted route holds them for it (vnet.core.claims).
+        had = [s.last_serveid for s in self.serves.values() if s.last_serveid]
+        joined = await self.client.join(
+            cfg.vnet.name, cfg.vnet.group, resume=self._resume, boot_id=self.boot_id, serveids=had
+        )
         self._joined = True
         restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
+        if self._resume is not None and joined.vnetid != self._resume[0]:
+            log.warning(
+                "rejoined as vnet %s: vnet %s was taken by another node",
+                joined.vnetid,
+                self._resume[0],
+            )
         self.vnetid, self.group, self.boot_id = joined.vnetid, joined.group, joined.boot_id
         self._resume = (joined.vnetid, joined.resume_token)
         log.info(
@@ -275,6 +291,11 @@ class Node:
                 else:
                     log.info("reconnect attempt %d failed: %s", attempt, why)
                 delay = min(delay * 2, self.timeouts.reconnect_max)
+                if isinstance(exc, Busy):
+                    # The route is admitting a storm and said when to come back:
+                    # not sooner (the jitter above spreads the returns over
+                    # delay/2..delay, so at least twice the hint).
+                    delay = max(delay, 2 * exc.retry_after)
         for state in self.serves.values():
             if state.running and state.serveid is None:
                 await self.register_logged(state)
@@ -381,7 +402,26 @@ class Node:
                 event.grace,
             )
             return
+        if isinstance(event, IdConflict):
+            log.warning("%s", event.detail)
+            return
+        if isinstance(event, ServeChanges):
+            # Several at once (the route coalesced them): one by one, then one reconcile.
+            for removed in event.removed:
+                self._on_serve_event(removed)
+            for added in event.added:
+                self._on_serve_event(added)
+        else:
+            self._on_serve_event(event)
+        self.use_side.reconcile_all()
+
+    def _on_serve_event(self, event: ControlEvent) -> None:
         if isinstance(event, Snapshot):
+            # A snapshot in the middle of the stream (the route resynchronises a
+            # node that fell behind) may leave out serves that went meanwhile.
+            left = set(self.remote) - {s.serveid for s in event.serves}
+            if left:
+                self._drop_ephemeral(lambda u: u.config.serveid in left)
             # In place: the uses hold this same dict.
             self.remote.clear()
             self.remote.update((s.serveid, s) for s in event.serves)
@@ -403,13 +443,22 @@ class Node:
             # A mapping made for an unserve ends with it: its serveid may
             # later be given to something else.
             self._drop_ephemeral(lambda u: u.config.serveid == event.serveid)
-        self.use_side.reconcile_all()
 
     # --- serves: registration ------------------------------------------------
 
     async def register_logged(self, state: ServeState) -> int | None:
-        """Register, logging a refusal (start-up and reload, where no one is asking)."""
+        """Register, logging a refusal (start-up and reload, where no one is asking).
+
+        A route that says it is busy (it restarted and is giving returning nodes
+        their serveids back first) is asked again after its hint, with jitter.
+        """
         try:
+            for _ in range(BUSY_RETRIES):
+                try:
+                    return await self.serve_side.register(state)
+                except Busy as exc:
+                    log.info("[serve.%s] the route is busy: %s", state.key, exc)
+                    await asyncio.sleep(exc.retry_after * random.uniform(1.0, 1.5))
             return await self.serve_side.register(state)
         except VnetError as exc:
             why = lost_words(exc, joined=True)

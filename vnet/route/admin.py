@@ -32,8 +32,9 @@ from vnet.core.admin import (
 from vnet.core.budget import MIB
 from vnet.core.config import RouteLimits, RouteSettings
 from vnet.core.errors import NotFound, Refused
+from vnet.route.link import Link
 from vnet.route.security import RouteSecurity
-from vnet.route.service import Link, RouteServicer
+from vnet.route.service import RouteServicer
 
 log = logging.getLogger(__name__)
 # The audit trail, on a logger of its own so it can be routed apart.

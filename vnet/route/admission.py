@@ -1,4 +1,5 @@
-"""Who may call the route: the token on every call, the session, penalties.
+"""Who may call the route: the token on every call, the session, penalties,
+and how many may be joining at once.
 
 Reads the call's metadata, asks vnet.core.auth (tokens, the penalty box)
 with the servicer's clock, and raises the VnetError the caller gets.
@@ -15,11 +16,21 @@ import grpc
 
 from vnet import wire
 from vnet.core.auth import PenaltyBox, digest, peer_address
-from vnet.core.errors import LimitExceeded, SessionUnknown, Unauthenticated
+from vnet.core.errors import Busy, LimitExceeded, SessionUnknown, Unauthenticated
 from vnet.route.security import RouteSecurity
 
 # Logged as the servicer's: the same lines as before it had this module.
 log = logging.getLogger("vnet.route.service")
+
+# Sessions joined whose control stream is not open yet, past which a Join is answered
+# "busy" (RESOURCE_EXHAUSTED with a retry hint) instead of queueing behind them.
+MAX_JOINING = 1000
+# The route counts as behind when its timer runs this much late.
+LAG_BEHIND = 0.1
+# Bounds of the retry hint, in seconds: long enough to spread the returns, short enough
+# that a node is not kept waiting long after the route has caught up.
+HINT_MIN = 0.1
+HINT_MAX = 3.0
 
 # One answer for every authentication failure, so it tells nothing.
 BAD_CREDENTIALS = "invalid or missing credentials (token, or session: join again)"
@@ -121,3 +132,45 @@ class Admission:
         self.penalties.failure(address, now)
         self.failures += 1
         log.warning("authentication failed from %s", address)
+
+
+class JoinGate:
+    """Join back-pressure in a storm.
+
+    A Join makes a session that must open its Control stream next. While more
+    than `limit` have not, and the route's loop has been running late (`lag`,
+    seconds, set by the servicer's timer: the route itself is behind, not only
+    slow clients), one more Join only makes every one of them later (and,
+    before this, timed them out). So it is refused at once with a hint: the
+    time the route needs, at the rate it has been opening control streams, to
+    get through the ones waiting. Nodes wait at least that long, with jitter
+    (vnet.node.node), so they come back spread out instead of all together.
+    """
+
+    def __init__(self, limit: int = MAX_JOINING) -> None:
+        self.limit = limit
+        self.refused = 0
+        # How late the route's own timer last ran (the servicer sets it each tick).
+        self.lag = 0.0
+        # Control streams opened per second, smoothed (a one-second window).
+        self.rate = 0.0
+        self._window_start = float("nan")
+        self._in_window = 0
+
+    def admit(self, joining: int) -> None:
+        if joining < self.limit or self.lag < LAG_BEHIND:
+            return
+        hint = min(max(joining / max(self.rate, 1.0), HINT_MIN), HINT_MAX)
+        self.refused += 1
+        raise Busy(f"the route is busy admitting {joining} nodes; try again in {hint:.1f}s", hint)
+
+    def controlled(self, now: float) -> None:
+        """A session opened its control stream (it is in)."""
+        self._in_window += 1
+        if not now - self._window_start < 1.0:  # also true for the first (nan)
+            elapsed = now - self._window_start
+            if elapsed == elapsed and elapsed > 0:  # not nan
+                measured = self._in_window / elapsed
+                self.rate = measured if self.rate == 0 else (self.rate + measured) / 2
+            self._window_start = now
+            self._in_window = 0

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from vnet import wire
-from vnet.core.errors import VnetError
+from vnet.core.errors import Busy, VnetError
 from vnet.wire import route_messages
+from vnet.wire.status import MD_RETRY_AFTER
 
 if TYPE_CHECKING:
     from vnet.route.service import RouteServicer
@@ -71,6 +72,9 @@ async def refuse(
     """End the call with VnetError's status: the one translation table."""
     code = wire.status_of(exc)
     rejected[code.name] += 1
+    if isinstance(exc, Busy):
+        hint = ((MD_RETRY_AFTER, str(int(exc.retry_after * 1000))),)
+        await context.abort(code, str(exc), trailing_metadata=hint)
     await context.abort(code, str(exc))
     raise AssertionError("abort returned")  # abort always raises
 

@@ -6,10 +6,14 @@ in vnet.core.registry, credentials and penalties in vnet.core.auth, the
 fail-fast rule in vnet.core.unanswered; messages are built and parsed in
 vnet.wire.route_messages, the byte pumps are vnet.route.splice, the method
 table's error translation is vnet.route.rpc. What stays here is I/O: each
-session's control-event queue and splices, the futures that hand a Dial its
-splice or an Unserve its answer, and the timers. The clock and the secrets
-are passed in, so tests can move time instead of waiting it out. The server
-around it (ports, TLS, health, reflection) is vnet.route.server.
+session's queue of its own control events (tunnels to accept, unserve
+requests) and splices, the futures that hand a Dial its splice or an Unserve
+its answer, and the timers. Serve changes reach the control streams through
+vnet.route.fanout (one log per group that each stream reads at its own pace,
+coalesced), and ids claimed after a restart are held by vnet.core.claims. The
+clock and the secrets are passed in, so tests can move time instead of
+waiting it out. The server around it (ports, TLS, health, reflection) is
+vnet.route.server.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from vnet import wire
 from vnet.core.budget import MIB, Budget
+from vnet.core.claims import Claims, Conflict
 from vnet.core.config import RouteLimits
 from vnet.core.errors import (
     InvalidRequest,
@@ -39,12 +44,14 @@ from vnet.core.errors import (
     VnetError,
 )
 from vnet.core.limits import HOST_MAX, SERVEID_MAX
-from vnet.core.registry import Registry, Serve, Vnet
+from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
-from vnet.core.unanswered import AnswerWatch
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
-from vnet.route.admission import Admission, admin_facts, metadata
+from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
+from vnet.route.fanout import Fanout
+from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
+from vnet.route.link import Link
 from vnet.route.probes import Probes
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
@@ -52,7 +59,9 @@ from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
 
-CONTROL_QUEUE = 10_000
+# A tick of the expiry timer that comes this much later than asked for was the
+# route's own backlog (its loop was busy), not the node's: it is not counted.
+STALL_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -98,48 +107,6 @@ def _hex_id() -> str:
 
 
 @dataclass(eq=False)
-class Link:
-    """The I/O side of one session (vnet.core.sessions.Session): its control
-    stream's queue of encoded events and the tunnels it is an end of."""
-
-    core: Session
-    events: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(CONTROL_QUEUE))
-    splices: set[Splice] = field(default_factory=set)
-    # Its unanswered open_tunnels: a silent node's serves are refused at once.
-    answers: AnswerWatch = field(default_factory=AnswerWatch)
-    # For the admin API (vnet.route.admin): where it joined from, its client
-    # certificate's name, when (wall clock, ms), the digest of the token it
-    # joined with (a reload ends the session when that is no longer valid),
-    # and the bytes of its tunnels that have closed, each way.
-    peer: str = ""
-    identity: str = ""
-    joined_at_ms: int = 0
-    credential: bytes = b""
-    bytes_from_node: int = 0
-    bytes_to_node: int = 0
-
-    @property
-    def vnet(self) -> Vnet:
-        return self.core.vnet
-
-    @property
-    def control_open(self) -> bool:
-        return self.core.control_open
-
-    def push(self, event: bytes) -> None:
-        if self.core.closed:
-            return
-        try:
-            self.events.put_nowait(event)
-        except asyncio.QueueFull:
-            # A node that does not read its control stream is broken; it
-            # will be dropped when its stream ends, so drop it now: closed,
-            # its calls are refused from here on as after a drop.
-            log.warning("vnet %s does not read its control stream; dropping it", self.vnet.vnetid)
-            self.core.closed = True
-
-
-@dataclass(eq=False)
 class _Handover:
     """How a waiting Dial gets the splice the serving node's Accept makes."""
 
@@ -170,7 +137,15 @@ class RouteServicer:
         self.clock = clock
         self._ids = ids
         self.admission = Admission(self.security, clock)
-        self.registry = Registry()
+        # Ids claimed by nodes back from an earlier boot are held for a while.
+        self.claims = Claims(clock, clock())
+        self.registry = Registry(self.claims)
+        self.fanout = Fanout(self.registry)
+        self.gate = JoinGate()
+        # Seconds the expiry timer found the route's own loop behind (STALL_SLACK).
+        self._stalled = 0.0
+        # (kind, group) -> (registry version, encoded List answer).
+        self._lists: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.boot_id = ids()
         self.table = Sessions(self.registry, self.limits.max_nodes, secret)
         # The I/O side of each live session of the table.
@@ -212,12 +187,21 @@ class RouteServicer:
     def auth_failures(self) -> int:
         return self.admission.failures
 
-    def _broadcast(self, group: str, event: bytes) -> None:
-        for session in self.table.in_group(group):
-            link = self.sessions.get(session)
-            # None: a session joining right now, not told yet (its snapshot will).
-            if link is not None:
-                link.push(event)
+    def node_time(self) -> float:
+        """The clock without the time the route itself was stalled: what the
+        Control-after-Join timer measures, so a node is judged on its own delay."""
+        return self.clock() - self._stalled
+
+    def _tell_conflicts(self, conflicts: Iterable[Conflict]) -> None:
+        """Both nodes of a claim conflict hear of it (and the log says so)."""
+        for conflict in conflicts:
+            log.warning("group %s: %s", conflict.group, conflict.words())
+            event = msg.id_conflict_event(conflict)
+            for vnetid in {conflict.kept_by, conflict.lost_by}:
+                found = self.table.of_vnet(vnetid)
+                link = None if found is None else self.sessions.get(found)
+                if link is not None:
+                    link.push(event)
 
     def end_session(self, link: Link, why: str) -> None:
         """End a session from the route's side (an admin's kick, a revoked token):
@@ -236,8 +220,10 @@ class RouteServicer:
         self.sessions.pop(session, None)
         withdrawn = 0
         for serve in gone:
-            self._broadcast(session.vnet.group, msg.serve_removed_event(serve))
+            self.fanout.removed(serve, session.vnet.group)
             withdrawn += 1
+        if link.wake is not None:
+            self.fanout.group(session.vnet.group).waiting.discard(link.wake)
         left = why == LEFT
         if left:
             because = f"vnet {session.vnet.vnetid} left"
@@ -267,14 +253,23 @@ class RouteServicer:
         """Now and then, drop_uncontrolled: a quarter of the time allowed
         apart, and at least once a second (the rule reads the clock given,
         which tests move on faster than real time)."""
+        loop = asyncio.get_running_loop()
+        tick = max(min(self.timeouts.join / 4, 1.0), 0.02)
         while True:
-            await asyncio.sleep(max(min(self.timeouts.join / 4, 1.0), 0.02))
+            began = loop.time()
+            await asyncio.sleep(tick)
+            late = loop.time() - began - tick
+            self.gate.lag = late
+            if late > STALL_SLACK:
+                # The loop was busy with the route's own work (a storm): whatever
+                # a node did meanwhile could not even be read. Not its time.
+                self._stalled += late
             self.drop_uncontrolled()
 
     def drop_uncontrolled(self) -> None:
         """Drop the sessions that did not open their Control stream in time:
         the table's rule (Sessions.uncontrolled), on the route's clock."""
-        for session in self.table.uncontrolled(self.clock(), self.timeouts.join):
+        for session in self.table.uncontrolled(self.node_time(), self.timeouts.join):
             link = self.sessions.get(session)
             if link is not None:
                 self._drop(link, "no control stream after join")
@@ -289,8 +284,22 @@ class RouteServicer:
         self.admission.admit(context, group)
         if self.refusing:
             raise RouteUnavailable(self.refusing)
+        earlier_boot = bool(request.resume_boot_id) and request.resume_boot_id != self.boot_id
+        # Back-pressure: too many joined and not yet controlled is a storm.
+        try:
+            self.gate.admit(self.table.joining)
+        except LimitExceeded:
+            if earlier_boot:
+                self.claims.expect()
+            raise
         joined = self.table.join(
-            request.name, group, self.clock(), request.resume_vnetid, request.resume_token
+            request.name,
+            group,
+            self.node_time(),
+            request.resume_vnetid,
+            request.resume_token,
+            earlier_boot=earlier_boot,
+            resume_serveids=request.resume_serveids,
         )
         if joined.replaced is not None:
             stale = self.sessions.get(joined.replaced)
@@ -298,6 +307,7 @@ class RouteServicer:
                 self._ended(stale, joined.withdrawn, "replaced by its own new connection")
         session = joined.session
         self.sessions[session] = Link(session, **admin_facts(context))
+        self._tell_conflicts(joined.conflicts)
         vnet = session.vnet
         log.info(
             "vnet %s (%s) joined group %s from %s",
@@ -315,9 +325,12 @@ class RouteServicer:
     ) -> msg.Registered:
         link = self._session(context)
         vnet = link.vnet
-        own = {s.serveid for s in self.registry.serves(vnet.group) if s.vnetid == vnet.vnetid}
-        if request.serveid not in own and len(own) >= self.limits.max_serves_per_node:
-            raise LimitExceeded(f"this vnet has {len(own)} serves, the most the route allows")
+        own = self.registry.serve_count(vnet.vnetid)
+        if (
+            not self.registry.owns(vnet.vnetid, request.serveid)
+            and own >= self.limits.max_serves_per_node
+        ):
+            raise LimitExceeded(f"this vnet has {own} serves, the most the route allows")
         reg = self.registry.register(
             vnet.vnetid,
             request.serveid,
@@ -328,9 +341,10 @@ class RouteServicer:
             request.type,
             unserve=request.unserve,
         )
+        # Appended to the group's feed: this reply waits for no node's stream.
         if reg.replaced is not None:
-            self._broadcast(vnet.group, msg.serve_removed_event(reg.replaced))
-        self._broadcast(vnet.group, msg.serve_added_event(reg.serve))
+            self.fanout.removed(reg.replaced, vnet.group)
+        self.fanout.added(reg.serve, vnet.group)
         log.info(
             "vnet %s registered serve %s (%s) -> %s:%s%s",
             vnet.vnetid,
@@ -347,19 +361,33 @@ class RouteServicer:
     ) -> None:
         link = self._session(context)
         serve = self.registry.unregister(link.vnet.vnetid, serveid)
-        self._broadcast(link.vnet.group, msg.serve_removed_event(serve))
+        self.fanout.removed(serve, link.vnet.group)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
 
-    async def ListServes(
-        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> list[Serve]:
-        return self.registry.serves(self._session(context).vnet.group)
+    def _listed(self, kind: str, group: str, make: Callable[[], bytes]) -> bytes:
+        """An encoded List answer for the group, kept until the group changes (the console
+        of every node asks every 10 s)."""
+        version = self.registry.version(group)
+        kept = self._lists.get((kind, group))
+        if kept is None or kept[0] != version:
+            kept = (version, make())
+            self._lists[(kind, group)] = kept
+        return kept[1]
 
-    async def ListVnets(
-        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> list[tuple[Vnet, int]]:
-        vnets = self.registry.vnets(self._session(context).vnet.group)
-        return [(v, self.registry.serve_count(v.vnetid)) for v in vnets]
+    async def ListServes(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        group = self._session(context).vnet.group
+        return self._listed(
+            "serves", group, lambda: msg.list_serves_answer(self.registry.serves(group))
+        )
+
+    async def ListVnets(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        group = self._session(context).vnet.group
+
+        def make() -> bytes:
+            vnets = self.registry.vnets(group)
+            return msg.list_vnets_answer([(v, self.registry.serve_count(v.vnetid)) for v in vnets])
+
+        return self._listed("vnets", group, make)
 
     async def Leave(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._drop(self._session(context), LEFT)
@@ -443,20 +471,47 @@ class RouteServicer:
     # --- control stream ----------------------------------------------------
 
     async def Control(
-        self, request: None, context: grpc.aio.ServicerContext[Any, Any]
+        self, serve_changes: bool, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
+        """The snapshot, then the node's own events and its group's serve changes.
+
+        Serve changes are read from the group's feed when it is flushed: all
+        that this stream has not sent yet as one message (ServeChanges, for a
+        node that asked for them; else one message a change), or a snapshot
+        when it is far behind. A stream that writes slowly (its node reads
+        slowly) just falls behind; nothing piles up for it.
+        """
         link = self._session(context)
         self.table.open_control(link.core)
+        self.gate.controlled(self.clock())
+        group = self.fanout.group(link.vnet.group)
+        wake = link.wake = asyncio.Event()
         why = "control stream closed"
         try:
-            yield msg.snapshot_event(self.registry.serves(link.vnet.group))
-            while not link.core.closed:
-                yield await link.events.get()
+            link.cursor, snapshot = group.snapshot()
+            yield snapshot
+            while True:
+                if link.events:
+                    # Before the check below: a going_away pushed just before the
+                    # route ended the session still goes out.
+                    yield link.events.popleft()
+                elif link.core.closed:
+                    break
+                elif group.flushed > link.cursor:
+                    link.cursor, out = group.batch(link.cursor, serve_changes)
+                    for data in out:
+                        yield data
+                else:
+                    # No await between the checks above and this wait: no wake-up is lost.
+                    wake.clear()
+                    group.waiting.add(wake)
+                    await wake.wait()
             why = "its control stream was not read"
         except asyncio.CancelledError:
             why = "connection lost"
             raise
         finally:
+            group.waiting.discard(wake)
             self._drop(link, why)
 
     # --- tunnels -----------------------------------------------------------

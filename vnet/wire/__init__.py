@@ -68,10 +68,12 @@ from vnet.wire.messages import (
 from vnet.wire.node_messages import ControlEvent as ControlEvent
 from vnet.wire.node_messages import EchoAsked as EchoAsked
 from vnet.wire.node_messages import GoingAway as GoingAway
+from vnet.wire.node_messages import IdConflict as IdConflict
 from vnet.wire.node_messages import Joined as Joined
 from vnet.wire.node_messages import OpenTunnel as OpenTunnel
 from vnet.wire.node_messages import Registered as Registered
 from vnet.wire.node_messages import ServeAdded as ServeAdded
+from vnet.wire.node_messages import ServeChanges as ServeChanges
 from vnet.wire.node_messages import ServeRemoved as ServeRemoved
 from vnet.wire.node_messages import Snapshot as Snapshot
 from vnet.wire.node_messages import UnserveAsked as UnserveAsked

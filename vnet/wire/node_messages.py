@@ -7,6 +7,7 @@ protobuf message itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -95,8 +96,35 @@ class Pinged:
     echoed: bool
 
 
+@dataclass(frozen=True)
+class ServeChanges:
+    """Several serve changes at once: apply removed, then added."""
+
+    removed: tuple[ServeRemoved, ...]
+    added: tuple[ServeAdded, ...]
+
+
+@dataclass(frozen=True)
+class IdConflict:
+    """Another node returning after a route restart claimed one of this node's ids."""
+
+    kind: str
+    ident: str
+    kept_by: str
+    lost_by: str
+    detail: str
+
+
 ControlEvent = (
-    Snapshot | ServeAdded | ServeRemoved | OpenTunnel | GoingAway | UnserveAsked | EchoAsked
+    Snapshot
+    | ServeAdded
+    | ServeRemoved
+    | OpenTunnel
+    | GoingAway
+    | UnserveAsked
+    | ServeChanges
+    | IdConflict
+    | EchoAsked
 )
 
 
@@ -109,9 +137,21 @@ def route_stub(channel: grpc.aio.Channel) -> pb_grpc.RouteServiceAsyncStub:
 # --- requests -------------------------------------------------------------------
 
 
-def join_request(name: str, group: str, resume_vnetid: str, resume_token: str) -> pb.JoinRequest:
+def join_request(
+    name: str,
+    group: str,
+    resume_vnetid: str,
+    resume_token: str,
+    resume_boot_id: str = "",
+    resume_serveids: Sequence[int] = (),
+) -> pb.JoinRequest:
     return pb.JoinRequest(
-        name=name, group=group, resume_vnetid=resume_vnetid, resume_token=resume_token
+        name=name,
+        group=group,
+        resume_vnetid=resume_vnetid,
+        resume_token=resume_token,
+        resume_boot_id=resume_boot_id,
+        resume_serveids=list(resume_serveids),
     )
 
 
@@ -160,7 +200,8 @@ def leave_request() -> pb.LeaveRequest:
 
 
 def control_request() -> pb.ControlRequest:
-    return pb.ControlRequest()
+    # This node applies ServeChanges (vnet.node.node): batches welcome.
+    return pb.ControlRequest(serve_changes=True)
 
 
 # --- answers and events -----------------------------------------------------------
@@ -205,4 +246,13 @@ def event_from_pb(msg: pb.ControlEvent) -> ControlEvent | None:
         return EchoAsked(msg.echo_asked.probe)
     if kind == "going_away":
         return GoingAway(msg.going_away.reason, msg.going_away.grace_ms / 1000)
+    if kind == "serve_changes":
+        sc = msg.serve_changes
+        return ServeChanges(
+            tuple(ServeRemoved(r.serveid, r.vnetid) for r in sc.removed),
+            tuple(ServeAdded(serve_from_pb(a)) for a in sc.added),
+        )
+    if kind == "id_conflict":
+        ic = msg.id_conflict
+        return IdConflict(ic.kind, ic.id, ic.kept_by, ic.lost_by, ic.detail)
     return None  # an event kind from a newer route: ignore it

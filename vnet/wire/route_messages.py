@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from vnet.core.claims import Conflict
+from vnet.core.limits import SERVEID_MAX
 from vnet.core.registry import Serve, Vnet
 from vnet.wire.messages import SERVICE, serve_to_pb, vnet_to_pb
 from vnetrpc.v1 import route_pb2 as pb
@@ -28,6 +30,9 @@ class JoinAsk:
     group: str
     resume_vnetid: str
     resume_token: str
+    # The boot the resume pair is from, and the serveids the node had then.
+    resume_boot_id: str = ""
+    resume_serveids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,14 @@ class Pong:
 
 
 def _join(msg: pb.JoinRequest) -> JoinAsk:
-    return JoinAsk(msg.name, msg.group, msg.resume_vnetid, msg.resume_token)
+    return JoinAsk(
+        msg.name,
+        msg.group,
+        msg.resume_vnetid,
+        msg.resume_token,
+        msg.resume_boot_id,
+        tuple(msg.resume_serveids[:SERVEID_MAX]),
+    )
 
 
 def _register(msg: pb.RegisterServeRequest) -> ServeAsk:
@@ -159,6 +171,32 @@ def serve_added_event(serve: Serve) -> bytes:
     return _event(pb.ControlEvent(serve_added=serve_to_pb(serve)))
 
 
+def serve_changes_event(added: Sequence[Serve], removed: Sequence[tuple[int, str]]) -> bytes:
+    """Several changes as one message (vnet.core.feed.Batch): removed first, then added."""
+    return _event(
+        pb.ControlEvent(
+            serve_changes=pb.ServeChanges(
+                removed=[pb.ServeRemoved(serveid=s, vnetid=v) for s, v in removed],
+                added=[serve_to_pb(s) for s in added],
+            )
+        )
+    )
+
+
+def id_conflict_event(conflict: Conflict) -> bytes:
+    return _event(
+        pb.ControlEvent(
+            id_conflict=pb.IdConflict(
+                kind=conflict.kind,
+                id=conflict.ident,
+                kept_by=conflict.kept_by,
+                lost_by=conflict.lost_by,
+                detail=conflict.words(),
+            )
+        )
+    )
+
+
 def serve_removed_event(serve: Serve) -> bytes:
     return _event(
         pb.ControlEvent(serve_removed=pb.ServeRemoved(serveid=serve.serveid, vnetid=serve.vnetid))
@@ -209,7 +247,20 @@ def _parse(kind: Any, convert: Callable[[Any], Any] | None = None) -> Callable[[
 
 
 def _build(convert: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-    return lambda answer: convert(answer).SerializeToString()
+    # An answer already encoded (a handler's cached list) goes out as it is.
+    return lambda answer: (
+        answer if isinstance(answer, bytes) else convert(answer).SerializeToString()
+    )
+
+
+def list_serves_answer(serves: Sequence[Serve]) -> bytes:
+    """A ListServes answer, encoded (for a handler that keeps it)."""
+    return _serves(serves).SerializeToString()
+
+
+def list_vnets_answer(vnets: Iterable[tuple[Vnet, int]]) -> bytes:
+    """A ListVnets answer, encoded (for a handler that keeps it)."""
+    return _vnets(vnets).SerializeToString()
 
 
 def _empty(kind: Any) -> Callable[[Any], bytes]:
@@ -258,8 +309,9 @@ def route_handlers(
         for name, (parse, build) in UNARY_CODECS.items()
     }
     # The events are bytes already (see above): no serializer.
+    # The handler gets ControlRequest.serve_changes: whether the node takes batches.
     table["Control"] = grpc.unary_stream_rpc_method_handler(
-        control, request_deserializer=_parse(pb.ControlRequest)
+        control, request_deserializer=_parse(pb.ControlRequest, lambda m: m.serve_changes)
     )
     # No (de)serializers: frames go through as the bytes they came as.
     table["Dial"] = grpc.stream_stream_rpc_method_handler(dial)

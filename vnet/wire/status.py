@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from vnet.core.errors import (
+    Busy,
     Forbidden,
     LimitExceeded,
     LocalProtocolError,
@@ -50,4 +51,22 @@ def error_of(exc: grpc.aio.AioRpcError) -> VnetError:
     """The vnet error for a failed call; unknown codes mean the route is unwell."""
     kind = ERROR_OF.get(exc.code(), RouteUnavailable)
     details = exc.details() or exc.code().name
+    if kind is LimitExceeded:
+        hint = retry_hint(exc)
+        if hint > 0:
+            return Busy(details, hint)
     return kind(details)
+
+
+# The route's retry hint on a RESOURCE_EXHAUSTED (trailing metadata), in milliseconds.
+MD_RETRY_AFTER = "vnet-retry-after-ms"
+
+
+def retry_hint(exc: grpc.aio.AioRpcError) -> float:
+    """The hint in seconds; 0 without one (or with one that is not a number)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == MD_RETRY_AFTER:
+            text = value if isinstance(value, str) else value.decode("ascii", "replace")
+            if text.isascii() and text.isdigit():
+                return min(int(text), 600_000) / 1000
+    return 0.0

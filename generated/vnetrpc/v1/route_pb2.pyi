@@ -20,7 +20,13 @@ valid for that group only; the route may also have one token for all
 groups. Every authentication failure is UNAUTHENTICATED with the same text;
 repeated failures from one address are answered RESOURCE_EXHAUSTED for a
 while. Caps (nodes, serves per node, tunnels per node) answer
-RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT.
+RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT. A route busy
+admitting a storm of Joins answers RESOURCE_EXHAUSTED too, with a retry hint
+in the trailing metadata key "vnet-retry-after-ms" (decimal milliseconds):
+wait at least that long (plus jitter) before the next try.
+
+A group holds at most 999 serves (serveids 1-999), of which the route
+assigns 499 (1-499); RegisterServe beyond that is RESOURCE_EXHAUSTED.
 
 Each tunnelled TCP connection, and each UDP flow (the datagrams of one
 client address, see TunnelFrame), is one pair of bidirectional streams: the node
@@ -44,7 +50,8 @@ them; none is negotiated):
   without calls open, but not more often than every 500 ms (else the
   route answers with GOAWAY "too_many_pings").
 - The TLS/HTTP/2 handshake, and the Control stream after Join, must come
-  within 10 s; a session whose Control stream never opens expires then.
+  within 10 s; a session whose Control stream never opens expires then
+  (time the route itself was too busy to read anything is not counted).
 - A Dial waits for the serving node's Accept for 10 s, counted from the
   Dial or from that node's last Accept, whichever is later (a node
   working through a burst is slow, not gone), and 60 s at most; then it
@@ -82,6 +89,8 @@ class JoinRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     RESUME_VNETID_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    RESUME_BOOT_ID_FIELD_NUMBER: _builtins.int
+    RESUME_SERVEIDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A name for humans; shown in ListVnets. Need not be unique."""
     group: _builtins.str
@@ -98,6 +107,22 @@ class JoinRequest(_message.Message):
     """
     resume_token: _builtins.str
     """The resume_token of that previous JoinResponse; empty when not rejoining."""
+    resume_boot_id: _builtins.str
+    """The boot_id of that previous JoinResponse. When it is not the route's own
+    (the route restarted), the node is claiming its old ids: the route holds
+    resume_vnetid and resume_serveids for it for a grace period (60 s from
+    its start), makes fresh ids only outside the claimed set (a RegisterServe
+    that needs a fresh dynamic serveid is answered RESOURCE_EXHAUSTED with a
+    retry hint until no claim has come for 5 s), and when two nodes claim one
+    id the first keeps it (a dynamic serveid or a vnetid is reassigned, a
+    static serveid refused) and both get an id_conflict event.
+    """
+    @_builtins.property
+    def resume_serveids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The serveids the node had registered in that previous session; with
+        resume_boot_id, held for it until it registers them again.
+        """
+
     def __init__(
         self,
         *,
@@ -105,10 +130,12 @@ class JoinRequest(_message.Message):
         group: _builtins.str = ...,
         resume_vnetid: _builtins.str = ...,
         resume_token: _builtins.str = ...,
+        resume_boot_id: _builtins.str = ...,
+        resume_serveids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "name", b"name", "resume_token", b"resume_token", "resume_vnetid", b"resume_vnetid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "name", b"name", "resume_boot_id", b"resume_boot_id", "resume_serveids", b"resume_serveids", "resume_token", b"resume_token", "resume_vnetid", b"resume_vnetid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,12 +187,21 @@ class ControlRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SERVE_CHANGES_FIELD_NUMBER: _builtins.int
+    serve_changes: _builtins.bool
+    """The node understands ControlEvent.serve_changes: several serve changes
+    may come as one message. Without it each change comes as a serve_added
+    or serve_removed of its own (still coalesced: only the latest state of
+    each serveid, and a snapshot when the stream is far behind).
+    """
     def __init__(
         self,
+        *,
+        serve_changes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serve_changes", b"serve_changes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,6 +219,8 @@ class ControlEvent(_message.Message):
     OPEN_TUNNEL_FIELD_NUMBER: _builtins.int
     GOING_AWAY_FIELD_NUMBER: _builtins.int
     UNSERVE_ASKED_FIELD_NUMBER: _builtins.int
+    SERVE_CHANGES_FIELD_NUMBER: _builtins.int
+    ID_CONFLICT_FIELD_NUMBER: _builtins.int
     ECHO_ASKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___ServeSnapshot:
@@ -214,6 +252,20 @@ class ControlEvent(_message.Message):
         """
 
     @_builtins.property
+    def serve_changes(self) -> Global___ServeChanges:
+        """Several serve changes at once, in place of one serve_added or
+        serve_removed each: a control stream that has more than one change
+        waiting gets them in one message. A stream far behind gets a fresh
+        snapshot instead (which replaces everything the node knew).
+        """
+
+    @_builtins.property
+    def id_conflict(self) -> Global___IdConflict:
+        """Two nodes claimed one id after a route restart (see
+        JoinRequest.resume_boot_id); sent to both.
+        """
+
+    @_builtins.property
     def echo_asked(self) -> Global___EchoAsked:
         """Another node times a round trip through this one (Ping with
         via_vnetid): call Echo with the probe at once.
@@ -228,17 +280,93 @@ class ControlEvent(_message.Message):
         open_tunnel: Global___OpenTunnel | None = ...,
         going_away: Global___GoingAway | None = ...,
         unserve_asked: Global___UnserveAsked | None = ...,
+        serve_changes: Global___ServeChanges | None = ...,
+        id_conflict: Global___IdConflict | None = ...,
         echo_asked: Global___EchoAsked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["echo_asked", b"echo_asked", "event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["echo_asked", b"echo_asked", "event", b"event", "going_away", b"going_away", "id_conflict", b"id_conflict", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_changes", b"serve_changes", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo_asked", b"echo_asked", "event", b"event", "going_away", b"going_away", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo_asked", b"echo_asked", "event", b"event", "going_away", b"going_away", "id_conflict", b"id_conflict", "open_tunnel", b"open_tunnel", "serve_added", b"serve_added", "serve_changes", b"serve_changes", "serve_removed", b"serve_removed", "snapshot", b"snapshot", "unserve_asked", b"unserve_asked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away", "unserve_asked", "echo_asked"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "serve_added", "serve_removed", "open_tunnel", "going_away", "unserve_asked", "serve_changes", "id_conflict", "echo_asked"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ControlEvent: _TypeAlias = ControlEvent  # noqa: Y015
+
+@_typing.final
+class ServeChanges(_message.Message):
+    """Serve changes of the group since the stream's last message; apply the
+    removed ones first, then the added ones.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServeRemoved]:
+        """Serves withdrawn (by serveid); a serveid may also be in added, when
+        another serve took it since.
+        """
+
+    @_builtins.property
+    def added(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServeInfo]:
+        """Serves registered or re-registered, as they are now; ordered by serveid."""
+
+    def __init__(
+        self,
+        *,
+        removed: _abc.Iterable[Global___ServeRemoved] | None = ...,
+        added: _abc.Iterable[Global___ServeInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServeChanges: _TypeAlias = ServeChanges  # noqa: Y015
+
+@_typing.final
+class IdConflict(_message.Message):
+    """An id claimed by two nodes returning after a route restart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    KEPT_BY_FIELD_NUMBER: _builtins.int
+    LOST_BY_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"vnetid" or "serveid"."""
+    id: _builtins.str
+    """The vnetid, or the serveid in decimal."""
+    kept_by: _builtins.str
+    """The vnetid of the node that keeps it (it claimed first)."""
+    lost_by: _builtins.str
+    """The vnetid of the node that does not (it was given another id, or for
+    a static serveid is refused).
+    """
+    detail: _builtins.str
+    """The same in one line, for logs."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        id: _builtins.str = ...,
+        kept_by: _builtins.str = ...,
+        lost_by: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "id", b"id", "kept_by", b"kept_by", "kind", b"kind", "lost_by", b"lost_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdConflict: _TypeAlias = IdConflict  # noqa: Y015
 
 @_typing.final
 class EchoAsked(_message.Message):

@@ -20,7 +20,13 @@ valid for that group only; the route may also have one token for all
 groups. Every authentication failure is UNAUTHENTICATED with the same text;
 repeated failures from one address are answered RESOURCE_EXHAUSTED for a
 while. Caps (nodes, serves per node, tunnels per node) answer
-RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT.
+RESOURCE_EXHAUSTED; malformed requests INVALID_ARGUMENT. A route busy
+admitting a storm of Joins answers RESOURCE_EXHAUSTED too, with a retry hint
+in the trailing metadata key "vnet-retry-after-ms" (decimal milliseconds):
+wait at least that long (plus jitter) before the next try.
+
+A group holds at most 999 serves (serveids 1-999), of which the route
+assigns 499 (1-499); RegisterServe beyond that is RESOURCE_EXHAUSTED.
 
 Each tunnelled TCP connection, and each UDP flow (the datagrams of one
 client address, see TunnelFrame), is one pair of bidirectional streams: the node
@@ -44,7 +50,8 @@ them; none is negotiated):
   without calls open, but not more often than every 500 ms (else the
   route answers with GOAWAY "too_many_pings").
 - The TLS/HTTP/2 handshake, and the Control stream after Join, must come
-  within 10 s; a session whose Control stream never opens expires then.
+  within 10 s; a session whose Control stream never opens expires then
+  (time the route itself was too busy to read anything is not counted).
 - A Dial waits for the serving node's Accept for 10 s, counted from the
   Dial or from that node's last Accept, whichever is later (a node
   working through a burst is slow, not gone), and 60 s at most; then it
