@@ -25,7 +25,7 @@ async def test_a_ping_via_a_node_goes_through_it_and_back(
     office = await make_node("office")
     assert await office.client.ping_via(home.vnetid)
     assert await home.client.ping_via(office.vnetid)
-    assert route.servicer.probes.echoed == 2
+    assert route.servicer.between.probes.echoed == 2
 
 
 async def test_via_a_node_of_another_group_or_none_is_not_found(make_node: MakeNode) -> None:
@@ -54,12 +54,12 @@ async def test_a_node_that_does_not_echo_is_answered_for_after_one_timeout(
             ask = pb.PingRequest(nonce=7, via_vnetid=joined.vnetid)
             first = await asker.stub.Ping(ask, metadata=md, timeout=TIMEOUT)
             assert (first.nonce, first.via_echoed) == (7, False)
-            assert route.servicer.probes.unanswered == 1
+            assert route.servicer.between.probes.unanswered == 1
             # Known silent now: answered at once, without another wait.
             second = await asker.stub.Ping(ask, metadata=md, timeout=TIMEOUT)
             assert not second.via_echoed
-            assert route.servicer.probes.unanswered == 1
-            assert len(route.servicer.probes) == 0
+            assert route.servicer.between.probes.unanswered == 1
+            assert len(route.servicer.between.probes) == 0
             # An Echo nobody waits for (late, or made up) is refused.
             code, details = await status_of(
                 raw.stub.Echo(
@@ -98,7 +98,7 @@ async def test_a_raw_client_that_echoes_is_timed_through(make_route: MakeRoute) 
         await raw.stub.Echo(pb.EchoRequest(probe=event.echo_asked.probe), metadata=md, timeout=5)
         answer = await asyncio.wait_for(ping, TIMEOUT)
         assert answer.via_echoed
-        assert route.servicer.probes.echoed == 1
+        assert route.servicer.between.probes.echoed == 1
         control.cancel()
     finally:
         await raw.close()

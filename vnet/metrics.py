@@ -87,8 +87,8 @@ class RouteCollector:
             "Pings passed on through another node (nodes timing their paths), by outcome",
             labels=["outcome"],
         )
-        probes.add_metric(["echoed"], s.probes.echoed)
-        probes.add_metric(["unanswered"], s.probes.unanswered)
+        probes.add_metric(["echoed"], s.between.probes.echoed)
+        probes.add_metric(["unanswered"], s.between.probes.unanswered)
         yield probes
         if self.admin is not None:
             actions = CounterMetricFamily(

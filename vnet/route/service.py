@@ -38,21 +38,20 @@ from vnet.core.errors import (
     InvalidRequest,
     LimitExceeded,
     NotFound,
-    Refused,
     RouteUnavailable,
     Unanswered,
     VnetError,
 )
-from vnet.core.limits import HOST_MAX, SERVEID_MAX
+from vnet.core.limits import SERVEID_MAX
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
 from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
+from vnet.route.between import Between
 from vnet.route.fanout import Fanout
 from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
 from vnet.route.link import Link
-from vnet.route.probes import Probes
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
@@ -152,10 +151,10 @@ class RouteServicer:
         self.sessions: dict[Session, Link] = {}
         self.pending = Rendezvous(self.timeouts.accept, self.timeouts.accept_limit)
         self._handovers: dict[Pending, _Handover] = {}
-        # Unserve requests waiting for the asked node: id -> (asked, answer).
-        self.unserves: dict[str, tuple[Link, asyncio.Future[msg.UnserveAnswer]]] = {}
-        # Pings on through another node (vnet/route/probes.py).
-        self.probes = Probes(self.timeouts.echo)
+        # What one node asks of another through the route: unserve, probes.
+        self.between = Between(
+            self._peer, self.registry, self.timeouts.unserve, self.timeouts.echo, ids, clock
+        )
         self.splices: set[Splice] = set()
         # Set when the route starts going away.
         self.stopping = False
@@ -396,77 +395,30 @@ class RouteServicer:
         self, request: msg.PingAsk, context: grpc.aio.ServicerContext[Any, Any]
     ) -> msg.Pong:
         link = self._session(context)
-        if not request.via:
-            return msg.Pong(request.nonce, self.boot_id)
-        found = self.table.of_vnet(request.via)
-        via = None if found is None else self.sessions.get(found)
-        if via is None or via.vnet.group != link.vnet.group or via.core.closed:
-            # Another group's node looks exactly like one that does not exist.
-            raise NotFound(f"no vnet {request.via!r} in this group")
-        asked = self.probes.ask(link, via, self.clock())
-        if asked is None:
-            return msg.Pong(request.nonce, self.boot_id)
-        number, done = asked
-        via.push(msg.echo_asked_event(number))
-        echoed = await self.probes.wait(link, via, number, done)
+        echoed = bool(request.via) and await self.between.ping_via(link, request.via)
         return msg.Pong(request.nonce, self.boot_id, echoed)
 
     async def Echo(self, probe: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.probes.answered(self._session(context), probe)
+        self.between.probes.answered(self._session(context), probe)
 
     async def Unserve(
         self, request: msg.UnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Serve:
-        link = self._session(context)
-        found = self.table.of_vnet(request.vnetid)
-        asked = None if found is None else self.sessions.get(found)
-        if asked is None or asked.vnet.group != link.vnet.group or asked.core.closed:
-            # Another group's node looks exactly like one that does not exist.
-            raise NotFound(f"no vnet {request.vnetid!r} in this group")
-        if asked is link:
-            raise InvalidRequest("that is this node: serve it with serve run instead")
-        if not 1 <= request.port <= 65535:
-            raise InvalidRequest(f"port {request.port} is out of range (1-65535)")
-        ip = request.ip or "127.0.0.1"
-        if len(ip) > HOST_MAX or any(ord(ch) <= 32 for ch in ip):
-            raise InvalidRequest("ip is not an address or host name")
-        if request.type not in ("tcp", "udp"):
-            raise InvalidRequest(f"type {request.type!r} is not supported (tcp or udp)")
-        request_id = self._ids()
-        answer: asyncio.Future[msg.UnserveAnswer] = asyncio.get_running_loop().create_future()
-        self.unserves[request_id] = (asked, answer)
-        asked.push(
-            msg.unserve_asked_event(request_id, link.vnet.vnetid, ip, request.port, request.type)
-        )
-        log.info(
-            "vnet %s asks vnet %s to offer %s:%s",
-            link.vnet.vnetid,
-            asked.vnet.vnetid,
-            ip,
-            request.port,
-        )
-        try:
-            reply = await asyncio.wait_for(answer, self.timeouts.unserve)
-        except TimeoutError:
-            raise Unanswered(f"vnet {asked.vnet.vnetid} did not answer in time") from None
-        finally:
-            self.unserves.pop(request_id, None)
-        if reply.refusal or not reply.serveid:
-            raise Refused(f"vnet {asked.vnet.vnetid} refused: {reply.refusal or 'no reason'}")
-        serve = self.registry.find(asked.vnet.group, reply.serveid)
-        if serve.vnetid != asked.vnet.vnetid or not serve.unserve or serve.type != request.type:
-            raise Refused(f"vnet {asked.vnet.vnetid} answered with a serve that is not its unserve")
-        return serve
+        return await self.between.unserve(self._session(context), request)
 
     async def AnswerUnserve(
         self, request: msg.UnserveAnswer, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        link = self._session(context)
-        waiting = self.unserves.get(request.request_id)
-        if waiting is None or waiting[0] is not link:
-            raise NotFound("no such unserve request waiting for this vnet")
-        if not waiting[1].done():
-            waiting[1].set_result(request)
+        self.between.answer_unserve(self._session(context), request)
+
+    def _peer(self, link: Link, vnetid: str) -> Link:
+        """The live node vnetid of link's group; NotFound otherwise."""
+        found = self.table.of_vnet(vnetid)
+        peer = None if found is None else self.sessions.get(found)
+        if peer is None or peer.vnet.group != link.vnet.group or peer.core.closed:
+            # Another group's node looks exactly like one that does not exist.
+            raise NotFound(f"no vnet {vnetid!r} in this group")
+        return peer
 
     # --- control stream ----------------------------------------------------
 
