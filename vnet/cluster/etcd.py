@@ -178,8 +178,8 @@ class Etcd:
 
     def unavailable(self, what: str, reason: str) -> StoreUnavailable:
         return StoreUnavailable(
-            f"the cluster store (etcd at {self.access.describe()}) {reason}: {what} "
-            f"(member {self.endpoint})"
+            f"the cluster store is unavailable: etcd at {self.access.describe()} {reason} "
+            f"(member {self.endpoint}, to {what})"
         )
 
     async def call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
