@@ -131,11 +131,13 @@ async def test_a_dynamic_serveid_taken_elsewhere_is_reassigned(make_store: MakeS
         a.register(va, 7, "web", "127.0.0.1", 80), b.register(vb, 7, "web", "127.0.0.1", 80)
     )
     ids = {first.serve.serveid, second.serve.serveid}
-    assert 7 in ids and len(ids) == 2
+    assert 7 in ids
+    assert len(ids) == 2
     assert [first.reassigned, second.reassigned].count(True) == 1
     # Its own serve again under the same serveid replaces it (a re-registration).
     again = await a.register(va, first.serve.serveid, "web2", "127.0.0.1", 81)
-    assert again.replaced == first.serve and not again.reassigned
+    assert again.replaced == first.serve
+    assert not again.reassigned
     # 0 asks for any free dynamic one.
     assert (await a.register(va, 0, "x", "127.0.0.1", 1)).serve.serveid not in ids
 
@@ -208,7 +210,7 @@ async def test_a_killed_route_leaves_the_store_within_its_ttl(
             sys.executable,
             "-m",
             "tests.cluster_holder",
-            "%s:%d" % etcd.endpoint,
+            f"{etcd.endpoint[0]}:{etcd.endpoint[1]}",
             "a",
             str(ttl),
             "60",
@@ -235,11 +237,13 @@ async def test_a_killed_route_leaves_the_store_within_its_ttl(
         # The session outlives the route (its lease is the long one): the node
         # resumes on b with its vnetid and its dynamic serveid.
         session = await b.load_session("resume-secret")
-        assert session is not None and session.vnet.vnetid == vnetid
+        assert session is not None
+        assert session.vnet.vnetid == vnetid
         await b.take_over_vnet(session.vnet)
         assert (await b.node(vnetid)).route_id == "b"
         back = await b.register(session.vnet, session.serveids[0], "ssh", "127.0.0.1", 22)
-        assert back.serve.serveid == serveid and not back.reassigned
+        assert back.serve.serveid == serveid
+        assert not back.reassigned
     finally:
         await holder.stop(signal.SIGKILL)
         await events.stop()
@@ -258,7 +262,8 @@ async def test_resume_takes_a_node_over_before_the_old_route_expires(
     await b.take_over_vnet(vnet)
     # Its own serveid comes back at once: same vnetid, so it replaces a's entry.
     moved = await b.register(vnet, 9, "web", "127.0.0.1", 80)
-    assert moved.serve.serveid == 9 and moved.replaced == reg.serve
+    assert moved.serve.serveid == 9
+    assert moved.replaced == reg.serve
     assert (await a.find("g", 9)).route_id == "b"
     # a, seeing the node leave late, removes nothing: the node is b's now.
     assert await a.remove_vnet(vnet.vnetid) == []
