@@ -113,7 +113,8 @@ async def test_two_routes_racing_for_a_static_serveid_exactly_one_wins(
         wins = [r for r in pair if not isinstance(r, BaseException)]
         losses = [r for r in pair if isinstance(r, BaseException)]
         assert len(wins) == 1, (sid, pair)
-        assert len(losses) == 1 and isinstance(losses[0], ServeIdTaken), (sid, pair)
+        assert len(losses) == 1, (sid, pair)
+        assert isinstance(losses[0], ServeIdTaken), (sid, pair)
         assert f"static serveid {sid} is already registered" in str(losses[0])
         winner = wins[0].serve.vnetid
         # The first keeps it: the store, as seen from either route, agrees.
