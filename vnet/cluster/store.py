@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vnet.cluster.etcd import TXN, Etcd, EtcdAccess
+from vnet.core.cluster_config import DEFAULT_LEASE_TTL, DEFAULT_PREFIX, DEFAULT_RESUME_TTL
 from vnet.core.cluster_keys import (
-    DEFAULT_PREFIX,
     Keys,
     LeaseTiming,
     NodeRecord,
@@ -54,8 +54,6 @@ from vnet.core.registry import Registration, Serve, Vnet
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LEASE_TTL = 10
-DEFAULT_RESUME_TTL = 60
 # Compare-and-swap rounds before giving up: each lost round means another
 # route wrote the same keys meanwhile, so a few rounds settle any real race.
 CAS_ROUNDS = 16

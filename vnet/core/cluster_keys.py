@@ -35,11 +35,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from vnet.core.cluster_config import DEFAULT_PREFIX
 from vnet.core.config import SERVEID_MAX, STATIC_SERVEID_MIN
 from vnet.core.errors import InvalidRequest, NoFreeServeId
 from vnet.core.registry import Serve, Vnet
 
-DEFAULT_PREFIX = "vnet/"
 DYNAMIC_SERVEIDS = range(1, STATIC_SERVEID_MIN)
 
 
