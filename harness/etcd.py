@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import importlib.util
 import shutil
+import signal
+import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.procs import HOST, POLL, Child, HarnessError, free_port, spawn
@@ -37,11 +40,25 @@ def etcd_binary() -> str:
     )
 
 
+@dataclass(frozen=True)
+class EtcdTlsFiles:
+    """Client TLS for etcd: its certificate, and the CA its clients' certificates
+    must chain to (etcd then requires one: --client-cert-auth)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    # A client certificate signed by client_ca, for the health probe.
+    probe_cert: Path
+    probe_key: Path
+
+
 class EtcdServer:
     """One etcd member on 127.0.0.1: client_port for clients, its own data dir."""
 
-    def __init__(self, workdir: Path, name: str = "etcd") -> None:
+    def __init__(self, workdir: Path, name: str = "etcd", tls: EtcdTlsFiles | None = None) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.name = name
         self.data_dir = workdir / f"{name}-data"
         self.client_port = free_port()
@@ -51,7 +68,8 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{HOST}:{self.client_port}"
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -74,6 +92,16 @@ class EtcdServer:
             # Test data only: no fsync, so a shared, busy disk does not slow
             # every write (the demo and the tests lose nothing they need).
             "--unsafe-no-fsync",
+        ] + self._tls_args()
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls.cert}",
+            f"--key-file={self.tls.key}",
+            f"--trusted-ca-file={self.tls.client_ca}",
+            "--client-cert-auth",
         ]
 
     async def start(self, timeout: float = START_TIMEOUT) -> None:
@@ -97,11 +125,15 @@ class EtcdServer:
 
     async def healthy(self) -> bool:
         """etcd's /health says true (it has a leader and serves reads)."""
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.client_ca))
+            context.load_cert_chain(str(self.tls.probe_cert), str(self.tls.probe_key))
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(HOST, self.client_port), 2.0
+                asyncio.open_connection(HOST, self.client_port, ssl=context), 2.0
             )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, ssl.SSLError):
             return False
         try:
             writer.write(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
@@ -118,7 +150,5 @@ class EtcdServer:
         """Stop it (SIGKILL with kill), keeping its data dir for a later start()."""
         if self.child is None:
             return
-        import signal
-
         await self.child.stop(signal.SIGKILL if kill else signal.SIGTERM, grace=10.0)
         self.child = None

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
-from harness.etcd import EtcdServer
+from harness.etcd import EtcdServer, EtcdTlsFiles
 from harness.procs import spawn, unbuffered_env
 from tests.conftest import TIMEOUT, wait_until
 from vnet.cluster.etcd import EtcdAccess, EtcdEndpoint
@@ -332,3 +333,52 @@ async def test_a_route_cut_off_past_its_lease_is_fenced(
 
     await wait_until(a_gone, "a's node to expire", TIMEOUT * 3, interval=0.1)
     assert [r.route_id for r in await b.routes()] == ["b"]
+
+
+async def test_the_store_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("route-a")
+    files = {}
+    for name, blob in (
+        ("ca", ca.cert_pem),
+        ("server-cert", server.cert_chain_pems[0]),
+        ("server-key", server.private_key_pem),
+        ("client-cert", client.cert_chain_pems[0]),
+        ("client-key", client.private_key_pem),
+    ):
+        files[name] = tmp_path / f"{name}.pem"
+        blob.write_to_path(str(files[name]))
+    tls = EtcdTlsFiles(
+        files["server-cert"],
+        files["server-key"],
+        files["ca"],
+        files["client-cert"],
+        files["client-key"],
+    )
+    etcd = EtcdServer(tmp_path, tls=tls)
+    await etcd.start()
+    endpoint = (EtcdEndpoint(*etcd.endpoint),)
+    good = EtcdAccess(
+        endpoint,
+        tls=True,
+        ca=files["ca"].read_bytes(),
+        cert=files["client-cert"].read_bytes(),
+        key=files["client-key"].read_bytes(),
+        call_timeout=3,
+    )
+    store = ClusterStore(good, "a", "127.0.0.1:7750")
+    try:
+        await store.start()
+        vnet = await store.add_vnet("office", "g")
+        assert (await store.register(vnet, 600, "ssh", "127.0.0.1", 22)).serve.serveid == 600
+        # No client certificate: etcd refuses the handshake, and the error says
+        # which store and which URL.
+        bare = ClusterStore(
+            EtcdAccess(endpoint, tls=True, ca=good.ca, call_timeout=3), "b", "127.0.0.1:7751"
+        )
+        with pytest.raises(StoreUnavailable, match=r"etcd at https://127\.0\.0\.1:\d+"):
+            await bare.start()
+        await bare.close()
+    finally:
+        await store.close()
+        await etcd.stop()
