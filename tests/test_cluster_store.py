@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import trustme
 
-from harness.etcd import EtcdServer, EtcdTlsFiles
+from harness.etcd import EtcdServer, EtcdTlsFiles, etcd_binary
 from harness.procs import spawn, unbuffered_env
 from tests.conftest import TIMEOUT, wait_until
 from vnet.cluster.etcd import EtcdAccess, EtcdEndpoint
 from vnet.cluster.store import ClusterStore, RouteIdTaken, ServeEvent
 from vnet.core.cluster_keys import SessionRecord
-from vnet.core.errors import Fenced, NotFound, ServeIdTaken, StoreUnavailable
+from vnet.core.errors import Fenced, InvalidRequest, NotFound, ServeIdTaken, StoreUnavailable
 
 MakeStore = Callable[..., Awaitable[ClusterStore]]
 
@@ -151,6 +151,10 @@ async def test_vnetids_are_unique_across_routes(make_store: MakeStore) -> None:
     )
     assert len({v.vnetid for v in vnets}) == 20
     assert {(await a.node(v.vnetid)).route_id for v in vnets} == {"a", "b"}
+    with pytest.raises(InvalidRequest, match="name"):
+        await a.add_vnet("x" * 65, "g")
+    with pytest.raises(InvalidRequest, match="port"):
+        await a.register(vnets[0], 0, "web", "127.0.0.1", 0)
     # A node's old vnetid is given back when free, and not when another holds it.
     assert (await b.add_vnet("back", "g", wanted="77")).vnetid == "77"
     assert (await a.add_vnet("thief", "g", wanted="77")).vnetid != "77"
@@ -382,3 +386,41 @@ async def test_the_store_over_tls_with_a_client_certificate(tmp_path: Path) -> N
     finally:
         await store.close()
         await etcd.stop()
+
+
+async def test_the_store_with_etcd_user_and_password(etcd: EtcdServer) -> None:
+    etcdctl = str(Path(etcd_binary()).with_name("etcdctl"))
+    for args in (
+        ["user", "add", "root:root-pass"],
+        ["user", "add", "vnet:vnet-pass"],
+        ["user", "grant-role", "vnet", "root"],
+        ["auth", "enable"],
+    ):
+        run = await asyncio.create_subprocess_exec(
+            etcdctl,
+            f"--endpoints={etcd.url}",
+            *(["--user=root:root-pass"] if args[0] != "user" or args[1] != "add" else []),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(run.communicate(), TIMEOUT)
+        assert run.returncode == 0, (args, out)
+    endpoint = (EtcdEndpoint(*etcd.endpoint),)
+    store = ClusterStore(
+        EtcdAccess(endpoint, user="vnet", password="vnet-pass", call_timeout=3), "a", "h:1"
+    )
+    wrong = ClusterStore(
+        EtcdAccess(endpoint, user="vnet", password="nope", call_timeout=3), "b", "h:2"
+    )
+    try:
+        await store.start()
+        vnet = await store.add_vnet("office", "g")
+        assert (await store.register(vnet, 0, "web", "127.0.0.1", 80)).serve.serveid == 1
+        with pytest.raises(
+            StoreUnavailable, match="authentication failed, invalid user ID or password"
+        ):
+            await wrong.start()
+    finally:
+        await store.close()
+        await wrong.close()

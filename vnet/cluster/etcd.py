@@ -215,6 +215,9 @@ class Etcd:
             with self._translated(what):
                 async for event in watch:
                     yield event
+            # aetcd ends a watch quietly when its client is closed (after
+            # another call found the member unavailable): never a quiet end here.
+            raise self.unavailable(what, "closed the watch")
         finally:
             with contextlib.suppress(Exception):
                 await watch.cancel()

@@ -50,6 +50,7 @@ from vnet.core.cluster_keys import (
     wanted_vnetid,
 )
 from vnet.core.errors import Fenced, InvalidRequest, NotFound, ServeIdTaken, VnetError
+from vnet.core.limits import HOST_MAX, INFO_MAX, NAME_MAX, text_problem
 from vnet.core.registry import Registration, Serve, Vnet
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,9 @@ class ClusterStore:
                 self._last_ack = self._clock()
             except VnetError as exc:
                 logger.warning("cluster: lease refresh failed: %s", exc)
+                if "lease not found" in str(exc):
+                    self._fence("etcd says the lease has expired")
+                    return
                 if self.timing.fenced(self._last_ack, self._clock()):
                     self._fence(f"no refresh for {self.timing.fence_after:.1f} s")
                     return
@@ -215,6 +219,10 @@ class ClusterStore:
         """
         if not group:
             raise InvalidRequest("group must not be empty")
+        for what, value in (("name", name), ("group", group)):
+            problem = text_problem(value, NAME_MAX)
+            if problem:
+                raise InvalidRequest(f"{what} {problem}")
         asked = wanted_vnetid(wanted)
         if asked:
             vnet = Vnet(asked, name, group)
@@ -322,6 +330,14 @@ class ClusterStore:
         """The single route's serveid rules, across the cluster (see claim_serveid)."""
         if not 1 <= port <= 65535:
             raise InvalidRequest(f"port {port} is out of range (1-65535)")
+        for what, value, limit in (
+            ("name", name, NAME_MAX),
+            ("info", info, INFO_MAX),
+            ("ip", ip, HOST_MAX),
+        ):
+            problem = text_problem(value, limit)
+            if problem:
+                raise InvalidRequest(f"{what} {problem}")
         type = type or "tcp"
         if type not in ("tcp", "udp"):
             raise InvalidRequest(f"type {type!r} is not supported (tcp or udp)")
