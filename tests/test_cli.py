@@ -48,7 +48,8 @@ async def test_check_prints_every_problem(procs: Procs, tmp_path: Path) -> None:
         "vnet: bad.ini:9: [serve.b] port: is required",
         "vnet: bad.ini:16: [use.y] port: 80 is already the port of [use.x]",
         "vnet: bad.ini:17: [bogus.z]: unknown section "
-        "(expected [route], [vnet], [admin], [serve.NAME], [use.NAME] or [group.NAME])",
+        "(expected [route], [vnet], [admin], [cluster], [serve.NAME], [use.NAME] "
+        "or [group.NAME])",
         "vnet: warning: bad.ini:19: [use.off] serveid: not set, so this use is disabled",
         "vnet: bad.ini: 7 problem(s)",
     ]

@@ -172,7 +172,8 @@ def test_route_reads_only_route_section() -> None:
         (
             "[route]\nip=a\nport=1\n[server.x]\nport=22\n",
             "c.ini:4: [server.x]: unknown section "
-            "(expected [route], [vnet], [admin], [serve.NAME], [use.NAME] or [group.NAME])",
+            "(expected [route], [vnet], [admin], [cluster], [serve.NAME], [use.NAME] "
+            "or [group.NAME])",
         ),
         (
             "[route]\nip=a\nport=1\n[serve.]\nport=22\n",

@@ -219,7 +219,8 @@ async def test_second_route_on_the_same_port_exits_with_a_clear_error(
             "vnet",
             "[route]\nip=127.0.0.1\nport=7749\n[tunnel.web]\nport=80\n",
             "vnet: bad.ini:4: [tunnel.web]: unknown section "
-            "(expected [route], [vnet], [admin], [serve.NAME], [use.NAME] or [group.NAME])",
+            "(expected [route], [vnet], [admin], [cluster], [serve.NAME], [use.NAME] "
+            "or [group.NAME])",
         ),
         (
             "vnet",

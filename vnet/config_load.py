@@ -96,6 +96,12 @@ def load_route(
     settings = checked.config
     extra: list[ConfigError] = []
     security = load_security(settings, environ, problems=extra)
+    if settings.cluster is not None:
+        from vnet.cluster.credentials import load_cluster
+
+        # Checked for the start and --check alike; the route is wired to the
+        # store in issue 16's second part, so nothing uses the result yet.
+        extra.extend(load_cluster(settings, os.environ if environ is None else environ)[1])
     if checked.ok and not extra:
         extra.extend(_route_tls(settings))
     if checked.ok and not extra:

@@ -105,8 +105,16 @@ def read_pem(config_path: str, section: str, key: str, path: str) -> bytes:
         ) from None
 
 
-def check_key_pair(config_path: str, section: str, cert: str, key: str) -> None:
+def check_key_pair(
+    config_path: str,
+    section: str,
+    cert: str,
+    key: str,
+    names: tuple[str, str] = ("tls_cert", "tls_key"),
+) -> None:
     """ConfigError unless `key` is the private key of certificate `cert`.
+
+    names: the config keys that named the two files, for the error.
 
     gRPC reports a mismatch only as BoringSSL lines and a failure to bind
     (route) or to connect (node).
@@ -116,17 +124,17 @@ def check_key_pair(config_path: str, section: str, cert: str, key: str) -> None:
         context.load_verify_locations(cafile=cert)
     except (ssl.SSLError, OSError):
         raise ConfigError(
-            config_path, section, "tls_cert", f"{cert} holds no PEM certificate"
+            config_path, section, names[0], f"{cert} holds no PEM certificate"
         ) from None
     try:
         # A callback, not None: an encrypted key must not prompt on the terminal.
         context.load_cert_chain(cert, key, password=lambda: b"")
     except (ssl.SSLError, OSError) as exc:
         if getattr(exc, "reason", "") == "KEY_VALUES_MISMATCH":
-            why = f"{key} does not match tls_cert {cert}"
+            why = f"{key} does not match {names[0]} {cert}"
         else:
             why = f"{key} holds no unencrypted PEM private key"
-        raise ConfigError(config_path, section, "tls_key", why) from None
+        raise ConfigError(config_path, section, names[1], why) from None
 
 
 def check_ca(config_path: str, section: str, key: str, path: str) -> None:

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 from vnet.core.admin_config import AdminSettings, read_admin
 from vnet.core.auth import insecure_reason
 from vnet.core.budget import DEFAULT_PER_NODE_MIB, DEFAULT_TOTAL_MIB
+from vnet.core.cluster_config import ClusterSettings, read_cluster
 from vnet.core.config_section import SectionReader, token_problem
 from vnet.core.errors import ConfigError
 from vnet.core.ini import Problems, Section, label, read_ini
@@ -105,6 +106,9 @@ class RouteSettings:
     keepalive: int = DEFAULT_KEEPALIVE
     # [admin]: the admin API's token and the dashboard (vnet.core.admin_config).
     admin: AdminSettings = AdminSettings()
+    # [cluster]: the registry shared with other routes in etcd
+    # (vnet.core.cluster_config); None: this route alone, as before.
+    cluster: ClusterSettings | None = None
 
     @property
     def has_tokens(self) -> bool:
@@ -325,7 +329,7 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
     known = []
     for sec in sections.values():
         kind, dot, suffix = sec.name.partition(".")
-        if sec.name in ("route", "vnet", "admin"):
+        if sec.name in ("route", "vnet", "admin", "cluster"):
             known.append(sec)
         elif kind in ("serve", "use", "group") and dot:
             if not suffix.strip():
@@ -343,7 +347,8 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
                 sec.name,
                 None,
                 "unknown section "
-                "(expected [route], [vnet], [admin], [serve.NAME], [use.NAME] or [group.NAME])",
+                "(expected [route], [vnet], [admin], [cluster], [serve.NAME], [use.NAME] "
+                "or [group.NAME])",
             )
     return known
 
@@ -465,6 +470,7 @@ def check_route_config(path: str, text: str | None) -> Checked[RouteSettings]:
         metrics=sec.host_port("metrics"),
         keepalive=sec.integer("keepalive", DEFAULT_KEEPALIVE, 1, 3600),
         admin=read_admin(problems, sections.get("admin"), client_certs=sec.has("tls_client_ca")),
+        cluster=read_cluster(problems, sections.get("cluster")),
         path=path,
         listen=listen,
         token=sec.token("token"),

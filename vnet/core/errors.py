@@ -115,3 +115,15 @@ class Unanswered(RouteUnavailable):
 class Forbidden(VnetError):
     """Not allowed from here, whatever the credential (PERMISSION_DENIED): the admin API
     of a route without an admin token, called from another machine."""
+
+
+class StoreUnavailable(RouteUnavailable):
+    """The route cluster's store (etcd) cannot be reached or did not answer in time.
+
+    The message names the store and its endpoints, so that a node refused a
+    join knows it was the shared registry that failed, not the route."""
+
+
+class Fenced(StoreUnavailable):
+    """This route's lease in the store was lost (etcd unreachable past the lease's
+    TTL, or the lease expired): it no longer admits nodes or registers serves."""

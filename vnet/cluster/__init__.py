@@ -1,0 +1,1 @@
+"""The route cluster: the registry shared by several routes, kept in etcd."""
