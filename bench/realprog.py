@@ -160,9 +160,7 @@ def ab_new_connections(addr: Address, sizes: Sizes) -> float:
 def _iperf_once(addr: Address, streams: int, seconds: int) -> float:
     argv = ["iperf3", "-c", addr[0], "-p", str(addr[1]), "-t", str(seconds)]
     argv += ["-P", str(streams), "--json"]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     try:
         result = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -551,7 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, help="repetitions (default 3; --quick: 1)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
     p.add_argument(
-        "--only", help=f"subset of the workloads {','.join(w.key for w in WORKLOADS)} (default: all)"
+        "--only",
+        help=f"subset of the workloads {','.join(w.key for w in WORKLOADS)} (default: all)",
     )
     args = p.parse_args(argv)
     keys = [w.key for w in WORKLOADS]
