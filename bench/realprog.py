@@ -341,18 +341,58 @@ def _start_servers(children: Children, work: Path, wanted: Sequence[str]) -> dic
     return ports
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Another plaintext vnet trio for an A/B run: its name (a column of the table), the
+    source tree its processes import vnet from (None: this checkout), and extra config keys
+    for the nodes' [vnet] section and the route's [route] section."""
+
+    name: str
+    source: Path | None = None
+    node: tuple[tuple[str, str], ...] = ()
+    route: tuple[tuple[str, str], ...] = ()
+
+
+def parse_variant(text: str) -> Variant:
+    """NAME=ITEM,ITEM...: src=DIR, vnet.KEY=VALUE or route.KEY=VALUE."""
+    name, sep, spec = text.partition("=")
+    if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) or name in PATHS:
+        raise ValueError(f"{text!r}: NAME=ITEM,... with a new lower-case NAME")
+    source, node, route = None, [], []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: KEY=VALUE")
+        if key == "src":
+            source = Path(value).resolve()
+            if not (source / "vnet" / "__init__.py").is_file():
+                raise ValueError(f"src={value}: no vnet package there")
+        elif key.startswith("vnet."):
+            node.append((key.removeprefix("vnet."), value))
+        elif key.startswith("route."):
+            route.append((key.removeprefix("route."), value))
+        else:
+            raise ValueError(f"{item!r}: src=DIR, vnet.KEY=VALUE or route.KEY=VALUE")
+    return Variant(name, source, tuple(node), tuple(route))
+
+
 # --- the paths ---------------------------------------------------------------------------
 
 
 def _vnet_configs(
-    work: Path, route_port: int, targets: dict[str, int], uses: dict[str, int], tls: VnetTls | None
+    work: Path,
+    route_port: int,
+    targets: dict[str, int],
+    uses: dict[str, int],
+    tls: VnetTls | None,
+    variant: Variant | None = None,
 ) -> tuple[Path, Path, Path]:
     route = f"[route]\nip={HOST}\nport={route_port}\n"
-    route_only = route
-    node_tls = ""
+    route_only = route + "".join(f"{k}={v}\n" for k, v in (variant.route if variant else ()))
+    node_tls = "".join(f"{k}={v}\n" for k, v in (variant.node if variant else ()))
     if tls is not None:
         route_only += f"tls_cert={tls.cert}\ntls_key={tls.key}\n"
-        node_tls = f"tls=true\ntls_ca={tls.ca}\n"
+        node_tls += f"tls=true\ntls_ca={tls.ca}\n"
     home = f"{route}[vnet]\nname=home\ngroup=bench\n{node_tls}" + "".join(
         f"[serve.{name}]\nserveid={SERVEIDS[name]}\nport={port}\n" for name, port in targets.items()
     )
@@ -366,7 +406,12 @@ def _vnet_configs(
 
 
 def _start_vnet(
-    name: str, children: Children, work: Path, targets: dict[str, int], tls: bool
+    name: str,
+    children: Children,
+    work: Path,
+    targets: dict[str, int],
+    tls: bool,
+    variant: Variant | None = None,
 ) -> tuple[dict[str, Address], dict[str, int]]:
     work.mkdir()
     made = _make_tls(work) if tls else None
@@ -374,14 +419,21 @@ def _start_vnet(
         raise BenchError("the `trustme` package is not installed")
     route_port = free_port()
     uses = {role: free_port() for role in targets}
-    route_ini, home_ini, office_ini = _vnet_configs(work, route_port, targets, uses, made)
+    route_ini, home_ini, office_ini = _vnet_configs(work, route_port, targets, uses, made, variant)
     level = ["--log-level", "warning"]
-    route = children.start(
-        f"{name}-route", [*command("vnet-route", ["route"]), *level, str(route_ini)]
-    )
+    env = None
+    route_cmd, node_cmd = command("vnet-route", ["route"]), command("vnet", [])
+    if variant is not None and variant.source is not None:
+        # `python -m vnet` with the variant's tree first on the path: the console scripts
+        # would import this checkout.
+        env = dict(children.env or os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(variant.source), env.get("PYTHONPATH", "")])
+        route_cmd = [sys.executable, "-m", "vnet", "route"]
+        node_cmd = [sys.executable, "-m", "vnet"]
+    route = children.start(f"{name}-route", [*route_cmd, *level, str(route_ini)], env)
     wait_ready(f"{name} route", lambda: probe_listen((HOST, route_port)), children)
-    home = children.start(f"{name}-home", [*command("vnet", []), *level, str(home_ini)])
-    office = children.start(f"{name}-office", [*command("vnet", []), *level, str(office_ini)])
+    home = children.start(f"{name}-home", [*node_cmd, *level, str(home_ini)], env)
+    office = children.start(f"{name}-office", [*node_cmd, *level, str(office_ini)], env)
     processes = {
         f"{name} office": office.proc.pid,
         f"{name} route": route.proc.pid,
@@ -398,7 +450,11 @@ class ProgPath:
 
 
 def _start_paths(
-    children: Children, work: Path, wanted: Sequence[str], ports: dict[str, int]
+    children: Children,
+    work: Path,
+    wanted: Sequence[str],
+    ports: dict[str, int],
+    variants: Sequence[Variant] = (),
 ) -> tuple[list[ProgPath], list[str]]:
     notes: list[str] = []
     paths: list[ProgPath] = []
@@ -421,6 +477,11 @@ def _start_paths(
                 notes.append(f"realprog: {name} skipped, {exc}")
                 continue
             paths.append(ProgPath(name, addresses, processes))
+    for variant in variants:
+        addresses, processes = _start_vnet(
+            variant.name, children, work / variant.name, ports, False, variant
+        )
+        paths.append(ProgPath(variant.name, addresses, processes))
     for path in paths:
         for role, addr in path.addresses.items():
             probe = PROBES[role]
@@ -473,6 +534,7 @@ def run(
     sizes: Sizes,
     wanted: Sequence[str],
     only: Sequence[str] | None = None,
+    variants: Sequence[Variant] = (),
 ) -> Outcome:
     workloads, notes = available([w for w in WORKLOADS if only is None or w.key in only])
     for note in notes:
@@ -483,7 +545,7 @@ def run(
     children = Children(workdir, env)
     try:
         ports = _start_servers(children, workdir, sorted({w.server for w in workloads}))
-        paths, more = _start_paths(children, workdir, wanted, ports)
+        paths, more = _start_paths(children, workdir, wanted, ports, variants)
         notes += more
         for note in more:
             _say(note)
@@ -513,7 +575,7 @@ def _ratio(results: dict[str, list[float]], a: str, b: str) -> float | None:
 
 def table(outcome: Outcome) -> tuple[list[str], list[list[str]]]:
     names = outcome.paths
-    vnets = [n for n in ("vnet", "vnet-tls") if n in names]
+    vnets = [n for n in names if n not in ("direct", "ssh")]
     header = ["workload", *names]
     for v in vnets:
         header += [f"{v}/ssh", f"{v}/direct"]
@@ -552,7 +614,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         help=f"subset of the workloads {','.join(w.key for w in WORKLOADS)} (default: all)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ITEM,...",
+        help="one more plaintext vnet trio, for A/B runs: src=DIR (import vnet from that "
+        "tree), vnet.KEY=VALUE (the nodes' [vnet] section), route.KEY=VALUE; repeatable, e.g. "
+        "--variant ungoverned=vnet.queue_target_ms=0",
+    )
     args = p.parse_args(argv)
+    try:
+        variants = [parse_variant(v) for v in args.variant]
+    except ValueError as exc:
+        p.error(f"--variant: {exc}")
     keys = [w.key for w in WORKLOADS]
     only = [x.strip() for x in (args.only or ",".join(keys)).split(",") if x.strip()]
     if not only or set(only) - set(keys):
@@ -570,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vnet-realprog-") as tmp:
         try:
-            outcome = run(Path(tmp), env, sizes, wanted, only)
+            outcome = run(Path(tmp), env, sizes, wanted, only, variants)
         except BenchError as exc:
             _say(f"bench.realprog: {exc}")
             return 1
