@@ -382,8 +382,8 @@ def _vnet_sections(
 
 def _realprog(
     args: argparse.Namespace, tmp: Path, env: dict[str, str], notes: list[str]
-) -> tuple[str, output.Table]:
-    """The real-programs table, on servers, an ssh chain and vnet trios of its own."""
+) -> list[tuple[str, output.Table]]:
+    """The real-programs tables, on servers, an ssh chain and vnet trios of their own."""
     base = realprog.QUICK if args.quick else realprog.FULL
     sizes = realprog.Sizes(**{**base.__dict__, "repeat": args.repeat})
     wanted = [name for name in args.paths if name in realprog.PATHS]
@@ -392,7 +392,14 @@ def _realprog(
     workdir.mkdir()
     outcome = realprog.run(workdir, env, sizes, wanted)
     notes += outcome.notes
-    return realprog.title(sizes), realprog.table(outcome)
+    return [
+        (realprog.title(sizes), realprog.table(outcome)),
+        (
+            "real programs, CPU per operation of each path's own processes (us, median; "
+            "the server and the client program not included)",
+            realprog.cpu_table(outcome),
+        ),
+    ]
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -464,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 sections = _vnet_sections(args, started.paths["vnet"], runner, Path(tmp), env)
             if not args.no_realprog:
-                sections.append(_realprog(args, Path(tmp), env, started.notes))
+                sections += _realprog(args, Path(tmp), env, started.notes)
         except BenchError as exc:
             _say(f"bench: {exc}")
             for child in children.started:

@@ -44,7 +44,16 @@ from pathlib import Path
 from bench import sshchain
 from bench.client import Address, probe_listen
 from bench.paths import _make_tls
-from bench.procs import HOST, BenchError, Children, VnetTls, command, free_port, wait_ready
+from bench.procs import (
+    HOST,
+    BenchError,
+    Children,
+    VnetTls,
+    command,
+    free_port,
+    group_cpu_seconds,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "ssh", "vnet", "vnet-tls")
@@ -86,6 +95,10 @@ SERVERS = {
 SERVEIDS = {"redis": 721, "http": 722, "iperf": 723}
 
 
+# A run's figure (requests/s or Mbit/s) and the operations it did (requests, or MB).
+Figure = tuple[float, float]
+
+
 @dataclass(frozen=True)
 class Workload:
     key: str
@@ -95,7 +108,9 @@ class Workload:
     package: str
     # Issue 15's goal: vnet's figure at least this many times the ssh chain's.
     goal: float
-    run: Callable[[Address, Sizes], float]
+    run: Callable[[Address, Sizes], Figure]
+    # What one operation is, for the CPU column: "request" or "MB" (10^6 bytes received).
+    op: str = "request"
 
 
 def _run(argv: list[str], timeout: float = RUN_TIMEOUT) -> str:
@@ -111,24 +126,24 @@ def _run(argv: list[str], timeout: float = RUN_TIMEOUT) -> str:
     return done.stdout
 
 
-def _redis(addr: Address, requests: int, pipeline: int) -> float:
+def _redis(addr: Address, requests: int, pipeline: int) -> Figure:
     argv = ["redis-benchmark", "-h", addr[0], "-p", str(addr[1]), "-t", "get"]
     argv += ["-c", str(CONCURRENCY), "-n", str(requests), "-P", str(pipeline), "--csv"]
     for row in csv.DictReader(_run(argv).splitlines()):
         if row.get("test") == "GET":
-            return float(row["rps"])
+            return float(row["rps"]), requests
     raise BenchError("redis-benchmark printed no GET row")
 
 
-def redis_get(addr: Address, sizes: Sizes) -> float:
+def redis_get(addr: Address, sizes: Sizes) -> Figure:
     return _redis(addr, sizes.redis_requests, 1)
 
 
-def redis_pipelined(addr: Address, sizes: Sizes) -> float:
+def redis_pipelined(addr: Address, sizes: Sizes) -> Figure:
     return _redis(addr, sizes.redis_pipelined, 16)
 
 
-def wrk_keepalive(addr: Address, sizes: Sizes) -> float:
+def wrk_keepalive(addr: Address, sizes: Sizes) -> Figure:
     url = f"http://{addr[0]}:{addr[1]}/"
     argv = ["wrk", "-t", "1", "-c", str(CONCURRENCY), "-d", f"{sizes.http_seconds}s", url]
     out = _run(argv)
@@ -137,12 +152,13 @@ def wrk_keepalive(addr: Address, sizes: Sizes) -> float:
         if bad in out:
             raise BenchError(f"wrk: {out.strip()}")
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not found:
+    done = re.search(r"(\d+) requests in", out)
+    if not (found and done):
         raise BenchError(f"wrk printed no Requests/sec: {out.strip()}")
-    return float(found.group(1))
+    return float(found.group(1)), int(done.group(1))
 
 
-def ab_new_connections(addr: Address, sizes: Sizes) -> float:
+def ab_new_connections(addr: Address, sizes: Sizes) -> Figure:
     n = sizes.ab_requests
     argv = ["ab", "-q", "-r", "-c", str(CONCURRENCY), "-n", str(n), f"http://{addr[0]}:{addr[1]}/"]
     out = _run(argv)
@@ -154,10 +170,10 @@ def ab_new_connections(addr: Address, sizes: Sizes) -> float:
         raise BenchError(f"ab: unexpected report: {out.strip()[-500:]}")
     if int(failed.group(1)) or int(complete.group(1)) != n:
         raise BenchError(f"ab: {complete.group(1)} of {n} complete, {failed.group(1)} failed")
-    return float(rate.group(1))
+    return float(rate.group(1)), n
 
 
-def _iperf_once(addr: Address, streams: int, seconds: int) -> float:
+def _iperf_once(addr: Address, streams: int, seconds: int) -> Figure:
     argv = ["iperf3", "-c", addr[0], "-p", str(addr[1]), "-t", str(seconds)]
     argv += ["-P", str(streams), "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -167,10 +183,11 @@ def _iperf_once(addr: Address, streams: int, seconds: int) -> float:
         raise BenchError(f"iperf3 gave no JSON (status {done.returncode}): {done.stderr}") from None
     if "error" in result:
         raise BenchError(f"iperf3: {result['error']}")
-    return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
+    got = result["end"]["sum_received"]
+    return float(got["bits_per_second"]) / 1e6, float(got["bytes"]) / 1e6
 
 
-def _iperf(addr: Address, streams: int, seconds: int) -> float:
+def _iperf(addr: Address, streams: int, seconds: int) -> Figure:
     """Mbit/s the server received. Tried again (1 s apart) when iperf3 fails before the test:
     its server still finishing the last one ("busy"), or 3.12 failing to set -P 8 up."""
     for attempt in range(1, ATTEMPTS + 1):
@@ -184,11 +201,11 @@ def _iperf(addr: Address, streams: int, seconds: int) -> float:
     raise AssertionError("unreachable")
 
 
-def iperf1(addr: Address, sizes: Sizes) -> float:
+def iperf1(addr: Address, sizes: Sizes) -> Figure:
     return _iperf(addr, 1, sizes.iperf_seconds)
 
 
-def iperf8(addr: Address, sizes: Sizes) -> float:
+def iperf8(addr: Address, sizes: Sizes) -> Figure:
     return _iperf(addr, 8, sizes.iperf_seconds)
 
 
@@ -229,8 +246,8 @@ WORKLOADS = (
         3.0,
         ab_new_connections,
     ),
-    Workload("iperf1", "iperf3, 1 stream (Mbit/s)", "iperf", "iperf3", "iperf3", 1.5, iperf1),
-    Workload("iperf8", "iperf3 -P 8 (Mbit/s)", "iperf", "iperf3", "iperf3", 1.5, iperf8),
+    Workload("iperf1", "iperf3, 1 stream (Mbit/s)", "iperf", "iperf3", "iperf3", 1.5, iperf1, "MB"),
+    Workload("iperf8", "iperf3 -P 8 (Mbit/s)", "iperf", "iperf3", "iperf3", 1.5, iperf8, "MB"),
 )
 
 
@@ -506,6 +523,9 @@ class Outcome:
     workloads: list[Workload]
     paths: list[str]
     notes: list[str]
+    # Like results: CPU microseconds per operation, the path's own processes summed
+    # (the server's and the client program's not included; direct has none).
+    cpu: Results = field(default_factory=dict)
 
 
 def available(workloads: Sequence[Workload] = WORKLOADS) -> tuple[list[Workload], list[str]]:
@@ -540,6 +560,7 @@ def run(
     for note in notes:
         _say(note)
     results: Results = {}
+    cpu: Results = {}
     if not workloads:
         return Outcome(results, [], [], notes)
     children = Children(workdir, env)
@@ -555,16 +576,28 @@ def run(
                 turn = paths[rep % len(paths) :] + paths[: rep % len(paths)]
                 for path in turn:
                     children.check()
+                    before = _cpu(path)
                     try:
-                        value = w.run(path.addresses[w.server], sizes)
+                        value, ops = w.run(path.addresses[w.server], sizes)
                     except BenchError as exc:
                         children.check()
                         raise BenchError(f"{w.key} over {path.name}: {exc}") from None
                     results.setdefault(w.key, {}).setdefault(path.name, []).append(value)
-                    _say(f"[{rep + 1}/{sizes.repeat}] {w.key:<9} {path.name:<8} {value:,.0f}")
-        return Outcome(results, workloads, [p.name for p in paths], notes)
+                    shown = ""
+                    if path.processes and ops:
+                        per_op = 1e6 * (_cpu(path) - before) / ops
+                        cpu.setdefault(w.key, {}).setdefault(path.name, []).append(per_op)
+                        shown = f"  ({per_op:,.0f} us CPU per {w.op})"
+                    _say(
+                        f"[{rep + 1}/{sizes.repeat}] {w.key:<9} {path.name:<8} {value:,.0f}{shown}"
+                    )
+        return Outcome(results, workloads, [p.name for p in paths], notes, cpu)
     finally:
         children.stop_all()
+
+
+def _cpu(path: ProgPath) -> float:
+    return sum(group_cpu_seconds(pid) for pid in path.processes.values())
 
 
 def _ratio(results: dict[str, list[float]], a: str, b: str) -> float | None:
@@ -593,6 +626,17 @@ def table(outcome: Outcome) -> tuple[list[str], list[list[str]]]:
         row += [f">= {w.goal:g}x", *verdicts]
         body.append(row)
     return header, body
+
+
+def cpu_table(outcome: Outcome) -> tuple[list[str], list[list[str]]]:
+    """CPU per operation of each path's own processes (median), in microseconds."""
+    names = [n for n in outcome.paths if any(n in got for got in outcome.cpu.values())]
+    body = []
+    for w in outcome.workloads:
+        got = outcome.cpu.get(w.key, {})
+        cells = [f"{statistics.median(got[n]):,.0f}" if n in got else "-" for n in names]
+        body.append([f"{w.key}, us per {w.op}", *cells])
+    return ["workload", *names], body
 
 
 def title(sizes: Sizes) -> str:
@@ -653,6 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"{title(sizes)}; load average before: {' / '.join(f'{x:.2f}' for x in load)}")
     print(plain_table(*table(outcome)))
+    print()
+    print("CPU per operation, the path's own processes (us, median; not the server or client):")
+    print(plain_table(*cpu_table(outcome)))
     return 0
 
 
