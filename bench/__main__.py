@@ -22,7 +22,19 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import burst, client, control, floor, idle, isolation, output, report, stalled, udp
+from bench import (
+    burst,
+    client,
+    control,
+    floor,
+    idle,
+    isolation,
+    output,
+    realprog,
+    report,
+    stalled,
+    udp,
+)
 from bench.paths import ALL_PATHS, BenchPath, start_paths
 from bench.procs import BenchError, Children, group_cpu_seconds
 
@@ -111,6 +123,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         f"--quick: {QUICK_CONTROL_SIZES} only); bench/control.py",
     )
     p.add_argument("--no-control", action="store_true", help="skip the control-plane table")
+    p.add_argument(
+        "--no-realprog",
+        action="store_true",
+        help="skip the real-programs table (redis-benchmark, wrk, ab, iperf3 through direct, "
+        "ssh, vnet and vnet-tls on servers of their own; see bench/realprog.py)",
+    )
     p.add_argument(
         "--chart",
         metavar="PNG",
@@ -405,6 +423,28 @@ def _vnet_sections(
     return sections
 
 
+def _realprog(
+    args: argparse.Namespace, tmp: Path, env: dict[str, str], notes: list[str]
+) -> list[tuple[str, output.Table]]:
+    """The real-programs tables, on servers, an ssh chain and vnet trios of their own."""
+    base = realprog.QUICK if args.quick else realprog.FULL
+    sizes = realprog.Sizes(**{**base.__dict__, "repeat": args.repeat})
+    wanted = [name for name in args.paths if name in realprog.PATHS]
+    _say(f"real programs through {', '.join(wanted)}")
+    workdir = tmp / "realprog"
+    workdir.mkdir()
+    outcome = realprog.run(workdir, env, sizes, wanted)
+    notes += outcome.notes
+    return [
+        (realprog.title(sizes), realprog.table(outcome)),
+        (
+            "real programs, CPU per operation of each path's own processes (us, median; "
+            "the server and the client program not included)",
+            realprog.cpu_table(outcome),
+        ),
+    ]
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     # SIGTERM becomes an exception so the finally blocks stop every child.
     raise KeyboardInterrupt
@@ -473,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     lambda: isolation.run(started.paths["vnet"], args.bulk_mib, args.pings),
                 )
                 sections = _vnet_sections(args, started.paths["vnet"], runner, Path(tmp), env)
+            if not args.no_realprog:
+                sections += _realprog(args, Path(tmp), env, started.notes)
         except BenchError as exc:
             _say(f"bench: {exc}")
             for child in children.started:

@@ -69,8 +69,10 @@ class Children:
     env: dict[str, str] | None = None
     started: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str]) -> Child:
-        child = spawn(name, argv, self.workdir / f"{name}.log", self.workdir, self.env, True)
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        """argv as child `name`; env, if given, instead of the run's environment."""
+        env = self.env if env is None else env
+        child = spawn(name, argv, self.workdir / f"{name}.log", self.workdir, env, True)
         self.started.append(child)
         return child
 

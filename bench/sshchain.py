@@ -110,7 +110,12 @@ class SshChain:
     processes: dict[str, int]
 
 
-def start(children: Children, workdir: Path, sink_port: int, echo_port: int) -> SshChain:
+def start_forwards(
+    children: Children, workdir: Path, targets: dict[str, int]
+) -> tuple[dict[str, Address], dict[str, int]]:
+    """The chain with one forward per role to 127.0.0.1:targets[role]: the local address of
+    each role's forward, and role -> pid of the chain's processes. Returns once every local
+    port listens; whether a connection gets through is the caller's probe to make."""
     sshd = find_sshd()
     assert sshd is not None, "call missing() first"
     work = workdir / "ssh"
@@ -126,7 +131,7 @@ def start(children: Children, workdir: Path, sink_port: int, echo_port: int) -> 
         "ssh", "-N", "-p", str(port), "-i", str(work / "client_key"), *SSH_OPTIONS,
         f"{getpass.getuser()}@{HOST}",
     ]  # fmt: skip
-    remote = {"sink": (free_port(), sink_port), "echo": (free_port(), echo_port)}
+    remote = {role: (free_port(), target) for role, target in targets.items()}
     home_args = [a for r, t in remote.values() for a in ("-R", f"{r}:{HOST}:{t}")]
     home = children.start("ssh-home", [*login[:2], *home_args, *login[2:]])
     for rport, _ in remote.values():
@@ -136,13 +141,18 @@ def start(children: Children, workdir: Path, sink_port: int, echo_port: int) -> 
         a for role, lp in local.items() for a in ("-L", f"{lp}:{HOST}:{remote[role][0]}")
     ]
     office = children.start("ssh-office", [*login[:2], *office_args, *login[2:]])
-    sink, echo = (HOST, local["sink"]), (HOST, local["echo"])
-    wait_ready("ssh tunnel", lambda: probe_echo(echo), children)
-    wait_ready("ssh tunnel", lambda: probe_sink(sink), children)
+    for lport in local.values():
+        wait_ready("ssh -L", functools.partial(probe_listen, (HOST, lport)), children)
     if daemon.proc.poll() is not None:
         raise BenchError("sshd exited during start-up")
-    return SshChain(
-        sink,
-        echo,
-        {"ssh office": office.proc.pid, "sshd": daemon.proc.pid, "ssh home": home.proc.pid},
-    )
+    addresses = {role: (HOST, lport) for role, lport in local.items()}
+    processes = {"ssh office": office.proc.pid, "sshd": daemon.proc.pid, "ssh home": home.proc.pid}
+    return addresses, processes
+
+
+def start(children: Children, workdir: Path, sink_port: int, echo_port: int) -> SshChain:
+    local, processes = start_forwards(children, workdir, {"sink": sink_port, "echo": echo_port})
+    sink, echo = local["sink"], local["echo"]
+    wait_ready("ssh tunnel", lambda: probe_echo(echo), children)
+    wait_ready("ssh tunnel", lambda: probe_sink(sink), children)
+    return SshChain(sink, echo, processes)
