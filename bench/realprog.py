@@ -16,7 +16,7 @@ The clients are the programs' own benchmarks, run as a user would:
 - `iperf3 -c` with 1 and with 8 streams (TCP).
 
 Repeated --repeat times, the paths alternating and rotating who goes first; the table shows
-medians, the ratios vnet/ssh and vnet/direct, and issue 15's goal per row, met or not met.
+medians, the ratios vnet/ssh and vnet/direct, and the project's goal per row, met or not met.
 A row whose program is missing is skipped with a message naming the Debian package.
 `python -m bench.realprog` runs it alone.
 """

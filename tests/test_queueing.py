@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from vnet.core import queueing as q
 from vnet.core.pacing import Lane, Pacer
 from vnet.core.queueing import Governor, Phase
@@ -276,3 +278,24 @@ def test_the_pacer_exempts_the_interactive_tunnel_and_paces_the_bulk_one() -> No
     assert pacer.read_size(typing, 0.03) == pacer.bulk
     assert pacer.pause(bulk, 64 * 1024, 0.03) > 0
     assert pacer.pause(typing, 1, 0.03) == 0.0
+
+
+def test_a_local_path_is_drained_once_then_not_paced_and_probed_seldom() -> None:
+    g = Governor()
+    g.interactive(0.0)
+    g.sent("peer", 100_000, 0.0)
+    g.probe_due(0.0)
+    for i in range(3):
+        g.probed("peer", 0.0005, i * 0.02, i * 0.02 + 0.0005)
+    assert g.phase is Phase.LOCAL
+    assert not g.pacing
+    assert g.pause(64 * 1024, 0.1) == 0.0
+    assert g.frame(512 * 1024) == 512 * 1024
+    assert g.next_probe_in(0.1) == pytest.approx(0.0405 + q.LOCAL_PROBE_S - 0.1)
+    # Still local a minute on (each probe confirms the base): no new drain.
+    for t in (i + 0.5 for i in range(1, 60)):
+        g.interactive(t)
+        g.sent("peer", 100_000, t)
+        assert g.probe_due(t) == "peer"
+        g.probed("peer", 0.0006, t, t + 0.0006)
+    assert g.phase is Phase.LOCAL

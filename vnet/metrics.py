@@ -147,12 +147,12 @@ class NodeCollector:
             "vnet_node_bulk_governed",
             "1 while the bulk tunnels are paced against the path's queueing delay "
             "(another tunnel is interactive), else 0",
-            value=0 if g.phase.value == "off" else 1,
+            value=1 if g.pacing else 0,
         )
         yield GaugeMetricFamily(
             "vnet_node_bulk_rate_bytes",
             "Bytes/s the bulk tunnels may send together while governed (0: not governed)",
-            value=0 if g.phase.value == "off" else g.rate,
+            value=g.rate if g.pacing else 0,
         )
         yield GaugeMetricFamily(
             "vnet_node_path_queue_delay_seconds",

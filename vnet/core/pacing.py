@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vnet.core.queueing import Governor, Phase
+from vnet.core.queueing import Governor
 
 # The one constant for a bulk frame's size: measured against 128 KiB, 256 KiB
 # and 1 MiB in docs/BENCHMARKS.md ("Frames and windows").
@@ -112,7 +112,7 @@ class Pacer:
         """How much lane may read (and send as one message) now."""
         if lane is self._interactive_lane:
             return self.bulk
-        if self.governor is not None and self.governor.phase is not Phase.OFF:
+        if self.governor is not None and self.governor.pacing:
             self.yielded += 1
             return self.governor.frame(self.shared)
         if now - self._interactive_at < self.hold:

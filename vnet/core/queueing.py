@@ -92,6 +92,14 @@ FILTER = 3
 # the governor cut the rate to hold it). 16 KiB frames held it at ~4 ms up to 90%.
 FRAME_S = 0.0015
 MIN_FRAME = 16 * 1024
+# A path whose base round trip is under this (loopback, a LAN; a loaded loopback
+# answers probes in 1-5 ms) is not paced: its
+# queues drain at LAN speed, a keystroke there waits on CPU rather than on bytes
+# (the pacer's bulk_while_interactive covers that), and pacing it cost iperf3 a
+# sixth of one stream's rate on loopback (its control connection is interactive).
+# Such a path is probed once a LOCAL_PROBE_S, to notice if it stops being local.
+LOCAL_RTT_S = 0.005
+LOCAL_PROBE_S = 1.0
 # A pause shorter than this is not taken (the loop's timers are ~1 ms coarse).
 MIN_PAUSE_S = 0.001
 
@@ -100,6 +108,7 @@ class Phase(enum.Enum):
     OFF = "off"  # no interactive tunnel, or no bulk: nothing is paced
     DRAIN = "drain"  # emptying the queues to find the base round trip
     TRACK = "track"  # holding the queueing delay near the target
+    LOCAL = "local"  # a path of under LOCAL_RTT_S: not paced (see LOCAL_RTT_S)
 
 
 @dataclass
@@ -114,6 +123,7 @@ class Governor:
 
     target: float = TARGET_S
     hold: float = HOLD_S
+    local_rtt: float = LOCAL_RTT_S
     phase: Phase = Phase.OFF
     # Bytes/s the bulk tunnels may send now (inf while OFF).
     rate: float = math.inf
@@ -159,7 +169,7 @@ class Governor:
     def pause(self, nbytes: int, now: float) -> float:
         """Seconds a bulk tunnel should wait after sending nbytes (0: go on)."""
         self._update(now)
-        if self.phase is Phase.OFF:
+        if not self.pacing:
             return 0.0
         # A frame read before governing began (up to 512 KiB) is charged as one
         # governed frame: at the drain's rate its full size would stall the
@@ -186,6 +196,11 @@ class Governor:
             self._peer = max(self._by_peer, key=self._by_peer.__getitem__)
             self._by_peer.clear()
         return self._peer
+
+    @property
+    def pacing(self) -> bool:
+        """Whether bulk tunnels are paced (and read governed frames) now."""
+        return self.phase is Phase.DRAIN or self.phase is Phase.TRACK
 
     def frame(self, largest: int) -> int:
         """How much a bulk tunnel reads (and sends as one message) while governed."""
@@ -215,6 +230,11 @@ class Governor:
         if base is None or now - base.seen > REBASE_S:
             self._start_drain(now)
             self._draining(path, rtt, now)
+            return
+        if self.phase is Phase.LOCAL:
+            self._next_probe = sent_at + LOCAL_PROBE_S
+            if rtt - base.rtt <= self.target:
+                base.seen = now
             return
         if rtt < base.rtt:
             base.rtt = rtt
@@ -331,6 +351,10 @@ class Governor:
         if self._flat >= FLAT_PROBES or now - self._drain_at > DRAIN_MAX_S:
             self._bases[path] = _Base(self._drain_min, now)
             self.base = self._drain_min
+            if self._drain_min < self.local_rtt:
+                self.phase, self.rate = Phase.LOCAL, math.inf
+                self._next_probe = now + LOCAL_PROBE_S
+                return
             self.phase = Phase.TRACK
             self._startup = True
             self._ceiling = math.inf
