@@ -299,3 +299,24 @@ def test_a_local_path_is_drained_once_then_not_paced_and_probed_seldom() -> None
         assert g.probe_due(t) == "peer"
         g.probed("peer", 0.0006, t, t + 0.0006)
     assert g.phase is Phase.LOCAL
+
+
+def test_governing_ends_with_the_interactive_tunnel_and_short_bulk_reads_do_not_start_it() -> None:
+    g = Governor()
+    pacer = Pacer(governor=g, shared_rate=0)
+    typing, bulk = Lane(peer="02"), Lane(peer="03")
+    for t in (0.0, 0.01, 0.02):
+        pacer.note(typing, 1, t)
+    pacer.note(bulk, 512 * 1024, 0.03)
+    assert g.probe_due(0.03) == "03"
+    pacer.closed(typing)
+    assert g.next_probe_in(0.04) is None
+    assert not g.pacing
+    # A transfer whose reads come up short now and then is not someone typing.
+    other = Lane(peer="03")
+    for t in range(10):
+        pacer.note(other, 512 * 1024, 1.0 + t * 0.01)
+    pacer.note(other, 100, 1.2)
+    pacer.note(other, 100, 1.21)
+    pacer.note(other, 100, 1.22)
+    assert g.next_probe_in(1.22) is None

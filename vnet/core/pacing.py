@@ -55,6 +55,9 @@ STREAM_WINDOW = 3 * 1024 * 1024
 SHARED_READ = 64 * 1024
 # Reads below this are what typing, pings and request/response traffic look like.
 INTERACTIVE_BELOW = 16 * 1024
+# A tunnel wakes the governor only while its small reads outnumber its large ones
+# this many times over.
+MOSTLY = 4
 # How long one interactive read keeps the bulk tunnels on smaller messages;
 # longer than the gap between keystrokes in a burst, short enough that a
 # download gets its speed back soon after the typing stops.
@@ -74,6 +77,7 @@ class Lane:
 
     reads: int = 0
     small_reads: int = 0
+    large_reads: int = 0
     # The vnetid of the node at the tunnel's far end ("" if unknown): where
     # the governor's probes go to time the path this tunnel's bytes take.
     peer: str = ""
@@ -124,6 +128,7 @@ class Pacer:
         """Record that lane read nbytes (> 0) at now."""
         lane.reads += 1
         if nbytes >= self.interactive_below:
+            lane.large_reads += 1
             if self.governor is not None and lane is not self._interactive_lane:
                 self.governor.sent(lane.peer, nbytes, now)
             return
@@ -134,10 +139,23 @@ class Pacer:
             return
         self._interactive_at = now
         self._interactive_lane = lane
-        if self.governor is not None:
+        # The governor paces bulk for minutes at a time, so it wants a tunnel that is
+        # mostly small reads: a bulk transfer whose reads come up short now and then
+        # (a busy box, 8 transfers at once) is not someone typing.
+        if self.governor is not None and lane.small_reads > MOSTLY * lane.large_reads:
             self.governor.interactive(now)
             if self.on_interactive is not None:
                 self.on_interactive()
+
+    def closed(self, lane: Lane) -> None:
+        """lane's tunnel ended: if it was the interactive one, nobody types any more
+        (the benchmark's ping-pong ends and its transfer starts at once, and a 2 s
+        hold would pace a transfer next to no interactive tunnel at all)."""
+        if lane is self._interactive_lane:
+            self._interactive_lane = None
+            self._interactive_at = float("-inf")
+            if self.governor is not None:
+                self.governor.quiet()
 
     def pause(self, lane: Lane, nbytes: int, now: float) -> float:
         """Seconds lane should wait after sending nbytes (0: go on), to keep the

@@ -159,6 +159,10 @@ class Governor:
         """An interactive tunnel read at now."""
         self._interactive_at = now
 
+    def quiet(self) -> None:
+        """The interactive tunnel ended: governing ends with the next call."""
+        self._interactive_at = -math.inf
+
     def sent(self, peer: str, nbytes: int, now: float) -> None:
         """A bulk tunnel toward peer (a vnetid, "" if unknown) sent nbytes at now."""
         self._bulk_at = now

@@ -150,6 +150,22 @@ async def _upstream(
     """The local socket (end A) into the call."""
     loop = asyncio.get_running_loop()
     lane = pacing.Lane(peer=peer)
+    try:
+        await _pump_up(reader, call, state, counters, pacer, sending, lane, loop)
+    finally:
+        pacer.closed(lane)
+
+
+async def _pump_up(
+    reader: asyncio.StreamReader,
+    call: TunnelCall,
+    state: TunnelState,
+    counters: Counters,
+    pacer: pacing.Pacer,
+    sending: _Sending,
+    lane: pacing.Lane,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
     while True:
         try:
             data = await reader.read(pacer.read_size(lane, loop.time()))
