@@ -49,9 +49,14 @@ from vnet.core.cluster_keys import (
     next_vnetid_number,
     wanted_vnetid,
 )
-from vnet.core.errors import Fenced, InvalidRequest, NotFound, ServeIdTaken, VnetError
-from vnet.core.limits import HOST_MAX, INFO_MAX, NAME_MAX, text_problem
-from vnet.core.registry import Registration, Serve, Vnet
+from vnet.core.errors import Fenced, NotFound, ServeIdTaken, VnetError
+from vnet.core.registry import (
+    Registration,
+    Serve,
+    Vnet,
+    check_serve_fields,
+    check_vnet_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -217,12 +222,7 @@ class ClusterStore:
         wanted (its old vnetid) is given back when no node holds it; otherwise
         the next number of the cluster-wide counter is taken.
         """
-        if not group:
-            raise InvalidRequest("group must not be empty")
-        for what, value in (("name", name), ("group", group)):
-            problem = text_problem(value, NAME_MAX)
-            if problem:
-                raise InvalidRequest(f"{what} {problem}")
+        check_vnet_fields(name, group)
         asked = wanted_vnetid(wanted)
         if asked:
             vnet = Vnet(asked, name, group)
@@ -328,19 +328,7 @@ class ClusterStore:
         unserve: bool = False,
     ) -> Registration:
         """The single route's serveid rules, across the cluster (see claim_serveid)."""
-        if not 1 <= port <= 65535:
-            raise InvalidRequest(f"port {port} is out of range (1-65535)")
-        for what, value, limit in (
-            ("name", name, NAME_MAX),
-            ("info", info, INFO_MAX),
-            ("ip", ip, HOST_MAX),
-        ):
-            problem = text_problem(value, limit)
-            if problem:
-                raise InvalidRequest(f"{what} {problem}")
-        type = type or "tcp"
-        if type not in ("tcp", "udp"):
-            raise InvalidRequest(f"type {type!r} is not supported (tcp or udp)")
+        type = check_serve_fields(name, ip, port, info, type)
         for _ in range(CAS_ROUNDS):
             held = {r.serve.serveid: (r, rev) for r, rev in await self._group(vnet.group)}
             holder = held.get(serveid)

@@ -38,9 +38,7 @@ from urllib.parse import quote, unquote
 from vnet.core.cluster_config import DEFAULT_PREFIX
 from vnet.core.config import SERVEID_MAX, STATIC_SERVEID_MIN
 from vnet.core.errors import InvalidRequest, NoFreeServeId
-from vnet.core.registry import Serve, Vnet
-
-DYNAMIC_SERVEIDS = range(1, STATIC_SERVEID_MIN)
+from vnet.core.registry import DYNAMIC_RANGE, Serve, Vnet
 
 
 @dataclass(frozen=True)
@@ -295,7 +293,7 @@ def claim_serveid(
 def free_dynamic(taken: Iterable[int]) -> int:
     """The lowest dynamic serveid nobody holds."""
     used = set(taken)
-    for candidate in DYNAMIC_SERVEIDS:
+    for candidate in DYNAMIC_RANGE:
         if candidate not in used:
             return candidate
     raise NoFreeServeId(f"all dynamic serveids (1-{STATIC_SERVEID_MIN - 1}) are in use")

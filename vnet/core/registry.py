@@ -101,10 +101,7 @@ class Registry:
     def add_vnet(self, name: str, group: str, wanted: str = "", claimed: bool = False) -> Vnet:
         """A new node; `wanted` is its old vnetid, given back when free (and, unless it is
         the caller's own claim, not held for a node returning after a restart)."""
-        _check_text("name", name, NAME_MAX)
-        _check_text("group", group, NAME_MAX)
-        if not group:
-            raise InvalidRequest("group must not be empty")
+        check_vnet_fields(name, group)
         if (
             wanted
             and self.valid_vnetid(wanted)
@@ -178,14 +175,7 @@ class Registry:
         vnet = self.vnet(vnetid)
         if not 0 <= serveid <= SERVEID_MAX:
             raise InvalidRequest(f"serveid {serveid} is out of range (0-{SERVEID_MAX})")
-        if not 1 <= port <= 65535:
-            raise InvalidRequest(f"port {port} is out of range (1-65535)")
-        type = type or "tcp"
-        if type not in ("tcp", "udp"):
-            raise InvalidRequest(f"type {type!r} is not supported (tcp or udp)")
-        _check_text("name", name, NAME_MAX)
-        _check_text("info", info, INFO_MAX)
-        _check_text("ip", ip, HOST_MAX)
+        type = check_serve_fields(name, ip, port, info, type)
         group = self._serves.setdefault(vnet.group, {})
         holder = group.get(serveid)
         # Held for another node returning after a restart: as good as registered by it.
@@ -297,6 +287,28 @@ class Registry:
 
 def _vnet_order(vnet: Vnet) -> tuple[int, str]:
     return (len(vnet.vnetid), vnet.vnetid)
+
+
+def check_vnet_fields(name: str, group: str) -> None:
+    """A joining node's name and group, as a route (alone or in a cluster) takes them."""
+    _check_text("name", name, NAME_MAX)
+    _check_text("group", group, NAME_MAX)
+    if not group:
+        raise InvalidRequest("group must not be empty")
+
+
+def check_serve_fields(name: str, ip: str, port: int, info: str, type: str) -> str:
+    """A registration's fields, as a route (alone or in a cluster) takes them; the
+    type, "tcp" when empty."""
+    if not 1 <= port <= 65535:
+        raise InvalidRequest(f"port {port} is out of range (1-65535)")
+    type = type or "tcp"
+    if type not in ("tcp", "udp"):
+        raise InvalidRequest(f"type {type!r} is not supported (tcp or udp)")
+    _check_text("name", name, NAME_MAX)
+    _check_text("info", info, INFO_MAX)
+    _check_text("ip", ip, HOST_MAX)
+    return type
 
 
 def _check_text(what: str, value: str, limit: int) -> None:

@@ -151,53 +151,41 @@ async def _upstream(
     loop = asyncio.get_running_loop()
     lane = pacing.Lane(peer=peer)
     try:
-        await _pump_up(reader, call, state, counters, pacer, sending, lane, loop)
+        while True:
+            try:
+                data = await reader.read(pacer.read_size(lane, loop.time()))
+            except OSError as exc:
+                # Fed to the machine by relay, which ranks it against the other pump's end.
+                raise LocalFailure(exc) from None
+            if not data:
+                break
+            actions = state.receive(_SOCKET_DATA)
+            if not actions or actions[0].do is not Do.FORWARD:
+                # The tunnel ended meanwhile (the other pump saw to it): nothing more goes out.
+                return
+            pacer.note(lane, len(data), loop.time())
+            sending.writing = True
+            await call.write(wire.encode_data(data))
+            sending.writing = False
+            counters.bytes_out += len(data)
+            if sending.halted:
+                return
+            nbytes = len(data)
+            # Not held through the next read, which may wait for minutes.
+            del data
+            pause = pacer.pause(lane, nbytes, loop.time())
+            if pause:
+                await asyncio.sleep(pause)
+        for action in state.receive(_SOCKET_FIN):
+            if action.do is Do.SEND_FIN:
+                # No half-close after it: the route stops reading at a fin, and the
+                # extra operation cost 7% of the tunnel setup rate.
+                sending.writing = sending.ended = True
+                await call.write(wire.FIN_FRAME)
+            # CLOSE: relay closes the socket once both pumps are done.
     finally:
+        # Its end ends its claim to be interactive (vnet.core.pacing.Pacer.closed).
         pacer.closed(lane)
-
-
-async def _pump_up(
-    reader: asyncio.StreamReader,
-    call: TunnelCall,
-    state: TunnelState,
-    counters: Counters,
-    pacer: pacing.Pacer,
-    sending: _Sending,
-    lane: pacing.Lane,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    while True:
-        try:
-            data = await reader.read(pacer.read_size(lane, loop.time()))
-        except OSError as exc:
-            # Fed to the machine by relay, which ranks it against the other pump's end.
-            raise LocalFailure(exc) from None
-        if not data:
-            break
-        actions = state.receive(_SOCKET_DATA)
-        if not actions or actions[0].do is not Do.FORWARD:
-            # The tunnel ended meanwhile (the other pump saw to it): nothing more goes out.
-            return
-        pacer.note(lane, len(data), loop.time())
-        sending.writing = True
-        await call.write(wire.encode_data(data))
-        sending.writing = False
-        counters.bytes_out += len(data)
-        if sending.halted:
-            return
-        nbytes = len(data)
-        # Not held through the next read, which may wait for minutes.
-        del data
-        pause = pacer.pause(lane, nbytes, loop.time())
-        if pause:
-            await asyncio.sleep(pause)
-    for action in state.receive(_SOCKET_FIN):
-        if action.do is Do.SEND_FIN:
-            # No half-close after it: the route stops reading at a fin, and the
-            # extra operation cost 7% of the tunnel setup rate.
-            sending.writing = sending.ended = True
-            await call.write(wire.FIN_FRAME)
-        # CLOSE: relay closes the socket once both pumps are done.
 
 
 async def _downstream(
