@@ -60,10 +60,7 @@ def test_cluster_section_is_read() -> None:
     assert c.route_id == "route-a"
     assert c.advertise == ("route-a.example.net", 7750)
     assert (c.lease_ttl, c.resume_ttl, c.prefix) == (5, 60, "prod/")
-    # Said, not hidden: the route does not use the store yet.
-    assert [w.reason for w in checked.problems.warnings] == [
-        "is checked but not used yet: this route still runs alone, with its own registry"
-    ]
+    assert checked.problems.warnings == []
 
 
 def test_cluster_mistakes_name_file_line_section_and_key() -> None:

@@ -142,15 +142,19 @@ class ClusterStore:
         )
 
     async def close(self, revoke: bool = True) -> None:
-        """Stop; revoke: remove this route's entries at once (not after the TTL)."""
+        """Stop; revoke: remove this route's entries at once (not after the TTL).
+
+        The sessions lease is left to expire (resume_ttl): the nodes of a route
+        that stops can still resume, with their vnetids, on another route.
+        """
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
             self._keepalive = None
-        if revoke and not self.fenced.is_set():
+        if revoke and not self.fenced.is_set() and self._lease:
             with contextlib.suppress(VnetError):
-                await self._revoke()
+                await self.etcd.call("revoke a lease", "revoke_lease", self._lease)
         await self.etcd.close()
 
     async def _revoke(self) -> None:
@@ -396,6 +400,10 @@ class ClusterStore:
 
     async def drop_session(self, resume_secret: str) -> None:
         await self._txn("drop a session", [], [TXN.delete(self.keys.session(resume_secret))])
+
+    async def drop_session_digest(self, digest: str) -> None:
+        """drop_session by the secret's SHA-256 (hex): what a route keeps of it."""
+        await self._txn("drop a session", [], [TXN.delete(self.keys.session_digest(digest))])
 
     # --- watching the other routes -----------------------------------------
 

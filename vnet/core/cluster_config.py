@@ -197,13 +197,6 @@ def read_cluster(problems: Problems, section: Section | None) -> ClusterSettings
         lease_ttl=lease_ttl,
         resume_ttl=resume_ttl,
     )
-    # Honest until the route is wired to the store (issue 16, part 2).
-    problems.warn(
-        section.line,
-        "cluster",
-        None,
-        "is checked but not used yet: this route still runs alone, with its own registry",
-    )
     return settings
 
 

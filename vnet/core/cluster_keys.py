@@ -72,7 +72,10 @@ class Keys:
         return f"{self.prefix}serves/".encode()
 
     def session(self, resume_secret: str) -> bytes:
-        digest = hashlib.sha256(resume_secret.encode()).hexdigest()
+        return self.session_digest(hashlib.sha256(resume_secret.encode()).hexdigest())
+
+    def session_digest(self, digest: str) -> bytes:
+        """The session key by the secret's SHA-256 in hex (the route keeps only that)."""
         return f"{self.prefix}sessions/{digest}".encode()
 
     def serve_key_parts(self, key: bytes) -> tuple[str, int] | None:

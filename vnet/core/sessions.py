@@ -105,6 +105,7 @@ class Sessions:
         resume_token: str = "",
         earlier_boot: bool = False,
         resume_serveids: tuple[int, ...] = (),
+        proven: bool = False,
     ) -> Joined:
         """A new session; raises LimitExceeded when the route is full.
 
@@ -116,6 +117,8 @@ class Sessions:
 
         earlier_boot: its resume pair is from an earlier boot of the route
         (a restart): it claims its vnetid and resume_serveids (_claim).
+        proven: the cluster store gave the node resume_vnetid (it proved its
+        session there, on any route): a session here holding it is its stale one.
         """
         if earlier_boot and resume_vnetid and self.registry.claims is not None:
             return self._claim(name, group, now, resume_vnetid, resume_token, resume_serveids)
@@ -133,8 +136,8 @@ class Sessions:
             old = self._by_vnetid.get(resume_vnetid)
             if old is None:
                 wanted = resume_vnetid
-            elif old.vnet.group == group and hmac.compare_digest(
-                _digest(resume_token), old.resume_digest
+            elif old.vnet.group == group and (
+                proven or hmac.compare_digest(_digest(resume_token), old.resume_digest)
             ):
                 withdrawn = tuple(self.drop(old) or ())
                 replaced = old

@@ -19,10 +19,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
+from vnet.cluster.credentials import ClusterCredentials
+from vnet.cluster.store import ClusterStore
 from vnet.core.config import RouteEndpoint, RouteLimits, RouteSettings
+from vnet.core.errors import VnetError
 from vnet.metrics import MetricsServer, serve_metrics
 from vnet.route.admin import Reloader, RouteAdmin
 from vnet.route.admin_rpc import AdminRpc
+from vnet.route.ending import go_away, reap_half_closed
+from vnet.route.member import Member
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer, RouteTimeouts
 from vnet.wire.admin_messages import ADMIN_SERVICE
@@ -52,21 +57,55 @@ class RunningRoute:
     metrics: MetricsServer | None = None
     # The web dashboard, when [admin] web= is set (vnet.route.dashboard).
     dashboard: Any = None
+    # The cluster store's member, when [cluster] is set (vnet.route.member).
+    member: Member | None = None
 
     async def stop(self, reason: str = "route stopping") -> None:
         """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
         await self.health.enter_graceful_shutdown()
         if self.dashboard is not None:
             await self.dashboard.stop()
-        await self.servicer.go_away(reason)
+        await go_away(self.servicer, reason)
         for timer in (self.reaper, self.expirer, self.sampler):
             if timer is not None:
                 timer.cancel()
         await self.servicer.close()
+        if self.member is not None:
+            # Revoked, not left to expire: the other routes see the serves go at once.
+            await self.member.close()
         # What is left (control streams) ends now: the nodes were told.
         await self.server.stop(0.2)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
+
+
+async def join_cluster(servicer: RouteServicer, cluster: ClusterCredentials) -> Member:
+    """Join the cluster's store and mirror the other routes' serves.
+
+    Raises OSError with the store's words when that fails (etcd unreachable,
+    the route_id held by a live route): the route does not start half-joined.
+    """
+    settings = cluster.settings
+    assert settings.advertise is not None  # required by [cluster]'s check
+    host, port = settings.advertise
+    store = ClusterStore(
+        cluster.etcd,
+        settings.route_id,
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        prefix=settings.prefix,
+        lease_ttl=settings.lease_ttl,
+        resume_ttl=settings.resume_ttl,
+    )
+    member = Member(store, servicer)
+    try:
+        await store.start()
+        await member.start()
+    except VnetError as exc:
+        await member.close()
+        raise OSError(f"cannot join the route cluster: {exc}") from None
+    servicer.member = member
+    servicer.locate = member.locate
+    return member
 
 
 def _check_bindable(config: RouteEndpoint) -> None:
@@ -160,7 +199,16 @@ async def start_route(
         raise OSError(f"cannot listen on {config.address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {config.address}: address in use or unavailable")
-    await server.start()
+    member = None
+    if servicer.security.cluster is not None:
+        # Before the server takes a call: every id it hands out comes from the store.
+        member = await join_cluster(servicer, servicer.security.cluster)
+    try:
+        await server.start()
+    except BaseException:
+        if member is not None:
+            await member.close()
+        raise
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(wire.SERVICE, serving)
@@ -173,9 +221,14 @@ async def start_route(
         "" if servicer.security.tokens.enabled else ", no token: anyone who reaches it may join",
     )
     running = RunningRoute(
-        server=server, servicer=servicer, port=port, health=health_servicer, admin=admin
+        server=server,
+        servicer=servicer,
+        port=port,
+        health=health_servicer,
+        admin=admin,
+        member=member,
     )
-    running.reaper = asyncio.create_task(servicer.reap_half_closed())
+    running.reaper = asyncio.create_task(reap_half_closed(servicer))
     running.expirer = asyncio.create_task(servicer.expire_uncontrolled())
     if web is not None:
         # The dashboard's charts; a route without one samples nothing.

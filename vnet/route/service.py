@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -55,6 +55,9 @@ from vnet.route.link import Link
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
+
+if TYPE_CHECKING:
+    from vnet.route.member import Member
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,10 @@ class _Handover:
 
     ctx: grpc.aio.ServicerContext[bytes, bytes]
     splice: asyncio.Future[Splice]
+
+
+def _nowhere(group: str, serveid: int) -> str | None:
+    return None
 
 
 class RouteServicer:
@@ -170,6 +177,10 @@ class RouteServicer:
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
         self._forget = self._forget_splice
+        # In a route cluster (vnet.route.member): the store decides the ids, and
+        # locate says which route holds a serve of a node on another route.
+        self.member: Member | None = None
+        self.locate: Callable[[str, int], str | None] = _nowhere
 
     # --- sessions --------------------------------------------------------
 
@@ -208,6 +219,13 @@ class RouteServicer:
         link.push(msg.going_away_event(why, 0))
         self._drop(link, why)
 
+    def moved_away(self, vnetid: str, route_id: str) -> None:
+        """vnetid now serves from route route_id: its session here is stale."""
+        found = self.table.of_vnet(vnetid)
+        link = None if found is None else self.sessions.get(found)
+        if link is not None:
+            self._drop(link, f"it resumed on route {route_id}")
+
     def _drop(self, link: Link, why: str) -> None:
         gone = self.table.drop(link.core)
         if gone is not None:
@@ -230,6 +248,8 @@ class RouteServicer:
             because = "the route is stopping"
         else:
             because = f"vnet {session.vnet.vnetid} is gone ({why})"
+        if self.member is not None and self.table.of_vnet(session.vnet.vnetid) is None:
+            self.member.left(session.vnet, session.resume_digest, left)
         for splice in list(link.splices):
             splice.abort(because)
         for pending in self.pending.of_session(session):
@@ -291,23 +311,33 @@ class RouteServicer:
             if earlier_boot:
                 self.claims.expect()
             raise
+        resume_vnetid = request.resume_vnetid
+        if self.member is not None:
+            # The store decides; it keeps ids across a restart, so no claims here.
+            resume_vnetid = await self.member.vnetid_for(
+                request.name, group, resume_vnetid, request.resume_token
+            )
+            earlier_boot = False
         joined = self.table.join(
             request.name,
             group,
             self.node_time(),
-            request.resume_vnetid,
+            resume_vnetid,
             request.resume_token,
             earlier_boot=earlier_boot,
             resume_serveids=request.resume_serveids,
+            proven=self.member is not None,
         )
         if joined.replaced is not None:
             stale = self.sessions.get(joined.replaced)
             if stale is not None:
                 self._ended(stale, joined.withdrawn, "replaced by its own new connection")
         session = joined.session
-        self.sessions[session] = Link(session, **admin_facts(context))
+        link = self.sessions[session] = Link(session, **admin_facts(context))
         self._tell_conflicts(joined.conflicts)
         vnet = session.vnet
+        if self.member is not None:
+            await self.member.joined(link, joined.resume_token, self._drop)
         log.info(
             "vnet %s (%s) joined group %s from %s",
             vnet.vnetid,
@@ -330,16 +360,13 @@ class RouteServicer:
             and own >= self.limits.max_serves_per_node
         ):
             raise LimitExceeded(f"this vnet has {own} serves, the most the route allows")
-        reg = self.registry.register(
-            vnet.vnetid,
-            request.serveid,
-            request.name,
-            request.ip,
-            request.port,
-            request.info,
-            request.type,
-            unserve=request.unserve,
-        )
+        fields = (request.name, request.ip, request.port, request.info, request.type)
+        if self.member is not None:
+            reg = await self.member.register(vnet, request.serveid, *fields, request.unserve)
+        else:
+            reg = self.registry.register(
+                vnet.vnetid, request.serveid, *fields, unserve=request.unserve
+            )
         # Appended to the group's feed: this reply waits for no node's stream.
         if reg.replaced is not None:
             self.fanout.removed(reg.replaced, vnet.group)
@@ -361,6 +388,8 @@ class RouteServicer:
         link = self._session(context)
         serve = self.registry.unregister(link.vnet.vnetid, serveid)
         self.fanout.removed(serve, link.vnet.group)
+        if self.member is not None:
+            await self.member.unregister(link.vnet, serveid)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
 
     def _listed(self, kind: str, group: str, make: Callable[[], bytes]) -> bytes:
@@ -648,51 +677,6 @@ class RouteServicer:
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""
         return route_rpc.method_handlers(self)
-
-    async def reap_half_closed(self) -> None:
-        """Reset tunnels closed one way and then silent past the limit.
-
-        A peer that half-closed and vanished (or a client that never reads
-        its end) would otherwise hold the tunnel, its buffers and two
-        streams forever. By the loop's clock, as the splices keep it.
-        """
-        idle = self.timeouts.half_close_idle
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(max(idle / 4, 0.02))
-            now = loop.time()
-            for splice in list(self.splices):
-                if splice.half_closed and now - splice.last_activity > idle:
-                    log.info(
-                        "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
-                        splice.tunnel_id,
-                        splice.serveid,
-                        idle,
-                    )
-                    splice.abort("idle after half-close")
-
-    async def go_away(self, reason: str) -> None:
-        """Tell every node the route is stopping; let tunnels finish for a while."""
-        grace = self.timeouts.stop_grace
-        # New tunnels are still accepted: a short connection can finish in
-        # the grace (measured with make soak: refusing them failed more).
-        self.stopping = True
-        event = msg.going_away_event(reason, int(grace * 1000))
-        for link in self.sessions.values():
-            link.push(event)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        waits = [s.closed_future() for s in self.splices]
-        if waits:
-            _, unfinished = await asyncio.wait(waits, timeout=grace)
-            for waiting in unfinished:
-                waiting.cancel()
-        if self.splices:
-            log.info(
-                "resetting %d tunnel(s) still open after %.1fs",
-                len(self.splices),
-                loop.time() - started,
-            )
 
     async def close(self) -> None:
         for link in list(self.sessions.values()):
