@@ -33,7 +33,11 @@ class RouteCollector:
     def collect(self) -> Iterator[Any]:
         s = self.servicer
         nodes = GaugeMetricFamily("vnet_nodes", "Nodes joined, by group", labels=["group"])
-        serves = GaugeMetricFamily("vnet_serves", "Serves registered, by group", labels=["group"])
+        serves = GaugeMetricFamily(
+            "vnet_serves",
+            "Serves registered, by group (in a cluster, on every route of the group)",
+            labels=["group"],
+        )
         free = GaugeMetricFamily(
             "vnet_serveids_free",
             "Serveids not registered, by group: dynamic (1-499, the route assigns them) and "
@@ -99,6 +103,33 @@ class RouteCollector:
             for (action, result), count in sorted(self.admin.actions.items()):
                 actions.add_metric([action, result], count)
             yield actions
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Any]:
+        """A clustered route's view of the store (nothing for a lone route)."""
+        member = self.servicer.member
+        if member is None:
+            return
+        yield GaugeMetricFamily(
+            "vnet_cluster_fenced",
+            "1 when this route lost its lease in the cluster store and stopped admitting",
+            value=int(member.store.fenced.is_set()),
+        )
+        yield GaugeMetricFamily(
+            "vnet_cluster_mirrored_serves",
+            "Serves of nodes on the other routes, as this route knows them",
+            value=self.servicer.registry.mirrored_count(),
+        )
+        yield GaugeMetricFamily(
+            "vnet_cluster_routes",
+            "Routes in the cluster store, this one included",
+            value=len(member.routes),
+        )
+        yield CounterMetricFamily(
+            "vnet_cluster_serve_events",
+            "Serve changes of the other routes applied from the store's watch",
+            value=member.events,
+        )
 
 
 class NodeCollector:

@@ -59,6 +59,8 @@ _RESTART_ONLY: tuple[tuple[str, str, Callable[[RouteSettings], object]], ...] = 
     ("route", "keepalive", lambda s: s.keepalive),
     ("route", "metrics", lambda s: s.metrics),
     ("admin", "web", lambda s: s.admin.web),
+    # Joining or leaving a cluster, or moving to another store, is a new start.
+    ("cluster", "*", lambda s: s.cluster),
 )
 
 
@@ -269,7 +271,8 @@ class RouteAdmin:
         if self.settings is not None:
             for section, key, get in _RESTART_ONLY:
                 if get(self.settings) != get(settings):
-                    needs_restart.append(f"[{section}] {key} changed: needs a restart")
+                    where = f"[{section}]" if key == "*" else f"[{section}] {key}"
+                    needs_restart.append(f"{where} changed: needs a restart")
         # Everything at once, with no await in between: no call sees half of it.
         s.admission.tokens = security.tokens
         self.auth = auth
