@@ -111,7 +111,7 @@ def _start_cluster(
     return pairs
 
 
-def _all_at_once(pairs: Sequence[Pair], work: Callable[[Pair], None]) -> float:
+def _all_at_once(pairs: Sequence[Pair], work: Callable[[Pair], object]) -> float:
     """Run work for every pair in its own thread; the wall time until the last ends."""
     errors: list[BaseException] = []
 
@@ -132,9 +132,7 @@ def _all_at_once(pairs: Sequence[Pair], work: Callable[[Pair], None]) -> float:
     return time.perf_counter() - start
 
 
-def measure(
-    pairs: Sequence[Pair], tunnels: int, bulk_mib: int
-) -> tuple[float, float]:
+def measure(pairs: Sequence[Pair], tunnels: int, bulk_mib: int) -> tuple[float, float]:
     """(new tunnels/s, MB/s), both aggregate over every pair at once."""
     took = _all_at_once(pairs, lambda p: parallel_connections(p.echo, tunnels, PARALLEL, DEADLINE))
     rate = tunnels * len(pairs) / took

@@ -201,6 +201,17 @@ async def test_a_fenced_route_stops_admitting_and_sends_its_nodes_away(
     assert a.member is not None
     await wait_until(a.member.store.fenced.is_set, "the route to be fenced", TIMEOUT)
     await wait_until(lambda: not a.servicer.sessions, "its sessions to end")
-    await etcd.start()
-    with pytest.raises(Exception, match="lost its lease in the cluster store"):
+    with pytest.raises(RouteUnavailable, match="lost its lease in the cluster store"):
         await clients(a).join("late")
+    # Back once etcd is, and the old lease has expired: a new lease, admitting again.
+    await etcd.start()
+
+    async def admits() -> bool:
+        try:
+            await clients(a).join("later")
+        except RouteUnavailable:
+            return False
+        return True
+
+    await wait_until(admits, "the route to rejoin the store", TIMEOUT * 2)
+    assert not a.member.store.fenced.is_set()

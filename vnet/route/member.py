@@ -44,10 +44,12 @@ WATCH_RETRY_MAX = 5.0
 class Member:
     """The servicer's link to the cluster store (one per route)."""
 
-    def __init__(self, store: ClusterStore, servicer: RouteServicer) -> None:
-        self.store = store
+    def __init__(self, make_store: Callable[[], ClusterStore], servicer: RouteServicer) -> None:
+        # A fenced store stays fenced: rejoining takes a new one, with new leases.
+        self._make_store = make_store
+        self.store = make_store()
         self.servicer = servicer
-        self.route_id = store.route_id
+        self.route_id = self.store.route_id
         # route_id -> its advertise address, for locate(); read again on a miss.
         self.routes: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,6 +130,8 @@ class Member:
         Its session record stays for resume_ttl, so that it can resume on
         another route, unless it said it was leaving.
         """
+        if self.store.fenced.is_set():
+            return  # nothing can be written; the lost lease takes the node's entries
         self.spawn(self._remove(vnet.vnetid), f"remove vnet {vnet.vnetid}")
         digest = resume_digest.hex()
         if said_so:
@@ -284,11 +288,58 @@ class Member:
     # --- fencing -----------------------------------------------------------
 
     async def _on_fence(self) -> None:
-        await self.store.fenced.wait()
-        why = (
-            f"route {self.route_id} lost its lease in the cluster store: "
-            "it no longer admits; connect to another route"
-        )
-        self.servicer.refusing = why
-        for link in list(self.servicer.sessions.values()):
-            self.servicer.end_session(link, why)
+        """Fenced: refuse, send the nodes away, forget the other routes' serves (they
+        can no longer be followed); then rejoin the store once it lets this route in."""
+        while True:
+            await self.store.fenced.wait()
+            why = (
+                f"route {self.route_id} lost its lease in the cluster store: "
+                "it no longer admits; connect to another route"
+            )
+            self.servicer.refusing = why
+            for link in list(self.servicer.sessions.values()):
+                self.servicer.end_session(link, why)
+            if self._watcher is not None:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, VnetError):
+                    await self._watcher
+                self._watcher = None
+            self._forget_mirrored()
+            await self._rejoin()
+            if self.servicer.refusing == why:  # an admin's drain meanwhile stays
+                self.servicer.refusing = ""
+            log.info("cluster: route %s rejoined the store and admits again", self.route_id)
+
+    def _forget_mirrored(self) -> None:
+        registry, fanout = self.servicer.registry, self.servicer.fanout
+        for group in registry.groups_mirrored():
+            for serve in registry.serves(group):
+                if registry.mirrored(group, serve.serveid) and (
+                    registry.unmirror(group, serve.serveid, serve.vnetid) is not None
+                ):
+                    fanout.removed(serve, group)
+
+    async def _rejoin(self) -> None:
+        """A new store (new leases) once etcd answers and the old lease has expired
+        (until then the route id is still held: RouteIdTaken), with backoff."""
+        wait = WATCH_RETRY
+        while True:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, WATCH_RETRY_MAX)
+            store = self._make_store()
+            try:
+                await store.start()
+            except VnetError as exc:
+                log.debug("cluster: rejoining the store failed: %s", exc)
+                await store.close(revoke=False)
+                continue
+            old, self.store = self.store, store
+            await old.close(revoke=False)
+            try:
+                await self._read_routes()
+                revision = await self._snapshot()
+            except VnetError as exc:
+                log.debug("cluster: reading the store after rejoining failed: %s", exc)
+                continue  # the new store is fenced in its turn if this goes on
+            self._watcher = asyncio.create_task(self._follow(revision), name="cluster-watch")
+            return

@@ -88,17 +88,20 @@ async def join_cluster(servicer: RouteServicer, cluster: ClusterCredentials) -> 
     settings = cluster.settings
     assert settings.advertise is not None  # required by [cluster]'s check
     host, port = settings.advertise
-    store = ClusterStore(
-        cluster.etcd,
-        settings.route_id,
-        f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        prefix=settings.prefix,
-        lease_ttl=settings.lease_ttl,
-        resume_ttl=settings.resume_ttl,
-    )
-    member = Member(store, servicer)
+
+    def make_store() -> ClusterStore:
+        return ClusterStore(
+            cluster.etcd,
+            settings.route_id,
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            prefix=settings.prefix,
+            lease_ttl=settings.lease_ttl,
+            resume_ttl=settings.resume_ttl,
+        )
+
+    member = Member(make_store, servicer)
     try:
-        await store.start()
+        await member.store.start()
         await member.start()
     except VnetError as exc:
         await member.close()
