@@ -35,14 +35,12 @@ from vnet.core.budget import MIB, Budget
 from vnet.core.claims import Claims, Conflict
 from vnet.core.config import RouteLimits
 from vnet.core.errors import (
-    InvalidRequest,
     LimitExceeded,
     NotFound,
     RouteUnavailable,
     Unanswered,
     VnetError,
 )
-from vnet.core.limits import SERVEID_MAX
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.route import rpc as route_rpc
@@ -52,8 +50,9 @@ from vnet.route.between import Between
 from vnet.route.fanout import Fanout
 from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
 from vnet.route.link import Link
+from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
-from vnet.route.splice import Leg, Splice, SpliceStats
+from vnet.route.splice import Leg, Splice, SpliceStats, reap
 from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
@@ -170,6 +169,13 @@ class RouteServicer:
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
         self._forget = self._forget_splice
+        # (group, serveid) -> "host:port" of the route whose node holds that serve,
+        # when it is another route (the cluster's registry); None when not.
+        self.locate: Callable[[str, int], str | None] = lambda group, serveid: None
+        # Tunnels to and from the other routes (vnet.route.peer); stand-in links of
+        # nodes on other routes whose Dial waits here for an Accept.
+        self.peers = Peers(self)
+        self.remote: dict[Session, Link] = {}
 
     # --- sessions --------------------------------------------------------
 
@@ -473,7 +479,15 @@ class RouteServicer:
     ) -> None:
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
-            link, owner, serve = self._dial_target(context)
+            try:
+                link, owner, serve = self._dial_target(context)
+            except Elsewhere as far:
+                # On another route; or here after all, after a stale answer there.
+                link = far.link
+                found = await self.peers.relay(far, context)
+                if found is None:
+                    return
+                owner, serve = found
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
         link.core.tunnels += 1
@@ -491,24 +505,37 @@ class RouteServicer:
     def _dial_target(
         self, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> tuple[Link, Link, Serve]:
-        """The caller, the serve's node and the serve; refused here, before anything waits."""
+        """The caller, the serve's node and the serve; refused here, before anything
+        waits. Elsewhere when the serve's node is on another route (locate)."""
         link = self._session(context)
         if self.refusing:
             raise RouteUnavailable(self.refusing)
-        raw = metadata(context, wire.MD_SERVEID)
-        # ASCII digits only: int() would take other scripts' digits too.
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= SERVEID_MAX:
-            raise InvalidRequest(
-                f"{wire.MD_SERVEID} must be a serveid 1-{SERVEID_MAX}, not {raw[:20]!r}"
-            )
-        serve = self.registry.find(link.vnet.group, int(raw))
-        found = self.table.of_vnet(serve.vnetid)
-        owner = None if found is None else self.sessions.get(found)
-        if owner is None:
-            raise NotFound(f"no serveid {serve.serveid} in this group")
+        serveid = parse_serveid(metadata(context, wire.MD_SERVEID))
+        found = self.owner_of(link.vnet.group, serveid)
         cap = self.limits.max_tunnels_per_node
+        far = None if found is not None else self.locate(link.vnet.group, serveid)
+        if found is None and not far:
+            raise NotFound(f"no serveid {serveid} in this group")
         if link.core.tunnels >= cap:
             raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
+        if found is None:
+            raise Elsewhere(link, serveid, far or "")
+        self.takes_tunnels(found[0])
+        return link, *found
+
+    def owner_of(self, group: str, serveid: int) -> tuple[Link, Serve] | None:
+        """The serve's node and the serve, when both are here (its node has a session)."""
+        try:
+            serve = self.registry.find(group, serveid)
+        except NotFound:
+            return None
+        found = self.table.of_vnet(serve.vnetid)
+        owner = None if found is None else self.sessions.get(found)
+        return None if owner is None else (owner, serve)
+
+    def takes_tunnels(self, owner: Link) -> None:
+        """Refuse a new tunnel to owner's serves while it is at its cap or silent."""
+        cap = self.limits.max_tunnels_per_node
         if owner.core.tunnels >= cap:
             raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
         silent = owner.answers.silent_for(self.clock())
@@ -518,7 +545,6 @@ class RouteServicer:
                 f"vnet {owner.vnet.vnetid} has answered no tunnel request for {silent:.0f}s; "
                 "refusing new tunnels to it until it does"
             )
-        return link, owner, serve
 
     async def _accepted(
         self,
@@ -526,8 +552,12 @@ class RouteServicer:
         owner: Link,
         serve: Serve,
         context: grpc.aio.ServicerContext[bytes, bytes],
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> Splice:
         """Ask the serve's node to accept; the splice its Accept made.
+
+        link is the dialling node's (a stand-in for a node on another route:
+        vnet.route.peer); headers go out in the dialler's response headers.
 
         A coroutine of its own so that its frame (the pending entry, the
         future) is gone while the tunnel runs.
@@ -537,7 +567,7 @@ class RouteServicer:
         # hold them too, and an abort after it still ends the call
         # (route_rpc.end_unless_told) instead of failing in core and leaving
         # the dialling node hanging.
-        await context.send_initial_metadata(())
+        await context.send_initial_metadata(headers)
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
         tunnel_id = metadata(context, wire.MD_TUNNEL)
@@ -606,7 +636,7 @@ class RouteServicer:
             link.answers.answered(tunnel_id, now)
             pending = self.pending.take(tunnel_id, link.core, now)
             handover = self._handovers.get(pending)
-            dialer = self.sessions.get(pending.dialer)
+            dialer = self.sessions.get(pending.dialer) or self.remote.get(pending.dialer)
             if handover is None or handover.splice.done() or dialer is None:
                 raise NotFound("no such tunnel waiting for this vnet")
         except VnetError as exc:
@@ -650,26 +680,8 @@ class RouteServicer:
         return route_rpc.method_handlers(self)
 
     async def reap_half_closed(self) -> None:
-        """Reset tunnels closed one way and then silent past the limit.
-
-        A peer that half-closed and vanished (or a client that never reads
-        its end) would otherwise hold the tunnel, its buffers and two
-        streams forever. By the loop's clock, as the splices keep it.
-        """
-        idle = self.timeouts.half_close_idle
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(max(idle / 4, 0.02))
-            now = loop.time()
-            for splice in list(self.splices):
-                if splice.half_closed and now - splice.last_activity > idle:
-                    log.info(
-                        "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
-                        splice.tunnel_id,
-                        splice.serveid,
-                        idle,
-                    )
-                    splice.abort("idle after half-close")
+        """Reset tunnels closed one way and then silent past the limit (splice.reap)."""
+        await reap(self.splices, self.timeouts.half_close_idle)
 
     async def go_away(self, reason: str) -> None:
         """Tell every node the route is stopping; let tunnels finish for a while."""
@@ -697,3 +709,4 @@ class RouteServicer:
     async def close(self) -> None:
         for link in list(self.sessions.values()):
             self._drop(link, STOPPING)
+        await self.peers.close()
