@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import secrets
@@ -34,13 +35,7 @@ from vnet import wire
 from vnet.core.budget import MIB, Budget
 from vnet.core.claims import Claims, Conflict
 from vnet.core.config import RouteLimits
-from vnet.core.errors import (
-    LimitExceeded,
-    NotFound,
-    RouteUnavailable,
-    Unanswered,
-    VnetError,
-)
+from vnet.core.errors import LimitExceeded, NotFound, RouteUnavailable, Unanswered, VnetError
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.route import rpc as route_rpc
@@ -49,7 +44,7 @@ from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
 from vnet.route.between import Between
 from vnet.route.fanout import Fanout
 from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
-from vnet.route.link import Link
+from vnet.route.link import Link, forget_splice
 from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats, reap
@@ -168,7 +163,7 @@ class RouteServicer:
         # Called with each tunnel's set-up time (Dial to spliced), in seconds.
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
-        self._forget = self._forget_splice
+        self._forget = functools.partial(forget_splice, self.splices)
         # (group, serveid) -> "host:port" of the route whose node holds that serve,
         # when it is another route (the cluster's registry); None when not.
         self.locate: Callable[[str, int], str | None] = lambda group, serveid: None
@@ -663,17 +658,6 @@ class RouteServicer:
         finally:
             link.core.tunnels -= 1
         await route_rpc.end_unless_told(splice.accept, context)
-
-    def _forget_splice(self, done: Splice) -> None:
-        self.splices.discard(done)
-        for end in done.ends:
-            end.splices.discard(done)
-        if len(done.ends) == 2:
-            dialer, server = done.ends
-            dialer.bytes_from_node += done.bytes_to_serve
-            dialer.bytes_to_node += done.bytes_to_dialer
-            server.bytes_from_node += done.bytes_to_dialer
-            server.bytes_to_node += done.bytes_to_serve
 
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""
