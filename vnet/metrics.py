@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from vnet.node.node import Node
     from vnet.route.admin import RouteAdmin
+    from vnet.route.peer import Peers
     from vnet.route.service import RouteServicer
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class RouteCollector:
         probes.add_metric(["echoed"], s.between.probes.echoed)
         probes.add_metric(["unanswered"], s.between.probes.unanswered)
         yield probes
+        yield from _peer_families(s.peers)
         if self.admin is not None:
             actions = CounterMetricFamily(
                 "vnet_admin_actions",
@@ -130,6 +132,43 @@ class RouteCollector:
             "Serve changes of the other routes applied from the store's watch",
             value=member.events,
         )
+
+
+def _peer_families(peers: Peers) -> Iterator[Any]:
+    """Tunnels across routes (vnet.route.peer): both sides, bytes, refusals."""
+    tunnels = CounterMetricFamily(
+        "vnet_peer_tunnels",
+        "Tunnels through another route: dialled from here (out), served here (in)",
+        labels=["side"],
+    )
+    for side in ("out", "in"):
+        tunnels.add_metric([side], peers.tunnels[side])
+    yield tunnels
+    moved = CounterMetricFamily(
+        "vnet_peer_bytes",
+        "Tunnel frame bytes sent to and received from other routes",
+        labels=["direction"],
+    )
+    for direction in ("sent", "received"):
+        moved.add_metric([direction], peers.bytes(direction))
+    yield moved
+    refused = CounterMetricFamily(
+        "vnet_peer_refused",
+        "Other routes' tunnel calls this route refused, by reason (unauthenticated, not_here)",
+        labels=["reason"],
+    )
+    for reason, count in sorted(peers.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
+    answers = CounterMetricFamily(
+        "vnet_peer_answers",
+        "Other routes' answers to this route's tunnel calls that were not a tunnel, by kind "
+        "(not_here: tried elsewhere; failed: refused; unreachable)",
+        labels=["answer"],
+    )
+    for answer, count in sorted(peers.answers.items()):
+        answers.add_metric([answer], count)
+    yield answers
 
 
 class NodeCollector:

@@ -1,7 +1,7 @@
 """How a route's tunnels and the route itself end, apart from a node's own fin or reset.
 
-The half-close reaper resets tunnels that one side closed and then left
-silent; go_away tells every node the route is stopping and gives the
+The half-close reaper (vnet.route.splice.reap) resets tunnels that one side
+closed and then left silent; go_away tells every node the route is stopping and gives the
 tunnels a grace to finish. Both work on a RouteServicer's tables.
 """
 
@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from vnet.route.splice import reap
 from vnet.wire import route_messages as msg
 
 if TYPE_CHECKING:
@@ -20,26 +21,8 @@ log = logging.getLogger(__name__)
 
 
 async def reap_half_closed(servicer: RouteServicer) -> None:
-    """Reset tunnels closed one way and then silent past the limit.
-
-    A peer that half-closed and vanished (or a client that never reads
-    its end) would otherwise hold the tunnel, its buffers and two
-    streams forever. By the loop's clock, as the splices keep it.
-    """
-    idle = servicer.timeouts.half_close_idle
-    loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(max(idle / 4, 0.02))
-        now = loop.time()
-        for splice in list(servicer.splices):
-            if splice.half_closed and now - splice.last_activity > idle:
-                log.info(
-                    "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
-                    splice.tunnel_id,
-                    splice.serveid,
-                    idle,
-                )
-                splice.abort("idle after half-close")
+    """Reset tunnels closed one way and then silent past the limit (splice.reap)."""
+    await reap(servicer.splices, servicer.timeouts.half_close_idle)
 
 
 async def go_away(servicer: RouteServicer, reason: str) -> None:

@@ -28,10 +28,12 @@ from vnet.route.admin import Reloader, RouteAdmin
 from vnet.route.admin_rpc import AdminRpc
 from vnet.route.ending import go_away, reap_half_closed
 from vnet.route.member import Member
+from vnet.route.peer import PeerAccess
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer, RouteTimeouts
 from vnet.wire.admin_messages import ADMIN_SERVICE
 from vnet.wire.options import NODE_PING_FLOOR_MS, common_options, keepalive_options
+from vnet.wire.peer_messages import PEER_SERVICE
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ async def join_cluster(servicer: RouteServicer, cluster: ClusterCredentials) -> 
         raise OSError(f"cannot join the route cluster: {exc}") from None
     servicer.member = member
     servicer.locate = member.locate
+    servicer.peers.access = PeerAccess.of(cluster, servicer.security)
     return member
 
 
@@ -176,13 +179,16 @@ async def start_route(
             ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
         ]
     )
-    server.add_generic_rpc_handlers((servicer.handlers(), AdminRpc(admin).handlers()))
+    server.add_generic_rpc_handlers(
+        (servicer.handlers(), AdminRpc(admin).handlers(), servicer.peers.handlers())
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             wire.SERVICE,
             ADMIN_SERVICE,
+            PEER_SERVICE,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import secrets
@@ -34,15 +35,7 @@ from vnet import wire
 from vnet.core.budget import MIB, Budget
 from vnet.core.claims import Claims, Conflict
 from vnet.core.config import RouteLimits
-from vnet.core.errors import (
-    InvalidRequest,
-    LimitExceeded,
-    NotFound,
-    RouteUnavailable,
-    Unanswered,
-    VnetError,
-)
-from vnet.core.limits import SERVEID_MAX
+from vnet.core.errors import LimitExceeded, NotFound, RouteUnavailable, Unanswered, VnetError
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.route import rpc as route_rpc
@@ -51,7 +44,8 @@ from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
 from vnet.route.between import Between
 from vnet.route.fanout import Fanout
 from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
-from vnet.route.link import Link
+from vnet.route.link import Link, forget_splice
+from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
@@ -176,11 +170,16 @@ class RouteServicer:
         # Called with each tunnel's set-up time (Dial to spliced), in seconds.
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
-        self._forget = self._forget_splice
+        self._forget = functools.partial(forget_splice, self.splices)
         # In a route cluster (vnet.route.member): the store decides the ids, and
-        # locate says which route holds a serve of a node on another route.
+        # locate gives the "host:port" of the route whose node holds a serve, when
+        # that is another route (None when not).
         self.member: Member | None = None
         self.locate: Callable[[str, int], str | None] = _nowhere
+        # Tunnels to and from the other routes (vnet.route.peer); stand-in links of
+        # nodes on other routes whose Dial waits here for an Accept.
+        self.peers = Peers(self)
+        self.remote: dict[Session, Link] = {}
 
     # --- sessions --------------------------------------------------------
 
@@ -502,7 +501,15 @@ class RouteServicer:
     ) -> None:
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
-            link, owner, serve = self._dial_target(context)
+            try:
+                link, owner, serve = self._dial_target(context)
+            except Elsewhere as far:
+                # On another route; or here after all, after a stale answer there.
+                link = far.link
+                found = await self.peers.relay(far, context)
+                if found is None:
+                    return
+                owner, serve = found
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
         link.core.tunnels += 1
@@ -520,24 +527,37 @@ class RouteServicer:
     def _dial_target(
         self, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> tuple[Link, Link, Serve]:
-        """The caller, the serve's node and the serve; refused here, before anything waits."""
+        """The caller, the serve's node and the serve; refused here, before anything
+        waits. Elsewhere when the serve's node is on another route (locate)."""
         link = self._session(context)
         if self.refusing:
             raise RouteUnavailable(self.refusing)
-        raw = metadata(context, wire.MD_SERVEID)
-        # ASCII digits only: int() would take other scripts' digits too.
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= SERVEID_MAX:
-            raise InvalidRequest(
-                f"{wire.MD_SERVEID} must be a serveid 1-{SERVEID_MAX}, not {raw[:20]!r}"
-            )
-        serve = self.registry.find(link.vnet.group, int(raw))
-        found = self.table.of_vnet(serve.vnetid)
-        owner = None if found is None else self.sessions.get(found)
-        if owner is None:
-            raise NotFound(f"no serveid {serve.serveid} in this group")
+        serveid = parse_serveid(metadata(context, wire.MD_SERVEID))
+        found = self.owner_of(link.vnet.group, serveid)
         cap = self.limits.max_tunnels_per_node
+        far = None if found is not None else self.locate(link.vnet.group, serveid)
+        if found is None and not far:
+            raise NotFound(f"no serveid {serveid} in this group")
         if link.core.tunnels >= cap:
             raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
+        if found is None:
+            raise Elsewhere(link, serveid, far or "")
+        self.takes_tunnels(found[0])
+        return link, *found
+
+    def owner_of(self, group: str, serveid: int) -> tuple[Link, Serve] | None:
+        """The serve's node and the serve, when both are here (its node has a session)."""
+        try:
+            serve = self.registry.find(group, serveid)
+        except NotFound:
+            return None
+        found = self.table.of_vnet(serve.vnetid)
+        owner = None if found is None else self.sessions.get(found)
+        return None if owner is None else (owner, serve)
+
+    def takes_tunnels(self, owner: Link) -> None:
+        """Refuse a new tunnel to owner's serves while it is at its cap or silent."""
+        cap = self.limits.max_tunnels_per_node
         if owner.core.tunnels >= cap:
             raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
         silent = owner.answers.silent_for(self.clock())
@@ -547,7 +567,6 @@ class RouteServicer:
                 f"vnet {owner.vnet.vnetid} has answered no tunnel request for {silent:.0f}s; "
                 "refusing new tunnels to it until it does"
             )
-        return link, owner, serve
 
     async def _accepted(
         self,
@@ -555,8 +574,12 @@ class RouteServicer:
         owner: Link,
         serve: Serve,
         context: grpc.aio.ServicerContext[bytes, bytes],
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> Splice:
         """Ask the serve's node to accept; the splice its Accept made.
+
+        link is the dialling node's (a stand-in for a node on another route:
+        vnet.route.peer); headers go out in the dialler's response headers.
 
         A coroutine of its own so that its frame (the pending entry, the
         future) is gone while the tunnel runs.
@@ -566,7 +589,7 @@ class RouteServicer:
         # hold them too, and an abort after it still ends the call
         # (route_rpc.end_unless_told) instead of failing in core and leaving
         # the dialling node hanging.
-        await context.send_initial_metadata(())
+        await context.send_initial_metadata(headers)
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
         tunnel_id = metadata(context, wire.MD_TUNNEL)
@@ -635,7 +658,7 @@ class RouteServicer:
             link.answers.answered(tunnel_id, now)
             pending = self.pending.take(tunnel_id, link.core, now)
             handover = self._handovers.get(pending)
-            dialer = self.sessions.get(pending.dialer)
+            dialer = self.sessions.get(pending.dialer) or self.remote.get(pending.dialer)
             if handover is None or handover.splice.done() or dialer is None:
                 raise NotFound("no such tunnel waiting for this vnet")
         except VnetError as exc:
@@ -663,17 +686,6 @@ class RouteServicer:
             link.core.tunnels -= 1
         await route_rpc.end_unless_told(splice.accept, context)
 
-    def _forget_splice(self, done: Splice) -> None:
-        self.splices.discard(done)
-        for end in done.ends:
-            end.splices.discard(done)
-        if len(done.ends) == 2:
-            dialer, server = done.ends
-            dialer.bytes_from_node += done.bytes_to_serve
-            dialer.bytes_to_node += done.bytes_to_dialer
-            server.bytes_from_node += done.bytes_to_dialer
-            server.bytes_to_node += done.bytes_to_serve
-
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""
         return route_rpc.method_handlers(self)
@@ -681,3 +693,4 @@ class RouteServicer:
     async def close(self) -> None:
         for link in list(self.sessions.values()):
             self._drop(link, STOPPING)
+        await self.peers.close()
