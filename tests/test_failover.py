@@ -25,9 +25,7 @@ from vnet.node.node import Node, NodeTimeouts
 from vnet.route.admin import DRAINING
 
 # Quick retries: a dead route on loopback is noticed at once (the socket closes).
-FAST = NodeTimeouts(
-    connect=TIMEOUT, target_connect=TIMEOUT, reconnect_min=0.1, reconnect_max=1.0
-)
+FAST = NodeTimeouts(connect=TIMEOUT, target_connect=TIMEOUT, reconnect_min=0.1, reconnect_max=1.0)
 # A backoff far past the tests' deadlines: only a move "at once" can pass.
 SLOW = NodeTimeouts(
     connect=TIMEOUT, target_connect=TIMEOUT, reconnect_min=120.0, reconnect_max=240.0
@@ -92,7 +90,8 @@ async def test_kill_9_of_route_a_moves_both_nodes_to_b(
     route_a = await procs.route(a, "route-a")
     await procs.route(b, "route-b")
     home, office, port = await _pair(make_node, (a, b), echo.port, FAST)
-    assert _on(home, a) and _on(office, a)
+    assert _on(home, a)
+    assert _on(office, a)
     assert await _serves_on(a) == [(700, "echo")]
     assert await _serves_on(b) == []
     # A tunnel open through A when it dies.
@@ -157,7 +156,8 @@ async def test_going_away_moves_at_once_and_old_tunnels_finish(
     route_a = await make_route(stop_grace=10 * TIMEOUT)
     route_b = await make_route()
     home, office, port = await _pair(make_node, (route_a.port, route_b.port), echo.port, SLOW)
-    assert _on(home, route_a.port) and _on(office, route_a.port)
+    assert _on(home, route_a.port)
+    assert _on(office, route_a.port)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"before")
     assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"before"
