@@ -9,9 +9,11 @@ compared exactly; a tunnel cut by a dead route must end in a reset.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,7 @@ from tests.procs import Procs
 from tests.services import echo_ok, echo_round_trip, echo_server, pattern, read_until_reset
 from vnet.core.config import NodeConfig, RouteEndpoint, ServeConfig, UseConfig, VnetConfig
 from vnet.core.errors import RouteUnavailable
-from vnet.node.client import RouteClient
+from vnet.node.client import ClientTls, NodeCredentials, RouteClient
 from vnet.node.node import Node, NodeTimeouts
 from vnet.route.admin import DRAINING
 
@@ -213,3 +215,33 @@ async def test_a_single_route_keeps_its_reconnecting(
     await make_route(port)
     await wait_until(lambda: _on(node, port) and node.lost, "the node to rejoin its route")
     assert node.route_moves == 0
+
+
+@pytest.mark.timeout(60)
+async def test_tls_checks_each_route_for_the_host_its_entry_names(
+    procs: Procs, make_node: MakeNode, tmp_path: Path
+) -> None:
+    """A's certificate is for 127.0.0.1 only, B's for localhost only: one CA,
+    and each entry's own host as the name to verify."""
+    import trustme
+
+    ca = trustme.CA()
+    a, b = free_port(), free_port()
+    routes = {}
+    for name, port, host in (("route-a", a, "127.0.0.1"), ("route-b", b, "localhost")):
+        cert = ca.issue_cert(host)
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        extra = f"tls_cert={name}.pem\ntls_key={name}.key\n"
+        routes[name] = await procs.route(port, name, extra)
+    config = dataclasses.replace(
+        _config("n", (a,)),
+        vnet=VnetConfig(name="n", group="team", tls=True, tls_ca="ca.pem"),
+        routes=(RouteEndpoint("127.0.0.1", a), RouteEndpoint("localhost", b)),
+    )
+    credentials = NodeCredentials(tls=ClientTls(root_ca=ca.cert_pem.bytes()))
+    node = await make_node(config=config, timeouts=FAST, credentials=credentials)
+    assert _on(node, a)
+    await routes["route-a"].stop(signal.SIGKILL)
+    await wait_until(lambda: node.connected and node.route_address == f"localhost:{b}", "B")
+    assert node.route_moves == 1
