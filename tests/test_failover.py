@@ -160,6 +160,12 @@ async def test_going_away_moves_at_once_and_old_tunnels_finish(
     home, office, port = await _pair(make_node, (route_a.port, route_b.port), echo.port, SLOW)
     assert _on(home, route_a.port)
     assert _on(office, route_a.port)
+    # A node that knows only A: it stays there through A's grace.
+    late = await make_node(
+        config=_config("late", (route_a.port,), uses=[UseConfig("echo", 700, port=0)]),
+        timeouts=SLOW,
+    )
+    late_port = await use_port(late, "echo")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"before")
     assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"before"
@@ -181,6 +187,10 @@ async def test_going_away_moves_at_once_and_old_tunnels_finish(
         fresh = pattern(300_000, seed=4)
         assert await echo_round_trip(port, fresh) == fresh
         assert await _serves_on(route_b.port) == [(700, "echo")]
+        # A, in its grace, still has home's serve and asks home (on B now) for
+        # a new tunnel on its old control stream: home takes it.
+        late_body = pattern(100_000, seed=5)
+        assert await echo_round_trip(late_port, late_body) == late_body
     finally:
         writer.close()
         # The last tunnel through A ended: its stop goes on and finishes.
@@ -245,3 +255,44 @@ async def test_tls_checks_each_route_for_the_host_its_entry_names(
     await routes["route-a"].stop(signal.SIGKILL)
     await wait_until(lambda: node.connected and node.route_address == f"localhost:{b}", "B")
     assert node.route_moves == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_route_left_in_its_grace_still_reaches_the_serves_it_had(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    """home moves from A to B, where its static serveid is someone else's:
+    A, in its grace, still sends home tunnels for 700, as A knows it."""
+    echo = await echo_server()
+    route_a = await make_route(stop_grace=10 * TIMEOUT)
+    route_b = await make_route()
+    await make_node(
+        config=_config("squatter", (route_b.port,), serves=[ServeConfig("x", 1, serveid=700)]),
+        timeouts=SLOW,
+    )
+    home = await make_node(
+        config=_config(
+            "home", (route_a.port, route_b.port), serves=[ServeConfig("echo", echo.port, 700)]
+        ),
+        timeouts=SLOW,
+    )
+    late = await make_node(
+        config=_config("late", (route_a.port,), uses=[UseConfig("echo", 700, port=0)]),
+        timeouts=SLOW,
+    )
+    port = await use_port(late, "echo")
+    # Open through A when it starts going away: A waits for it in its grace.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"held")
+    assert await asyncio.wait_for(reader.readexactly(4), TIMEOUT) == b"held"
+    stopping = asyncio.create_task(route_a.stop())
+    try:
+        await wait_until(lambda: _on(home, route_b.port), "home to join B")
+        await wait_until(lambda: "echo" in home.serve_errors, "B to refuse home's 700")
+        assert 700 not in home.serving
+        body = pattern(100_000, seed=6)
+        assert await echo_round_trip(port, body) == body
+    finally:
+        writer.close()
+        await asyncio.wait_for(stopping, TIMEOUT)
+    await echo.close()

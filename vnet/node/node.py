@@ -143,8 +143,10 @@ class Node:
         # Set when the route says it is going away with a grace, and the node
         # has another route to go to: it moves now, not at the stream's end.
         self._moving = asyncio.Event()
-        # Clients of routes the node has left while their tunnels drain.
-        self._leaving: set[RouteClient] = set()
+        # Clients of routes the node has left while their tunnels drain, with
+        # the serves registered there then (by serveid), for the tunnels it
+        # still asks for in its grace.
+        self._leaving: dict[RouteClient, dict[int, ServeConfig]] = {}
         # The route said it is stopping (going_away): its stream's end is no surprise.
         self._going_away = False
         # Its reason, when the route ended only this node's session (grace 0: a kick).
@@ -351,16 +353,18 @@ class Node:
         """Leave a route that is going away without cutting its tunnels: its
         channel stays open until it ends the control stream (its grace is
         over), or a while after that at most, then it is closed."""
-        self._leaving.add(client)
+        self._leaving[client] = self.serving
 
         async def close_later() -> None:
             try:
                 await asyncio.wait({control}, timeout=grace + CLOSE_TIMEOUT)
             finally:
                 control.cancel()
-                if control.done() and not control.cancelled():
-                    control.exception()  # its end was expected: retrieved, not logged
-                self._leaving.discard(client)
+                # Its end was expected: awaited here, neither logged nor
+                # taken for the new route's (it is still in _leaving).
+                with contextlib.suppress(BaseException):
+                    await control
+                self._leaving.pop(client, None)
                 await client.close_quietly()
 
         self._spawn(close_later())
@@ -480,7 +484,8 @@ class Node:
         to the serves still registered there are accepted until its grace ends;
         what it says of the group's serves is the new route's to say now."""
         if isinstance(event, OpenTunnel):
-            self._spawn(self.serve_side.accept(event, client.accept(event.tunnel_id)))
+            serving = self._leaving[client]
+            self._spawn(self.serve_side.accept(event, client.accept(event.tunnel_id), serving))
         elif isinstance(event, EchoAsked):
             self._spawn(probing.echo(client, event.probe))
 
