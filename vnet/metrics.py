@@ -182,6 +182,19 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "vnet_node_connected", "1 while the node is joined to its route", value=node.connected
         )
+        on = GaugeMetricFamily(
+            "vnet_node_route",
+            "1 for the route the node is joined to now (HOST:PORT, one of [route] routes)",
+            labels=["route"],
+        )
+        if node.connected:
+            on.add_metric([node.route_address], 1)
+        yield on
+        yield CounterMetricFamily(
+            "vnet_node_route_moves",
+            "Times the node joined another route than the one it lost or left",
+            value=node.route_moves,
+        )
         opened = CounterMetricFamily(
             "vnet_use_connections", "Connections accepted by each use", labels=["use"]
         )

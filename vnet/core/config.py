@@ -1,8 +1,9 @@
 """Parsing of config.ini, in the original vnet's format.
 
 A file has a [route] section (where the route listens, and where nodes reach
-it), a [vnet] section for a node, and any number of [serve.NAME] and
-[use.NAME] sections. One file may serve both the route and a node.
+it: ip and port, or for a node several routes in routes=), a [vnet] section
+for a node, and any number of [serve.NAME] and [use.NAME] sections. One
+file may serve both the route and a node.
 
 Pure: reads text, returns frozen dataclasses. check_node_config and
 check_route_config find every problem in one pass (vnet.core.ini), each a
@@ -14,6 +15,7 @@ Nothing here opens files or sockets or starts tasks.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Generic, TypeVar
@@ -25,7 +27,14 @@ from vnet.core.cluster_config import ClusterSettings, read_cluster
 from vnet.core.config_section import SectionReader, token_problem
 from vnet.core.errors import ConfigError
 from vnet.core.ini import Problems, Section, label, read_ini
-from vnet.core.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
+from vnet.core.limits import (
+    INFO_MAX,
+    NAME_MAX,
+    host_problem,
+    quoted_if_odd,
+    shown,
+    text_problem,
+)
 
 # Where the rest of vnet has always found it.
 from vnet.core.limits import SERVEID_MAX as SERVEID_MAX
@@ -58,6 +67,57 @@ class RouteEndpoint:
     def address(self) -> str:
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         return f"{host}:{self.port}"
+
+
+def read_routes(raw: str) -> tuple[tuple[RouteEndpoint, ...], str]:
+    """[route] routes = HOST:PORT, HOST:PORT, [V6]:PORT: the routes a node may
+    join, in the order it tries them; and the problem ("" when none).
+
+    A route named twice is refused: the node would cycle back to the same one
+    and count it as another. Names are compared case-blind, addresses as
+    addresses ([::1] and [0::1] are one).
+    """
+    found: list[RouteEndpoint] = []
+    seen: dict[str, int] = {}
+    entries = raw.split(",")
+    for n, entry in enumerate(entries, 1):
+        text = entry.strip()
+        which = f"entry {n}" if len(entries) > 1 else "the entry"
+        if not text:
+            return (), f"{which} is empty (give HOST:PORT, comma-separated)"
+        endpoint = _endpoint(text)
+        if endpoint is None:
+            return (), f"{which}, {shown(text)}, is not HOST:PORT ([V6]:PORT for IPv6)"
+        same = _canonical(endpoint)
+        if same in seen:
+            return (), f"{shown(text)} is named twice (entries {seen[same]} and {n})"
+        seen[same] = n
+        found.append(endpoint)
+    return tuple(found), ""
+
+
+def _endpoint(text: str) -> RouteEndpoint | None:
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            return None
+    elif ":" in host:
+        return None  # an IPv6 address needs its brackets, or its port is ambiguous
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not host or host_problem(host) or not digits or not 0 < int(port) < 65536:
+        return None
+    return RouteEndpoint(host, int(port))
+
+
+def _canonical(endpoint: RouteEndpoint) -> str:
+    try:
+        host = str(ipaddress.ip_address(endpoint.ip))
+    except ValueError:
+        host = endpoint.ip.lower().rstrip(".")
+    return f"{host} {endpoint.port}"
 
 
 @dataclass(frozen=True)
@@ -202,6 +262,14 @@ class NodeConfig:
     serves: tuple[ServeConfig, ...] = ()
     uses: tuple[UseConfig, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # [route] routes=: the routes this node may join, tried in this order
+    # (vnet.node.node fails over between them); (): the one at route.
+    routes: tuple[RouteEndpoint, ...] = ()
+
+    @property
+    def targets(self) -> tuple[RouteEndpoint, ...]:
+        """The routes the node tries, in order: routes=, else ip and port."""
+        return self.routes or (self.route,)
 
 
 def _keys(
@@ -220,6 +288,8 @@ ROUTE_KEYS = _keys(
     RouteLimits,
     # Read into other records, or not keys at all.
     drop=frozenset({"path", "listen", "groups", "limits", "admin"}),
+    # A node's (NodeConfig.routes); the route itself listens on ip and port.
+    add=frozenset({"routes"}),
 )
 VNET_KEYS = _keys(VnetConfig)
 GROUP_KEYS = _keys(GroupConfig, drop=frozenset({"name"}))
@@ -354,16 +424,30 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
 
 
 def _route(
-    problems: Problems, sections: Mapping[str, Section]
+    problems: Problems, sections: Mapping[str, Section], node: bool = False
 ) -> tuple[RouteEndpoint, SectionReader]:
-    """[route], required in a file: both the route and its nodes need ip and port."""
+    """[route], required in a file: the route listens on ip and port, and its
+    nodes reach it there, unless a node's file names its routes in routes=."""
     section = sections.get("route")
     sec = SectionReader(problems, "route", section, ROUTE_KEYS)
     if section is None:
         problems.error(None, "route", None, "section is missing")
         return RouteEndpoint(), sec
+    if node and sec.has("routes"):
+        # ip and port, if given too, are where a route sharing this file listens.
+        ip = sec.host("ip", DEFAULT_ROUTE_IP)
+        return RouteEndpoint(ip=ip, port=sec.port("port", DEFAULT_ROUTE_PORT)), sec
     sec.require("ip")
     return RouteEndpoint(ip=sec.host("ip", DEFAULT_ROUTE_IP), port=sec.port("port")), sec
+
+
+def _routes(sec: SectionReader) -> tuple[RouteEndpoint, ...]:
+    if not sec.has("routes"):
+        return ()
+    routes, problem = read_routes(sec.values["routes"])
+    if problem:
+        sec.fail("routes", problem)
+    return routes
 
 
 def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
@@ -540,7 +624,8 @@ def check_node_config(path: str, text: str) -> Checked[NodeConfig]:
     problems = Problems(path)
     sections = read_ini(text, problems)
     known = _check_section_kinds(sections, problems)
-    route, _ = _route(problems, sections)
+    route, route_sec = _route(problems, sections, node=True)
+    routes = _routes(route_sec)
     vnet = _vnet(problems, sections.get("vnet"))
     serves: list[ServeConfig] = []
     uses: list[UseConfig] = []
@@ -566,6 +651,7 @@ def check_node_config(path: str, text: str) -> Checked[NodeConfig]:
         serves=tuple(serves),
         uses=tuple(uses),
         warnings=tuple(str(w) for w in problems.warnings),
+        routes=routes,
     )
     return Checked(config, problems, _where(sections))
 
