@@ -29,6 +29,9 @@ from vnet.core.errors import ServeIdTaken
 from vnet.node.client import RouteClient
 
 TOKEN = "route-to-route-secret"
+# The nodes' backoff starts at 0.5 s; a dead route's lease in these tests is 3 s.
+RECOVERY = 30.0
+TTL = 3
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ async def test_a_clustered_route_starts_and_a_second_with_its_id_is_refused(
     procs: Procs, etcd: EtcdServer
 ) -> None:
     port = free_port()
-    route = await procs.route(port, "a", cluster_lines(etcd.url, "a", port))
+    route = await procs.route(port, "a", cluster_lines(etcd.url, "a", port, TTL))
     await route.wait_for_line("cluster: route a joined the store", TIMEOUT)
     # --check reads [cluster] (no warning that it is unused: it is used).
     code, out, err = await procs.run(command("vnet-route"), "--check", "a.ini")
@@ -59,12 +62,19 @@ async def test_a_clustered_route_starts_and_a_second_with_its_id_is_refused(
     assert "not used yet" not in out + err
     twin = free_port()
     (procs.tmp / "twin.ini").write_text(
-        f"[route]\nip=127.0.0.1\nport={twin}\n" + cluster_lines(etcd.url, "a", twin)
+        # Its own lease_ttl bounds how long it waits for the id (a crashed run's lease).
+        f"[route]\nip=127.0.0.1\nport={twin}\n" + cluster_lines(etcd.url, "a", twin, 2)
     )
     code, _, err = await procs.run(command("vnet-route"), "twin.ini")
     assert code != 0
     assert "cannot join the route cluster: route_id a is held by a live route" in err
     assert "Traceback" not in err
+    # Killed, it starts again at once: it waits out its own old lease.
+    route.send(signal.SIGKILL)
+    await route.wait(TIMEOUT)
+    again = await procs.route(port, "a", cluster_lines(etcd.url, "a", port, TTL))
+    await again.wait_for_line("cluster: route a joined the store", TIMEOUT * 2)
+    assert "is still held (a crashed run's lease?)" in again.output()
 
 
 async def test_a_route_whose_store_is_down_does_not_start(procs: Procs, tmp_path: Path) -> None:
@@ -81,10 +91,6 @@ async def test_a_route_whose_store_is_down_does_not_start(procs: Procs, tmp_path
 
 
 # --- failures, with real route and node processes -------------------------------
-
-# The nodes' backoff starts at 0.5 s; a dead route's lease in these tests is 3 s.
-RECOVERY = 30.0
-TTL = 3
 
 
 async def cluster_of(

@@ -72,6 +72,7 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
         ("disruptions", f"{len(ds)}, {len(recoveries)} recovered"),
         ("max recovery", f"{max(recoveries):.1f} s" if recoveries else "-"),
         ("processes that died unasked", f"{len(soak.fleet.crashes)}"),
+        ("routes", ", ".join(soak.routes) + (" (a cluster on one etcd)" if soak.cluster else "")),
         ("route tunnels open when quiet", f"{first[1]} at the start, {last[1]} at the end"),
         (
             "exit status at the end (SIGTERM)",
@@ -89,7 +90,7 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
         caught = [ok for s0, s1, ok in soak.spans if s0 < d.since < s1]
         flight = f"{sum(caught)}/{len(caught) - sum(caught)}"
         failed = sum(d.overlaps(*f) for f in failures)
-        fds = "/".join(str(d.quiet[0].get(r, (-1,))[0]) for r in ("route", "home", *OFFICES))
+        fds = "/".join(str(d.quiet[0].get(r, (-1,))[0]) for r in (*soak.routes, "home", *OFFICES))
         lines.append(
             f"{n:>2}  {d.at:>5.1f} s  {d.what:<26}  {d.exit!s:>4}  {took:>9}  {flight:>19}"
             f"  {failed:>13}  {d.quiet[1]:>24}, {fds}"
@@ -101,7 +102,7 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
         f"{'process':<9}  {'peak RSS':>9}  {'RSS start':>9}  {'RSS end':>9}  {'fds start':>9}"
         f"  {'fds end':>7}  {'pid start':>9}  {'pid end':>9}  restarts",
     ]
-    for role in ("route", "home", *OFFICES):
+    for role in (*soak.routes, "home", *OFFICES):
         peak = soak.fleet.peak_rss.get(role, (0, 0))[0]
         (f0, p0, r0), (f1, p1, r1) = (q[0].get(role, (-1, 0, 0)) for q in (first, last))
         lines.append(

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
 from vnet.cluster.credentials import ClusterCredentials
-from vnet.cluster.store import ClusterStore
+from vnet.cluster.store import ClusterStore, RouteIdTaken
 from vnet.core.config import RouteEndpoint, RouteLimits, RouteSettings
 from vnet.core.errors import VnetError
 from vnet.metrics import MetricsServer, serve_metrics
@@ -36,6 +36,10 @@ from vnet.wire.options import NODE_PING_FLOOR_MS, common_options, keepalive_opti
 from vnet.wire.peer_messages import PEER_SERVICE
 
 log = logging.getLogger(__name__)
+
+# Waiting for an old lease on this route's id: its TTL plus this, trying this often.
+ID_WAIT_SLACK = 2.0
+ID_RETRY = 0.5
 
 # New calls C-core may hold for the servicer: two per tunnel being set up.
 PENDING_CALLS = 20_000
@@ -102,8 +106,26 @@ async def join_cluster(servicer: RouteServicer, cluster: ClusterCredentials) -> 
         )
 
     member = Member(make_store, servicer)
+    # A route restarted after a crash finds its own old lease still holding its id:
+    # it waits that lease out (a live twin would keep it, and is then refused).
+    deadline = time.monotonic() + settings.lease_ttl + ID_WAIT_SLACK
     try:
-        await member.store.start()
+        while True:
+            try:
+                await member.store.start()
+                break
+            except RouteIdTaken:
+                if time.monotonic() > deadline:
+                    raise
+                log.info(
+                    "cluster: route_id %s is still held (a crashed run's lease?); waiting "
+                    "up to %.0f s for it to expire",
+                    settings.route_id,
+                    deadline - time.monotonic(),
+                )
+                await member.store.close(revoke=False)
+                await asyncio.sleep(ID_RETRY)
+                member.store = make_store()
         await member.start()
     except VnetError as exc:
         await member.close()
