@@ -56,7 +56,11 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
     rows = [
         ("machine", machine()),
         ("vnet revision at the start", soak.revision),
-        ("command", f"python -m tools.soak --minutes {soak.minutes:g} --seed {soak.seed}"),
+        (
+            "command",
+            f"python -m tools.soak --minutes {soak.minutes:g} --seed {soak.seed}"
+            + (" --cluster" if soak.cluster else ""),
+        ),
         ("load average before the run", soak.load),
         ("duration", f"{soak.duration:.1f} s"),
         ("client connections tried", f"{w.tried}"),
@@ -83,7 +87,8 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
     lines = ["vnet soak", *(f"{k:<{width}}  {v}" for k, v in rows), ""]
     lines.append(
         f"{'#':>2}  {'at':>7}  {'disruption':<26}  exit  recovered  in flight: ok/failed"
-        "  failed in all  before it: route tunnels, fds (route/home/office-a/office-b)"
+        "  failed in all  before it: route tunnels, fds "
+        f"({'/'.join((*soak.routes, 'home', *OFFICES))})"
     )
     for n, d in enumerate(ds, 1):
         took = "NO" if d.recovery is None else f"{d.recovery:.1f} s"
