@@ -221,12 +221,14 @@ async def test_etcd_stopped_tunnels_flow_joins_fail_clearly_then_recover(
     assert "the cluster store is unavailable" in out + err
     assert "Traceback" not in out + err
     await etcd.start()
+    back = time.monotonic()
 
     async def joins() -> bool:
         code, _, _ = await procs.run(command("vnet"), "late.ini", "-c", "show serves")
         return code == 0
 
     await wait_until(joins, "joins to work again", RECOVERY, 0.5)
+    print(f"a node joined again {time.monotonic() - back:.1f} s after etcd was back")
     assert route_a.returncode is None
     assert route_b.returncode is None
     await echo.close()
