@@ -141,11 +141,15 @@ def measure(pairs: Sequence[Pair], tunnels: int, bulk_mib: int) -> tuple[float, 
     return rate, nbytes * len(pairs) / took / 1e6
 
 
-def run(routes: Sequence[int], quick: bool, repeat: int, markdown: bool) -> str:
+HEADER = ["routes", "tunnels pass", "new tunnels/s (all pairs)", "MB/s (all pairs)"]
+
+
+def rows(routes: Sequence[int], quick: bool, repeat: int) -> list[list[str]]:
+    """The table's body: a fresh etcd, then for each size a fresh cluster per layout."""
     from harness.etcd import EtcdServer
 
     tunnels, bulk_mib = QUICK if quick else FULL
-    rows: list[list[str]] = []
+    body: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="vnet-bench-cluster-") as scratch:
         workdir = Path(scratch)
         etcd = EtcdServer(workdir)
@@ -162,30 +166,31 @@ def run(routes: Sequence[int], quick: bool, repeat: int, markdown: bool) -> str:
                         children.stop_all()
                     rate = statistics.median(g[0] for g in got)
                     mbs = statistics.median(g[1] for g in got)
-                    rows.append(
-                        [
-                            str(n),
-                            "across two routes" if across else "within one route",
-                            f"{rate:,.0f}",
-                            f"{mbs:,.1f}",
-                        ]
+                    where = "across two routes" if across else "within one route"
+                    body.append([str(n), where, f"{rate:,.0f}", f"{mbs:,.1f}"])
+                    print(
+                        f"cluster: {n} route(s), {where}: {rate:,.0f} tunnels/s, {mbs:,.1f} MB/s",
+                        file=sys.stderr,
+                        flush=True,
                     )
-                    print(f"cluster: {n} route(s), {rows[-1][1]}: {rows[-1][2]} tunnels/s, "
-                          f"{rows[-1][3]} MB/s", file=sys.stderr, flush=True)  # fmt: skip
         finally:
             asyncio.run(etcd.stop())
-    header = ["routes", "tunnels pass", "new tunnels/s (all pairs)", "MB/s (all pairs)"]
+    return body
+
+
+def title(routes: Sequence[int], quick: bool, repeat: int) -> str:
+    tunnels, bulk_mib = QUICK if quick else FULL
     cores = os.cpu_count() or 1
-    note = (
-        f"{cores} core(s); each route pinned with taskset to core i mod {cores}"
+    pinned = (
+        f"each route pinned with taskset to core i mod {cores}"
         if _taskset(0)
-        else f"{cores} core(s); not pinned (taskset missing or one core)"
+        else "not pinned (taskset missing or one core)"
     )
-    table = markdown_table(header, rows) if markdown else plain_table(header, rows)
     return (
-        f"Route cluster: {len(routes)} size(s), {tunnels} tunnels and {bulk_mib} MiB per pair, "
-        f"{PARALLEL} in flight, {BULK_CONNS} bulk connections, median of {repeat}; {note}\n"
-        f"{table}"
+        f"route cluster (bench/cluster.py: {', '.join(map(str, routes))} routes on one etcd, a "
+        f"home and an office node per route, all pairs at once; {tunnels} tunnels, "
+        f"{PARALLEL} in flight, and {bulk_mib} MiB over {BULK_CONNS} connections per pair; "
+        f"median of {repeat}; {cores} core(s), {pinned})"
     )
 
 
@@ -198,10 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.routes.split(",") if x.strip()]
     try:
-        print(run(sizes, args.quick, args.repeat, args.markdown))
+        body = rows(sizes, args.quick, args.repeat)
     except BenchError as exc:
         print(f"bench.cluster: {exc}", file=sys.stderr)
         return 1
+    table = markdown_table(HEADER, body) if args.markdown else plain_table(HEADER, body)
+    print(f"{title(sizes, args.quick, args.repeat)}\n{table}")
     return 0
 
 
