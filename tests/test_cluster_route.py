@@ -136,6 +136,10 @@ async def test_serves_and_ids_are_shared_across_routes(
     await home.rpc.unregister(700)
     await wait_until(lambda: not b.servicer.registry.mirrored("g", 700), "b to drop 700")
     assert 700 not in await office.serveids()
+    # show vnets lists the group's nodes on every route, with their serve counts.
+    listed = {v.vnetid: v for v in await office.rpc.list_vnets(timeout=TIMEOUT)}
+    assert set(listed) == {home_id, office_id, rival_id}
+    assert listed[home_id].serves == 1
     # Another group sees nothing of it.
     stranger = clients(b)
     await stranger.join("stranger", group="other")

@@ -98,6 +98,11 @@ class Registry:
     def _changed(self, group: str) -> None:
         self._version[group] = self._version.get(group, 0) + 1
 
+    def touch(self, group: str) -> None:
+        """Something the group's answers show changed outside the registry (a node of
+        the group on another route of a cluster): List answers are made again."""
+        self._changed(group)
+
     def _held_vnetid(self, vnetid: str) -> bool:
         return self.claims is not None and self.claims.vnetid_held(vnetid)
 

@@ -24,8 +24,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from vnet.cluster.store import ClusterStore, ServeEvent
-from vnet.core.cluster_keys import SessionRecord
+from vnet.cluster.store import Change, ClusterStore
+from vnet.core.cluster_keys import NodeRecord, RouteRecord, ServeRecord, SessionRecord
 from vnet.core.errors import NotFound, StoreUnavailable, VnetError
 from vnet.core.registry import Registration, Vnet
 
@@ -50,8 +50,10 @@ class Member:
         self.store = make_store()
         self.servicer = servicer
         self.route_id = self.store.route_id
-        # route_id -> its advertise address, for locate(); read again on a miss.
+        # route_id -> its advertise address, for locate(); kept by the watch.
         self.routes: dict[str, str] = {}
+        # vnetid -> where it is, for the group's nodes on the other routes.
+        self.nodes: dict[str, NodeRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._fence_watcher: asyncio.Task[None] | None = None
@@ -64,7 +66,6 @@ class Member:
 
     async def start(self) -> None:
         """Mirror the other routes' serves, then follow them; watch for a fence."""
-        await self._read_routes()
         revision = await self._snapshot()
         self._watcher = asyncio.create_task(self._follow(revision), name="cluster-watch")
         self._fence_watcher = asyncio.create_task(self._on_fence(), name="cluster-fence")
@@ -205,20 +206,48 @@ class Member:
             self.spawn(self._read_routes(), "read the routes")
         return found
 
+    def locate_vnet(self, group: str, vnetid: str) -> str | None:
+        """Where a node of the group on another route is (its route's address); None
+        when it is not on another route (here, or nowhere)."""
+        record = self.nodes.get(vnetid)
+        if record is None or record.vnet.group != group:
+            return None
+        return self.routes.get(record.route_id)
+
+    def with_remote(self, group: str, local: list[tuple[Vnet, int]]) -> list[tuple[Vnet, int]]:
+        """ListVnets' nodes: this route's, then the group's nodes on the other routes,
+        each with its serve count (from the mirrored serves)."""
+        remote = [r.vnet for r in self.nodes.values() if r.vnet.group == group]
+        if not remote:
+            return local
+        counts: dict[str, int] = {}
+        registry = self.servicer.registry
+        for serve in registry.serves(group):
+            if registry.mirrored(group, serve.serveid):
+                counts[serve.vnetid] = counts.get(serve.vnetid, 0) + 1
+        here = {v.vnetid for v, _ in local}
+        merged = local + [(v, counts.get(v.vnetid, 0)) for v in remote if v.vnetid not in here]
+        return sorted(merged, key=lambda pair: (len(pair[0].vnetid), pair[0].vnetid))
+
     async def _read_routes(self) -> None:
         self.routes = {r.route_id: r.advertise for r in await self.store.routes()}
 
     async def _snapshot(self) -> int:
-        records, revision = await self.store.serves_snapshot()
+        snap = await self.store.snapshot()
         registry = self.servicer.registry
         fanout = self.servicer.fanout
+        self.routes = {r.route_id: r.advertise for r in snap.routes}
+        touched = {r.vnet.group for r in self.nodes.values()}
+        self.nodes = {r.vnet.vnetid: r for r in snap.nodes if r.route_id != self.route_id}
+        for group in touched | {r.vnet.group for r in self.nodes.values()}:
+            registry.touch(group)
         # What is mirrored now but no longer in the store went while the watch was down.
         seen: set[tuple[str, int]] = set()
-        for record in records:
+        for record in snap.serves:
             if record.route_id == self.route_id:
                 continue
             seen.add((record.group, record.serve.serveid))
-            self._apply(ServeEvent("added", record, revision))
+            self._apply_serve("added", record)
         for group in registry.groups_mirrored():
             for serve in registry.serves(group):
                 key = (group, serve.serveid)
@@ -229,17 +258,17 @@ class Member:
                 ):
                     fanout.removed(serve, group)
         self.synced.set()
-        return revision
+        return snap.revision
 
     async def _follow(self, revision: int) -> None:
-        """Apply the other routes' serve events; after a break, start from a fresh snapshot."""
+        """Apply the other routes' changes; after a break, start from a fresh snapshot."""
         wait = WATCH_RETRY
         start = revision + 1
         while True:
             try:
-                async for event in self.store.serve_events(start):
-                    self._apply(event)
-                    start = event.revision + 1
+                async for change in self.store.changes(start):
+                    self._apply(change)
+                    start = change.revision + 1
                     wait = WATCH_RETRY
                 raise StoreUnavailable("the cluster store's watch ended")
             except VnetError as exc:
@@ -247,20 +276,42 @@ class Member:
             await asyncio.sleep(wait)
             wait = min(wait * 2, WATCH_RETRY_MAX)
             try:
-                await self._read_routes()
                 start = await self._snapshot() + 1
             except VnetError as exc:
                 log.debug("cluster: snapshot failed: %s", exc)
 
-    def _apply(self, event: ServeEvent) -> None:
+    def _apply(self, change: Change) -> None:
+        record = change.record
+        if isinstance(record, RouteRecord):
+            if change.kind == "added":
+                self.routes[record.route_id] = record.advertise
+            elif self.routes.get(record.route_id) == record.advertise:
+                del self.routes[record.route_id]
+        elif isinstance(record, NodeRecord):
+            self._apply_node(change.kind, record)
+        elif record.route_id != self.route_id:
+            self._apply_serve(change.kind, record)
+
+    def _apply_node(self, kind: str, record: NodeRecord) -> None:
+        vnetid = record.vnet.vnetid
+        old = self.nodes.get(vnetid)
+        if kind == "added" and record.route_id != self.route_id:
+            self.nodes[vnetid] = record
+        elif old is not None and (kind == "added" or old.route_id == record.route_id):
+            # Now on this route, or gone from the route it was on.
+            del self.nodes[vnetid]
+        else:
+            return
+        self.servicer.registry.touch(record.vnet.group)
+        if old is not None and old.vnet.group != record.vnet.group:
+            self.servicer.registry.touch(old.vnet.group)
+
+    def _apply_serve(self, kind: str, record: ServeRecord) -> None:
         registry = self.servicer.registry
         fanout = self.servicer.fanout
-        record = event.record
         serve, group = record.serve, record.group
         self.events += 1
-        if event.kind == "added":
-            if record.route_id not in self.routes:
-                self.spawn(self._read_routes(), "read the routes")
+        if kind == "added":
             before = registry.mirrored(group, serve.serveid)
             replaced = registry.mirror(group, serve, record.route_id)
             if replaced is None and not registry.mirrored(group, serve.serveid):
@@ -336,7 +387,6 @@ class Member:
             old, self.store = self.store, store
             await old.close(revoke=False)
             try:
-                await self._read_routes()
                 revision = await self._snapshot()
             except VnetError as exc:
                 log.debug("cluster: reading the store after rejoining failed: %s", exc)

@@ -411,8 +411,10 @@ class RouteServicer:
         group = self._session(context).vnet.group
 
         def make() -> bytes:
-            vnets = self.registry.vnets(group)
-            return msg.list_vnets_answer([(v, self.registry.serve_count(v.vnetid)) for v in vnets])
+            vnets = [(v, self.registry.serve_count(v.vnetid)) for v in self.registry.vnets(group)]
+            if self.member is not None:
+                vnets = self.member.with_remote(group, vnets)
+            return msg.list_vnets_answer(vnets)
 
         return self._listed("vnets", group, make)
 
