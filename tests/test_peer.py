@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import TIMEOUT, MakeNode, MakeRoute, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, use_port, wait_until
 from tests.services import (
     HEADER,
     Server,
@@ -298,6 +298,7 @@ async def test_a_wrong_cluster_token_is_refused_and_nothing_is_half_open(
     assert c.b.servicer.peers.refused == {"unauthenticated": 1}
     assert c.b.servicer.auth_failures == failures + 1
     assert c.b.servicer.rejected["UNAUTHENTICATED"] == 1
+    assert c.a.servicer.peers.answers == {"UNAUTHENTICATED": 1}
     # Not retried: the refusal was not "not here".
     assert c.asked == [("g", SID)]
     # Through the use, the client's connection is reset, never a clean EOF.
@@ -307,6 +308,23 @@ async def test_a_wrong_cluster_token_is_refused_and_nothing_is_half_open(
         await read_until_reset(reader)
     writer.close()
     assert service.connections == 0
+    await no_tunnels_left(c.a, c.b)
+    await service.close()
+
+
+async def test_an_unreachable_peer_route_is_unavailable_for_the_node(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    service = await exchange_server()
+    c = await two_routes(make_route, make_node, service.port)
+    nowhere = free_port()
+    c.a.servicer.locate = lambda g, s: f"127.0.0.1:{nowhere}"
+    call = c.office.client.dial(SID)
+    with pytest.raises(TunnelBroken) as info:
+        await asyncio.wait_for(call.read(), TIMEOUT)
+    assert info.value.code == "UNAVAILABLE"
+    assert info.value.details.startswith(f"the route at 127.0.0.1:{nowhere}: ")
+    assert c.a.servicer.peers.answers == {"UNAVAILABLE": 1}
     await no_tunnels_left(c.a, c.b)
     await service.close()
 

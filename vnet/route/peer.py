@@ -158,7 +158,8 @@ class Peers:
         self.tunnels: collections.Counter[str] = collections.Counter()
         # PeerService calls this route refused, by reason.
         self.refused: collections.Counter[str] = collections.Counter()
-        # Answers from peers that were not a tunnel: "not_here", "failed", "unreachable".
+        # Answers from peers that were not a tunnel: "not_here", "timeout" (none in
+        # time), else the refusal's status code name ("UNAVAILABLE" when unreachable).
         self.answers: collections.Counter[str] = collections.Counter()
         # Frame bytes through peer streams, of tunnels that have closed, by
         # direction ("sent" to peers, "received" from them); open ones are added at scrape.
@@ -345,7 +346,7 @@ class Peers:
             details = await call.details()
         except TimeoutError:
             call.cancel()
-            self.answers["unreachable"] += 1
+            self.answers["timeout"] += 1
             raise RouteUnavailable(
                 f"the route at {address} (serveid {serveid}) did not answer in time"
             ) from None
@@ -356,16 +357,15 @@ class Peers:
         raise self._failure(address, serveid, code, details or "")
 
     def _failure(self, address: str, serveid: int, code: Any, details: str) -> VnetError:
-        """The node's error for a peer's refusal: the peer's reason, in the
-        family the node would get from its own route."""
-        if code is grpc.StatusCode.UNAVAILABLE and not details.startswith("vnet "):
-            self.answers["unreachable"] += 1
-            return RouteUnavailable(f"cannot reach the route at {address}: {details}")
-        self.answers["failed"] += 1
+        """The node's error for a peer's refusal (or for a peer it could not
+        reach): the peer's reason, in the family its own route would give."""
+        self.answers[code.name] += 1
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             return LimitExceeded(details)
         if code is grpc.StatusCode.UNAVAILABLE:
-            return RouteUnavailable(details)
+            # The peer's own refusal (draining, a silent node) or gRPC's
+            # (the peer is unreachable): which, the details say.
+            return RouteUnavailable(f"the route at {address}: {details}")
         if code is grpc.StatusCode.UNAUTHENTICATED:
             # The routes' credentials, not the node's: never UNAUTHENTICATED to it.
             log.warning("the route at %s refused this route's cluster credentials", address)
