@@ -29,7 +29,8 @@ from tests.services import (
     send_until_reset,
     tcp_relay,
 )
-from vnet.core.config import ServeConfig, UseConfig
+from vnet.core.config import ServeConfig, UseConfig, VnetConfig
+from vnet.core.errors import LocalProtocolError, NotFound, Refused
 from vnet.core.registry import Serve
 from vnet.metrics import RouteCollector
 from vnet.node.client import TunnelBroken
@@ -82,17 +83,17 @@ async def two_routes(
     *,
     b_token: str = TOKEN,
     address: Callable[[RunningRoute], str] = lambda b: f"127.0.0.1:{b.port}",
+    home: VnetConfig | None = None,
 ) -> Cluster:
     a = await make_route()
     b = await make_route()
     a.servicer.peers.access = PeerAccess(TOKEN, route_id="route-a")
     b.servicer.peers.access = PeerAccess(b_token, route_id="route-b")
-    home = await make_node(
-        "home", serves=[ServeConfig(key="svc", port=service_port, serveid=SID)], route=b
-    )
+    serves = [ServeConfig(key="svc", port=service_port, serveid=SID)]
+    at_b = await make_node("home", serves=serves, vnet=home, route=b)
     serve = b.servicer.registry.find("g", SID)
     mirror(a, serve)
-    cluster = Cluster(a, b, home, office=None)  # type: ignore[arg-type]
+    cluster = Cluster(a, b, at_b, office=None)  # type: ignore[arg-type]
     cluster.asked = point(a, {("g", SID): address(b)})
     cluster.office = await make_node(
         "office", uses=[UseConfig(key="svc", serveid=SID, port=0)], route=a
@@ -355,3 +356,35 @@ def test_peer_access_from_the_cluster_credentials() -> None:
     assert PeerAccess.of(creds, RouteSecurity()) == PeerAccess("tok", tls, False, "r1")
     secure = RouteSecurity(tls=ServerTls(b"c", b"k"))
     assert PeerAccess.of(creds, secure).secure
+
+
+async def test_unserve_across_routes(make_route: MakeRoute, make_node: MakeNode) -> None:
+    # office (on A) asks home (on B) to offer a service: B asks its node and
+    # A hands back the serve it registered, as one route would.
+    service = await exchange_server()
+    home = VnetConfig(name="home", group="g", allow_unserve=True, unserve_num=2)
+    c = await two_routes(make_route, make_node, service.port, home=home)
+    asked: list[tuple[str, str]] = []
+
+    def locate_vnet(group: str, vnetid: str) -> str | None:
+        asked.append((group, vnetid))
+        return f"127.0.0.1:{c.b.port}" if vnetid == c.home.vnetid else None
+
+    c.a.servicer.locate_vnet = locate_vnet
+    assert c.office.vnetid != c.home.vnetid
+    serve = await c.office.client.unserve(c.home.vnetid, "127.0.0.1", service.port)
+    assert asked == [("g", c.home.vnetid)]
+    assert serve.unserve
+    assert (serve.vnetid, serve.port) == (c.home.vnetid, service.port)
+    assert c.b.servicer.registry.find("g", serve.serveid) == serve
+    # The asked node's refusal, a malformed request, and a node that is not
+    # on B: each as from one route.
+    with pytest.raises(Refused, match="refused"):
+        await c.office.client.unserve(c.home.vnetid, "192.0.2.1", service.port)
+    with pytest.raises(LocalProtocolError, match="type 'bogus' is not supported"):
+        await c.office.client.unserve(c.home.vnetid, "127.0.0.1", 1, type="bogus")
+    c.a.servicer.locate_vnet = lambda g, v: f"127.0.0.1:{c.b.port}"
+    with pytest.raises(NotFound, match="no vnet '77' in this group"):
+        await c.office.client.unserve("77", "127.0.0.1", service.port)
+    assert c.b.servicer.peers.refused["not_here"] == 1
+    await service.close()

@@ -43,6 +43,7 @@ from vnet.core.errors import (
     LimitExceeded,
     NotFound,
     RouteUnavailable,
+    Unanswered,
     Unauthenticated,
     VnetError,
 )
@@ -57,6 +58,7 @@ from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice
 from vnet.wire import peer_messages as pw
 from vnet.wire.options import common_options, keepalive_options
+from vnet.wire.route_messages import UnserveAsk
 
 if TYPE_CHECKING:
     from vnet.route.service import RouteServicer
@@ -179,7 +181,20 @@ class Peers:
             await channel.close()
 
     def handlers(self) -> grpc.GenericRpcHandler:
-        return pw.peer_handlers(self.Dial)
+        return pw.peer_handlers(self.Dial, self.Unserve)
+
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The calling route's cluster token, or Unauthenticated (counted, penalised)."""
+        s = self.servicer
+        address = peer_address(context.peer() or "")
+        s.admission.not_penalised(address)
+        token = self.access.token if self.access is not None else ""
+        given = bearer(context).encode()
+        # Constant time; and no cluster token means no route may call.
+        if not token or not hmac.compare_digest(given, token.encode()):
+            self.refused["unauthenticated"] += 1
+            s.admission.failed(address)
+            raise Unauthenticated(BAD_CREDENTIALS)
 
     # --- the serving route ------------------------------------------------
 
@@ -221,15 +236,7 @@ class Peers:
         """The dialling node's stand-in, the serve's node and the serve; refused
         here (or _NotHere), before anything waits."""
         s = self.servicer
-        address = peer_address(context.peer() or "")
-        s.admission.not_penalised(address)
-        token = self.access.token if self.access is not None else ""
-        given = bearer(context).encode()
-        # Constant time; and no cluster token means no route may call.
-        if not token or not hmac.compare_digest(given, token.encode()):
-            self.refused["unauthenticated"] += 1
-            s.admission.failed(address)
-            raise Unauthenticated(BAD_CREDENTIALS)
+        self._admit(context)
         if s.refusing:
             raise RouteUnavailable(s.refusing)
         group = metadata(context, pw.MD_GROUP)
@@ -246,7 +253,62 @@ class Peers:
         name = f"(on route {route})" if route else "(on another route)"
         return _stand_in(vnetid, name, group, s.clock(), context.peer() or ""), owner, serve
 
+    async def Unserve(
+        self, request: pw.PeerUnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Serve:
+        """PeerService.Unserve: another route's node asks one of ours to offer a service."""
+        s = self.servicer
+        try:
+            self._admit(context)
+            if not request.group or not Registry.valid_vnetid(request.from_vnetid):
+                raise InvalidRequest("group and from_vnetid must name the asking node")
+            found = s.table.of_vnet(request.ask.vnetid)
+            asked = None if found is None else s.sessions.get(found)
+            if asked is None or asked.vnet.group != request.group or asked.core.closed:
+                self.refused["not_here"] += 1
+                s.rejected[grpc.StatusCode.NOT_FOUND.name] += 1
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no vnet {request.ask.vnetid!r} in this group on this route",
+                    trailing_metadata=_NOT_HERE,
+                )
+            asking = _stand_in(
+                request.from_vnetid, "(on another route)", request.group, 0.0, context.peer()
+            )
+            return await s.between.unserve(asking, request.ask)
+        except VnetError as exc:
+            await route_rpc.refuse(context, exc, s.rejected)
+
     # --- the dialling route ------------------------------------------------
+
+    async def unserve(self, link: Link, request: UnserveAsk, address: str) -> Serve:
+        """link's Unserve of a node on the route at address: asked there."""
+        access = self.access
+        if access is None:
+            raise RouteUnavailable(
+                f"vnet {request.vnetid} is on another route, and this route has no cluster "
+                "credentials"
+            )
+        method = self._channel(address, access).unary_unary(pw.PEER_UNSERVE_METHOD)
+        md = ((wire.MD_AUTH, f"Bearer {access.token}"), (pw.MD_ROUTE, access.route_id))
+        data = pw.encode_unserve(link.vnet.group, link.vnet.vnetid, request)
+        # The asked node has the serving route's unserve timeout to answer.
+        timeout = self.servicer.timeouts.unserve + ANSWER_TIMEOUT
+        try:
+            return pw.decode_unserved(await method(data, metadata=md, timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code is grpc.StatusCode.NOT_FOUND and pw.not_here(exc.trailing_metadata()):
+                self.answers["not_here"] += 1
+                raise NotFound(f"no vnet {request.vnetid!r} in this group") from None
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                # The asked node's refusal, or the node's own malformed request.
+                self.answers[code.name] += 1
+                raise wire.error_of(exc) from None
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.answers["timeout"] += 1
+                raise Unanswered(f"the route at {address} did not answer in time") from None
+            raise self._failure(address, f"vnet {request.vnetid}", code, details) from None
 
     async def relay(
         self, far: Elsewhere, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -354,9 +416,9 @@ class Peers:
             call.cancel()
             raise
         call.cancel()
-        raise self._failure(address, serveid, code, details or "")
+        raise self._failure(address, f"serveid {serveid}", code, details or "")
 
-    def _failure(self, address: str, serveid: int, code: Any, details: str) -> VnetError:
+    def _failure(self, address: str, what: str, code: Any, details: str) -> VnetError:
         """The node's error for a peer's refusal (or for a peer it could not
         reach): the peer's reason, in the family its own route would give."""
         self.answers[code.name] += 1
@@ -370,7 +432,7 @@ class Peers:
             # The routes' credentials, not the node's: never UNAUTHENTICATED to it.
             log.warning("the route at %s refused this route's cluster credentials", address)
             return RouteUnavailable(
-                f"the route at {address}, which holds serveid {serveid}, "
+                f"the route at {address}, which holds {what}, "
                 "refused this route's cluster credentials"
             )
         return RouteUnavailable(f"the route at {address}: {code.name}: {details}")

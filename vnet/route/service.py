@@ -164,11 +164,12 @@ class RouteServicer:
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
         self._forget = functools.partial(forget_splice, self.splices)
-        # (group, serveid) -> "host:port" of the route whose node holds that serve,
-        # when it is another route (the cluster's registry); None when not.
+        # (group, serveid), (group, vnetid) -> "host:port" of the other route holding
+        # that serve, that node (the cluster's registry); None when not another route.
         self.locate: Callable[[str, int], str | None] = lambda group, serveid: None
-        # Tunnels to and from the other routes (vnet.route.peer); stand-in links of
-        # nodes on other routes whose Dial waits here for an Accept.
+        self.locate_vnet: Callable[[str, str], str | None] = lambda group, vnetid: None
+        # Tunnels and unserves to and from other routes (vnet.route.peer); stand-in
+        # links of other routes' nodes whose Dial waits here for an Accept.
         self.peers = Peers(self)
         self.remote: dict[Session, Link] = {}
 
@@ -405,7 +406,12 @@ class RouteServicer:
     async def Unserve(
         self, request: msg.UnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Serve:
-        return await self.between.unserve(self._session(context), request)
+        link = self._session(context)
+        group, vnetid = link.vnet.group, request.vnetid
+        far = None if self.table.of_vnet(vnetid) else self.locate_vnet(group, vnetid)
+        if far:  # a node of the group on another route: asked through that route
+            return await self.peers.unserve(link, request, far)
+        return await self.between.unserve(link, request)
 
     async def AnswerUnserve(
         self, request: msg.UnserveAnswer, context: grpc.aio.ServicerContext[Any, Any]
