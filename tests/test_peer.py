@@ -388,3 +388,50 @@ async def test_unserve_across_routes(make_route: MakeRoute, make_node: MakeNode)
         await c.office.client.unserve("77", "127.0.0.1", service.port)
     assert c.b.servicer.peers.refused["not_here"] == 1
     await service.close()
+
+
+async def test_peer_calls_over_mutual_tls(make_route: MakeRoute, make_node: MakeNode) -> None:
+    # Route B serves TLS and requires client certificates (of its nodes and
+    # of its peers alike); route A calls it with its peer certificate.
+    import trustme
+
+    from vnet.cluster.credentials import PeerTls
+    from vnet.node.client import ClientTls, NodeCredentials
+    from vnet.route.security import RouteSecurity, ServerTls
+
+    ca = trustme.CA()
+
+    def pems(cert: trustme.LeafCert) -> tuple[bytes, bytes]:
+        return b"".join(p.bytes() for p in cert.cert_chain_pems), cert.private_key_pem.bytes()
+
+    chain, key = pems(ca.issue_cert("127.0.0.1"))
+    b = await make_route(
+        security=RouteSecurity(tls=ServerTls(chain, key, client_ca=ca.cert_pem.bytes()))
+    )
+    b.servicer.peers.access = PeerAccess(TOKEN, secure=True)
+    a = await make_route()
+    peer_chain, peer_key = pems(ca.issue_cert("route-a.test"))
+    service = await exchange_server()
+    node_chain, node_key = pems(ca.issue_cert("home.test"))
+    tls = ClientTls(root_ca=ca.cert_pem.bytes(), cert_chain=node_chain, private_key=node_key)
+    await make_node(
+        "home",
+        serves=[ServeConfig(key="svc", port=service.port, serveid=SID)],
+        route=b,
+        credentials=NodeCredentials(tls=tls),
+    )
+    mirror(a, b.servicer.registry.find("g", SID))
+    a.servicer.locate = lambda g, s: f"127.0.0.1:{b.port}"
+    office = await make_node("office", uses=[UseConfig(key="svc", serveid=SID, port=0)], route=a)
+    # Without peer TLS, A's plaintext call cannot reach B at all.
+    a.servicer.peers.access = PeerAccess(TOKEN)
+    call = office.client.dial(SID)
+    with pytest.raises(TunnelBroken) as info:
+        await asyncio.wait_for(call.read(), TIMEOUT)
+    assert info.value.code == "UNAVAILABLE"
+    # With it (on a new channel: the old one was made without), the tunnel runs.
+    a.servicer.peers.access = PeerAccess(TOKEN, PeerTls(peer_chain, peer_key, ca.cert_pem.bytes()))
+    await a.servicer.peers.close()
+    await exchange(await use_port(office, "svc"), MIB, MIB)
+    assert b.servicer.peers.tunnels == {"in": 1}
+    await service.close()
