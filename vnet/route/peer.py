@@ -30,6 +30,7 @@ import collections
 import contextlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ LINGER = 5.0
 ANSWER_TIMEOUT = 10.0
 
 _NOT_HERE = ((pw.MD_NOT_HERE, "1"),)
+_ROUTE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,9 @@ class Peers:
             raise _NotHere(f"no serveid {serveid} in this group on this route")
         owner, serve = found
         s.takes_tunnels(owner)
-        route = metadata(context, pw.MD_ROUTE)[:64]
-        name = f"(on route {route})" if route else "(on another route)"
+        route = metadata(context, pw.MD_ROUTE)
+        # Shown in the admin's lists: only a route id is taken.
+        name = f"(on route {route})" if _ROUTE_ID.fullmatch(route) else "(on another route)"
         return _stand_in(vnetid, name, group, s.clock(), context.peer() or ""), owner, serve
 
     async def Unserve(
