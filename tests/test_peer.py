@@ -435,3 +435,32 @@ async def test_peer_calls_over_mutual_tls(make_route: MakeRoute, make_node: Make
     await exchange(await use_port(office, "svc"), MIB, MIB)
     assert b.servicer.peers.tunnels == {"in": 1}
     await service.close()
+
+
+async def test_losing_route_a_mid_transfer_resets_the_service(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    # The dialling route vanishes: the serving route sees its peer call end
+    # without a fin, and the service gets a reset, never a clean EOF.
+    ends: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_until_reset(reader)
+            ends.append("reset")
+        except AssertionError:
+            ends.append("clean EOF")
+        writer.close()
+
+    service = Server(await asyncio.start_server(handle, "127.0.0.1", 0))
+    c = await two_routes(make_route, make_node, service.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", await c.port())
+    writer.write(pattern(MIB))
+    await writer.drain()
+    await wait_until(lambda: c.b.servicer.splices, "the tunnel to reach route B")
+    await c.a.server.stop(None)
+    await wait_until(lambda: ends, "the service to see the connection end")
+    assert ends == ["reset"]
+    await wait_until(lambda: not c.b.servicer.splices, "route B to let the tunnel go")
+    writer.close()
+    await service.close()

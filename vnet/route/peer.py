@@ -330,6 +330,7 @@ class Peers:
             tunnel_id = s._ids()
         tried: list[str] = []
         address = far.address
+        started = asyncio.get_running_loop().time()
         link.core.tunnels += 1
         try:
             while True:
@@ -353,6 +354,9 @@ class Peers:
                     address,
                 )
             call, vnetid = opened
+            # Set-up as the route's histogram counts it: Dial to spliced (the serving
+            # node's Accept is still to come, on the other route).
+            s.observe_setup(asyncio.get_running_loop().time() - started)
             await self._spliced(link, far.serveid, tunnel_id, address, call, vnetid, context)
             return None
         finally:
