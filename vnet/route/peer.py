@@ -74,6 +74,8 @@ MAX_ROUTES = 3
 LINGER = 5.0
 # The serving route's answer (its headers, or a refusal) must come this soon.
 ANSWER_TIMEOUT = 10.0
+# Reconnecting to a peer route: the first and the longest wait, in milliseconds.
+RECONNECT_MS = (250, 2000)
 
 _NOT_HERE = ((pw.MD_NOT_HERE, "1"),)
 _ROUTE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -366,7 +368,15 @@ class Peers:
         channel = self._channels.get(address)
         if channel is None:
             t = self.servicer.timeouts
-            options = [*common_options(), *keepalive_options(t.keepalive, t.keepalive_timeout)]
+            options = [
+                *common_options(),
+                *keepalive_options(t.keepalive, t.keepalive_timeout),
+                # A peer route that restarts (or comes back after a cut) is
+                # reached again within seconds: gRPC's own backoff grows to 120 s.
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS[0]),
+                ("grpc.min_reconnect_backoff_ms", RECONNECT_MS[0]),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_MS[1]),
+            ]
             if access.tls is not None:
                 credentials = grpc.ssl_channel_credentials(
                     root_certificates=access.tls.ca,
