@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import TIMEOUT, MakeNode, MakeRoute, use_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, use_port, wait_until
 from tests.services import (
     HEADER,
     Server,
@@ -29,7 +29,8 @@ from tests.services import (
     send_until_reset,
     tcp_relay,
 )
-from vnet.core.config import ServeConfig, UseConfig
+from vnet.core.config import ServeConfig, UseConfig, VnetConfig
+from vnet.core.errors import LocalProtocolError, NotFound, Refused
 from vnet.core.registry import Serve
 from vnet.metrics import RouteCollector
 from vnet.node.client import TunnelBroken
@@ -82,17 +83,17 @@ async def two_routes(
     *,
     b_token: str = TOKEN,
     address: Callable[[RunningRoute], str] = lambda b: f"127.0.0.1:{b.port}",
+    home: VnetConfig | None = None,
 ) -> Cluster:
     a = await make_route()
     b = await make_route()
     a.servicer.peers.access = PeerAccess(TOKEN, route_id="route-a")
     b.servicer.peers.access = PeerAccess(b_token, route_id="route-b")
-    home = await make_node(
-        "home", serves=[ServeConfig(key="svc", port=service_port, serveid=SID)], route=b
-    )
+    serves = [ServeConfig(key="svc", port=service_port, serveid=SID)]
+    at_b = await make_node("home", serves=serves, vnet=home, route=b)
     serve = b.servicer.registry.find("g", SID)
     mirror(a, serve)
-    cluster = Cluster(a, b, home, office=None)  # type: ignore[arg-type]
+    cluster = Cluster(a, b, at_b, office=None)  # type: ignore[arg-type]
     cluster.asked = point(a, {("g", SID): address(b)})
     cluster.office = await make_node(
         "office", uses=[UseConfig(key="svc", serveid=SID, port=0)], route=a
@@ -298,6 +299,7 @@ async def test_a_wrong_cluster_token_is_refused_and_nothing_is_half_open(
     assert c.b.servicer.peers.refused == {"unauthenticated": 1}
     assert c.b.servicer.auth_failures == failures + 1
     assert c.b.servicer.rejected["UNAUTHENTICATED"] == 1
+    assert c.a.servicer.peers.answers == {"UNAUTHENTICATED": 1}
     # Not retried: the refusal was not "not here".
     assert c.asked == [("g", SID)]
     # Through the use, the client's connection is reset, never a clean EOF.
@@ -307,6 +309,23 @@ async def test_a_wrong_cluster_token_is_refused_and_nothing_is_half_open(
         await read_until_reset(reader)
     writer.close()
     assert service.connections == 0
+    await no_tunnels_left(c.a, c.b)
+    await service.close()
+
+
+async def test_an_unreachable_peer_route_is_unavailable_for_the_node(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    service = await exchange_server()
+    c = await two_routes(make_route, make_node, service.port)
+    nowhere = free_port()
+    c.a.servicer.locate = lambda g, s: f"127.0.0.1:{nowhere}"
+    call = c.office.client.dial(SID)
+    with pytest.raises(TunnelBroken) as info:
+        await asyncio.wait_for(call.read(), TIMEOUT)
+    assert info.value.code == "UNAVAILABLE"
+    assert info.value.details.startswith(f"the route at 127.0.0.1:{nowhere}: ")
+    assert c.a.servicer.peers.answers == {"UNAVAILABLE": 1}
     await no_tunnels_left(c.a, c.b)
     await service.close()
 
@@ -337,3 +356,111 @@ def test_peer_access_from_the_cluster_credentials() -> None:
     assert PeerAccess.of(creds, RouteSecurity()) == PeerAccess("tok", tls, False, "r1")
     secure = RouteSecurity(tls=ServerTls(b"c", b"k"))
     assert PeerAccess.of(creds, secure).secure
+
+
+async def test_unserve_across_routes(make_route: MakeRoute, make_node: MakeNode) -> None:
+    # office (on A) asks home (on B) to offer a service: B asks its node and
+    # A hands back the serve it registered, as one route would.
+    service = await exchange_server()
+    home = VnetConfig(name="home", group="g", allow_unserve=True, unserve_num=2)
+    c = await two_routes(make_route, make_node, service.port, home=home)
+    asked: list[tuple[str, str]] = []
+
+    def locate_vnet(group: str, vnetid: str) -> str | None:
+        asked.append((group, vnetid))
+        return f"127.0.0.1:{c.b.port}" if vnetid == c.home.vnetid else None
+
+    c.a.servicer.locate_vnet = locate_vnet
+    assert c.office.vnetid != c.home.vnetid
+    serve = await c.office.client.unserve(c.home.vnetid, "127.0.0.1", service.port)
+    assert asked == [("g", c.home.vnetid)]
+    assert serve.unserve
+    assert (serve.vnetid, serve.port) == (c.home.vnetid, service.port)
+    assert c.b.servicer.registry.find("g", serve.serveid) == serve
+    # The asked node's refusal, a malformed request, and a node that is not
+    # on B: each as from one route.
+    with pytest.raises(Refused, match="refused"):
+        await c.office.client.unserve(c.home.vnetid, "192.0.2.1", service.port)
+    with pytest.raises(LocalProtocolError, match="type 'bogus' is not supported"):
+        await c.office.client.unserve(c.home.vnetid, "127.0.0.1", 1, type="bogus")
+    c.a.servicer.locate_vnet = lambda g, v: f"127.0.0.1:{c.b.port}"
+    with pytest.raises(NotFound, match="no vnet '77' in this group"):
+        await c.office.client.unserve("77", "127.0.0.1", service.port)
+    assert c.b.servicer.peers.refused["not_here"] == 1
+    await service.close()
+
+
+async def test_peer_calls_over_mutual_tls(make_route: MakeRoute, make_node: MakeNode) -> None:
+    # Route B serves TLS and requires client certificates (of its nodes and
+    # of its peers alike); route A calls it with its peer certificate.
+    import trustme
+
+    from vnet.cluster.credentials import PeerTls
+    from vnet.node.client import ClientTls, NodeCredentials
+    from vnet.route.security import RouteSecurity, ServerTls
+
+    ca = trustme.CA()
+
+    def pems(cert: trustme.LeafCert) -> tuple[bytes, bytes]:
+        return b"".join(p.bytes() for p in cert.cert_chain_pems), cert.private_key_pem.bytes()
+
+    chain, key = pems(ca.issue_cert("127.0.0.1"))
+    b = await make_route(
+        security=RouteSecurity(tls=ServerTls(chain, key, client_ca=ca.cert_pem.bytes()))
+    )
+    b.servicer.peers.access = PeerAccess(TOKEN, secure=True)
+    a = await make_route()
+    peer_chain, peer_key = pems(ca.issue_cert("route-a.test"))
+    service = await exchange_server()
+    node_chain, node_key = pems(ca.issue_cert("home.test"))
+    tls = ClientTls(root_ca=ca.cert_pem.bytes(), cert_chain=node_chain, private_key=node_key)
+    await make_node(
+        "home",
+        serves=[ServeConfig(key="svc", port=service.port, serveid=SID)],
+        route=b,
+        credentials=NodeCredentials(tls=tls),
+    )
+    mirror(a, b.servicer.registry.find("g", SID))
+    a.servicer.locate = lambda g, s: f"127.0.0.1:{b.port}"
+    office = await make_node("office", uses=[UseConfig(key="svc", serveid=SID, port=0)], route=a)
+    # Without peer TLS, A's plaintext call cannot reach B at all.
+    a.servicer.peers.access = PeerAccess(TOKEN)
+    call = office.client.dial(SID)
+    with pytest.raises(TunnelBroken) as info:
+        await asyncio.wait_for(call.read(), TIMEOUT)
+    assert info.value.code == "UNAVAILABLE"
+    # With it (on a new channel: the old one was made without), the tunnel runs.
+    a.servicer.peers.access = PeerAccess(TOKEN, PeerTls(peer_chain, peer_key, ca.cert_pem.bytes()))
+    await a.servicer.peers.close()
+    await exchange(await use_port(office, "svc"), MIB, MIB)
+    assert b.servicer.peers.tunnels == {"in": 1}
+    await service.close()
+
+
+async def test_losing_route_a_mid_transfer_resets_the_service(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    # The dialling route vanishes: the serving route sees its peer call end
+    # without a fin, and the service gets a reset, never a clean EOF.
+    ends: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_until_reset(reader)
+            ends.append("reset")
+        except AssertionError:
+            ends.append("clean EOF")
+        writer.close()
+
+    service = Server(await asyncio.start_server(handle, "127.0.0.1", 0))
+    c = await two_routes(make_route, make_node, service.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", await c.port())
+    writer.write(pattern(MIB))
+    await writer.drain()
+    await wait_until(lambda: c.b.servicer.splices, "the tunnel to reach route B")
+    await c.a.server.stop(None)
+    await wait_until(lambda: ends, "the service to see the connection end")
+    assert ends == ["reset"]
+    await wait_until(lambda: not c.b.servicer.splices, "route B to let the tunnel go")
+    writer.close()
+    await service.close()

@@ -162,8 +162,8 @@ def _peer_families(peers: Peers) -> Iterator[Any]:
     yield refused
     answers = CounterMetricFamily(
         "vnet_peer_answers",
-        "Other routes' answers to this route's tunnel calls that were not a tunnel, by kind "
-        "(not_here: tried elsewhere; failed: refused; unreachable)",
+        "Other routes' answers to this route's tunnel calls that were not a tunnel: not_here "
+        "(looked for elsewhere), timeout, or the status code (UNAVAILABLE: also unreachable)",
         labels=["answer"],
     )
     for answer, count in sorted(peers.answers.items()):

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from vnet.core.errors import (
     LimitExceeded,
     NotFound,
     RouteUnavailable,
+    Unanswered,
     Unauthenticated,
     VnetError,
 )
@@ -57,6 +59,7 @@ from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice
 from vnet.wire import peer_messages as pw
 from vnet.wire.options import common_options, keepalive_options
+from vnet.wire.route_messages import UnserveAsk
 
 if TYPE_CHECKING:
     from vnet.route.service import RouteServicer
@@ -71,8 +74,11 @@ MAX_ROUTES = 3
 LINGER = 5.0
 # The serving route's answer (its headers, or a refusal) must come this soon.
 ANSWER_TIMEOUT = 10.0
+# Reconnecting to a peer route: the first and the longest wait, in milliseconds.
+RECONNECT_MS = (250, 2000)
 
 _NOT_HERE = ((pw.MD_NOT_HERE, "1"),)
+_ROUTE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,8 @@ class Peers:
         self.tunnels: collections.Counter[str] = collections.Counter()
         # PeerService calls this route refused, by reason.
         self.refused: collections.Counter[str] = collections.Counter()
-        # Answers from peers that were not a tunnel: "not_here", "failed", "unreachable".
+        # Answers from peers that were not a tunnel: "not_here", "timeout" (none in
+        # time), else the refusal's status code name ("UNAVAILABLE" when unreachable).
         self.answers: collections.Counter[str] = collections.Counter()
         # Frame bytes through peer streams, of tunnels that have closed, by
         # direction ("sent" to peers, "received" from them); open ones are added at scrape.
@@ -178,7 +185,20 @@ class Peers:
             await channel.close()
 
     def handlers(self) -> grpc.GenericRpcHandler:
-        return pw.peer_handlers(self.Dial)
+        return pw.peer_handlers(self.Dial, self.Unserve)
+
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The calling route's cluster token, or Unauthenticated (counted, penalised)."""
+        s = self.servicer
+        address = peer_address(context.peer() or "")
+        s.admission.not_penalised(address)
+        token = self.access.token if self.access is not None else ""
+        given = bearer(context).encode()
+        # Constant time; and no cluster token means no route may call.
+        if not token or not hmac.compare_digest(given, token.encode()):
+            self.refused["unauthenticated"] += 1
+            s.admission.failed(address)
+            raise Unauthenticated(BAD_CREDENTIALS)
 
     # --- the serving route ------------------------------------------------
 
@@ -220,15 +240,7 @@ class Peers:
         """The dialling node's stand-in, the serve's node and the serve; refused
         here (or _NotHere), before anything waits."""
         s = self.servicer
-        address = peer_address(context.peer() or "")
-        s.admission.not_penalised(address)
-        token = self.access.token if self.access is not None else ""
-        given = bearer(context).encode()
-        # Constant time; and no cluster token means no route may call.
-        if not token or not hmac.compare_digest(given, token.encode()):
-            self.refused["unauthenticated"] += 1
-            s.admission.failed(address)
-            raise Unauthenticated(BAD_CREDENTIALS)
+        self._admit(context)
         if s.refusing:
             raise RouteUnavailable(s.refusing)
         group = metadata(context, pw.MD_GROUP)
@@ -241,11 +253,67 @@ class Peers:
             raise _NotHere(f"no serveid {serveid} in this group on this route")
         owner, serve = found
         s.takes_tunnels(owner)
-        route = metadata(context, pw.MD_ROUTE)[:64]
-        name = f"(on route {route})" if route else "(on another route)"
+        route = metadata(context, pw.MD_ROUTE)
+        # Shown in the admin's lists: only a route id is taken.
+        name = f"(on route {route})" if _ROUTE_ID.fullmatch(route) else "(on another route)"
         return _stand_in(vnetid, name, group, s.clock(), context.peer() or ""), owner, serve
 
+    async def Unserve(
+        self, request: pw.PeerUnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Serve:
+        """PeerService.Unserve: another route's node asks one of ours to offer a service."""
+        s = self.servicer
+        try:
+            self._admit(context)
+            if not request.group or not Registry.valid_vnetid(request.from_vnetid):
+                raise InvalidRequest("group and from_vnetid must name the asking node")
+            found = s.table.of_vnet(request.ask.vnetid)
+            asked = None if found is None else s.sessions.get(found)
+            if asked is None or asked.vnet.group != request.group or asked.core.closed:
+                self.refused["not_here"] += 1
+                s.rejected[grpc.StatusCode.NOT_FOUND.name] += 1
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no vnet {request.ask.vnetid!r} in this group on this route",
+                    trailing_metadata=_NOT_HERE,
+                )
+            asking = _stand_in(
+                request.from_vnetid, "(on another route)", request.group, 0.0, context.peer()
+            )
+            return await s.between.unserve(asking, request.ask)
+        except VnetError as exc:
+            await route_rpc.refuse(context, exc, s.rejected)
+
     # --- the dialling route ------------------------------------------------
+
+    async def unserve(self, link: Link, request: UnserveAsk, address: str) -> Serve:
+        """link's Unserve of a node on the route at address: asked there."""
+        access = self.access
+        if access is None:
+            raise RouteUnavailable(
+                f"vnet {request.vnetid} is on another route, and this route has no cluster "
+                "credentials"
+            )
+        method = self._channel(address, access).unary_unary(pw.PEER_UNSERVE_METHOD)
+        md = ((wire.MD_AUTH, f"Bearer {access.token}"), (pw.MD_ROUTE, access.route_id))
+        data = pw.encode_unserve(link.vnet.group, link.vnet.vnetid, request)
+        # The asked node has the serving route's unserve timeout to answer.
+        timeout = self.servicer.timeouts.unserve + ANSWER_TIMEOUT
+        try:
+            return pw.decode_unserved(await method(data, metadata=md, timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code is grpc.StatusCode.NOT_FOUND and pw.not_here(exc.trailing_metadata()):
+                self.answers["not_here"] += 1
+                raise NotFound(f"no vnet {request.vnetid!r} in this group") from None
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                # The asked node's refusal, or the node's own malformed request.
+                self.answers[code.name] += 1
+                raise wire.error_of(exc) from None
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.answers["timeout"] += 1
+                raise Unanswered(f"the route at {address} did not answer in time") from None
+            raise self._failure(address, f"vnet {request.vnetid}", code, details) from None
 
     async def relay(
         self, far: Elsewhere, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -264,6 +332,7 @@ class Peers:
             tunnel_id = s._ids()
         tried: list[str] = []
         address = far.address
+        started = asyncio.get_running_loop().time()
         link.core.tunnels += 1
         try:
             while True:
@@ -287,6 +356,9 @@ class Peers:
                     address,
                 )
             call, vnetid = opened
+            # Set-up as the route's histogram counts it: Dial to spliced (the serving
+            # node's Accept is still to come, on the other route).
+            s.observe_setup(asyncio.get_running_loop().time() - started)
             await self._spliced(link, far.serveid, tunnel_id, address, call, vnetid, context)
             return None
         finally:
@@ -296,7 +368,15 @@ class Peers:
         channel = self._channels.get(address)
         if channel is None:
             t = self.servicer.timeouts
-            options = [*common_options(), *keepalive_options(t.keepalive, t.keepalive_timeout)]
+            options = [
+                *common_options(),
+                *keepalive_options(t.keepalive, t.keepalive_timeout),
+                # A peer route that restarts (or comes back after a cut) is
+                # reached again within seconds: gRPC's own backoff grows to 120 s.
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS[0]),
+                ("grpc.min_reconnect_backoff_ms", RECONNECT_MS[0]),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_MS[1]),
+            ]
             if access.tls is not None:
                 credentials = grpc.ssl_channel_credentials(
                     root_certificates=access.tls.ca,
@@ -345,7 +425,7 @@ class Peers:
             details = await call.details()
         except TimeoutError:
             call.cancel()
-            self.answers["unreachable"] += 1
+            self.answers["timeout"] += 1
             raise RouteUnavailable(
                 f"the route at {address} (serveid {serveid}) did not answer in time"
             ) from None
@@ -353,24 +433,23 @@ class Peers:
             call.cancel()
             raise
         call.cancel()
-        raise self._failure(address, serveid, code, details or "")
+        raise self._failure(address, f"serveid {serveid}", code, details or "")
 
-    def _failure(self, address: str, serveid: int, code: Any, details: str) -> VnetError:
-        """The node's error for a peer's refusal: the peer's reason, in the
-        family the node would get from its own route."""
-        if code is grpc.StatusCode.UNAVAILABLE and not details.startswith("vnet "):
-            self.answers["unreachable"] += 1
-            return RouteUnavailable(f"cannot reach the route at {address}: {details}")
-        self.answers["failed"] += 1
+    def _failure(self, address: str, what: str, code: Any, details: str) -> VnetError:
+        """The node's error for a peer's refusal (or for a peer it could not
+        reach): the peer's reason, in the family its own route would give."""
+        self.answers[code.name] += 1
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             return LimitExceeded(details)
         if code is grpc.StatusCode.UNAVAILABLE:
-            return RouteUnavailable(details)
+            # The peer's own refusal (draining, a silent node) or gRPC's
+            # (the peer is unreachable): which, the details say.
+            return RouteUnavailable(f"the route at {address}: {details}")
         if code is grpc.StatusCode.UNAUTHENTICATED:
             # The routes' credentials, not the node's: never UNAUTHENTICATED to it.
             log.warning("the route at %s refused this route's cluster credentials", address)
             return RouteUnavailable(
-                f"the route at {address}, which holds serveid {serveid}, "
+                f"the route at {address}, which holds {what}, "
                 "refused this route's cluster credentials"
             )
         return RouteUnavailable(f"the route at {address}: {code.name}: {details}")

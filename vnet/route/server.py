@@ -132,6 +132,7 @@ async def join_cluster(servicer: RouteServicer, cluster: ClusterCredentials) -> 
         raise OSError(f"cannot join the route cluster: {exc}") from None
     servicer.member = member
     servicer.locate = member.locate
+    servicer.locate_vnet = member.locate_vnet
     servicer.peers.access = PeerAccess.of(cluster, servicer.security)
     return member
 

@@ -45,6 +45,7 @@ from vnet.route.between import Between
 from vnet.route.fanout import Fanout
 from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
 from vnet.route.link import Link, forget_splice
+from vnet.route.lists import Lists
 from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
@@ -114,6 +115,10 @@ def _nowhere(group: str, serveid: int) -> str | None:
     return None
 
 
+def _nowhere_vnet(group: str, vnetid: str) -> str | None:
+    return None
+
+
 class RouteServicer:
     """Handlers for vnetrpc.v1.RouteService.
 
@@ -145,7 +150,7 @@ class RouteServicer:
         # Seconds the expiry timer found the route's own loop behind (STALL_SLACK).
         self._stalled = 0.0
         # (kind, group) -> (registry version, encoded List answer).
-        self._lists: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.lists = Lists(self)
         self.boot_id = ids()
         self.table = Sessions(self.registry, self.limits.max_nodes, secret)
         # The I/O side of each live session of the table.
@@ -171,13 +176,14 @@ class RouteServicer:
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
         self._forget = functools.partial(forget_splice, self.splices)
-        # In a route cluster (vnet.route.member): the store decides the ids, and
-        # locate gives the "host:port" of the route whose node holds a serve, when
-        # that is another route (None when not).
+        # In a route cluster (vnet.route.member): the store decides the ids; locate
+        # and locate_vnet give the "host:port" of the other route holding a serve, a
+        # node (None when it is not another route).
         self.member: Member | None = None
         self.locate: Callable[[str, int], str | None] = _nowhere
-        # Tunnels to and from the other routes (vnet.route.peer); stand-in links of
-        # nodes on other routes whose Dial waits here for an Accept.
+        self.locate_vnet: Callable[[str, str], str | None] = _nowhere_vnet
+        # Tunnels and unserves to and from other routes (vnet.route.peer); stand-in
+        # links of other routes' nodes whose Dial waits here for an Accept.
         self.peers = Peers(self)
         self.remote: dict[Session, Link] = {}
 
@@ -391,32 +397,11 @@ class RouteServicer:
             await self.member.unregister(link.vnet, serveid)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
 
-    def _listed(self, kind: str, group: str, make: Callable[[], bytes]) -> bytes:
-        """An encoded List answer for the group, kept until the group changes (the console
-        of every node asks every 10 s)."""
-        version = self.registry.version(group)
-        kept = self._lists.get((kind, group))
-        if kept is None or kept[0] != version:
-            kept = (version, make())
-            self._lists[(kind, group)] = kept
-        return kept[1]
-
     async def ListServes(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        group = self._session(context).vnet.group
-        return self._listed(
-            "serves", group, lambda: msg.list_serves_answer(self.registry.serves(group))
-        )
+        return self.lists.serves(self._session(context).vnet.group)
 
     async def ListVnets(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        group = self._session(context).vnet.group
-
-        def make() -> bytes:
-            vnets = [(v, self.registry.serve_count(v.vnetid)) for v in self.registry.vnets(group)]
-            if self.member is not None:
-                vnets = self.member.with_remote(group, vnets)
-            return msg.list_vnets_answer(vnets)
-
-        return self._listed("vnets", group, make)
+        return self.lists.vnets(self._session(context).vnet.group)
 
     async def Leave(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._drop(self._session(context), LEFT)
@@ -434,7 +419,12 @@ class RouteServicer:
     async def Unserve(
         self, request: msg.UnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Serve:
-        return await self.between.unserve(self._session(context), request)
+        link = self._session(context)
+        group, vnetid = link.vnet.group, request.vnetid
+        far = None if self.table.of_vnet(vnetid) else self.locate_vnet(group, vnetid)
+        if far:  # a node of the group on another route: asked through that route
+            return await self.peers.unserve(link, request, far)
+        return await self.between.unserve(link, request)
 
     async def AnswerUnserve(
         self, request: msg.UnserveAnswer, context: grpc.aio.ServicerContext[Any, Any]

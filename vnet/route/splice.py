@@ -5,7 +5,9 @@ handler of the leg it reads (Dial's handler reads the dialling node's stream
 and writes the serving node's, Accept's the other way), so a tunnel costs no
 tasks of its own: an idle tunnel is two handlers each waiting in a read. Each
 leg's context is written only by the pump that reads the other leg, so no
-context ever has two writers.
+context ever has two writers. A tunnel to another route (vnet.route.peer) has
+a client call as its serving leg: no handler runs for that one, so its pump is
+a task.
 
 How the tunnel ends is not decided here: each pump feeds what its leg did
 (data, fin, reset, the stream's end, a failure or a cancel) to the splice's

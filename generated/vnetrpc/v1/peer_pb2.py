@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from vnetrpc.v1 import route_pb2 as vnetrpc_dot_v1_dot_route__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vnetrpc/v1/peer.proto\x12\nvnetrpc.v1\x1a\x16vnetrpc/v1/route.proto2K\n\x0bPeerService\x12<\n\x04\x44ial\x12\x17.vnetrpc.v1.TunnelFrame\x1a\x17.vnetrpc.v1.TunnelFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vnetrpc/v1/peer.proto\x12\nvnetrpc.v1\x1a\x16vnetrpc/v1/route.proto\"l\n\x19PeerServiceUnserveRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_vnetid\x18\x02 \x01(\t\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.vnetrpc.v1.UnserveRequest\"B\n\x1aPeerServiceUnserveResponse\x12$\n\x05serve\x18\x01 \x01(\x0b\x32\x15.vnetrpc.v1.ServeInfo2\xa5\x01\n\x0bPeerService\x12<\n\x04\x44ial\x12\x17.vnetrpc.v1.TunnelFrame\x1a\x17.vnetrpc.v1.TunnelFrame(\x01\x30\x01\x12X\n\x07Unserve\x12%.vnetrpc.v1.PeerServiceUnserveRequest\x1a&.vnetrpc.v1.PeerServiceUnserveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vnetrpc.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PEERSERVICE']._serialized_start=61
-  _globals['_PEERSERVICE']._serialized_end=136
+  _globals['_PEERSERVICEUNSERVEREQUEST']._serialized_start=61
+  _globals['_PEERSERVICEUNSERVEREQUEST']._serialized_end=169
+  _globals['_PEERSERVICEUNSERVERESPONSE']._serialized_start=171
+  _globals['_PEERSERVICEUNSERVERESPONSE']._serialized_end=237
+  _globals['_PEERSERVICE']._serialized_start=240
+  _globals['_PEERSERVICE']._serialized_end=405
 # @@protoc_insertion_point(module_scope)

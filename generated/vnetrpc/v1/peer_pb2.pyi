@@ -29,5 +29,73 @@ peer_tls_ca).
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from vnetrpc.v1 import route_pb2 as _route_pb2
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class PeerServiceUnserveRequest(_message.Message):
+    """A node on the calling route asks a node on this route to offer a service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    FROM_VNETID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The group of both nodes."""
+    from_vnetid: _builtins.str
+    """The asking node's vnetid (the original vnet), on the calling route."""
+    @_builtins.property
+    def request(self) -> _route_pb2.UnserveRequest:
+        """What it asks, as it asked its own route: the vnetid of the node to ask
+        (joined to this route), and the service's address, port and type.
+        """
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        from_vnetid: _builtins.str = ...,
+        request: _route_pb2.UnserveRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_vnetid", b"from_vnetid", "group", b"group", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerServiceUnserveRequest: _TypeAlias = PeerServiceUnserveRequest  # noqa: Y015
+
+@_typing.final
+class PeerServiceUnserveResponse(_message.Message):
+    """The service, registered as a serve of the asked node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def serve(self) -> _route_pb2.ServeInfo:
+        """The serve the asked node registered for the request (unserve=true)."""
+
+    def __init__(
+        self,
+        *,
+        serve: _route_pb2.ServeInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serve", b"serve"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serve", b"serve"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerServiceUnserveResponse: _TypeAlias = PeerServiceUnserveResponse  # noqa: Y015

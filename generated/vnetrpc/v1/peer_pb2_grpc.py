@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from vnetrpc.v1 import peer_pb2 as vnetrpc_dot_v1_dot_peer__pb2
 from vnetrpc.v1 import route_pb2 as vnetrpc_dot_v1_dot_route__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -39,6 +40,11 @@ class PeerServiceStub:
                 '/vnetrpc.v1.PeerService/Dial',
                 request_serializer=vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.SerializeToString,
                 response_deserializer=vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.FromString,
+                _registered_method=True)
+        self.Unserve = channel.unary_unary(
+                '/vnetrpc.v1.PeerService/Unserve',
+                request_serializer=vnetrpc_dot_v1_dot_peer__pb2.PeerServiceUnserveRequest.SerializeToString,
+                response_deserializer=vnetrpc_dot_v1_dot_peer__pb2.PeerServiceUnserveResponse.FromString,
                 _registered_method=True)
 
 
@@ -86,6 +92,20 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unserve(self, request, context):
+        """RouteService.Unserve across routes: a node joined to the calling route
+        asks a node of its group joined to this (the serving) route to offer a
+        service. This route asks its node (unserve_asked, naming from_vnetid as
+        the original vnet) and returns what it registered, exactly as for a
+        request of its own node: FAILED_PRECONDITION with the node's reason when
+        it refuses, UNAVAILABLE when it does not answer in 10 s, INVALID_ARGUMENT
+        for a malformed request. When the asked node is not joined here, the
+        call ends with NOT_FOUND and the trailing metadata "vnet-not-here: 1".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +113,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.Dial,
                     request_deserializer=vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.FromString,
                     response_serializer=vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.SerializeToString,
+            ),
+            'Unserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unserve,
+                    request_deserializer=vnetrpc_dot_v1_dot_peer__pb2.PeerServiceUnserveRequest.FromString,
+                    response_serializer=vnetrpc_dot_v1_dot_peer__pb2.PeerServiceUnserveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -123,6 +148,33 @@ class PeerService:
             '/vnetrpc.v1.PeerService/Dial',
             vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.SerializeToString,
             vnetrpc_dot_v1_dot_route__pb2.TunnelFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vnetrpc.v1.PeerService/Unserve',
+            vnetrpc_dot_v1_dot_peer__pb2.PeerServiceUnserveRequest.SerializeToString,
+            vnetrpc_dot_v1_dot_peer__pb2.PeerServiceUnserveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,7 @@ peer_tls_ca).
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from vnetrpc.v1 import peer_pb2 as _peer_pb2
 from vnetrpc.v1 import route_pb2 as _route_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -94,6 +95,16 @@ class PeerServiceStub:
     forward each frame as the bytes it arrived as, which works only because
     every leg of the tunnel carries the same message.
     """
+    Unserve: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerServiceUnserveRequest, _peer_pb2.PeerServiceUnserveResponse]
+    """RouteService.Unserve across routes: a node joined to the calling route
+    asks a node of its group joined to this (the serving) route to offer a
+    service. This route asks its node (unserve_asked, naming from_vnetid as
+    the original vnet) and returns what it registered, exactly as for a
+    request of its own node: FAILED_PRECONDITION with the node's reason when
+    it refuses, UNAVAILABLE when it does not answer in 10 s, INVALID_ARGUMENT
+    for a malformed request. When the asked node is not joined here, the
+    call ends with NOT_FOUND and the trailing metadata "vnet-not-here: 1".
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -135,6 +146,16 @@ class PeerServiceAsyncStub(PeerServiceStub):
     TunnelFrame both ways, as RouteService.Dial and Accept: the routes
     forward each frame as the bytes it arrived as, which works only because
     every leg of the tunnel carries the same message.
+    """
+    Unserve: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerServiceUnserveRequest, _peer_pb2.PeerServiceUnserveResponse]  # type: ignore[assignment]
+    """RouteService.Unserve across routes: a node joined to the calling route
+    asks a node of its group joined to this (the serving) route to offer a
+    service. This route asks its node (unserve_asked, naming from_vnetid as
+    the original vnet) and returns what it registered, exactly as for a
+    request of its own node: FAILED_PRECONDITION with the node's reason when
+    it refuses, UNAVAILABLE when it does not answer in 10 s, INVALID_ARGUMENT
+    for a malformed request. When the asked node is not joined here, the
+    call ends with NOT_FOUND and the trailing metadata "vnet-not-here: 1".
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -180,6 +201,22 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         TunnelFrame both ways, as RouteService.Dial and Accept: the routes
         forward each frame as the bytes it arrived as, which works only because
         every leg of the tunnel carries the same message.
+        """
+
+    @_abc_1.abstractmethod
+    def Unserve(
+        self,
+        request: _peer_pb2.PeerServiceUnserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.PeerServiceUnserveResponse, _abc.Awaitable[_peer_pb2.PeerServiceUnserveResponse]]:
+        """RouteService.Unserve across routes: a node joined to the calling route
+        asks a node of its group joined to this (the serving) route to offer a
+        service. This route asks its node (unserve_asked, naming from_vnetid as
+        the original vnet) and returns what it registered, exactly as for a
+        request of its own node: FAILED_PRECONDITION with the node's reason when
+        it refuses, UNAVAILABLE when it does not answer in 10 s, INVALID_ARGUMENT
+        for a malformed request. When the asked node is not joined here, the
+        call ends with NOT_FOUND and the trailing metadata "vnet-not-here: 1".
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
