@@ -175,7 +175,7 @@ async def test_a_node_resumes_on_another_route_with_its_vnetid_and_serveids(
 async def test_a_route_that_cannot_reach_the_store_refuses_clearly_then_recovers(
     clustered: MakeClustered, clients: Callable[[RunningRoute], Client], etcd: EtcdServer
 ) -> None:
-    a = await clustered("a", lease_ttl=30)
+    a, b = await clustered("a", lease_ttl=30), await clustered("b", lease_ttl=30)
     held = clients(a)
     await held.join("held")
     await etcd.stop()
@@ -193,6 +193,13 @@ async def test_a_route_that_cannot_reach_the_store_refuses_clearly_then_recovers
         return True
 
     await wait_until(joins, "joins to work again once etcd is back", TIMEOUT * 2)
+    # Each route's watch came back too: a serve registered on b now shows on a.
+    there = clients(b)
+    await there.join("there")
+    serveid = (await there.rpc.register(0, "web", "127.0.0.1", 80, "")).serve.serveid
+    await wait_until(
+        lambda: a.servicer.registry.mirrored("g", serveid) == "b", "a to follow b again", TIMEOUT
+    )
 
 
 async def test_a_fenced_route_stops_admitting_and_sends_its_nodes_away(
