@@ -226,3 +226,19 @@ async def test_a_fenced_route_stops_admitting_and_sends_its_nodes_away(
 
     await wait_until(admits, "the route to rejoin the store", TIMEOUT * 2)
     assert not a.member.store.fenced.is_set()
+
+
+async def test_a_session_left_behind_on_the_old_route_ends_when_the_node_resumes_elsewhere(
+    clustered: MakeClustered, clients: Callable[[RunningRoute], Client]
+) -> None:
+    a, b = await clustered("a"), await clustered("b")
+    first = clients(a)
+    vnetid = await first.join("home")
+    resume = (vnetid, first.joined.resume_token)  # type: ignore[attr-defined]
+    # The node lost a without a itself noticing (its stream still open) and resumed on b.
+    again = clients(b)
+    assert await again.join("home", resume=resume) == vnetid
+    await wait_until(lambda: a.servicer.table.of_vnet(vnetid) is None, "a to end the stale one")
+    # a now knows the node is on b.
+    assert a.member is not None
+    assert a.member.locate_vnet("g", vnetid) == f"127.0.0.1:{b.port}"

@@ -297,6 +297,9 @@ class Member:
         old = self.nodes.get(vnetid)
         if kind == "added" and record.route_id != self.route_id:
             self.nodes[vnetid] = record
+            # Taken over by another route (the node resumed there): its session here,
+            # if this route has not noticed the lost connection yet, is stale.
+            self.servicer.moved_away(vnetid, record.route_id)
         elif old is not None and (kind == "added" or old.route_id == record.route_id):
             # Now on this route, or gone from the route it was on.
             del self.nodes[vnetid]
