@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from vnet import wire
 from vnet.core.config import RouteEndpoint, RouteLimits, RouteSettings
 from vnet.metrics import MetricsServer, serve_metrics
-from vnet.route.admin import Reloader, RouteAdmin
 from vnet.route import rpc as route_rpc
+from vnet.route.admin import Reloader, RouteAdmin
 from vnet.route.admin_rpc import AdminRpc
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer, RouteTimeouts
