@@ -250,7 +250,17 @@ class Sessions:
             members.pop(session.token, None)
             if not members:
                 del self._by_group[session.vnet.group]
-        return self.registry.remove_vnet(session.vnet.vnetid)
+        gone = self.registry.remove_vnet(session.vnet.vnetid)
+        claims = self.registry.claims
+        if gone and session.claimant and claims is not None:
+            # A claimant's serveids stay its own across its sessions on this boot while the
+            # grace lasts: one whose call timed out after it had registered (a storm) comes
+            # back on a new session, and in a full group the id it freed would otherwise be
+            # the only free one, the next fresh serveid anyone gets.
+            claims.claim_serveids(
+                session.vnet.group, session.vnet.vnetid, session.claimant, (s.serveid for s in gone)
+            )
+        return gone
 
     def uncontrolled(self, now: float, within: float) -> list[Session]:
         """Sessions that joined more than `within` ago and never opened their control stream.

@@ -24,6 +24,7 @@ from vnet.cluster.store import ClusterStore, RouteIdTaken
 from vnet.core.config import RouteEndpoint, RouteLimits, RouteSettings
 from vnet.core.errors import VnetError
 from vnet.metrics import MetricsServer, serve_metrics
+from vnet.route import rpc as route_rpc
 from vnet.route.admin import Reloader, RouteAdmin
 from vnet.route.admin_rpc import AdminRpc
 from vnet.route.ending import go_away, reap_half_closed
@@ -202,9 +203,13 @@ async def start_route(
             ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
         ]
     )
-    server.add_generic_rpc_handlers(
-        (servicer.handlers(), AdminRpc(admin).handlers(), servicer.peers.handlers())
-    )
+    # Registered, not generic: C-core then keeps a queue of new calls per method, and
+    # grpc.aio takes one call from each queue per turn of its loop, where all generic calls
+    # share one queue. In a join storm thousands of Joins, Controls and RegisterServes wait
+    # there; a Ping (a Dial, an Accept) no longer waits behind them (docs/DESIGN.md,
+    # "Control plane").
+    server.add_registered_method_handlers(wire.SERVICE, route_rpc.method_table(servicer))
+    server.add_generic_rpc_handlers((AdminRpc(admin).handlers(), servicer.peers.handlers()))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
