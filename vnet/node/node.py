@@ -346,8 +346,11 @@ class Node:
                 why = "the route stopped"
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
-            # A route that said it is stopping will not be back soon: the next, now.
-            await self._reconnect(why, at_once=self._going_away and self._several)
+            # A route that said it is stopping will not be back soon: the next,
+            # now. Not after a kick (grace 0): that is an admin's word on this
+            # node, and it comes back after its backoff, as with one route.
+            stopped = self._going_away and not self._sent_away
+            await self._reconnect(why, at_once=stopped and self._several)
 
     def _let_go(self, client: RouteClient, control: asyncio.Task[None], grace: float) -> None:
         """Leave a route that is going away without cutting its tunnels: its
