@@ -331,6 +331,8 @@ class Node:
                 # leave its tunnels to finish in its grace.
                 why = f"the route is going away ({self._going_reason})"
                 self._let_go(self.client, control, self._going_grace)
+                # Not connected (show, metrics) until the next route is joined.
+                self._control = None
                 self._on_lost(why)
                 await self._reconnect(why, at_once=True)
                 continue
