@@ -128,7 +128,10 @@ async def test_a_route_down_at_start_is_skipped(
     dead = free_port()
     node = await make_node(config=_config("n", (dead, route_b.port)), timeouts=FAST)
     assert _on(node, route_b.port)
-    assert f"route 127.0.0.1:{dead} would not do: cannot reach the route" in caplog.text
+    assert (
+        f"route 127.0.0.1:{dead} would not do: cannot reach the route at 127.0.0.1:{dead}: "
+        "connection refused (is vnet-route running there? check [route] routes)"
+    ) in caplog.text
     # None answering: one error naming each route and its reason.
     other = free_port()
     lonely = Node(_config("m", (dead, other)), FAST)
