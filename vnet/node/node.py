@@ -194,6 +194,12 @@ class Node:
     def _several(self) -> bool:
         return len(self._targets) > 1
 
+    @property
+    def _fails_over(self) -> bool:
+        """Whether a route going away sends the node to another (not when
+        reconnecting is off: reconnect_max 0 ends the node instead)."""
+        return self._several and self.timeouts.reconnect_max > 0
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -555,9 +561,9 @@ class Node:
                 self.route_address,
                 event.reason,
                 event.grace,
-                "; moving to the next route now" if self._several else "",
+                "; moving to the next route now" if self._fails_over else "",
             )
-            if self._several:
+            if self._fails_over:
                 self._going_reason, self._going_grace = event.reason, event.grace
                 self._moving.set()
             return
