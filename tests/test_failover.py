@@ -20,8 +20,10 @@ import pytest
 from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, use_port, wait_until
 from tests.procs import Procs
 from tests.services import echo_ok, echo_round_trip, echo_server, pattern, read_until_reset
+from vnet.console.executor import vnet_pairs
 from vnet.core.config import NodeConfig, RouteEndpoint, ServeConfig, UseConfig, VnetConfig
 from vnet.core.errors import RouteUnavailable
+from vnet.metrics import NodeCollector
 from vnet.node.client import ClientTls, NodeCredentials, RouteClient
 from vnet.node.node import Node, NodeTimeouts
 from vnet.route.admin import DRAINING
@@ -126,7 +128,10 @@ async def test_a_route_down_at_start_is_skipped(
     dead = free_port()
     node = await make_node(config=_config("n", (dead, route_b.port)), timeouts=FAST)
     assert _on(node, route_b.port)
-    assert f"route 127.0.0.1:{dead} would not do: cannot reach the route" in caplog.text
+    assert (
+        f"route 127.0.0.1:{dead} would not do: cannot reach the route at 127.0.0.1:{dead}: "
+        "connection refused (is vnet-route running there? check [route] routes)"
+    ) in caplog.text
     # None answering: one error naming each route and its reason.
     other = free_port()
     lonely = Node(_config("m", (dead, other)), FAST)
@@ -212,6 +217,14 @@ async def test_a_refusing_route_is_passed_at_once_when_failing_over(
     await route_a.stop()
     await wait_until(lambda: _on(node, route_c.port), "the node to join C")
     assert node.route_moves == 1
+    # `show vnet` and the metrics name the route it is on now.
+    c = f"127.0.0.1:{route_c.port}"
+    shown = dict(vnet_pairs(node))
+    assert shown["route"] == f"{c} (connected)"
+    assert shown["routes"] == ", ".join(f"127.0.0.1:{r.port}" for r in (route_a, route_b, route_c))
+    families = {f.name: f for f in NodeCollector(node).collect()}
+    assert [(s.labels, s.value) for s in families["vnet_node_route"].samples] == [({"route": c}, 1)]
+    assert families["vnet_node_route_moves"].samples[0].value == 1
 
 
 async def test_a_single_route_keeps_its_reconnecting(

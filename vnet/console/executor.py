@@ -473,11 +473,14 @@ def vnet_pairs(node: Node) -> list[tuple[str, str]]:
     )
     registered = sum(1 for s in node.serves.values() if s.serveid is not None)
     listening = sum(1 for u in node.uses.values() if u.listening)
+    # With several routes, the ones it may fail over to, in order.
+    several = [("routes", ", ".join(t.address for t in cfg.routes))] if cfg.routes else []
     return [
         ("vnetid", node.vnetid or "-"),
         ("name", cfg.vnet.name),
         ("group", node.group or cfg.vnet.group),
         ("route", route),
+        *several,
         ("config", cfg.path),
         ("terminal", _flag(cfg.vnet.terminal)),
         ("startserve", _flag(cfg.vnet.startserve)),

@@ -15,7 +15,6 @@ Nothing here opens files or sockets or starts tasks.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Generic, TypeVar
@@ -25,22 +24,17 @@ from vnet.core.auth import insecure_reason
 from vnet.core.budget import DEFAULT_PER_NODE_MIB, DEFAULT_TOTAL_MIB
 from vnet.core.cluster_config import ClusterSettings, read_cluster
 from vnet.core.config_section import SectionReader, token_problem
+
+# Where the rest of vnet has always found them.
+from vnet.core.endpoints import DEFAULT_ROUTE_IP as DEFAULT_ROUTE_IP
+from vnet.core.endpoints import DEFAULT_ROUTE_PORT as DEFAULT_ROUTE_PORT
+from vnet.core.endpoints import RouteEndpoint as RouteEndpoint
+from vnet.core.endpoints import read_routes as read_routes
 from vnet.core.errors import ConfigError
 from vnet.core.ini import Problems, Section, label, read_ini
-from vnet.core.limits import (
-    INFO_MAX,
-    NAME_MAX,
-    host_problem,
-    quoted_if_odd,
-    shown,
-    text_problem,
-)
-
-# Where the rest of vnet has always found it.
+from vnet.core.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
 from vnet.core.limits import SERVEID_MAX as SERVEID_MAX
 
-DEFAULT_ROUTE_IP = "127.0.0.1"
-DEFAULT_ROUTE_PORT = 7749
 DEFAULT_GROUP = "default"
 DEFAULT_KEEPALIVE = 10
 DEFAULT_BULK_WHILE_INTERACTIVE = 200
@@ -54,70 +48,6 @@ DEFAULT_UDP_FLOWS_PER_USE = 256
 DEFAULT_UDP_FLOWS = 1024
 UDP_IDLE_MAX = 86_400
 STATIC_SERVEID_MIN = 500
-
-
-@dataclass(frozen=True)
-class RouteEndpoint:
-    """[route]: where the route listens, and where nodes connect."""
-
-    ip: str = DEFAULT_ROUTE_IP
-    port: int = DEFAULT_ROUTE_PORT
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"{host}:{self.port}"
-
-
-def read_routes(raw: str) -> tuple[tuple[RouteEndpoint, ...], str]:
-    """[route] routes = HOST:PORT, HOST:PORT, [V6]:PORT: the routes a node may
-    join, in the order it tries them; and the problem ("" when none).
-
-    A route named twice is refused: the node would cycle back to the same one
-    and count it as another. Names are compared case-blind, addresses as
-    addresses ([::1] and [0::1] are one).
-    """
-    found: list[RouteEndpoint] = []
-    seen: dict[str, int] = {}
-    entries = raw.split(",")
-    for n, entry in enumerate(entries, 1):
-        text = entry.strip()
-        which = f"entry {n}" if len(entries) > 1 else "the entry"
-        if not text:
-            return (), f"{which} is empty (give HOST:PORT, comma-separated)"
-        endpoint = _endpoint(text)
-        if endpoint is None:
-            return (), f"{which}, {shown(text)}, is not HOST:PORT ([V6]:PORT for IPv6)"
-        same = _canonical(endpoint)
-        if same in seen:
-            return (), f"{shown(text)} is named twice (entries {seen[same]} and {n})"
-        seen[same] = n
-        found.append(endpoint)
-    return tuple(found), ""
-
-
-def _endpoint(text: str) -> RouteEndpoint | None:
-    host, colon, port = text.rpartition(":")
-    if not colon:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host:
-            return None
-    elif ":" in host:
-        return None  # an IPv6 address needs its brackets, or its port is ambiguous
-    digits = port.isascii() and port.isdigit() and len(port) <= 5
-    if not host or host_problem(host) or not digits or not 0 < int(port) < 65536:
-        return None
-    return RouteEndpoint(host, int(port))
-
-
-def _canonical(endpoint: RouteEndpoint) -> str:
-    try:
-        host = str(ipaddress.ip_address(endpoint.ip))
-    except ValueError:
-        host = endpoint.ip.lower().rstrip(".")
-    return f"{host} {endpoint.port}"
 
 
 @dataclass(frozen=True)

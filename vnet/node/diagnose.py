@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 import tempfile
@@ -67,10 +68,15 @@ def probe_for(
     async def probe(budget: float) -> Diagnosis | None:
         try:
             async with asyncio.timeout(budget):
-                return await diagnose(config, tls, target)
+                found = await diagnose(config, tls, target)
         except (TimeoutError, OSError, ValueError):
             # Found nothing certain: the caller says what gRPC saw instead.
             return None
+        if found is not None and config.routes:
+            # The address is an entry of routes=, not ip and port.
+            reason = found.reason.replace(_CHECK_ADDRESS, "check [route] routes")
+            return dataclasses.replace(found, reason=reason)
+        return found
 
     return probe
 

@@ -194,6 +194,12 @@ class Node:
     def _several(self) -> bool:
         return len(self._targets) > 1
 
+    @property
+    def _fails_over(self) -> bool:
+        """Whether a route going away sends the node to another (not when
+        reconnecting is off: reconnect_max 0 ends the node instead)."""
+        return self._several and self.timeouts.reconnect_max > 0
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -331,6 +337,8 @@ class Node:
                 # leave its tunnels to finish in its grace.
                 why = f"the route is going away ({self._going_reason})"
                 self._let_go(self.client, control, self._going_grace)
+                # Not connected (show, metrics) until the next route is joined.
+                self._control = None
                 self._on_lost(why)
                 await self._reconnect(why, at_once=True)
                 continue
@@ -346,8 +354,11 @@ class Node:
                 why = "the route stopped"
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
-            # A route that said it is stopping will not be back soon: the next, now.
-            await self._reconnect(why, at_once=self._going_away and self._several)
+            # A route that said it is stopping will not be back soon: the next,
+            # now. Not after a kick (grace 0): that is an admin's word on this
+            # node, and it comes back after its backoff, as with one route.
+            stopped = self._going_away and not self._sent_away
+            await self._reconnect(why, at_once=stopped and self._several)
 
     def _let_go(self, client: RouteClient, control: asyncio.Task[None], grace: float) -> None:
         """Leave a route that is going away without cutting its tunnels: its
@@ -550,9 +561,9 @@ class Node:
                 self.route_address,
                 event.reason,
                 event.grace,
-                "; moving to the next route now" if self._several else "",
+                "; moving to the next route now" if self._fails_over else "",
             )
-            if self._several:
+            if self._fails_over:
                 self._going_reason, self._going_grace = event.reason, event.grace
                 self._moving.set()
             return
