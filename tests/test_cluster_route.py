@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from harness.etcd import EtcdServer
-from tests.conftest import TIMEOUT, MakeRoute, free_port, wait_until
+from tests.conftest import TIMEOUT, MakeNode, MakeRoute, free_port, wait_until
+from tests.services import echo_ok, echo_round_trip, echo_server, pattern
 from vnet.cluster.credentials import ClusterCredentials
 from vnet.cluster.etcd import EtcdAccess, EtcdEndpoint
 from vnet.core.cluster_config import ClusterSettings
+from vnet.core.config import NodeConfig, RouteEndpoint, ServeConfig, UseConfig, VnetConfig
 from vnet.core.errors import RouteUnavailable, ServeIdTaken
 from vnet.node.client import RouteClient
 from vnet.route.server import RouteSecurity, RunningRoute
@@ -242,3 +244,49 @@ async def test_a_session_left_behind_on_the_old_route_ends_when_the_node_resumes
     # a now knows the node is on b.
     assert a.member is not None
     assert a.member.locate_vnet("g", vnetid) == f"127.0.0.1:{b.port}"
+
+
+async def test_a_drained_route_of_a_cluster_sends_its_nodes_to_another_with_its_grace(
+    clustered: MakeClustered, make_node: MakeNode
+) -> None:
+    a, b = await clustered("a"), await clustered("b")
+    echo = await echo_server()
+    use = free_port()
+    routes = (RouteEndpoint("127.0.0.1", a.port), RouteEndpoint("127.0.0.1", b.port))
+
+    def config(name: str, **kw: object) -> NodeConfig:
+        return NodeConfig(
+            path="(test)",
+            route=routes[0],
+            routes=routes,
+            vnet=VnetConfig(name=name, group="g"),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    home = await make_node(
+        config=config("home", serves=(ServeConfig("echo", echo.port, serveid=700),))
+    )
+    await make_node(config=config("office", uses=(UseConfig("echo", 700, port=use),)))
+    await wait_until(lambda: echo_ok(use, 10_000), "the use through a")
+    # A tunnel open through a when it is drained: it keeps working in the grace.
+    reader, writer = await asyncio.open_connection("127.0.0.1", use)
+    writer.write(b"before")
+    assert await reader.readexactly(6) == b"before"
+    drained = asyncio.create_task(a.admin.drain(30.0, "test"))
+    await wait_until(lambda: len(b.servicer.sessions) == 2, "both nodes to move to b")
+    writer.write(b"after the move")
+    assert await reader.readexactly(14) == b"after the move"
+    # New tunnels go through b, and b holds home's serve under the same serveid.
+    await wait_until(
+        lambda: (
+            b.servicer.table.of_vnet(home.vnetid) is not None
+            and b.servicer.registry.owns(home.vnetid, 700)
+        ),
+        "home's 700 registered on b itself",
+    )
+    body = pattern(500_000, seed=3)
+    assert await echo_round_trip(use, body) == body
+    writer.close()
+    report = await asyncio.wait_for(drained, TIMEOUT)
+    assert report.tunnels_reset == 0
+    await echo.close()

@@ -225,7 +225,10 @@ class RouteServicer:
         self._drop(link, why)
 
     def moved_away(self, vnetid: str, route_id: str) -> None:
-        """vnetid now serves from route route_id: its session here is stale."""
+        """vnetid now serves from route route_id: its session here is stale, unless
+        this route told it to go (stopping, draining): its tunnels here get the grace."""
+        if self.stopping or self.refusing:
+            return
         found = self.table.of_vnet(vnetid)
         link = None if found is None else self.sessions.get(found)
         if link is not None:
