@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/vnetrpc/v1/*.proto)
 
-.PHONY: venv demo test generate check-generated lint buf-lint bench bench-wan soak clean
+.PHONY: venv demo demo-cluster test generate check-generated lint buf-lint bench bench-wan soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) -m vnet.demo $(ARGS)
+
+# Three routes sharing one registry in etcd (its own, from the dev extras).
+demo-cluster: venv
+	$(PY) -m vnet.demo_cluster $(ARGS)
 
 test: venv
 	$(PY) -m pytest $(ARGS)

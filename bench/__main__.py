@@ -25,6 +25,7 @@ from typing import TypeVar
 from bench import (
     burst,
     client,
+    cluster,
     control,
     floor,
     idle,
@@ -123,6 +124,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         f"--quick: {QUICK_CONTROL_SIZES} only); bench/control.py",
     )
     p.add_argument("--no-control", action="store_true", help="skip the control-plane table")
+    p.add_argument(
+        "--no-cluster", action="store_true", help="skip the route-cluster table (bench/cluster.py)"
+    )
     p.add_argument(
         "--no-realprog",
         action="store_true",
@@ -389,6 +393,15 @@ def _vnet_sections(
                 control.rows(results),
             )
         )
+    if not args.no_cluster:
+        sizes = (1, 2) if args.quick else (1, 2, 3)
+        repeat = 1 if args.quick else args.repeat
+        _say(f"route cluster: {', '.join(map(str, sizes))} routes")
+        try:
+            body = cluster.rows(sizes, args.quick, repeat)
+            sections.append((cluster.title(sizes, args.quick, repeat), (cluster.HEADER, body)))
+        except BenchError as exc:
+            _say(f"route cluster: not measured: {exc}")
     if not args.no_stalled:
         workdir = tmp / "stalled"
         workdir.mkdir()

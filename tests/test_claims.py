@@ -120,3 +120,22 @@ def test_a_claimant_that_loses_its_connection_again_keeps_its_ids() -> None:
     # Someone else with the vnetid but no token of it gets a fresh one.
     other = table.join("b", "g", clock(), "06", "guess")
     assert other.session.vnet.vnetid != "06"
+
+
+def test_a_claimant_dropped_after_registering_keeps_its_serveids() -> None:
+    """Its claim was fulfilled (registered), then its session ended (a call that timed out
+    in a storm, and it comes back on a new session): within the grace its serveid is still
+    held for it, not the next fresh one for anyone asking."""
+    clock = Clock()
+    table = _table(clock)
+    first = table.join("a", "g", clock(), "06", "tok-a", earlier_boot=True, resume_serveids=(8,))
+    table.registry.register("06", 8, "s", "127.0.0.1", 22)
+    table.drop(first.session)
+    clock.now += CLAIM_QUIET + 1  # claims have stopped coming: fresh ids are handed out
+    other = table.join("b", "g", clock())
+    wished = table.registry.register(other.session.vnet.vnetid, 8, "s", "127.0.0.1", 22)
+    assert wished.reassigned
+    assert wished.serve.serveid != 8
+    again = table.join("a", "g", clock(), "06", first.resume_token)
+    assert again.session.vnet.vnetid == "06"
+    assert not table.registry.register("06", 8, "s", "127.0.0.1", 22).reassigned

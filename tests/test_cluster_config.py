@@ -60,10 +60,7 @@ def test_cluster_section_is_read() -> None:
     assert c.route_id == "route-a"
     assert c.advertise == ("route-a.example.net", 7750)
     assert (c.lease_ttl, c.resume_ttl, c.prefix) == (5, 60, "prod/")
-    # Said, not hidden: the route does not use the store yet.
-    assert [w.reason for w in checked.problems.warnings] == [
-        "is checked but not used yet: this route still runs alone, with its own registry"
-    ]
+    assert checked.problems.warnings == []
 
 
 def test_cluster_mistakes_name_file_line_section_and_key() -> None:
@@ -71,9 +68,9 @@ def test_cluster_mistakes_name_file_line_section_and_key() -> None:
         "r.ini:5: [cluster] etcd: is required",
         "r.ini:5: [cluster] route_id: is required",
         "r.ini:5: [cluster] advertise: is required",
-        "r.ini:5: [cluster]: routes need a credential with each other: set token= (or "
-        "token_env=, token_file=), or peer_tls_cert, peer_tls_key and peer_tls_ca "
-        "(never a node's token)",
+        "r.ini:5: [cluster]: routes need a token with each other: set token= (or "
+        "token_env=, token_file=), never a node's token; peer_tls_cert, peer_tls_key and "
+        "peer_tls_ca add mutual TLS",
     ]
     body = (
         "etcd=http://127.0.0.1:2379,https://x:1/v3\nroute_id=a b\nadvertise=0.0.0.0:7750\n"
@@ -147,7 +144,7 @@ def test_cluster_tls_files_that_work_pass(tmp_path: Path) -> None:
         f"peer_tls_cert={tmp_path}/cert.pem\npeer_tls_key={tmp_path}/key.pem\n"
         f"peer_tls_ca={tmp_path}/ca.pem\netcd_tls_ca={tmp_path}/ca.pem\n"
         f"etcd_tls_cert={tmp_path}/cert.pem\netcd_tls_key={tmp_path}/KEY\n"
-        f"etcd_user=vnet\netcd_password_file={tmp_path}/pw\n"
+        f"etcd_user=vnet\netcd_password_file={tmp_path}/pw\ntoken=routes-only\n"
     )
     ini = tmp_path / "r.ini"
     ini.write_text(ROUTE + body.replace("KEY", "key.pem"))

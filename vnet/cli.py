@@ -289,7 +289,8 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         default=10.0,
         metavar="SECONDS",
         help="how long to wait for a route that does not answer at start (default: 10); "
-        "a refused port or a TLS mistake ends it at once, with the reason",
+        "a refused port or a TLS mistake ends it at once, with the reason (with several "
+        "[route] routes: each in turn, then the next is tried)",
     )
     # Scripts want their output, not our progress: -c logs warnings only, unless asked.
     parser.set_defaults(log_level=None)
@@ -350,9 +351,7 @@ async def _node(
         return EXIT_ERROR
     except VnetError as exc:
         # Refused by the route (credentials, limits): its reason, in one line.
-        print(
-            f"vnet: the route at {config.route.address} refused this node: {exc}", file=sys.stderr
-        )
+        print(f"vnet: the route at {node.route_address} refused this node: {exc}", file=sys.stderr)
         return EXIT_ERROR
     log.info("node stopped (%s)", how)
     return EXIT_OK

@@ -9,6 +9,7 @@ section and key; the start refuses on any error, `--check` prints them all.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,9 +100,10 @@ def load_route(
     if settings.cluster is not None:
         from vnet.cluster.credentials import load_cluster
 
-        # Checked for the start and --check alike; the route is wired to the
-        # store in issue 16's second part, so nothing uses the result yet.
-        extra.extend(load_cluster(settings, os.environ if environ is None else environ)[1])
+        # Read for the start and --check alike: the start joins the store with them.
+        cluster, problems = load_cluster(settings, os.environ if environ is None else environ)
+        extra.extend(problems)
+        security = dataclasses.replace(security, cluster=cluster)
     if checked.ok and not extra:
         extra.extend(_route_tls(settings))
     if checked.ok and not extra:

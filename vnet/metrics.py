@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from vnet.node.node import Node
     from vnet.route.admin import RouteAdmin
+    from vnet.route.peer import Peers
     from vnet.route.service import RouteServicer
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,11 @@ class RouteCollector:
     def collect(self) -> Iterator[Any]:
         s = self.servicer
         nodes = GaugeMetricFamily("vnet_nodes", "Nodes joined, by group", labels=["group"])
-        serves = GaugeMetricFamily("vnet_serves", "Serves registered, by group", labels=["group"])
+        serves = GaugeMetricFamily(
+            "vnet_serves",
+            "Serves registered, by group (in a cluster, on every route of the group)",
+            labels=["group"],
+        )
         free = GaugeMetricFamily(
             "vnet_serveids_free",
             "Serveids not registered, by group: dynamic (1-499, the route assigns them) and "
@@ -90,6 +95,7 @@ class RouteCollector:
         probes.add_metric(["echoed"], s.between.probes.echoed)
         probes.add_metric(["unanswered"], s.between.probes.unanswered)
         yield probes
+        yield from _peer_families(s.peers)
         if self.admin is not None:
             actions = CounterMetricFamily(
                 "vnet_admin_actions",
@@ -99,6 +105,70 @@ class RouteCollector:
             for (action, result), count in sorted(self.admin.actions.items()):
                 actions.add_metric([action, result], count)
             yield actions
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Any]:
+        """A clustered route's view of the store (nothing for a lone route)."""
+        member = self.servicer.member
+        if member is None:
+            return
+        yield GaugeMetricFamily(
+            "vnet_cluster_fenced",
+            "1 when this route lost its lease in the cluster store and stopped admitting",
+            value=int(member.store.fenced.is_set()),
+        )
+        yield GaugeMetricFamily(
+            "vnet_cluster_mirrored_serves",
+            "Serves of nodes on the other routes, as this route knows them",
+            value=self.servicer.registry.mirrored_count(),
+        )
+        yield GaugeMetricFamily(
+            "vnet_cluster_routes",
+            "Routes in the cluster store, this one included",
+            value=len(member.routes),
+        )
+        yield CounterMetricFamily(
+            "vnet_cluster_serve_events",
+            "Serve changes of the other routes applied from the store's watch",
+            value=member.events,
+        )
+
+
+def _peer_families(peers: Peers) -> Iterator[Any]:
+    """Tunnels across routes (vnet.route.peer): both sides, bytes, refusals."""
+    tunnels = CounterMetricFamily(
+        "vnet_peer_tunnels",
+        "Tunnels through another route: dialled from here (out), served here (in)",
+        labels=["side"],
+    )
+    for side in ("out", "in"):
+        tunnels.add_metric([side], peers.tunnels[side])
+    yield tunnels
+    moved = CounterMetricFamily(
+        "vnet_peer_bytes",
+        "Tunnel frame bytes sent to and received from other routes",
+        labels=["direction"],
+    )
+    for direction in ("sent", "received"):
+        moved.add_metric([direction], peers.bytes(direction))
+    yield moved
+    refused = CounterMetricFamily(
+        "vnet_peer_refused",
+        "Other routes' tunnel calls this route refused, by reason (unauthenticated, not_here)",
+        labels=["reason"],
+    )
+    for reason, count in sorted(peers.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
+    answers = CounterMetricFamily(
+        "vnet_peer_answers",
+        "Other routes' answers to this route's tunnel calls that were not a tunnel: not_here "
+        "(looked for elsewhere), timeout, or the status code (UNAVAILABLE: also unreachable)",
+        labels=["answer"],
+    )
+    for answer, count in sorted(peers.answers.items()):
+        answers.add_metric([answer], count)
+    yield answers
 
 
 class NodeCollector:
@@ -111,6 +181,19 @@ class NodeCollector:
         node = self.node
         yield GaugeMetricFamily(
             "vnet_node_connected", "1 while the node is joined to its route", value=node.connected
+        )
+        on = GaugeMetricFamily(
+            "vnet_node_route",
+            "1 for the route the node is joined to now (HOST:PORT, one of [route] routes)",
+            labels=["route"],
+        )
+        if node.connected:
+            on.add_metric([node.route_address], 1)
+        yield on
+        yield CounterMetricFamily(
+            "vnet_node_route_moves",
+            "Times the node joined another route than the one it lost or left",
+            value=node.route_moves,
         )
         opened = CounterMetricFamily(
             "vnet_use_connections", "Connections accepted by each use", labels=["use"]

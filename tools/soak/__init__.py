@@ -13,6 +13,11 @@ EOF before the whole answer. One that ends like a success with wrong or missing 
 Before each disruption and at the end the load pauses; with no client connection open the route
 must hold no tunnel (its Prometheus gauge), and fds and RSS of every process are recorded.
 
+With --cluster it runs three routes sharing one etcd (started by the soak, from the dev
+extras): home names routes a then b, office-a b then c, office-b c then a, so every tunnel
+crosses two routes; the disruptions are kill -9 of route a, SIGTERM of route b, kill -9 of
+route c (each restarted), and kill -9 of home. The nodes fail over to their second route.
+
 Exit status: 0 when nothing was LOST, every disruption recovered within 60 s, no process died
 unasked and the route held no tunnel when idle; 1 otherwise; 2 when the setup failed; 130 when
 interrupted. Logs are kept when it fails (or with --keep), in the directory it prints.

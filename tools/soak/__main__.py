@@ -17,9 +17,9 @@ from tools.soak.report import summary
 from tools.soak.run import Soak
 
 
-async def main_async(minutes: float, seed: int, keep: bool) -> int:
+async def main_async(minutes: float, seed: int, keep: bool, cluster: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vnet-soak-"))
-    soak = Soak(minutes, seed, workdir)
+    soak = Soak(minutes, seed, workdir, cluster)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, soak.interrupted.set)
@@ -46,6 +46,12 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="how long (default: 3)")
     parser.add_argument("--seed", type=int, help="workload seed (default: random, printed)")
     parser.add_argument("--keep", action="store_true", help="keep the logs even if it passes")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three routes sharing one etcd (its own), each node naming two of them, and "
+        "route kills across the cluster",
+    )
     args = parser.parse_args()
     if args.minutes <= 0:
         parser.error("--minutes must be more than 0")
@@ -53,9 +59,9 @@ def main() -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main_async(args.minutes, seed, args.keep))
+        return asyncio.run(main_async(args.minutes, seed, args.keep, args.cluster))
     # Like vnet itself: the client must not be what limits the run on a small machine.
-    result: int = uvloop.run(main_async(args.minutes, seed, args.keep))
+    result: int = uvloop.run(main_async(args.minutes, seed, args.keep, args.cluster))
     return result
 
 

@@ -76,7 +76,7 @@ class Fleet:
         self.started[role] += 1
         self.spawns.append((role, time.monotonic()))
         name = f"{role}-{self.started[role]}"
-        program = "vnet-route" if role == "route" else "vnet"
+        program = "vnet-route" if role.startswith("route") else "vnet"
         # Its own session: Ctrl-C in the terminal reaches only the soak, which then stops the
         # children itself, in order.
         child = spawn(

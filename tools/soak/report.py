@@ -56,7 +56,11 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
     rows = [
         ("machine", machine()),
         ("vnet revision at the start", soak.revision),
-        ("command", f"python -m tools.soak --minutes {soak.minutes:g} --seed {soak.seed}"),
+        (
+            "command",
+            f"python -m tools.soak --minutes {soak.minutes:g} --seed {soak.seed}"
+            + (" --cluster" if soak.cluster else ""),
+        ),
         ("load average before the run", soak.load),
         ("duration", f"{soak.duration:.1f} s"),
         ("client connections tried", f"{w.tried}"),
@@ -72,6 +76,7 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
         ("disruptions", f"{len(ds)}, {len(recoveries)} recovered"),
         ("max recovery", f"{max(recoveries):.1f} s" if recoveries else "-"),
         ("processes that died unasked", f"{len(soak.fleet.crashes)}"),
+        ("routes", ", ".join(soak.routes) + (" (a cluster on one etcd)" if soak.cluster else "")),
         ("route tunnels open when quiet", f"{first[1]} at the start, {last[1]} at the end"),
         (
             "exit status at the end (SIGTERM)",
@@ -82,14 +87,15 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
     lines = ["vnet soak", *(f"{k:<{width}}  {v}" for k, v in rows), ""]
     lines.append(
         f"{'#':>2}  {'at':>7}  {'disruption':<26}  exit  recovered  in flight: ok/failed"
-        "  failed in all  before it: route tunnels, fds (route/home/office-a/office-b)"
+        "  failed in all  before it: route tunnels, fds "
+        f"({'/'.join((*soak.routes, 'home', *OFFICES))})"
     )
     for n, d in enumerate(ds, 1):
         took = "NO" if d.recovery is None else f"{d.recovery:.1f} s"
         caught = [ok for s0, s1, ok in soak.spans if s0 < d.since < s1]
         flight = f"{sum(caught)}/{len(caught) - sum(caught)}"
         failed = sum(d.overlaps(*f) for f in failures)
-        fds = "/".join(str(d.quiet[0].get(r, (-1,))[0]) for r in ("route", "home", *OFFICES))
+        fds = "/".join(str(d.quiet[0].get(r, (-1,))[0]) for r in (*soak.routes, "home", *OFFICES))
         lines.append(
             f"{n:>2}  {d.at:>5.1f} s  {d.what:<26}  {d.exit!s:>4}  {took:>9}  {flight:>19}"
             f"  {failed:>13}  {d.quiet[1]:>24}, {fds}"
@@ -101,7 +107,7 @@ def summary(soak: Soak, first: Quiet, last: Quiet) -> tuple[str, list[str]]:
         f"{'process':<9}  {'peak RSS':>9}  {'RSS start':>9}  {'RSS end':>9}  {'fds start':>9}"
         f"  {'fds end':>7}  {'pid start':>9}  {'pid end':>9}  restarts",
     ]
-    for role in ("route", "home", *OFFICES):
+    for role in (*soak.routes, "home", *OFFICES):
         peak = soak.fleet.peak_rss.get(role, (0, 0))[0]
         (f0, p0, r0), (f1, p1, r1) = (q[0].get(role, (-1, 0, 0)) for q in (first, last))
         lines.append(

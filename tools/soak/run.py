@@ -7,13 +7,15 @@ import contextlib
 import errno
 import os
 import random
+import secrets
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.procs import HOST, free_port, rss_kib
+from harness.etcd import EtcdServer
+from harness.procs import HOST, HarnessError, free_port, rss_kib
 from tools.soak.fleet import OFFICES, Fleet, SoakError, tunnels_open
 from tools.soak.load import (
     MIB,
@@ -39,6 +41,22 @@ DISRUPTIONS = (
     ("office-a kill -9 + restart", "office-a", signal.SIGKILL),
     ("home kill -9 + restart", "home", signal.SIGKILL),
 )
+# With --cluster: three routes sharing etcd, each node knowing two of them.
+CLUSTER_ROUTES = ("route-a", "route-b", "route-c")
+CLUSTER_DISRUPTIONS = (
+    ("route-a kill -9 + restart", "route-a", signal.SIGKILL),
+    ("route-b SIGTERM + restart", "route-b", signal.SIGTERM),
+    ("route-c kill -9 + restart", "route-c", signal.SIGKILL),
+    ("home kill -9 + restart", "home", signal.SIGKILL),
+)
+# Which routes each node names, in order: every tunnel crosses two routes.
+CLUSTER_NODE_ROUTES = {
+    "home": ("route-a", "route-b"),
+    "office-a": ("route-b", "route-c"),
+    "office-b": ("route-c", "route-a"),
+}
+# A dead route's entries leave the store this soon (its lease).
+CLUSTER_LEASE_TTL = 5
 CONN_TIMEOUT = 60.0
 PROBE_TIMEOUT = 10.0
 RECOVERY_TIMEOUT = 60.0
@@ -62,15 +80,20 @@ class Disruption:
 
 
 class Soak:
-    def __init__(self, minutes: float, seed: int, workdir: Path) -> None:
+    def __init__(self, minutes: float, seed: int, workdir: Path, cluster: bool = False) -> None:
         self.minutes, self.seed, self.workdir = minutes, seed, workdir
+        self.cluster = cluster
+        self.routes: tuple[str, ...] = CLUSTER_ROUTES if cluster else ("route",)
+        self.disruptions_planned = CLUSTER_DISRUPTIONS if cluster else DISRUPTIONS
+        self.etcd: EtcdServer | None = None
         self.rng = random.Random(seed)
         self.src = Source(random.Random(seed))
         self.fleet = Fleet(workdir)
         self.services = Services(self.src, self.fleet.killed, self.elapsed)
         self.ports: dict[tuple[str, int], int] = {}
         self.office_of: dict[int, str] = {}
-        self.metrics_port = 0
+        # Each route's Prometheus port: its open tunnels, read at quiet moments, must be 0.
+        self.metrics_ports: dict[str, int] = {}
         self.work, self.probes = Tally(), Tally()
         self.lost: list[str] = []
         self.truncated: list[str] = []  # clean EOFs that no kill of the office explains
@@ -206,11 +229,11 @@ class Soak:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), DRAIN_TIMEOUT)
         # vnet closes its sides of the last tunnels a moment after the clients did.
-        counts = (self.fleet.fds(), await tunnels_open(self.metrics_port))
+        counts = (self.fleet.fds(), await self.tunnels_open())
         same, deadline = 0, time.monotonic() + 5
         while (same < 5 or counts[1] != 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            now = (self.fleet.fds(), await tunnels_open(self.metrics_port))
+            now = (self.fleet.fds(), await self.tunnels_open())
             same = same + 1 if now == counts else 0
             counts = now
         self.paused = was_paused
@@ -218,6 +241,11 @@ class Soak:
         pids = {role: child.pid for role, child in self.fleet.children.items()}
         fds = {role: (n, pids[role], rss_kib(pids[role])) for role, n in counts[0].items()}
         return fds, counts[1]
+
+    async def tunnels_open(self) -> int:
+        """Tunnels open on every route together; -1 when one cannot be read."""
+        counts = [await tunnels_open(port) for port in self.metrics_ports.values()]
+        return -1 if -1 in counts else sum(counts)
 
     async def recover(self, since: float) -> float | None:
         """Seconds from `since` until every office reaches both services byte-exact again."""
@@ -253,12 +281,33 @@ class Soak:
 
     async def setup(self) -> None:
         exchange_port, echo_port = await self.services.start()
-        route_port, self.metrics_port = free_port(), free_port()
-        route = f"[route]\nip={HOST}\nport={route_port}\n"
-        # Its open tunnels, read at quiet moments, must be 0: anything else is a leak.
-        (self.workdir / "route.ini").write_text(f"{route}metrics={HOST}:{self.metrics_port}\n")
+        ports = {role: free_port() for role in self.routes}
+        self.metrics_ports = {role: free_port() for role in self.routes}
+        cluster = ""
+        if self.cluster:
+            self.etcd = EtcdServer(self.workdir)
+            try:
+                await self.etcd.start()
+            except HarnessError as exc:
+                raise SoakError(f"etcd would not start: {exc}") from None
+            cluster = (
+                f"[cluster]\netcd={self.etcd.url}\ntoken={secrets.token_urlsafe(16)}\n"
+                f"lease_ttl={CLUSTER_LEASE_TTL}\n"
+            )
+        for role, port in ports.items():
+            text = f"[route]\nip={HOST}\nport={port}\nmetrics={HOST}:{self.metrics_ports[role]}\n"
+            if cluster:
+                text += f"{cluster}route_id={role}\nadvertise={HOST}:{port}\n"
+            (self.workdir / f"{role}.ini").write_text(text)
+
+        def route_lines(node: str) -> str:
+            if not self.cluster:
+                return f"[route]\nip={HOST}\nport={ports['route']}\n"
+            named = ", ".join(f"{HOST}:{ports[r]}" for r in CLUSTER_NODE_ROUTES[node])
+            return f"[route]\nroutes={named}\n"
+
         (self.workdir / "home.ini").write_text(
-            f"{route}[vnet]\nname=home\ngroup=soak\n"
+            f"{route_lines('home')}[vnet]\nname=home\ngroup=soak\n"
             f"[serve.exchange]\nserveid={EXCHANGE}\nport={exchange_port}\n"
             f"[serve.echo]\nserveid={ECHO}\nport={echo_port}\n"
         )
@@ -267,12 +316,14 @@ class Soak:
                 self.ports[(office, serveid)] = free_port()
                 self.office_of[self.ports[(office, serveid)]] = office
             (self.workdir / f"{office}.ini").write_text(
-                f"{route}[vnet]\nname={office}\ngroup=soak\n"
+                f"{route_lines(office)}[vnet]\nname={office}\ngroup=soak\n"
                 f"[use.exchange]\nserveid={EXCHANGE}\nport={self.ports[(office, EXCHANGE)]}\n"
                 f"[use.echo]\nserveid={ECHO}\nport={self.ports[(office, ECHO)]}\n"
             )
-        self.fleet.start("route")
-        await self.fleet.wait_for_line("route", "route listening on")
+        for role in self.routes:
+            self.fleet.start(role)
+        for role in self.routes:
+            await self.fleet.wait_for_line(role, "route listening on")
         self.fleet.start("home")
         for office in OFFICES:
             self.fleet.start(office)
@@ -305,7 +356,8 @@ class Soak:
                 if time.monotonic() > deadline - 5:
                     due = deadline  # too late for a disruption: no load would follow it
                     continue
-                record = await self.disrupt(*DISRUPTIONS[len(self.disruptions) % 4])
+                plan = self.disruptions_planned
+                record = await self.disrupt(*plan[len(self.disruptions) % len(plan)])
                 self.disruptions.append(record)
                 took = "NOT recovered" if record.recovery is None else f"{record.recovery:.1f}s"
                 self.note(
@@ -329,7 +381,9 @@ class Soak:
         return first, last
 
     async def stop_all(self) -> None:
-        for role in (*OFFICES, "home", "route"):
+        for role in (*OFFICES, "home", *self.routes):
             if role in self.fleet.children:
                 self.final_exits[role] = await self.fleet.stop(role, signal.SIGTERM)
         await self.services.close()
+        if self.etcd is not None:
+            await self.etcd.stop()

@@ -78,6 +78,25 @@ class ServeEvent:
     revision: int
 
 
+@dataclass(frozen=True)
+class Change:
+    """A route, node or serve of another route appearing or going (a watch event)."""
+
+    kind: str  # "added" or "removed"
+    record: RouteRecord | NodeRecord | ServeRecord
+    revision: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The other routes' routes, nodes and serves, and the revision to watch from."""
+
+    routes: list[RouteRecord]
+    nodes: list[NodeRecord]
+    serves: list[ServeRecord]
+    revision: int
+
+
 class ClusterStore:
     """The shared registry, as one route sees it."""
 
@@ -142,15 +161,19 @@ class ClusterStore:
         )
 
     async def close(self, revoke: bool = True) -> None:
-        """Stop; revoke: remove this route's entries at once (not after the TTL)."""
+        """Stop; revoke: remove this route's entries at once (not after the TTL).
+
+        The sessions lease is left to expire (resume_ttl): the nodes of a route
+        that stops can still resume, with their vnetids, on another route.
+        """
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
             self._keepalive = None
-        if revoke and not self.fenced.is_set():
+        if revoke and not self.fenced.is_set() and self._lease:
             with contextlib.suppress(VnetError):
-                await self._revoke()
+                await self.etcd.call("revoke a lease", "revoke_lease", self._lease)
         await self.etcd.close()
 
     async def _revoke(self) -> None:
@@ -397,6 +420,10 @@ class ClusterStore:
     async def drop_session(self, resume_secret: str) -> None:
         await self._txn("drop a session", [], [TXN.delete(self.keys.session(resume_secret))])
 
+    async def drop_session_digest(self, digest: str) -> None:
+        """drop_session by the secret's SHA-256 (hex): what a route keeps of it."""
+        await self._txn("drop a session", [], [TXN.delete(self.keys.session_digest(digest))])
+
     # --- watching the other routes -----------------------------------------
 
     async def serves_snapshot(self) -> tuple[list[ServeRecord], int]:
@@ -429,3 +456,40 @@ class ClusterStore:
             if record.route_id == self.route_id and not include_own:
                 continue
             yield ServeEvent(kind, record, int(event.kv.mod_revision))
+
+    async def snapshot(self) -> Snapshot:
+        """The routes, nodes and serves of the cluster, read one range after the other.
+
+        The revision is the first read's: watching from it replays what changed
+        while the others were read, and a replayed change only sets a record to
+        a value it had, so the end state is the same (changes() after it)."""
+        serves, revision = await self.serves_snapshot()
+        nodes = await self.etcd.call("list the nodes", "get_prefix", self.keys.nodes())
+        return Snapshot(
+            await self.routes(), [decode_node(kv.value) for kv in nodes], serves, revision
+        )
+
+    async def changes(self, start_revision: int) -> AsyncIterator[Change]:
+        """Routes, nodes and serves added and removed, from start_revision, the
+        route's own included (a node moving away from it is a change it did not make).
+
+        Ends with StoreUnavailable when the watch breaks, as serve_events does.
+        """
+        decode: dict[str, Callable[[bytes], Any]] = {
+            "route": decode_route,
+            "node": decode_node,
+            "serve": decode_serve,
+        }
+        stream = self.etcd.watch_prefix(
+            "watch the cluster", self.keys.prefix.encode(), start_revision
+        )
+        async for event in stream:
+            what = self.keys.kind_of(event.kv.key)
+            if not what:
+                continue
+            if event.kind == "PUT":
+                yield Change("added", decode[what](event.kv.value), int(event.kv.mod_revision))
+            elif event.prev_kv is not None and event.prev_kv.value:
+                yield Change(
+                    "removed", decode[what](event.prev_kv.value), int(event.kv.mod_revision)
+                )

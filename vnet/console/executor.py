@@ -232,7 +232,7 @@ class Executor:
         self._connected()
         ms = await self.node.client.ping() * 1000
         self.status.ping_ms, self.status.pinged_at = ms, time.monotonic()
-        self.out(f"ping {self.node.config.route.address}: {ms:.2f} ms")
+        self.out(f"ping {self.node.route_address}: {ms:.2f} ms")
 
     async def _show(self, command: Show) -> None:
         node = self.node
@@ -468,16 +468,19 @@ def use_views(node: Node) -> list[UseView]:
 
 def vnet_pairs(node: Node) -> list[tuple[str, str]]:
     cfg = node.config
-    route = cfg.route.address + (
+    route = node.route_address + (
         " (connected)" if node.connected else f" (not connected: {node.lost or 'not started'})"
     )
     registered = sum(1 for s in node.serves.values() if s.serveid is not None)
     listening = sum(1 for u in node.uses.values() if u.listening)
+    # With several routes, the ones it may fail over to, in order.
+    several = [("routes", ", ".join(t.address for t in cfg.routes))] if cfg.routes else []
     return [
         ("vnetid", node.vnetid or "-"),
         ("name", cfg.vnet.name),
         ("group", node.group or cfg.vnet.group),
         ("route", route),
+        *several,
         ("config", cfg.path),
         ("terminal", _flag(cfg.vnet.terminal)),
         ("startserve", _flag(cfg.vnet.startserve)),

@@ -169,7 +169,7 @@ class Console:
         state = "connected" if node.connected else "route lost" if node.lost else "not connected"
         ping = f"{status.ping_ms:.1f} ms" if status.ping_ms is not None else "-"
         return (
-            f" route {node.config.route.address} | {state} | vnet {node.vnetid or '-'}"
+            f" route {node.route_address} | {state} | vnet {node.vnetid or '-'}"
             f" ({node.name}) | group {node.group or node.config.vnet.group} | ping {ping} "
         )
 
@@ -202,7 +202,7 @@ class Console:
                 node = self.node
                 self._print(
                     f"vnet {node.vnetid} ({node.name}) in group {node.group}, "
-                    f"route {node.config.route.address}: type help for the commands"
+                    f"route {node.route_address}: type help for the commands"
                 )
                 await self._loop()
         finally:

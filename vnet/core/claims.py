@@ -11,7 +11,9 @@ route's start:
   set;
 - a claimed serveid is kept for its claimant's group until the claimant registers it; a node
   asking for it meanwhile (with 0, or as a wish) gets another one, fresh dynamic serveids are
-  taken only outside the claimed set, and a static one is refused as if registered;
+  taken only outside the claimed set, and a static one is refused as if registered; a
+  claimant's session that ends gives its serveids back to the hold (Sessions.drop), not to
+  the free pool, so a claimant whose call timed out after it registered still finds them;
 - the same claimant coming back twice (its first Join's answer was lost) is recognised by the
   resume token it presents, and simply takes its claim again;
 - fresh dynamic serveids wait until claims have stopped coming for `quiet` seconds (a

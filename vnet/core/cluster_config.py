@@ -8,8 +8,8 @@ its in-memory registry, exactly as before.
     etcd = https://10.0.0.5:2379,https://10.0.0.6:2379,https://10.0.0.7:2379
     route_id = route-a
     advertise = route-a.example.net:7750     # where the other routes reach this one
-    token_file = /etc/vnet/cluster.token     # routes' credential with each other...
-    peer_tls_cert = ...  peer_tls_key = ...  peer_tls_ca = ...   # ...and/or mutual TLS
+    token_file = /etc/vnet/cluster.token     # the routes' token with each other (required)
+    peer_tls_cert = ...  peer_tls_key = ...  peer_tls_ca = ...   # optional: mutual TLS on top
     etcd_tls_ca = ...  etcd_tls_cert = ...  etcd_tls_key = ...   # etcd's own TLS
     etcd_user = vnet  etcd_password_file = ...                   # etcd's own auth
 """
@@ -145,11 +145,14 @@ def read_cluster(problems: Problems, section: Section | None) -> ClusterSettings
         missing = [k for k in peer if k not in given]
         sec.fail(missing[0], f"{', '.join(peer)} go together (mutual TLS between routes)")
     has_token = any(sec.has(k) for k in ("token", "token_env", "token_file"))
-    if not has_token and not given:
+    if not has_token:
+        # The peer service shares the nodes' port, where a client certificate cannot
+        # tell a route from a node: peer calls are admitted by this token, with or
+        # without mutual TLS on top.
         sec.fail(
             None,
-            "routes need a credential with each other: set token= (or token_env=, "
-            "token_file=), or peer_tls_cert, peer_tls_key and peer_tls_ca (never a node's token)",
+            "routes need a token with each other: set token= (or token_env=, token_file=), "
+            "never a node's token; peer_tls_cert, peer_tls_key and peer_tls_ca add mutual TLS",
         )
     tls = bool(urls) and urls[0].startswith("https://")
     for key in ("etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
@@ -196,13 +199,6 @@ def read_cluster(problems: Problems, section: Section | None) -> ClusterSettings
         prefix=prefix if prefix.endswith("/") else prefix + "/",
         lease_ttl=lease_ttl,
         resume_ttl=resume_ttl,
-    )
-    # Honest until the route is wired to the store (issue 16, part 2).
-    problems.warn(
-        section.line,
-        "cluster",
-        None,
-        "is checked but not used yet: this route still runs alone, with its own registry",
     )
     return settings
 

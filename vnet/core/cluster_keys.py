@@ -72,8 +72,19 @@ class Keys:
         return f"{self.prefix}serves/".encode()
 
     def session(self, resume_secret: str) -> bytes:
-        digest = hashlib.sha256(resume_secret.encode()).hexdigest()
+        return self.session_digest(hashlib.sha256(resume_secret.encode()).hexdigest())
+
+    def session_digest(self, digest: str) -> bytes:
+        """The session key by the secret's SHA-256 in hex (the route keeps only that)."""
         return f"{self.prefix}sessions/{digest}".encode()
+
+    def kind_of(self, key: bytes) -> str:
+        """ "route", "node" or "serve" for those keys; "" for any other (sessions, the counter)."""
+        text = key.decode(errors="replace")
+        for kind, head in (("route", "routes/"), ("node", "nodes/")):
+            if text.startswith(self.prefix + head) and len(text) > len(self.prefix + head):
+                return kind
+        return "serve" if self.serve_key_parts(key) is not None else ""
 
     def serve_key_parts(self, key: bytes) -> tuple[str, int] | None:
         """(group, serveid) of a serve key; None for any other key."""

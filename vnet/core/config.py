@@ -1,8 +1,9 @@
 """Parsing of config.ini, in the original vnet's format.
 
 A file has a [route] section (where the route listens, and where nodes reach
-it), a [vnet] section for a node, and any number of [serve.NAME] and
-[use.NAME] sections. One file may serve both the route and a node.
+it: ip and port, or for a node several routes in routes=), a [vnet] section
+for a node, and any number of [serve.NAME] and [use.NAME] sections. One
+file may serve both the route and a node.
 
 Pure: reads text, returns frozen dataclasses. check_node_config and
 check_route_config find every problem in one pass (vnet.core.ini), each a
@@ -23,15 +24,17 @@ from vnet.core.auth import insecure_reason
 from vnet.core.budget import DEFAULT_PER_NODE_MIB, DEFAULT_TOTAL_MIB
 from vnet.core.cluster_config import ClusterSettings, read_cluster
 from vnet.core.config_section import SectionReader, token_problem
+
+# Where the rest of vnet has always found them.
+from vnet.core.endpoints import DEFAULT_ROUTE_IP as DEFAULT_ROUTE_IP
+from vnet.core.endpoints import DEFAULT_ROUTE_PORT as DEFAULT_ROUTE_PORT
+from vnet.core.endpoints import RouteEndpoint as RouteEndpoint
+from vnet.core.endpoints import read_routes as read_routes
 from vnet.core.errors import ConfigError
 from vnet.core.ini import Problems, Section, label, read_ini
 from vnet.core.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
-
-# Where the rest of vnet has always found it.
 from vnet.core.limits import SERVEID_MAX as SERVEID_MAX
 
-DEFAULT_ROUTE_IP = "127.0.0.1"
-DEFAULT_ROUTE_PORT = 7749
 DEFAULT_GROUP = "default"
 DEFAULT_KEEPALIVE = 10
 DEFAULT_BULK_WHILE_INTERACTIVE = 200
@@ -45,19 +48,6 @@ DEFAULT_UDP_FLOWS_PER_USE = 256
 DEFAULT_UDP_FLOWS = 1024
 UDP_IDLE_MAX = 86_400
 STATIC_SERVEID_MIN = 500
-
-
-@dataclass(frozen=True)
-class RouteEndpoint:
-    """[route]: where the route listens, and where nodes connect."""
-
-    ip: str = DEFAULT_ROUTE_IP
-    port: int = DEFAULT_ROUTE_PORT
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -202,6 +192,14 @@ class NodeConfig:
     serves: tuple[ServeConfig, ...] = ()
     uses: tuple[UseConfig, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # [route] routes=: the routes this node may join, tried in this order
+    # (vnet.node.node fails over between them); (): the one at route.
+    routes: tuple[RouteEndpoint, ...] = ()
+
+    @property
+    def targets(self) -> tuple[RouteEndpoint, ...]:
+        """The routes the node tries, in order: routes=, else ip and port."""
+        return self.routes or (self.route,)
 
 
 def _keys(
@@ -220,6 +218,8 @@ ROUTE_KEYS = _keys(
     RouteLimits,
     # Read into other records, or not keys at all.
     drop=frozenset({"path", "listen", "groups", "limits", "admin"}),
+    # A node's (NodeConfig.routes); the route itself listens on ip and port.
+    add=frozenset({"routes"}),
 )
 VNET_KEYS = _keys(VnetConfig)
 GROUP_KEYS = _keys(GroupConfig, drop=frozenset({"name"}))
@@ -354,16 +354,30 @@ def _check_section_kinds(sections: Mapping[str, Section], problems: Problems) ->
 
 
 def _route(
-    problems: Problems, sections: Mapping[str, Section]
+    problems: Problems, sections: Mapping[str, Section], node: bool = False
 ) -> tuple[RouteEndpoint, SectionReader]:
-    """[route], required in a file: both the route and its nodes need ip and port."""
+    """[route], required in a file: the route listens on ip and port, and its
+    nodes reach it there, unless a node's file names its routes in routes=."""
     section = sections.get("route")
     sec = SectionReader(problems, "route", section, ROUTE_KEYS)
     if section is None:
         problems.error(None, "route", None, "section is missing")
         return RouteEndpoint(), sec
+    if node and sec.has("routes"):
+        # ip and port, if given too, are where a route sharing this file listens.
+        ip = sec.host("ip", DEFAULT_ROUTE_IP)
+        return RouteEndpoint(ip=ip, port=sec.port("port", DEFAULT_ROUTE_PORT)), sec
     sec.require("ip")
     return RouteEndpoint(ip=sec.host("ip", DEFAULT_ROUTE_IP), port=sec.port("port")), sec
+
+
+def _routes(sec: SectionReader) -> tuple[RouteEndpoint, ...]:
+    if not sec.has("routes"):
+        return ()
+    routes, problem = read_routes(sec.values["routes"])
+    if problem:
+        sec.fail("routes", problem)
+    return routes
 
 
 def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
@@ -540,7 +554,8 @@ def check_node_config(path: str, text: str) -> Checked[NodeConfig]:
     problems = Problems(path)
     sections = read_ini(text, problems)
     known = _check_section_kinds(sections, problems)
-    route, _ = _route(problems, sections)
+    route, route_sec = _route(problems, sections, node=True)
+    routes = _routes(route_sec)
     vnet = _vnet(problems, sections.get("vnet"))
     serves: list[ServeConfig] = []
     uses: list[UseConfig] = []
@@ -566,6 +581,7 @@ def check_node_config(path: str, text: str) -> Checked[NodeConfig]:
         serves=tuple(serves),
         uses=tuple(uses),
         warnings=tuple(str(w) for w in problems.warnings),
+        routes=routes,
     )
     return Checked(config, problems, _where(sections))
 

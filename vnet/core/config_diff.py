@@ -85,6 +85,7 @@ def diff(old: NodeConfig, new: NodeConfig) -> ConfigDiff:
         uses=_sections(old.uses, new.uses),
         needs_restart=tuple(
             _fields_changed("route", old.route, new.route, frozenset())
+            + (["[route] routes"] if old.routes != new.routes else [])
             + _fields_changed("vnet", old.vnet, new.vnet, START_ONLY)
         ),
     )

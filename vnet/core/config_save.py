@@ -24,7 +24,7 @@ from vnet.core.errors import ConfigError
 
 # The original README's key order; other fields follow in declaration order.
 _ORDER: dict[str, tuple[str, ...]] = {
-    "route": ("ip", "port"),
+    "route": ("ip", "port", "routes"),
     "vnet": (
         "name",
         "group",
@@ -39,7 +39,7 @@ _ORDER: dict[str, tuple[str, ...]] = {
     "use": ("serveid", "ip", "port", "active"),
 }
 # Fields of NodeConfig that are about the file, not in it.
-_NOT_SECTIONS = frozenset({"path", "warnings"})
+_NOT_SECTIONS = frozenset({"path", "warnings", "routes"})
 # Fields of a serve or use section that name the section instead.
 _SECTION_KEY = "key"
 
@@ -95,6 +95,9 @@ def _sections(config: NodeConfig) -> dict[str, list[str]]:
             kind = spec.name.removesuffix("s")  # serves -> [serve.KEY]
             for record in value:
                 out[f"{kind}.{getattr(record, _SECTION_KEY)}"] = _section_lines(kind, record)
+    if config.routes:
+        # Not a section of its own: a key of [route], as the file has it.
+        out["route"].append("routes=" + ", ".join(r.address for r in config.routes))
     return out
 
 
@@ -128,7 +131,7 @@ def _modelled_keys() -> dict[str, frozenset[str]]:
     from vnet.core.config import RouteEndpoint, VnetConfig
 
     return {
-        "route": frozenset(f.name for f in dataclasses.fields(RouteEndpoint)),
+        "route": frozenset(f.name for f in dataclasses.fields(RouteEndpoint)) | {"routes"},
         "vnet": frozenset(f.name for f in dataclasses.fields(VnetConfig)),
     }
 

@@ -16,6 +16,12 @@ After a route restart, serveids and vnetids that returning nodes claim are held 
 
 Indexed by group and by node, so what one group does costs the size of that group (or of
 that node), never of the route: ListVnets reads each node's serve count, kept on change.
+
+In a route cluster the registry also holds *mirrored* serves: those of nodes on other
+routes, as the cluster store reports them (vnet.route.member). They are listed, found
+and counted like the route's own, so control events, ListServes and Dial need no second
+table; they belong to no local node, and the store, not this registry, has already
+applied the serveid rules to them (register(decided=True) takes its verdict as given).
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ class Registration:
 
     serve: Serve
     reassigned: bool
-    # The caller's own serve that this one replaced (same serveid), if any.
+    # The caller's own serve that this one replaced (same serveid), if any,
+    # or (decided) the mirrored serve of a node on another route it displaced.
     replaced: Serve | None = None
 
 
@@ -82,12 +89,19 @@ class Registry:
         # Bumped on every change to a group's nodes or serves: answers made from the group
         # (ListVnets, ListServes) can be kept until it moves.
         self._version: dict[str, int] = {}
+        # (group, serveid) -> the route holding it: serves mirrored from other routes.
+        self._mirrored: dict[tuple[str, int], str] = {}
 
     def version(self, group: str) -> int:
         return self._version.get(group, 0)
 
     def _changed(self, group: str) -> None:
         self._version[group] = self._version.get(group, 0) + 1
+
+    def touch(self, group: str) -> None:
+        """Something the group's answers show changed outside the registry (a node of
+        the group on another route of a cluster): List answers are made again."""
+        self._changed(group)
 
     def _held_vnetid(self, vnetid: str) -> bool:
         return self.claims is not None and self.claims.vnetid_held(vnetid)
@@ -171,7 +185,10 @@ class Registry:
         info: str = "",
         type: str = "tcp",
         unserve: bool = False,
+        decided: bool = False,
     ) -> Registration:
+        """Register a serve of the local node vnetid by the serveid rules; decided: the
+        cluster store applied them already and serveid is its verdict, taken as is."""
         vnet = self.vnet(vnetid)
         if not 0 <= serveid <= SERVEID_MAX:
             raise InvalidRequest(f"serveid {serveid} is out of range (0-{SERVEID_MAX})")
@@ -180,6 +197,8 @@ class Registry:
         holder = group.get(serveid)
         # Held for another node returning after a restart: as good as registered by it.
         held_for = None
+        if decided:
+            return self._decided(vnet, serveid, name, ip, port, info, type, unserve)
         if holder is None and serveid and self.claims is not None:
             held_for = self.claims.serveid_holder(vnet.group, serveid)
             if held_for == vnetid:
@@ -220,11 +239,89 @@ class Registry:
             self.claims.registered(vnet.group, serveid, vnetid)
         return Registration(serve=serve, reassigned=reassigned, replaced=replaced)
 
+    def _decided(
+        self,
+        vnet: Vnet,
+        serveid: int,
+        name: str,
+        ip: str,
+        port: int,
+        info: str,
+        type: str,
+        unserve: bool,
+    ) -> Registration:
+        group = self._serves.setdefault(vnet.group, {})
+        holder = group.get(serveid)
+        if (
+            holder is not None
+            and holder.vnetid != vnet.vnetid
+            and not self.mirrored(vnet.group, serveid)
+        ):
+            # The store let it through, so the local holder is stale: it cannot happen
+            # while both agree; refusing keeps the local registry from lying.
+            raise ServeIdTaken(
+                f"serveid {serveid} is registered by vnet {holder.vnetid} on this route"
+            )
+        self._mirrored.pop((vnet.group, serveid), None)
+        serve = Serve(serveid, vnet.vnetid, name, ip, port, info, type, unserve)
+        group[serveid] = serve
+        self._own.setdefault(vnet.vnetid, set()).add(serveid)
+        self._changed(vnet.group)
+        return Registration(serve=serve, reassigned=False, replaced=holder)
+
+    # --- serves of nodes on other routes (a cluster) -----------------------
+
+    def mirror(self, group: str, serve: Serve, route_id: str) -> Serve | None:
+        """A serve of a node on route route_id; returns the mirrored serve it replaced.
+
+        A local serve at that serveid is left alone and None returned with
+        nothing mirrored, unless it is the same node's: that node has moved to
+        route_id, and its stale local serve gives way (the caller ends its session).
+        """
+        serves = self._serves.setdefault(group, {})
+        holder = serves.get(serve.serveid)
+        local = holder is not None and (group, serve.serveid) not in self._mirrored
+        if local and holder is not None:
+            if holder.vnetid != serve.vnetid:
+                return None
+            self._own.get(holder.vnetid, set()).discard(serve.serveid)
+        serves[serve.serveid] = serve
+        self._mirrored[(group, serve.serveid)] = route_id
+        self._changed(group)
+        return holder
+
+    def unmirror(self, group: str, serveid: int, vnetid: str) -> Serve | None:
+        """A mirrored serve is gone from its route; None if it is not mirrored here
+        (already gone, or the serveid is now a local node's)."""
+        if (group, serveid) not in self._mirrored:
+            return None
+        serves = self._serves.get(group, {})
+        serve = serves.get(serveid)
+        if serve is None or serve.vnetid != vnetid:
+            return None
+        del serves[serveid]
+        del self._mirrored[(group, serveid)]
+        if not serves:
+            self._serves.pop(group, None)
+        self._changed(group)
+        return serve
+
+    def mirrored(self, group: str, serveid: int) -> str:
+        """The route holding a mirrored serve; "" for a local one or none."""
+        return self._mirrored.get((group, serveid), "")
+
+    def mirrored_count(self) -> int:
+        return len(self._mirrored)
+
+    def groups_mirrored(self) -> list[str]:
+        """The groups holding at least one mirrored serve."""
+        return sorted({group for group, _ in self._mirrored})
+
     def unregister(self, vnetid: str, serveid: int) -> Serve:
         vnet = self.vnet(vnetid)
         group = self._serves.get(vnet.group, {})
         serve = group.get(serveid)
-        if serve is None or serve.vnetid != vnetid:
+        if serve is None or serve.vnetid != vnetid or (vnet.group, serveid) in self._mirrored:
             raise NotFound(f"serveid {serveid} is not registered by this vnet")
         del group[serveid]
         self._own.get(vnetid, set()).discard(serveid)

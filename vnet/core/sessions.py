@@ -105,6 +105,7 @@ class Sessions:
         resume_token: str = "",
         earlier_boot: bool = False,
         resume_serveids: tuple[int, ...] = (),
+        proven: bool = False,
     ) -> Joined:
         """A new session; raises LimitExceeded when the route is full.
 
@@ -116,6 +117,8 @@ class Sessions:
 
         earlier_boot: its resume pair is from an earlier boot of the route
         (a restart): it claims its vnetid and resume_serveids (_claim).
+        proven: the cluster store gave the node resume_vnetid (it proved its
+        session there, on any route): a session here holding it is its stale one.
         """
         if earlier_boot and resume_vnetid and self.registry.claims is not None:
             return self._claim(name, group, now, resume_vnetid, resume_token, resume_serveids)
@@ -133,8 +136,8 @@ class Sessions:
             old = self._by_vnetid.get(resume_vnetid)
             if old is None:
                 wanted = resume_vnetid
-            elif old.vnet.group == group and hmac.compare_digest(
-                _digest(resume_token), old.resume_digest
+            elif old.vnet.group == group and (
+                proven or hmac.compare_digest(_digest(resume_token), old.resume_digest)
             ):
                 withdrawn = tuple(self.drop(old) or ())
                 replaced = old
@@ -247,7 +250,17 @@ class Sessions:
             members.pop(session.token, None)
             if not members:
                 del self._by_group[session.vnet.group]
-        return self.registry.remove_vnet(session.vnet.vnetid)
+        gone = self.registry.remove_vnet(session.vnet.vnetid)
+        claims = self.registry.claims
+        if gone and session.claimant and claims is not None:
+            # A claimant's serveids stay its own across its sessions on this boot while the
+            # grace lasts: one whose call timed out after it had registered (a storm) comes
+            # back on a new session, and in a full group the id it freed would otherwise be
+            # the only free one, the next fresh serveid anyone gets.
+            claims.claim_serveids(
+                session.vnet.group, session.vnet.vnetid, session.claimant, (s.serveid for s in gone)
+            )
+        return gone
 
     def uncontrolled(self, now: float, within: float) -> list[Session]:
         """Sessions that joined more than `within` ago and never opened their control stream.

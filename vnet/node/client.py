@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from vnet import wire
-from vnet.core.config import NodeConfig, resolve_secret
+from vnet.core.config import NodeConfig, RouteEndpoint, resolve_secret
 from vnet.core.errors import RouteUnavailable, VnetError
 from vnet.core.registry import Serve
 from vnet.files import check_ca, check_key_pair, read_pem, read_text
@@ -180,16 +180,21 @@ def client_for(
     credentials: NodeCredentials | None = None,
     keepalive: float = KEEPALIVE,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    target: RouteEndpoint | None = None,
 ) -> RouteClient:
-    """The client a node with this config uses to reach its route."""
+    """The client a node with this config uses to reach target, one of its
+    routes (None: config.route). The same token and TLS settings serve every
+    route; TLS checks each route's certificate for the host its entry names
+    (or tls_server_name, when set)."""
     creds = credentials or NodeCredentials()
+    target = target or config.route
     return RouteClient(
-        config.route.address,
+        target.address,
         token=creds.token,
         tls=creds.tls,
         keepalive=keepalive,
         keepalive_timeout=keepalive_timeout,
-        probe=probe_for(config, creds.tls),
+        probe=probe_for(config, creds.tls, target),
     )
 
 
@@ -413,7 +418,11 @@ class RouteClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def close_quietly(self) -> None:
-        """Close without waiting long: a channel on a dead link can take a while."""
+    async def close_quietly(self, grace: float | None = None) -> None:
+        """Close without waiting long: a channel on a dead link can take a while.
+
+        grace: let the calls still open finish for this long first (a route
+        the node left while its tunnels drain); None: cancel them now.
+        """
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.channel.close(), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self.channel.close(grace), (grace or 0) + CLOSE_TIMEOUT)

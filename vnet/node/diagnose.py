@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 import tempfile
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vnet.core.config import NodeConfig
+from vnet.core.config import NodeConfig, RouteEndpoint
 
 if TYPE_CHECKING:
     from vnet.node.client import ClientTls
@@ -58,32 +59,44 @@ class Diagnosis:
 Probe = Callable[[float], Awaitable[Diagnosis | None]]
 
 
-def probe_for(config: NodeConfig, tls: ClientTls | None) -> Probe:
-    """The probe for a node with this config, connecting with `tls` (None: plaintext)."""
+def probe_for(
+    config: NodeConfig, tls: ClientTls | None, target: RouteEndpoint | None = None
+) -> Probe:
+    """The probe for a node with this config, connecting with `tls` (None:
+    plaintext) to target (one of config.targets; None: config.route)."""
 
     async def probe(budget: float) -> Diagnosis | None:
         try:
             async with asyncio.timeout(budget):
-                return await diagnose(config, tls)
+                found = await diagnose(config, tls, target)
         except (TimeoutError, OSError, ValueError):
             # Found nothing certain: the caller says what gRPC saw instead.
             return None
+        if found is not None and config.routes:
+            # The address is an entry of routes=, not ip and port.
+            reason = found.reason.replace(_CHECK_ADDRESS, "check [route] routes")
+            return dataclasses.replace(found, reason=reason)
+        return found
 
     return probe
 
 
-async def diagnose(config: NodeConfig, tls: ClientTls | None) -> Diagnosis | None:
+async def diagnose(
+    config: NodeConfig, tls: ClientTls | None, target: RouteEndpoint | None = None
+) -> Diagnosis | None:
     """What is wrong with reaching the route, or None when nothing was found.
 
     config gives the address and the names to put in messages; tls is what
     the node's channel uses (None: plaintext).
     """
-    host, port = config.route.ip, config.route.port
+    target = target or config.route
+    host, port = target.ip, target.port
+    key = "routes" if config.routes else "ip"
     try:
         loop = asyncio.get_running_loop()
         await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        return Diagnosis(f"cannot resolve {host}: {exc.strerror} (check [route] ip)", True)
+        return Diagnosis(f"cannot resolve {host}: {exc.strerror} (check [route] {key})", True)
     plain = await _speaks_plain_h2(host, port)
     if isinstance(plain, Diagnosis):
         return plain
@@ -103,7 +116,7 @@ async def diagnose(config: NodeConfig, tls: ClientTls | None) -> Diagnosis | Non
             "the route does not use TLS: set [vnet] tls=false, or give the route "
             "tls_cert and tls_key"
         )
-    return await _tls_problem(config, tls)
+    return await _tls_problem(config, tls, target)
 
 
 async def _connect(
@@ -212,9 +225,11 @@ def _with_client_cert(context: ssl.SSLContext, tls: ClientTls) -> Iterator[None]
         yield
 
 
-async def _tls_problem(config: NodeConfig, tls: ClientTls) -> Diagnosis | None:
+async def _tls_problem(
+    config: NodeConfig, tls: ClientTls, target: RouteEndpoint
+) -> Diagnosis | None:
     v = config.vnet
-    host, port = config.route.ip, config.route.port
+    host, port = target.ip, target.port
     expected = tls.server_name or host
     # The CA first, the name on its own after: to say which names would do.
     try:

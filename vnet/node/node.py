@@ -1,5 +1,8 @@
 """A vnet node: joins the route, registers its serves, maps uses to local ports.
 
+A node given several routes ([route] routes=) joins the first that answers
+and, when it loses that one, fails over to the next (see _reconnect).
+
 Every accepted local connection becomes its own tunnel (its own gRPC stream,
 with its own flow control), so one slow reader cannot stall the others.
 
@@ -28,6 +31,7 @@ from vnet.core.registry import Serve
 from vnet.core.udp import Slots
 from vnet.node import probing
 from vnet.node.client import (
+    CLOSE_TIMEOUT,
     ControlEvent,
     EchoAsked,
     GoingAway,
@@ -84,6 +88,14 @@ class Node:
         self.config = config
         self.timeouts = timeouts or NodeTimeouts()
         self._credentials = credentials
+        # The routes it may join, in order, and which one it is on (or trying).
+        # Fixed at start: a reload that changes them needs a restart.
+        self._targets = config.targets
+        self._at = 0
+        # Times the node joined another route than the one it had lost or left.
+        self.route_moves = 0
+        # Where it last joined ("" before the first join).
+        self._joined_at = ""
         self.client = self._new_client()
         self.vnetid = ""
         self.group = ""
@@ -123,12 +135,25 @@ class Node:
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot = asyncio.Event()
-        # Whether the last _join got past Join itself (see lost_words).
+        # Whether the last _join got past Join itself (see lost_words), and
+        # whether it reached the route at all (a route that answers and
+        # refuses is one to move on from at once).
         self._joined = False
+        self._reached = False
+        # Set when the route says it is going away with a grace, and the node
+        # has another route to go to: it moves now, not at the stream's end.
+        self._moving = asyncio.Event()
+        # Clients of routes the node has left while their tunnels drain, with
+        # the serves registered there then (by serveid), for the tunnels it
+        # still asks for in its grace.
+        self._leaving: dict[RouteClient, dict[int, ServeConfig]] = {}
         # The route said it is stopping (going_away): its stream's end is no surprise.
         self._going_away = False
         # Its reason, when the route ended only this node's session (grace 0: a kick).
         self._sent_away = ""
+        # What it said when it is going away with a grace (see _moving).
+        self._going_reason = ""
+        self._going_grace = 0.0
         self.unserves = Unserves(self, self.timeouts.unserve_unused, self.timeouts.unserve_linger)
         # The serves' registration and the accepting side of tunnels.
         self.serve_side = Serves(self)
@@ -137,6 +162,11 @@ class Node:
     @property
     def name(self) -> str:
         return self.config.vnet.name or "vnet"
+
+    @property
+    def route_address(self) -> str:
+        """The route the node is on now (or trying to reach), as HOST:PORT."""
+        return self._targets[self._at].address
 
     @property
     def connected(self) -> bool:
@@ -157,7 +187,18 @@ class Node:
             self._credentials,
             keepalive=self.timeouts.keepalive,
             keepalive_timeout=self.timeouts.keepalive_timeout,
+            target=self._targets[self._at],
         )
+
+    @property
+    def _several(self) -> bool:
+        return len(self._targets) > 1
+
+    @property
+    def _fails_over(self) -> bool:
+        """Whether a route going away sends the node to another (not when
+        reconnecting is off: reconnect_max 0 ends the node instead)."""
+        return self._several and self.timeouts.reconnect_max > 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -174,7 +215,7 @@ class Node:
         Raises RouteUnavailable when the route cannot be reached.
         """
         cfg = self.config
-        await self._join(fail_fast=True)
+        await self._join_first()
         self._supervisor = asyncio.create_task(self._supervise())
         self._spawn(self.unserves.lapse_forever())
         if self.prober is not None:
@@ -195,22 +236,52 @@ class Node:
             elif ustate.running:
                 await self.use_side.reconcile(ustate)
 
+    async def _join_first(self) -> None:
+        """Join the first of the routes that answers, in the order given.
+
+        One that cannot be reached, or answers that it is unavailable or busy,
+        sends the node to the next; any other refusal (credentials, a limit)
+        is the node's to fix and ends the start. Raises RouteUnavailable
+        naming every route's reason when none would do.
+        """
+        failures: list[str] = []
+        for at in range(len(self._targets)):
+            if at:
+                await self.client.close_quietly()
+                self._at = at
+                self.client = self._new_client()
+            try:
+                await self._join(fail_fast=True)
+                return
+            except (RouteUnavailable, Busy) as exc:
+                if not self._several:
+                    raise
+                log.warning("route %s would not do: %s", self.route_address, exc)
+                failures.append(f"{self.route_address}: {exc}")
+        raise RouteUnavailable("no route of [route] routes would do: " + "; ".join(failures))
+
     async def _join(self, fail_fast: bool = False) -> None:
         """Connect, join (taking the last session over, if any), open control.
 
         fail_fast: give up as soon as the route is known to be unreachable
         (starting); otherwise wait the connect timeout (reconnecting)."""
         cfg = self.config
+        self._reached = False
         await self.client.connect(self.timeouts.connect, fail_fast=fail_fast)
+        self._reached = True
         self._joined = self._going_away = False
         self._sent_away = ""
+        self._moving.clear()
         # The serveids it had: a restarted route holds them for it (vnet.core.claims).
         had = [s.last_serveid for s in self.serves.values() if s.last_serveid]
         joined = await self.client.join(
             cfg.vnet.name, cfg.vnet.group, resume=self._resume, boot_id=self.boot_id, serveids=had
         )
         self._joined = True
-        restarted = bool(self.boot_id) and joined.boot_id != self.boot_id
+        here = self.route_address
+        # Another route has another boot id: a move, not a restart.
+        moved = bool(self._joined_at) and self._joined_at != here
+        restarted = not moved and bool(self.boot_id) and joined.boot_id != self.boot_id
         if self._resume is not None and joined.vnetid != self._resume[0]:
             log.warning(
                 "rejoined as vnet %s: vnet %s was taken by another node",
@@ -219,16 +290,23 @@ class Node:
             )
         self.vnetid, self.group, self.boot_id = joined.vnetid, joined.group, joined.boot_id
         self._resume = (joined.vnetid, joined.resume_token)
+        if moved:
+            self.route_moves += 1
         log.info(
             "joined route %s as vnet %s (%s) in group %s%s",
-            cfg.route.address,
+            here,
             self.vnetid,
             self.name,
             self.group,
-            " (the route restarted)" if restarted else "",
+            f" (moved from route {self._joined_at})"
+            if moved
+            else " (the route restarted)"
+            if restarted
+            else "",
         )
+        self._joined_at = here
         self._snapshot.clear()
-        self._control = asyncio.create_task(self._run_control())
+        self._control = asyncio.create_task(self._run_control(self.client))
         # Uses decide from the snapshot whether their serve is there yet.
         snapshot = asyncio.create_task(self._snapshot.wait())
         await asyncio.wait({snapshot, self._control}, return_when=asyncio.FIRST_COMPLETED)
@@ -246,10 +324,26 @@ class Node:
 
     async def _supervise(self) -> None:
         """Reconnect whenever the route goes away, for as long as the node runs."""
-        assert self._control is not None
         while True:
+            control = self._control
+            assert control is not None
+            moving = asyncio.create_task(self._moving.wait())
             try:
-                await self._control
+                await asyncio.wait({control, moving}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                moving.cancel()
+            if not control.done():
+                # The route is going away and there is another: go now, and
+                # leave its tunnels to finish in its grace.
+                why = f"the route is going away ({self._going_reason})"
+                self._let_go(self.client, control, self._going_grace)
+                # Not connected (show, metrics) until the next route is joined.
+                self._control = None
+                self._on_lost(why)
+                await self._reconnect(why, at_once=True)
+                continue
+            try:
+                await control
                 why = "the route closed the control stream"
             except RouteUnavailable as exc:
                 why = lost_words(exc, joined=True)
@@ -260,36 +354,83 @@ class Node:
                 why = "the route stopped"
             if self.timeouts.reconnect_max <= 0:
                 raise RouteUnavailable(why)
-            await self._reconnect(why)
-            assert self._control is not None
+            # A route that said it is stopping will not be back soon: the next,
+            # now. Not after a kick (grace 0): that is an admin's word on this
+            # node, and it comes back after its backoff, as with one route.
+            stopped = self._going_away and not self._sent_away
+            await self._reconnect(why, at_once=stopped and self._several)
 
-    async def _reconnect(self, why: str) -> None:
-        """Back off (exponential, with jitter) and rejoin until it works."""
+    def _let_go(self, client: RouteClient, control: asyncio.Task[None], grace: float) -> None:
+        """Leave a route that is going away without cutting its tunnels: its
+        channel stays open until it ends the control stream (its grace is
+        over), or a while after that at most, then it is closed."""
+        self._leaving[client] = self.serving
+
+        async def close_later() -> None:
+            try:
+                await asyncio.wait({control}, timeout=grace + CLOSE_TIMEOUT)
+            finally:
+                control.cancel()
+                # Its end was expected: awaited here, neither logged nor
+                # taken for the new route's (it is still in _leaving).
+                with contextlib.suppress(BaseException):
+                    await control
+                self._leaving.pop(client, None)
+                await client.close_quietly()
+
+        self._spawn(close_later())
+
+    async def _reconnect(self, why: str, at_once: bool = False) -> None:
+        """Back off (exponential, with jitter) and rejoin until it works.
+
+        With several routes each attempt goes to the next one, cycling, so a
+        dead route costs one attempt. at_once: the first attempt without
+        waiting (the route said it is going away). A route that answers but
+        refuses (UNAVAILABLE: draining, or a clustered route cut off from its
+        store) sends the node on to the next at once too, once per route in
+        a row, so that routes all refusing still get the backoff.
+        """
         lost_at = asyncio.get_running_loop().time()
-        log.warning("lost the route: %s; reconnecting", why)
+        lost = self.route_address
+        if self._several:
+            log.warning("lost route %s: %s; failing over to the next route", lost, why)
+        else:
+            log.warning("lost the route: %s; reconnecting", why)
         delay = self.timeouts.reconnect_min
         attempt = 0
+        refused = 0
         while True:
-            # Equal jitter: nodes that lost a route together do not all come back at once.
-            await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
+            if not at_once:
+                # Equal jitter: nodes that lost a route together do not all come back at once.
+                await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
+            at_once = False
             attempt += 1
+            self._at = (self._at + 1) % len(self._targets)
             # A fresh channel: the old one's own reconnect backoff would add
-            # to ours. The old one may sit on a dead link: close it aside.
-            self._spawn(self.client.close_quietly())
+            # to ours. The old one may sit on a dead link: close it aside
+            # (unless it is a route left with its tunnels draining: _let_go).
+            if self.client not in self._leaving:
+                self._spawn(self.client.close_quietly())
             self.client = self._new_client()
             # The serving nodes are reconnecting too: keep our listeners a
             # while, from the first snapshot on.
             grace = max(2 * self.timeouts.reconnect_max, 1.0)
             self.use_side.hold_until = asyncio.get_running_loop().time() + grace
             try:
-                await self._join()
+                # With other routes to try, one that cannot be reached is left
+                # as soon as that is certain, not at the connect timeout.
+                await self._join(fail_fast=self._several)
                 break
             except VnetError as exc:
                 why = lost_words(exc, self._joined)
+                where = f" (route {self.route_address})" if self._several else ""
                 if why == SESSION_FORGOTTEN:
-                    log.info("reconnect attempt %d: %s", attempt, why)
+                    log.info("reconnect attempt %d%s: %s", attempt, where, why)
                 else:
-                    log.info("reconnect attempt %d failed: %s", attempt, why)
+                    log.info("reconnect attempt %d%s failed: %s", attempt, where, why)
+                said_no = isinstance(exc, RouteUnavailable) and self._reached and not self._joined
+                refused = refused + 1 if said_no else 0
+                at_once = self._several and said_no and refused < len(self._targets)
                 delay = min(delay * 2, self.timeouts.reconnect_max)
                 if isinstance(exc, Busy):
                     # The route is admitting a storm and said when to come back:
@@ -302,7 +443,8 @@ class Node:
         self._spawn(self._end_hold(grace))
         self.use_side.reconcile_all()
         log.info(
-            "reconnected after %.1fs (%d attempt(s))",
+            "reconnected%s after %.1fs (%d attempt(s))",
+            f" to route {self.route_address} (lost {lost})" if self._several else "",
             asyncio.get_running_loop().time() - lost_at,
             attempt,
         )
@@ -326,19 +468,37 @@ class Node:
         if self._control is not None:
             with contextlib.suppress(BaseException):
                 await self._control
+        for client in list(self._leaving):
+            await client.close_quietly()
         await self.client.close()
 
     # --- control events ----------------------------------------------------
 
-    async def _run_control(self) -> None:
+    async def _run_control(self, client: RouteClient) -> None:
         try:
-            async for event in self.client.control():
-                self._on_event(event)
+            async for event in client.control():
+                if client in self._leaving:
+                    self._on_leaving_event(client, event)
+                else:
+                    self._on_event(event)
         except RouteUnavailable as exc:
-            self._on_lost(str(exc))
+            if client not in self._leaving:
+                self._on_lost(str(exc))
             raise
         finally:
-            self._snapshot.set()
+            # A route left behind has no say in the next one's snapshot.
+            if client not in self._leaving:
+                self._snapshot.set()
+
+    def _on_leaving_event(self, client: RouteClient, event: ControlEvent) -> None:
+        """An event from a route the node has left (it is going away): tunnels
+        to the serves still registered there are accepted until its grace ends;
+        what it says of the group's serves is the new route's to say now."""
+        if isinstance(event, OpenTunnel):
+            serving = self._leaving[client]
+            self._spawn(self.serve_side.accept(event, client.accept(event.tunnel_id), serving))
+        elif isinstance(event, EchoAsked):
+            self._spawn(probing.echo(client, event.probe))
 
     def _drop_ephemeral(self, which: Callable[[UseState], bool]) -> None:
         for key, state in list(self.uses.items()):
@@ -397,10 +557,15 @@ class Node:
                 log.warning("the route ends this node's session: %s", event.reason)
                 return
             log.warning(
-                "the route is going away (%s); open tunnels have %.1fs",
+                "route %s is going away (%s); open tunnels have %.1fs%s",
+                self.route_address,
                 event.reason,
                 event.grace,
+                "; moving to the next route now" if self._fails_over else "",
             )
+            if self._fails_over:
+                self._going_reason, self._going_grace = event.reason, event.grace
+                self._moving.set()
             return
         if isinstance(event, IdConflict):
             log.warning("%s", event.detail)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from vnet.core.config import ServeConfig
@@ -85,18 +86,29 @@ class Serves:
             await self.node.client.unregister(serveid)
         log.info("[serve.%s] serveid %s unregistered", state.key, serveid)
 
-    async def accept(self, event: OpenTunnel, call: TunnelCall) -> None:
-        """Connect the serve's target and relay; `call` is the Accept already under way."""
+    async def accept(
+        self,
+        event: OpenTunnel,
+        call: TunnelCall,
+        serving: Mapping[int, ServeConfig] | None = None,
+    ) -> None:
+        """Connect the serve's target and relay; `call` is the Accept already under way.
+
+        serving: the serves by serveid as the route asking knows them (a route
+        the node has left, in its grace); None: the node's, as registered now.
+        """
         try:
-            await self._accept_on(event, call)
+            await self._accept_on(event, call, self.node.serving if serving is None else serving)
         finally:
             # Ended before its relay took the call over (node stopping): let
             # the route know now rather than at the stream's deadline.
             call.cancel()
 
-    async def _accept_on(self, event: OpenTunnel, call: TunnelCall) -> None:
+    async def _accept_on(
+        self, event: OpenTunnel, call: TunnelCall, serving: Mapping[int, ServeConfig]
+    ) -> None:
         label = f"tunnel {event.tunnel_id} from vnet {event.from_vnetid} -> serveid {event.serveid}"
-        serve = self.node.serving.get(event.serveid)
+        serve = serving.get(event.serveid)
         if serve is None:
             await tunnel.refuse(call, f"serveid {event.serveid} is not served here")
             return

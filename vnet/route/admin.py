@@ -35,6 +35,7 @@ from vnet.core.errors import NotFound, Refused
 from vnet.route.link import Link
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer
+from vnet.wire import route_messages as msg
 
 log = logging.getLogger(__name__)
 # The audit trail, on a logger of its own so it can be routed apart.
@@ -59,6 +60,8 @@ _RESTART_ONLY: tuple[tuple[str, str, Callable[[RouteSettings], object]], ...] = 
     ("route", "keepalive", lambda s: s.keepalive),
     ("route", "metrics", lambda s: s.metrics),
     ("admin", "web", lambda s: s.admin.web),
+    # Joining or leaving a cluster, or moving to another store, is a new start.
+    ("cluster", "*", lambda s: s.cluster),
 )
 
 
@@ -198,6 +201,12 @@ class RouteAdmin:
             return DrainReport(draining=False, empty=not self.servicer.splices)
         self.servicer.refusing = DRAINING
         log.info("draining: %d tunnel(s) open, grace %.1fs", len(self.servicer.splices), grace)
+        if self.servicer.member is not None:
+            # In a cluster the joined nodes have somewhere to go: told, they join another
+            # route now, while their tunnels here get the grace.
+            event = msg.going_away_event(DRAINING, int((grace or DEFAULT_DRAIN_GRACE) * 1000))
+            for link in self._links():
+                link.push(event)
         # One drain at a time; a second caller waits for the same one.
         if self._drain is None or self._drain.done():
             self._drain = asyncio.ensure_future(self._drained(grace or DEFAULT_DRAIN_GRACE))
@@ -269,7 +278,8 @@ class RouteAdmin:
         if self.settings is not None:
             for section, key, get in _RESTART_ONLY:
                 if get(self.settings) != get(settings):
-                    needs_restart.append(f"[{section}] {key} changed: needs a restart")
+                    where = f"[{section}]" if key == "*" else f"[{section}] {key}"
+                    needs_restart.append(f"{where} changed: needs a restart")
         # Everything at once, with no await in between: no call sees half of it.
         s.admission.tokens = security.tokens
         self.auth = auth

@@ -76,3 +76,17 @@ class Link:
         self.events.append(event)
         if self.wake is not None:
             self.wake.set()
+
+
+def forget_splice(splices: set[Splice], done: Splice) -> None:
+    """A tunnel has ended: out of the route's splices and its ends', and its
+    bytes added to its ends' counts (the admin API's per-session totals)."""
+    splices.discard(done)
+    for end in done.ends:
+        end.splices.discard(done)
+    if len(done.ends) == 2:
+        dialer, server = done.ends
+        dialer.bytes_from_node += done.bytes_to_serve
+        dialer.bytes_to_node += done.bytes_to_dialer
+        server.bytes_from_node += done.bytes_to_dialer
+        server.bytes_to_node += done.bytes_to_serve

@@ -28,19 +28,25 @@ log = logging.getLogger(__name__)
 Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
-def method_handlers(servicer: RouteServicer) -> grpc.GenericRpcHandler:
-    """The service's handlers (vnet.wire builds the table); tunnel methods pass raw bytes."""
+def method_table(servicer: RouteServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers by method name (vnet.wire builds the table); tunnel methods
+    pass raw bytes."""
     unary = {
         name: translated(getattr(servicer, name), servicer.rejected)
         for name in route_messages.UNARY_METHODS
     }
     # The tunnel handlers translate VnetError themselves (see refuse).
-    return route_messages.route_handlers(
+    return route_messages.route_method_table(
         unary,
         translated_stream(servicer.Control, servicer.rejected),
         servicer.Dial,
         servicer.Accept,
     )
+
+
+def method_handlers(servicer: RouteServicer) -> grpc.GenericRpcHandler:
+    """The same table as one generic handler."""
+    return grpc.method_handlers_generic_handler(wire.SERVICE, method_table(servicer))
 
 
 async def end_unless_told(leg: Leg, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vnet.core.admin_config import same_as_node_token
 from vnet.core.auth import PenaltyPolicy, TokenTable
 from vnet.core.config import RouteSettings, resolve_secret
 from vnet.core.errors import ConfigError
 from vnet.files import read_pem, read_text
+
+if TYPE_CHECKING:
+    from vnet.cluster.credentials import ClusterCredentials
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class RouteSecurity:
     admin_token: str = ""
     # Client certificate names that are admins too ([admin] client_names).
     admin_names: tuple[str, ...] = ()
+    # [cluster]: the store to join and the routes' credentials; None: a lone route.
+    cluster: ClusterCredentials | None = None
 
 
 def load_security(

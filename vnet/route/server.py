@@ -19,16 +19,28 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vnet import wire
+from vnet.cluster.credentials import ClusterCredentials
+from vnet.cluster.store import ClusterStore, RouteIdTaken
 from vnet.core.config import RouteEndpoint, RouteLimits, RouteSettings
+from vnet.core.errors import VnetError
 from vnet.metrics import MetricsServer, serve_metrics
+from vnet.route import rpc as route_rpc
 from vnet.route.admin import Reloader, RouteAdmin
 from vnet.route.admin_rpc import AdminRpc
+from vnet.route.ending import go_away, reap_half_closed
+from vnet.route.member import Member
+from vnet.route.peer import PeerAccess
 from vnet.route.security import RouteSecurity
 from vnet.route.service import RouteServicer, RouteTimeouts
 from vnet.wire.admin_messages import ADMIN_SERVICE
 from vnet.wire.options import NODE_PING_FLOOR_MS, common_options, keepalive_options
+from vnet.wire.peer_messages import PEER_SERVICE
 
 log = logging.getLogger(__name__)
+
+# Waiting for an old lease on this route's id: its TTL plus this, trying this often.
+ID_WAIT_SLACK = 2.0
+ID_RETRY = 0.5
 
 # New calls C-core may hold for the servicer: two per tunnel being set up.
 PENDING_CALLS = 20_000
@@ -52,21 +64,78 @@ class RunningRoute:
     metrics: MetricsServer | None = None
     # The web dashboard, when [admin] web= is set (vnet.route.dashboard).
     dashboard: Any = None
+    # The cluster store's member, when [cluster] is set (vnet.route.member).
+    member: Member | None = None
 
     async def stop(self, reason: str = "route stopping") -> None:
         """Graceful: NOT_SERVING, tell the nodes, a grace for tunnels, then reset."""
         await self.health.enter_graceful_shutdown()
         if self.dashboard is not None:
             await self.dashboard.stop()
-        await self.servicer.go_away(reason)
+        await go_away(self.servicer, reason)
         for timer in (self.reaper, self.expirer, self.sampler):
             if timer is not None:
                 timer.cancel()
         await self.servicer.close()
+        if self.member is not None:
+            # Revoked, not left to expire: the other routes see the serves go at once.
+            await self.member.close()
         # What is left (control streams) ends now: the nodes were told.
         await self.server.stop(0.2)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
+
+
+async def join_cluster(servicer: RouteServicer, cluster: ClusterCredentials) -> Member:
+    """Join the cluster's store and mirror the other routes' serves.
+
+    Raises OSError with the store's words when that fails (etcd unreachable,
+    the route_id held by a live route): the route does not start half-joined.
+    """
+    settings = cluster.settings
+    assert settings.advertise is not None  # required by [cluster]'s check
+    host, port = settings.advertise
+
+    def make_store() -> ClusterStore:
+        return ClusterStore(
+            cluster.etcd,
+            settings.route_id,
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            prefix=settings.prefix,
+            lease_ttl=settings.lease_ttl,
+            resume_ttl=settings.resume_ttl,
+        )
+
+    member = Member(make_store, servicer)
+    # A route restarted after a crash finds its own old lease still holding its id:
+    # it waits that lease out (a live twin would keep it, and is then refused).
+    deadline = time.monotonic() + settings.lease_ttl + ID_WAIT_SLACK
+    try:
+        while True:
+            try:
+                await member.store.start()
+                break
+            except RouteIdTaken:
+                if time.monotonic() > deadline:
+                    raise
+                log.info(
+                    "cluster: route_id %s is still held (a crashed run's lease?); waiting "
+                    "up to %.0f s for it to expire",
+                    settings.route_id,
+                    deadline - time.monotonic(),
+                )
+                await member.store.close(revoke=False)
+                await asyncio.sleep(ID_RETRY)
+                member.store = make_store()
+        await member.start()
+    except VnetError as exc:
+        await member.close()
+        raise OSError(f"cannot join the route cluster: {exc}") from None
+    servicer.member = member
+    servicer.locate = member.locate
+    servicer.locate_vnet = member.locate_vnet
+    servicer.peers.access = PeerAccess.of(cluster, servicer.security)
+    return member
 
 
 def _check_bindable(config: RouteEndpoint) -> None:
@@ -134,13 +203,20 @@ async def start_route(
             ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
         ]
     )
-    server.add_generic_rpc_handlers((servicer.handlers(), AdminRpc(admin).handlers()))
+    # Registered, not generic: C-core then keeps a queue of new calls per method, and
+    # grpc.aio takes one call from each queue per turn of its loop, where all generic calls
+    # share one queue. In a join storm thousands of Joins, Controls and RegisterServes wait
+    # there; a Ping (a Dial, an Accept) no longer waits behind them (docs/DESIGN.md,
+    # "Control plane").
+    server.add_registered_method_handlers(wire.SERVICE, route_rpc.method_table(servicer))
+    server.add_generic_rpc_handlers((AdminRpc(admin).handlers(), servicer.peers.handlers()))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             wire.SERVICE,
             ADMIN_SERVICE,
+            PEER_SERVICE,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -160,7 +236,16 @@ async def start_route(
         raise OSError(f"cannot listen on {config.address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {config.address}: address in use or unavailable")
-    await server.start()
+    member = None
+    if servicer.security.cluster is not None:
+        # Before the server takes a call: every id it hands out comes from the store.
+        member = await join_cluster(servicer, servicer.security.cluster)
+    try:
+        await server.start()
+    except BaseException:
+        if member is not None:
+            await member.close()
+        raise
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(wire.SERVICE, serving)
@@ -173,9 +258,14 @@ async def start_route(
         "" if servicer.security.tokens.enabled else ", no token: anyone who reaches it may join",
     )
     running = RunningRoute(
-        server=server, servicer=servicer, port=port, health=health_servicer, admin=admin
+        server=server,
+        servicer=servicer,
+        port=port,
+        health=health_servicer,
+        admin=admin,
+        member=member,
     )
-    running.reaper = asyncio.create_task(servicer.reap_half_closed())
+    running.reaper = asyncio.create_task(reap_half_closed(servicer))
     running.expirer = asyncio.create_task(servicer.expire_uncontrolled())
     if web is not None:
         # The dashboard's charts; a route without one samples nothing.

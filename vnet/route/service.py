@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -34,15 +35,7 @@ from vnet import wire
 from vnet.core.budget import MIB, Budget
 from vnet.core.claims import Claims, Conflict
 from vnet.core.config import RouteLimits
-from vnet.core.errors import (
-    InvalidRequest,
-    LimitExceeded,
-    NotFound,
-    RouteUnavailable,
-    Unanswered,
-    VnetError,
-)
-from vnet.core.limits import SERVEID_MAX
+from vnet.core.errors import LimitExceeded, NotFound, RouteUnavailable, Unanswered, VnetError
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.route import rpc as route_rpc
@@ -51,10 +44,15 @@ from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
 from vnet.route.between import Between
 from vnet.route.fanout import Fanout
 from vnet.route.link import CONTROL_QUEUE as CONTROL_QUEUE
-from vnet.route.link import Link
+from vnet.route.link import Link, forget_splice
+from vnet.route.lists import Lists
+from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
 from vnet.wire import route_messages as msg
+
+if TYPE_CHECKING:
+    from vnet.route.member import Member
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +111,14 @@ class _Handover:
     splice: asyncio.Future[Splice]
 
 
+def _nowhere(group: str, serveid: int) -> str | None:
+    return None
+
+
+def _nowhere_vnet(group: str, vnetid: str) -> str | None:
+    return None
+
+
 class RouteServicer:
     """Handlers for vnetrpc.v1.RouteService.
 
@@ -144,7 +150,7 @@ class RouteServicer:
         # Seconds the expiry timer found the route's own loop behind (STALL_SLACK).
         self._stalled = 0.0
         # (kind, group) -> (registry version, encoded List answer).
-        self._lists: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.lists = Lists(self)
         self.boot_id = ids()
         self.table = Sessions(self.registry, self.limits.max_nodes, secret)
         # The I/O side of each live session of the table.
@@ -169,7 +175,17 @@ class RouteServicer:
         # Called with each tunnel's set-up time (Dial to spliced), in seconds.
         self.observe_setup: Callable[[float], None] = lambda _: None
         # Made once: every splice's on_done, not a bound method each.
-        self._forget = self._forget_splice
+        self._forget = functools.partial(forget_splice, self.splices)
+        # In a route cluster (vnet.route.member): the store decides the ids; locate
+        # and locate_vnet give the "host:port" of the other route holding a serve, a
+        # node (None when it is not another route).
+        self.member: Member | None = None
+        self.locate: Callable[[str, int], str | None] = _nowhere
+        self.locate_vnet: Callable[[str, str], str | None] = _nowhere_vnet
+        # Tunnels and unserves to and from other routes (vnet.route.peer); stand-in
+        # links of other routes' nodes whose Dial waits here for an Accept.
+        self.peers = Peers(self)
+        self.remote: dict[Session, Link] = {}
 
     # --- sessions --------------------------------------------------------
 
@@ -208,6 +224,16 @@ class RouteServicer:
         link.push(msg.going_away_event(why, 0))
         self._drop(link, why)
 
+    def moved_away(self, vnetid: str, route_id: str) -> None:
+        """vnetid now serves from route route_id: its session here is stale, unless
+        this route told it to go (stopping, draining): its tunnels here get the grace."""
+        if self.stopping or self.refusing:
+            return
+        found = self.table.of_vnet(vnetid)
+        link = None if found is None else self.sessions.get(found)
+        if link is not None:
+            self._drop(link, f"it resumed on route {route_id}")
+
     def _drop(self, link: Link, why: str) -> None:
         gone = self.table.drop(link.core)
         if gone is not None:
@@ -230,6 +256,8 @@ class RouteServicer:
             because = "the route is stopping"
         else:
             because = f"vnet {session.vnet.vnetid} is gone ({why})"
+        if self.member is not None and self.table.of_vnet(session.vnet.vnetid) is None:
+            self.member.left(session.vnet, session.resume_digest, left)
         for splice in list(link.splices):
             splice.abort(because)
         for pending in self.pending.of_session(session):
@@ -291,23 +319,33 @@ class RouteServicer:
             if earlier_boot:
                 self.claims.expect()
             raise
+        resume_vnetid = request.resume_vnetid
+        if self.member is not None:
+            # The store decides; it keeps ids across a restart, so no claims here.
+            resume_vnetid = await self.member.vnetid_for(
+                request.name, group, resume_vnetid, request.resume_token
+            )
+            earlier_boot = False
         joined = self.table.join(
             request.name,
             group,
             self.node_time(),
-            request.resume_vnetid,
+            resume_vnetid,
             request.resume_token,
             earlier_boot=earlier_boot,
             resume_serveids=request.resume_serveids,
+            proven=self.member is not None,
         )
         if joined.replaced is not None:
             stale = self.sessions.get(joined.replaced)
             if stale is not None:
                 self._ended(stale, joined.withdrawn, "replaced by its own new connection")
         session = joined.session
-        self.sessions[session] = Link(session, **admin_facts(context))
+        link = self.sessions[session] = Link(session, **admin_facts(context))
         self._tell_conflicts(joined.conflicts)
         vnet = session.vnet
+        if self.member is not None:
+            await self.member.joined(link, joined.resume_token, self._drop)
         log.info(
             "vnet %s (%s) joined group %s from %s",
             vnet.vnetid,
@@ -330,16 +368,13 @@ class RouteServicer:
             and own >= self.limits.max_serves_per_node
         ):
             raise LimitExceeded(f"this vnet has {own} serves, the most the route allows")
-        reg = self.registry.register(
-            vnet.vnetid,
-            request.serveid,
-            request.name,
-            request.ip,
-            request.port,
-            request.info,
-            request.type,
-            unserve=request.unserve,
-        )
+        fields = (request.name, request.ip, request.port, request.info, request.type)
+        if self.member is not None:
+            reg = await self.member.register(vnet, request.serveid, *fields, request.unserve)
+        else:
+            reg = self.registry.register(
+                vnet.vnetid, request.serveid, *fields, unserve=request.unserve
+            )
         # Appended to the group's feed: this reply waits for no node's stream.
         if reg.replaced is not None:
             self.fanout.removed(reg.replaced, vnet.group)
@@ -361,32 +396,15 @@ class RouteServicer:
         link = self._session(context)
         serve = self.registry.unregister(link.vnet.vnetid, serveid)
         self.fanout.removed(serve, link.vnet.group)
+        if self.member is not None:
+            await self.member.unregister(link.vnet, serveid)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
 
-    def _listed(self, kind: str, group: str, make: Callable[[], bytes]) -> bytes:
-        """An encoded List answer for the group, kept until the group changes (the console
-        of every node asks every 10 s)."""
-        version = self.registry.version(group)
-        kept = self._lists.get((kind, group))
-        if kept is None or kept[0] != version:
-            kept = (version, make())
-            self._lists[(kind, group)] = kept
-        return kept[1]
-
     async def ListServes(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        group = self._session(context).vnet.group
-        return self._listed(
-            "serves", group, lambda: msg.list_serves_answer(self.registry.serves(group))
-        )
+        return self.lists.serves(self._session(context).vnet.group)
 
     async def ListVnets(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        group = self._session(context).vnet.group
-
-        def make() -> bytes:
-            vnets = self.registry.vnets(group)
-            return msg.list_vnets_answer([(v, self.registry.serve_count(v.vnetid)) for v in vnets])
-
-        return self._listed("vnets", group, make)
+        return self.lists.vnets(self._session(context).vnet.group)
 
     async def Leave(self, request: None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._drop(self._session(context), LEFT)
@@ -404,7 +422,12 @@ class RouteServicer:
     async def Unserve(
         self, request: msg.UnserveAsk, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Serve:
-        return await self.between.unserve(self._session(context), request)
+        link = self._session(context)
+        group, vnetid = link.vnet.group, request.vnetid
+        far = None if self.table.of_vnet(vnetid) else self.locate_vnet(group, vnetid)
+        if far:  # a node of the group on another route: asked through that route
+            return await self.peers.unserve(link, request, far)
+        return await self.between.unserve(link, request)
 
     async def AnswerUnserve(
         self, request: msg.UnserveAnswer, context: grpc.aio.ServicerContext[Any, Any]
@@ -473,7 +496,15 @@ class RouteServicer:
     ) -> None:
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
-            link, owner, serve = self._dial_target(context)
+            try:
+                link, owner, serve = self._dial_target(context)
+            except Elsewhere as far:
+                # On another route; or here after all, after a stale answer there.
+                link = far.link
+                found = await self.peers.relay(far, context)
+                if found is None:
+                    return
+                owner, serve = found
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
         link.core.tunnels += 1
@@ -491,24 +522,37 @@ class RouteServicer:
     def _dial_target(
         self, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> tuple[Link, Link, Serve]:
-        """The caller, the serve's node and the serve; refused here, before anything waits."""
+        """The caller, the serve's node and the serve; refused here, before anything
+        waits. Elsewhere when the serve's node is on another route (locate)."""
         link = self._session(context)
         if self.refusing:
             raise RouteUnavailable(self.refusing)
-        raw = metadata(context, wire.MD_SERVEID)
-        # ASCII digits only: int() would take other scripts' digits too.
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= SERVEID_MAX:
-            raise InvalidRequest(
-                f"{wire.MD_SERVEID} must be a serveid 1-{SERVEID_MAX}, not {raw[:20]!r}"
-            )
-        serve = self.registry.find(link.vnet.group, int(raw))
-        found = self.table.of_vnet(serve.vnetid)
-        owner = None if found is None else self.sessions.get(found)
-        if owner is None:
-            raise NotFound(f"no serveid {serve.serveid} in this group")
+        serveid = parse_serveid(metadata(context, wire.MD_SERVEID))
+        found = self.owner_of(link.vnet.group, serveid)
         cap = self.limits.max_tunnels_per_node
+        far = None if found is not None else self.locate(link.vnet.group, serveid)
+        if found is None and not far:
+            raise NotFound(f"no serveid {serveid} in this group")
         if link.core.tunnels >= cap:
             raise LimitExceeded(f"this vnet has {cap} tunnels open, the most the route allows")
+        if found is None:
+            raise Elsewhere(link, serveid, far or "")
+        self.takes_tunnels(found[0])
+        return link, *found
+
+    def owner_of(self, group: str, serveid: int) -> tuple[Link, Serve] | None:
+        """The serve's node and the serve, when both are here (its node has a session)."""
+        try:
+            serve = self.registry.find(group, serveid)
+        except NotFound:
+            return None
+        found = self.table.of_vnet(serve.vnetid)
+        owner = None if found is None else self.sessions.get(found)
+        return None if owner is None else (owner, serve)
+
+    def takes_tunnels(self, owner: Link) -> None:
+        """Refuse a new tunnel to owner's serves while it is at its cap or silent."""
+        cap = self.limits.max_tunnels_per_node
         if owner.core.tunnels >= cap:
             raise LimitExceeded(f"vnet {owner.vnet.vnetid} has {cap} tunnels open; try later")
         silent = owner.answers.silent_for(self.clock())
@@ -518,7 +562,6 @@ class RouteServicer:
                 f"vnet {owner.vnet.vnetid} has answered no tunnel request for {silent:.0f}s; "
                 "refusing new tunnels to it until it does"
             )
-        return link, owner, serve
 
     async def _accepted(
         self,
@@ -526,8 +569,12 @@ class RouteServicer:
         owner: Link,
         serve: Serve,
         context: grpc.aio.ServicerContext[bytes, bytes],
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> Splice:
         """Ask the serve's node to accept; the splice its Accept made.
+
+        link is the dialling node's (a stand-in for a node on another route:
+        vnet.route.peer); headers go out in the dialler's response headers.
 
         A coroutine of its own so that its frame (the pending entry, the
         future) is gone while the tunnel runs.
@@ -537,7 +584,7 @@ class RouteServicer:
         # hold them too, and an abort after it still ends the call
         # (route_rpc.end_unless_told) instead of failing in core and leaving
         # the dialling node hanging.
-        await context.send_initial_metadata(())
+        await context.send_initial_metadata(headers)
         # The dialling node may name the tunnel, so both nodes log the same
         # id; only a well-formed one not in use is taken.
         tunnel_id = metadata(context, wire.MD_TUNNEL)
@@ -606,7 +653,7 @@ class RouteServicer:
             link.answers.answered(tunnel_id, now)
             pending = self.pending.take(tunnel_id, link.core, now)
             handover = self._handovers.get(pending)
-            dialer = self.sessions.get(pending.dialer)
+            dialer = self.sessions.get(pending.dialer) or self.remote.get(pending.dialer)
             if handover is None or handover.splice.done() or dialer is None:
                 raise NotFound("no such tunnel waiting for this vnet")
         except VnetError as exc:
@@ -634,66 +681,11 @@ class RouteServicer:
             link.core.tunnels -= 1
         await route_rpc.end_unless_told(splice.accept, context)
 
-    def _forget_splice(self, done: Splice) -> None:
-        self.splices.discard(done)
-        for end in done.ends:
-            end.splices.discard(done)
-        if len(done.ends) == 2:
-            dialer, server = done.ends
-            dialer.bytes_from_node += done.bytes_to_serve
-            dialer.bytes_to_node += done.bytes_to_dialer
-            server.bytes_from_node += done.bytes_to_dialer
-            server.bytes_to_node += done.bytes_to_serve
-
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""
         return route_rpc.method_handlers(self)
 
-    async def reap_half_closed(self) -> None:
-        """Reset tunnels closed one way and then silent past the limit.
-
-        A peer that half-closed and vanished (or a client that never reads
-        its end) would otherwise hold the tunnel, its buffers and two
-        streams forever. By the loop's clock, as the splices keep it.
-        """
-        idle = self.timeouts.half_close_idle
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(max(idle / 4, 0.02))
-            now = loop.time()
-            for splice in list(self.splices):
-                if splice.half_closed and now - splice.last_activity > idle:
-                    log.info(
-                        "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
-                        splice.tunnel_id,
-                        splice.serveid,
-                        idle,
-                    )
-                    splice.abort("idle after half-close")
-
-    async def go_away(self, reason: str) -> None:
-        """Tell every node the route is stopping; let tunnels finish for a while."""
-        grace = self.timeouts.stop_grace
-        # New tunnels are still accepted: a short connection can finish in
-        # the grace (measured with make soak: refusing them failed more).
-        self.stopping = True
-        event = msg.going_away_event(reason, int(grace * 1000))
-        for link in self.sessions.values():
-            link.push(event)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        waits = [s.closed_future() for s in self.splices]
-        if waits:
-            _, unfinished = await asyncio.wait(waits, timeout=grace)
-            for waiting in unfinished:
-                waiting.cancel()
-        if self.splices:
-            log.info(
-                "resetting %d tunnel(s) still open after %.1fs",
-                len(self.splices),
-                loop.time() - started,
-            )
-
     async def close(self) -> None:
         for link in list(self.sessions.values()):
             self._drop(link, STOPPING)
+        await self.peers.close()

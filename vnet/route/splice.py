@@ -5,7 +5,9 @@ handler of the leg it reads (Dial's handler reads the dialling node's stream
 and writes the serving node's, Accept's the other way), so a tunnel costs no
 tasks of its own: an idle tunnel is two handlers each waiting in a read. Each
 leg's context is written only by the pump that reads the other leg, so no
-context ever has two writers.
+context ever has two writers. A tunnel to another route (vnet.route.peer) has
+a client call as its serving leg: no handler runs for that one, so its pump is
+a task.
 
 How the tunnel ends is not decided here: each pump feeds what its leg did
 (data, fin, reset, the stream's end, a failure or a cancel) to the splice's
@@ -25,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -64,6 +66,15 @@ class _Stopped(Exception):
     """The pump's own tunnel was reset while it ran (not a cancel: nothing to take back)."""
 
 
+class Stream(Protocol):
+    """What a leg reads and writes: a node's call (its server context), or
+    the dialling route's call to a peer route (a client call, vnet.route.peer)."""
+
+    async def read(self) -> Any: ...
+
+    async def write(self, message: bytes, /) -> None: ...
+
+
 class Leg:
     """One stream of a tunnel, and the pump that reads it: I/O bookkeeping only.
 
@@ -73,7 +84,7 @@ class Leg:
     # Slots: a route holds two of these per open tunnel.
     __slots__ = ("ctx", "task", "pump", "end", "machine", "cancelled", "pending", "why")
 
-    def __init__(self, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+    def __init__(self, ctx: Stream) -> None:
         self.ctx = ctx
         # The handler task the pump runs in, once it runs.
         self.task: asyncio.Task[None] | None = None
@@ -471,3 +482,25 @@ def _settle(budget: Budget) -> None:
     now = max(asyncio.get_running_loop().time(), budget.armed or 0.0)
     _reset_all(budget.settle(now))
     _arm(budget)
+
+
+async def reap(splices: set[Splice], idle: float) -> None:
+    """Reset the tunnels of splices closed one way and then silent past idle seconds.
+
+    A peer that half-closed and vanished (or a client that never reads
+    its end) would otherwise hold the tunnel, its buffers and two
+    streams forever. By the loop's clock, as the splices keep it.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(max(idle / 4, 0.02))
+        now = loop.time()
+        for splice in list(splices):
+            if splice.half_closed and now - splice.last_activity > idle:
+                log.info(
+                    "tunnel %s serveid %s: half-closed and idle for %.0fs; reset",
+                    splice.tunnel_id,
+                    splice.serveid,
+                    idle,
+                )
+                splice.abort("idle after half-close")

@@ -290,13 +290,13 @@ UNARY_CODECS: Mapping[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]
 UNARY_METHODS = tuple(UNARY_CODECS)
 
 
-def route_handlers(
+def route_method_table(
     unary: Mapping[str, Handler],
     control: Callable[..., Any],
     dial: Handler,
     accept: Handler,
-) -> grpc.GenericRpcHandler:
-    """RouteService's method table around the route's handlers.
+) -> dict[str, grpc.RpcMethodHandler]:
+    """RouteService's method table around the route's handlers, by method name.
 
     unary has a handler for each of UNARY_METHODS, taking the request's
     dataclass (or value, or None) and returning its answer's; control yields
@@ -316,4 +316,16 @@ def route_handlers(
     # No (de)serializers: frames go through as the bytes they came as.
     table["Dial"] = grpc.stream_stream_rpc_method_handler(dial)
     table["Accept"] = grpc.stream_stream_rpc_method_handler(accept)
-    return grpc.method_handlers_generic_handler(SERVICE, table)
+    return table
+
+
+def route_handlers(
+    unary: Mapping[str, Handler],
+    control: Callable[..., Any],
+    dial: Handler,
+    accept: Handler,
+) -> grpc.GenericRpcHandler:
+    """The same table as one generic handler (route_method_table)."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE, route_method_table(unary, control, dial, accept)
+    )
