@@ -56,26 +56,36 @@ DRAIN_MAX_S = 3.0
 FLAT_PROBES = 2
 # Re-measure a base not seen again within this.
 REBASE_S = 30.0
-# Per probe: how far the rate moves at zero delay (up) or at twice the target
-# (down), in proportion in between.
-GAIN_UP = 0.02
-GAIN_DOWN = 0.1
-# Below NEAR of the rate at which the queue last built, the rate grows this much a
-# probe whatever the delay under the target.
-GAIN_BACK = 0.08
-NEAR = 0.9
-# After a drain: the rate grows this much a probe until the delay reaches
-# STARTUP_UNTIL of the target (~25 probes from the floor to 100 Mbit/s).
-STARTUP_GROW = 0.12
-STARTUP_UNTIL = 0.5
-STARTUP_HEADROOM = 1.25
-# Past this many targets of delay the rate is cut by BACKOFF instead.
+# The rate is the path's estimated rate times 1 + GAIN x (target - delay) / target,
+# within 1 - MAX_DOWN and 1 + MAX_UP: 10% over the estimate with no queue (which is
+# also how fast the estimate grows while nothing queues: the startup), the estimate
+# itself at the target, 30% under it at four targets.
+GAIN = 0.1
+MAX_UP = 0.1
+MAX_DOWN = 0.5
+# Under the target the estimate itself grows by up to GROW a probe, if the bulk
+# tunnels sent at least USED of the rate (not if they have less to send).
+GROW = 0.03
+USED = 0.9
+# After a drain the rate runs this far ahead of the estimate (which grows with what
+# gets through) until STARTUP_PROBES probes in a row show STARTUP_UNTIL of the target.
+STARTUP_UP = 0.25
+STARTUP_UNTIL = 0.25
+STARTUP_PROBES = 2
+# Past this many targets of delay the estimate is lowered by BACKOFF (once per probe
+# sent after the last time): the path's rate has fallen, or another sender joined.
 OVERSHOOT = 4
-BACKOFF = 0.7
+BACKOFF = 0.85
+# The estimate: each pair of probes with a queue ahead of both (QUEUED_S or more,
+# over the probes' own jitter) measures the path's rate; the estimate moves EST_GAIN
+# of the way to it, each sample held within EST_CLAMP of the estimate.
+QUEUED_S = 0.003
+EST_GAIN = 0.125
+EST_CLAMP = 1.3
+# A probe this far over the lowest of the last FILTER is a stall (see _estimate).
+STALL_S = 2 * TARGET_S
 # The rate never falls below this: bulk slows, it never stops.
 FLOOR_RATE = 256 * 1024
-# How far the rate may run ahead of the most the bulk tunnels recently sent.
-HEADROOM = 2.0
 # The sending rate is counted in buckets of this length, over BUCKETS of them.
 BUCKET_S = 0.1
 BUCKETS = 20
@@ -146,9 +156,17 @@ class Governor:
     _cut_at: float = -math.inf
     _drain_at: float = 0.0
     _drain_min: float = math.inf
+    # The path's estimated rate, bytes/s (see _estimate).
+    capacity: float = 0.0
     _startup: bool = False
-    # The rate at which a queue last built: about what the path carries.
-    _ceiling: float = math.inf
+    # Whether the bulk tunnels sent under USED of the rate between the last two
+    # probes (they had no more to send), or the pair measured nothing.
+    _limited: bool = True
+    # Bytes the bulk tunnels sent in all, and that count when the probe out left.
+    _sent_total: int = 0
+    _probe_bytes: int = 0
+    # The last probe in TRACK: (sent_at, _probe_bytes, its queueing delay).
+    _last_probe: tuple[float, int, float] | None = None
     _recent: list[float] = field(default_factory=list)
     _resume_rate: float = FLOOR_RATE
     _flat: int = 0
@@ -168,6 +186,7 @@ class Governor:
         self._bulk_at = now
         self._roll(now)
         self._buckets[self._bucket_at % BUCKETS] += nbytes
+        self._sent_total += nbytes
         self._by_peer[peer] = self._by_peer.get(peer, 0) + nbytes
 
     def pause(self, nbytes: int, now: float) -> float:
@@ -196,6 +215,7 @@ class Governor:
         if self.phase is Phase.OFF or self._probe_out or now < self._next_probe:
             return None
         self._probe_out = True
+        self._probe_bytes = self._sent_total
         if self._by_peer:
             self._peer = max(self._by_peer, key=self._by_peer.__getitem__)
             self._by_peer.clear()
@@ -245,54 +265,85 @@ class Governor:
         self._recent = [*self._recent[-(FILTER - 1) :], rtt]
         self.base = base.rtt
         before, self.delay = self.delay, min(self._recent) - base.rtt
+        latest = rtt - base.rtt
         if self.delay <= self.target:
             base.seen = now
-        if self.delay > OVERSHOOT * self.target:
-            # Far over: a queue of several targets is building (the path's rate
-            # fell, or another sender joined). Cut hard, once per probe that left
-            # after the last cut (earlier ones sat in the queue that cut drains),
-            # and not while the delay already falls.
-            if sent_at > self._cut_at and self.delay >= before:
-                self._ceiling = self.rate
-                self.rate = max(FLOOR_RATE, self.rate * BACKOFF)
-                self._cut_at = now
-            return
-        latest = rtt - base.rtt
-        cap = max(FLOOR_RATE, HEADROOM * self.peak_rate())
-        if self._startup:
+        self._estimate(sent_at, latest)
+        # Far over: a queue of several targets (the path's rate fell, or another
+        # sender joined): the estimate is too high. Lower it once per probe that left
+        # after the last cut (earlier ones sat in the queue that cut drains), and not
+        # while the delay already falls.
+        far = self.delay > OVERSHOOT * self.target
+        if far and sent_at > self._cut_at and self.delay >= before:
+            self.capacity = max(FLOOR_RATE, self.capacity * BACKOFF)
+            self._cut_at = now
+        two = min(self._recent[-STARTUP_PROBES:]) - base.rtt
+        if self._startup and two < STARTUP_UNTIL * self.target:
             # From the drain's rate up, fast, until a queue begins to show (as
-            # HyStart ends slow start on a rising delay, before the overshoot).
-            # The filtered delay: one late probe must not end it (a noisy path
-            # would then climb the rest of the way at GAIN_UP).
-            if self.delay < self.target * STARTUP_UNTIL:
-                if latest < self.target:
-                    # Not far ahead of what actually goes out: once that stops
-                    # growing, the path is full, and a rate far above it would
-                    # build a queue faster than the filtered delay shows it.
-                    startup_cap = max(FLOOR_RATE, STARTUP_HEADROOM * self.peak_rate())
-                    self.rate = min(self.rate * (1 + STARTUP_GROW), startup_cap)
-                return
-            self._startup = False
-            self._ceiling = self.rate
-        # Near the target: up or down in proportion to the distance (LEDBAT's law,
-        # per probe instead of per acknowledged byte). Symmetric, so noise in the
-        # probes' round trips moves the rate both ways instead of ratcheting it
-        # down; slow, because a probe sees the effect of a change a round trip or
-        # more later. Growth also needs the newest probe under the target: a queue
-        # that has begun to build stops it at once, not FILTER probes later.
-        off = max(-1.0, (self.target - self.delay) / self.target)
-        if off > 0 and latest > self.target:
+            # HyStart ends slow start on a rising delay, before the overshoot):
+            # the estimate follows what got through, STARTUP_UP ahead of it. The
+            # newest two probes, not the filter's three: at 25% over the path a
+            # queue grows a target a probe, and a late end is a queue of several;
+            # one probe alone would end it on noise.
+            self.rate = max(FLOOR_RATE, self.capacity * (1 + STARTUP_UP))
             return
-        if off > 0:
-            # Back up to near the rate where the queue last built, quickly; past
-            # that, slowly (as CUBIC returns to its last window): the path's rate
-            # is near there, and overshooting it builds a queue fast.
-            gain = GAIN_BACK if self.rate < NEAR * self._ceiling else GAIN_UP * off
-        else:
-            gain = GAIN_DOWN * off
-            if self.delay > 2 * self.target:
-                self._ceiling = self.rate
-        self.rate = max(FLOOR_RATE, min(self.rate * (1 + gain), cap))
+        self._startup = False
+        # The rate is the path's estimated rate, a little over it while the delay is
+        # under the target and under it above: the queue settles at the target (a
+        # proportional controller on the queue, anchored to the estimate, so that
+        # the path's own rate is where it rests rather than a point it oscillates
+        # around). Not over the estimate while the newest probe is over the target:
+        # a queue that has begun to build stops growth at once, not FILTER probes on.
+        err = (self.target - self.delay) / self.target
+        if err > 0 and latest > self.target:
+            err = 0.0
+        if err > 0 and not self._limited:
+            # Under the target with the estimate in use: the path may carry more
+            # than the estimate (it was lowered by noise, or the path got faster).
+            # Only a queue measures the path, so grow until one shows, slowly; the
+            # slope of the queue corrects any excess within a few probes.
+            self.capacity *= 1 + GROW * err
+        factor = min(1 + MAX_UP, max(1 - MAX_DOWN, 1 + GAIN * err))
+        self.rate = max(FLOOR_RATE, self.capacity * factor)
+
+    def _estimate(self, sent_at: float, latest: float) -> None:
+        """The path's rate from this probe and the last one before it.
+
+        Between two probes' departures the bulk tunnels sent `sent` bytes and the
+        queue ahead of a probe went from d1 to d2 seconds of the path's rate C.
+        While a queue stood throughout, the path drained C x dt of it, so
+        C x (dt + d2 - d1) = sent: the delivery rate, seen from the sender alone.
+        With no queue at the start, the path idled for part of dt, and carried at
+        least sent - C x d2: C >= sent / (dt + d2), which is how the estimate grows.
+        A probe more than STALL_S over the lowest of the last few is a stall (a
+        retransmission ahead of it on the connection), not the queue: it is
+        skipped, and the next pair spans it.
+        """
+        if latest > self.delay + STALL_S:
+            return
+        last, self._last_probe = self._last_probe, (sent_at, self._probe_bytes, latest)
+        self._limited = True
+        if last is None:
+            return
+        at, nbytes, d1 = last
+        dt, sent, d2 = sent_at - at, self._probe_bytes - nbytes, latest
+        if dt <= 0:
+            return
+        # The rate in force since the last probe (this one's law has not run yet).
+        self._limited = sent / dt < USED * self.rate
+        if d1 < QUEUED_S:
+            self.capacity = max(self.capacity, sent / (dt + d2))
+            return
+        # dt + d2 - d1 > 0: a queue that fell by more than dt would have drained
+        # faster than the path runs.
+        sample = sent / max(dt + d2 - d1, dt / EST_CLAMP)
+        sample = min(EST_CLAMP * self.capacity, max(self.capacity / EST_CLAMP, sample))
+        if sample < self.capacity and self._limited:
+            # Sending less than the estimate allows (nothing more to send): a
+            # queue that stands meanwhile is not ours to measure the path by (as
+            # BBR takes an app-limited sample only if it raises the estimate).
+            return
+        self.capacity = max(FLOOR_RATE, self.capacity + EST_GAIN * (sample - self.capacity))
 
     def lost(self) -> None:
         """The probe failed (no answer, the peer left): the next one may go."""
@@ -360,9 +411,12 @@ class Governor:
                 self._next_probe = now + LOCAL_PROBE_S
                 return
             self.phase = Phase.TRACK
-            self._startup = True
-            self._ceiling = math.inf
+            # What the bulk tunnels sent before: a floor for the path's rate. From
+            # there it grows while nothing queues, as fast as the law lets the rate.
+            self.capacity = self._resume_rate
             self.rate = self._resume_rate
+            self._last_probe = None
+            self._startup = True
             self._paid_until = now
             self._cut_at = now
             # The last probe counts in the filter, so one late probe right after
