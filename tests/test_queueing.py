@@ -275,6 +275,23 @@ def test_far_over_the_target_the_estimate_is_cut_once_per_probe_sent_after_it() 
     assert g.capacity < before
 
 
+def test_the_cuts_of_a_stall_that_was_no_queue_are_undone() -> None:
+    g = _tracking(10 * MB)
+    for t in (0.2, 0.25, 0.3):  # a queue at the target, the tunnels at the rate
+        _probe(g, t, g.target, 500_000)
+    # The processes stall: four probes 200-300 ms late, one after the other.
+    at = last = 0.35
+    for late in (0.2, 0.25, 0.3, 0.25):
+        _probe(g, at, g.target + late, int(g.rate * 0.05))
+        last, at = at, at + BASE + g.target + late
+    assert g.capacity < 0.9 * 10 * MB
+    # The next is back at the target: 260 ms of queue cannot drain in the ~310 ms
+    # since the last probe left while the tunnels sent at about half the path's rate.
+    _probe(g, at, g.target, int(g.rate * (at - last)))
+    assert g.capacity == pytest.approx(10 * MB, rel=0.05)
+    assert g.delay == pytest.approx(g.target)
+
+
 def test_a_path_that_slows_down_is_followed() -> None:
     path = Path(12 * MB)
     sim, _ = _settled(path)

@@ -82,6 +82,9 @@ BACKOFF = 0.85
 QUEUED_S = 0.003
 EST_GAIN = 0.125
 EST_CLAMP = 1.3
+# A fall of the delay that would take a path this many times the estimate is the
+# end of a stall, not a queue drained (see _unstall).
+UNSTALL = 2.0
 # A probe this far over the lowest of the last FILTER is a stall (see _estimate).
 STALL_S = 2 * TARGET_S
 # The rate never falls below this: bulk slows, it never stops.
@@ -167,6 +170,10 @@ class Governor:
     _probe_bytes: int = 0
     # The last probe in TRACK: (sent_at, _probe_bytes, its queueing delay).
     _last_probe: tuple[float, int, float] | None = None
+    # The estimate before the far-over cuts of the current episode (see _unstall),
+    # and the last probe's (sent_at, delay).
+    _before_cuts: float | None = None
+    _prev: tuple[float, int, float] | None = None
     _recent: list[float] = field(default_factory=list)
     _resume_rate: float = FLOOR_RATE
     _flat: int = 0
@@ -268,6 +275,7 @@ class Governor:
         latest = rtt - base.rtt
         if self.delay <= self.target:
             base.seen = now
+        self._unstall(sent_at, latest, rtt)
         self._estimate(sent_at, latest)
         # Far over: a queue of several targets (the path's rate fell, or another
         # sender joined): the estimate is too high. Lower it once per probe that left
@@ -275,8 +283,12 @@ class Governor:
         # while the delay already falls.
         far = self.delay > OVERSHOOT * self.target
         if far and sent_at > self._cut_at and self.delay >= before:
+            if self._before_cuts is None:
+                self._before_cuts = self.capacity
             self.capacity = max(FLOOR_RATE, self.capacity * BACKOFF)
             self._cut_at = now
+        elif self.delay <= self.target:
+            self._before_cuts = None
         two = min(self._recent[-STARTUP_PROBES:]) - base.rtt
         if self._startup and two < STARTUP_UNTIL * self.target:
             # From the drain's rate up, fast, until a queue begins to show (as
@@ -305,6 +317,28 @@ class Governor:
             self.capacity *= 1 + GROW * err
         factor = min(1 + MAX_UP, max(1 - MAX_DOWN, 1 + GAIN * err))
         self.rate = max(FLOOR_RATE, self.capacity * factor)
+
+    def _unstall(self, sent_at: float, latest: float, rtt: float) -> None:
+        """Undo the cuts of a run of late probes that were no queue.
+
+        A queue drains at the path's rate C: between two probes' departures dt
+        apart, with `sent` bytes sent meanwhile, the delay ahead of a probe falls by
+        at most dt - sent / C. A fall so fast that it would take a path more than
+        UNSTALL times the estimate means the round trips before it were not a
+        queue but a stall of the processes or the connection (a box short of CPU
+        stalls them for hundreds of ms, several probes in a row): the estimate the
+        far-over cuts lowered meanwhile is restored, and the filter forgets them.
+        """
+        last, self._prev = self._prev, (sent_at, self._probe_bytes, latest)
+        if last is None or self._before_cuts is None:
+            return
+        at, nbytes, before = last
+        drained = sent_at - at + latest - before
+        if drained * UNSTALL * self._before_cuts < self._probe_bytes - nbytes:
+            self.capacity = max(self.capacity, self._before_cuts)
+            self._before_cuts = None
+            self._recent = [rtt]
+            self.delay = latest
 
     def _estimate(self, sent_at: float, latest: float) -> None:
         """The path's rate from this probe and the last one before it.
@@ -415,7 +449,7 @@ class Governor:
             # there it grows while nothing queues, as fast as the law lets the rate.
             self.capacity = self._resume_rate
             self.rate = self._resume_rate
-            self._last_probe = None
+            self._last_probe = self._prev = self._before_cuts = None
             self._startup = True
             self._paid_until = now
             self._cut_at = now
