@@ -11,19 +11,23 @@ socket and ~1.8 MB in the route's socket toward home. Smaller frames do not help
 The node owns the sender, so it can keep those queues short itself: send bulk
 bytes only as fast as the path drains them.
 
-How (LEDBAT, RFC 6817, with a drain phase like BBR's). While an interactive tunnel
-is active and bulk tunnels are sending, the node times a probe every round trip
-through the route and the peer node of its busiest bulk tunnel (a Ping with via:
-it crosses the same sockets and links as the tunnel's frames). The queueing delay
-is that round trip minus the lowest one seen on that path (the base). The bulk
-tunnels together get a rate that grows while the delay is under the target and
-shrinks in proportion above it, at most once per probe sent after the last cut.
-When governing starts, the queues are still full of the transfer's bytes and no
-base is known: the rate drops to half of what the bulk tunnels were sending until
-the round trip stops falling, and the lowest one seen then is the base. A base
-not confirmed for REBASE_S is measured again the same way (the path may have
-changed). Nothing of this runs while no interactive tunnel exists: a lone download
-is never paced, so it keeps the whole link on any bandwidth-delay product.
+How (LEDBAT's delay signal, RFC 6817, with BBR's idea of pacing at the path's
+estimated rate, and a drain phase like BBR's). While an interactive tunnel is active
+and bulk tunnels are sending, the node times a probe every round trip through the
+route and the peer node of its busiest bulk tunnel (a Ping with via: it crosses the
+same sockets and links as the tunnel's frames). The queueing delay is that round
+trip minus the lowest one seen on that path (the base). From two probes in a row
+and the bytes sent between them the node estimates the path's rate (see
+_estimate), and the bulk tunnels together get that rate, a little more while the
+delay is under the target and less above it: the queue rests at the target with the
+link busy, where a rate that only reacts to the delay kept crossing the path's rate
+and building a queue each time. When governing starts, the queues are still full of
+the transfer's bytes and no base is known: the rate drops to a tenth of what the
+bulk tunnels were sending until the round trip stops falling, and the lowest one
+seen then is the base; from there a startup grows the rate fast until a queue
+shows. A base not confirmed for REBASE_S is measured again the same way (the path
+may have changed). Nothing of this runs while no interactive tunnel exists: a lone
+download is never paced, so it keeps the whole link on any bandwidth-delay product.
 
 Pure: the caller passes the time, the probe results and the bytes sent.
 """
@@ -403,10 +407,6 @@ class Governor:
         self._roll(now)
         last = [self._buckets[(self._bucket_at - i) % BUCKETS] for i in range(1, 11)]
         return sum(last) / (BUCKET_S * len(last))
-
-    def peak_rate(self) -> float:
-        """The most the bulk tunnels sent in any BUCKET_S of the last BUCKETS."""
-        return max(self._buckets) / BUCKET_S
 
     def active(self, now: float) -> bool:
         return now - self._interactive_at < self.hold and now - self._bulk_at < BULK_IDLE_S
