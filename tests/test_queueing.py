@@ -220,16 +220,40 @@ def test_the_estimate_follows_the_queues_slope() -> None:
 
 def test_one_late_probe_is_a_stall_not_a_queue() -> None:
     g = _tracking(10 * MB)
-    g.probe_due(0.2)
-    g.probed("peer", BASE + 0.2, 0.2, 0.4)
-    assert g.delay == 0.0
-    assert g.capacity == 10 * MB
+    for t in (0.1, 0.15, 0.2):  # a queue at the target, at the path's rate
+        _probe(g, t, g.target, 500_000)
+    before = g.capacity
+    # A retransmission holds the next one up 200 ms: taken for a queue, that pair
+    # would say the path drained 0.5 MB in 250 ms (2 MB/s).
+    _probe(g, 0.25, g.target + 0.2, 500_000)
+    assert g.delay == pytest.approx(g.target)
+    assert g.capacity == before
     # Not grown either, while the newest probe is late.
-    assert g.rate == 10 * MB
-    g.sent("peer", 500_000, 0.4)
-    g.probe_due(0.4)
-    g.probed("peer", BASE, 0.4, 0.45)
-    assert g.rate > 10 * MB
+    assert g.rate == pytest.approx(before)
+    # The next pair spans it: 2.6 MB sent in the 0.26 s since the last probe that
+    # measured the path, the queue the same: 10 MB/s (the pair from the late probe
+    # would say 210: it "drained" 200 ms of queue in 10 ms).
+    _probe(g, 0.46, g.target, 2_100_000)
+    assert 10 * MB <= g.capacity <= before
+
+
+def test_the_startup_ends_on_two_probes_in_a_row_over_a_quarter_of_the_target() -> None:
+    g = Governor()
+    g.interactive(0.0)
+    g.sent("peer", 100_000, 0.0)
+    g.probe_due(0.0)
+    for i in range(3):
+        g.probed("peer", BASE, i * 0.05, i * 0.05 + 0.05)
+    assert g._startup
+    start = g.capacity
+    _probe(g, 0.15, 0, 0)
+    assert g.rate == pytest.approx(start * (1 + q.STARTUP_UP))
+    # One probe over it is the processes' jitter as often as a queue.
+    _probe(g, 0.2, 0.4 * g.target, 0)
+    assert g._startup
+    _probe(g, 0.25, 0.4 * g.target, 0)
+    assert not g._startup
+    assert g.rate <= g.capacity * (1 + q.MAX_UP) + 1
 
 
 def test_the_rate_is_the_estimate_over_under_the_target_and_under_over_it() -> None:
