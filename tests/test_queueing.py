@@ -196,8 +196,10 @@ def test_late_probes_of_a_lossy_link_do_not_hold_bulk_down() -> None:
     sim, delays = _settled(path, _noisy(1, 0.3))
     sent = sim.sent
     sim.run(4.0)
-    assert (sim.sent - sent) / 4.0 > 0.85 * path.rate
-    assert max(delays) < 4 * sim.g.target
+    assert (sim.sent - sent) / 4.0 > 0.9 * path.rate
+    # The late probes hide the queue now and then: it stays within a few targets,
+    # a small part of what the retransmissions themselves cost a keystroke there.
+    assert max(delays) < 5 * sim.g.target
 
 
 def _probe(g: Governor, at: float, delay: float, nbytes: int, rtt: float | None = None) -> None:
@@ -248,10 +250,14 @@ def test_the_startup_ends_on_two_probes_in_a_row_over_a_quarter_of_the_target() 
     start = g.capacity
     _probe(g, 0.15, 0, 0)
     assert g.rate == pytest.approx(start * (1 + q.STARTUP_UP))
-    # One probe over it is the processes' jitter as often as a queue.
-    _probe(g, 0.2, 0.4 * g.target, 0)
+    # Retransmissions ahead of two probes in a row (a lossy link) are not a queue.
+    _probe(g, 0.2, 0.1, 0)
+    _probe(g, 0.35, 0.1, 0)
     assert g._startup
-    _probe(g, 0.25, 0.4 * g.target, 0)
+    # One probe over it is the processes' jitter as often as a queue.
+    _probe(g, 0.5, 0.4 * g.target, 0)
+    assert g._startup
+    _probe(g, 0.55, 0.4 * g.target, 0)
     assert not g._startup
     assert g.rate <= g.capacity * (1 + q.MAX_UP) + 1
 

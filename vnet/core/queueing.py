@@ -166,6 +166,8 @@ class Governor:
     # The path's estimated rate, bytes/s (see _estimate).
     capacity: float = 0.0
     _startup: bool = False
+    # Probes in a row (stalls aside) with STARTUP_UNTIL of the target or more.
+    _queued: int = 0
     # Whether the bulk tunnels sent under USED of the rate between the last two
     # probes (they had no more to send), or the pair measured nothing.
     _limited: bool = True
@@ -279,8 +281,14 @@ class Governor:
         latest = rtt - base.rtt
         if self.delay <= self.target:
             base.seen = now
+        # Far over the lowest of the last few: a stall (see _estimate), not a queue.
+        stalled = latest > self.delay + STALL_S
+        if not stalled:
+            over = latest >= STARTUP_UNTIL * self.target
+            self._queued = self._queued + 1 if over else 0
         self._unstall(sent_at, latest, rtt)
-        self._estimate(sent_at, latest)
+        if not stalled:
+            self._estimate(sent_at, latest)
         # Far over: a queue of several targets (the path's rate fell, or another
         # sender joined): the estimate is too high. Lower it once per probe that left
         # after the last cut (earlier ones sat in the queue that cut drains), and not
@@ -293,14 +301,14 @@ class Governor:
             self._cut_at = now
         elif self.delay <= self.target:
             self._before_cuts = None
-        two = min(self._recent[-STARTUP_PROBES:]) - base.rtt
-        if self._startup and two < STARTUP_UNTIL * self.target:
+        if self._startup and (stalled or self._queued < STARTUP_PROBES):
             # From the drain's rate up, fast, until a queue begins to show (as
             # HyStart ends slow start on a rising delay, before the overshoot):
             # the estimate follows what got through, STARTUP_UP ahead of it. The
             # newest two probes, not the filter's three: at 25% over the path a
             # queue grows a target a probe, and a late end is a queue of several;
-            # one probe alone would end it on noise.
+            # one probe alone would end it on noise, and a stall (a lossy link's
+            # retransmission) does not count at all.
             self.rate = max(FLOOR_RATE, self.capacity * (1 + STARTUP_UP))
             return
         self._startup = False
@@ -354,11 +362,9 @@ class Governor:
         With no queue at the start, the path idled for part of dt, and carried at
         least sent - C x d2: C >= sent / (dt + d2), which is how the estimate grows.
         A probe more than STALL_S over the lowest of the last few is a stall (a
-        retransmission ahead of it on the connection), not the queue: it is
-        skipped, and the next pair spans it.
+        retransmission ahead of it on the connection), not the queue: the caller
+        skips it, and the next pair spans it.
         """
-        if latest > self.delay + STALL_S:
-            return
         last, self._last_probe = self._last_probe, (sent_at, self._probe_bytes, latest)
         self._limited = True
         if last is None:
@@ -451,6 +457,7 @@ class Governor:
             self.rate = self._resume_rate
             self._last_probe = self._prev = self._before_cuts = None
             self._startup = True
+            self._queued = 0
             self._paid_until = now
             self._cut_at = now
             # The last probe counts in the filter, so one late probe right after
