@@ -362,9 +362,24 @@ def test_the_rate_never_falls_below_the_floor_and_pauses_pay_for_the_bytes() -> 
     assert abs(wait - q.MIN_FRAME / q.FLOOR_RATE) < 1e-9
     assert g.held_s == wait
     # A tunnel held back counts as sending: governing does not lapse meanwhile.
+    g.interactive(wait - 0.01 + q.BULK_IDLE_S)
     assert g.active(wait - 0.01 + q.BULK_IDLE_S)
     # A 512 KiB frame read before governing began is charged as one governed frame.
     assert g.pause(512 * 1024, wait) == wait + q.MIN_FRAME / q.FLOOR_RATE - wait
+
+
+def test_a_transfer_that_stalls_for_seconds_resumes_paced() -> None:
+    # A local sender whose loopback segments were dropped waits out retransmission
+    # timeouts of up to seconds; if governing lapsed meanwhile, the transfer would
+    # resume unpaced and fill every queue on the path at once.
+    g = _tracking(10 * MB)
+    g.sent("peer", 64 * 1024, 0.2)
+    for t in (0.5, 1.0, 2.0, 3.0):
+        g.interactive(t)
+        assert g.next_probe_in(t) is not None
+    assert g.phase is Phase.TRACK
+    assert g.pacing
+    assert g.frame(512 * 1024) < 64 * 1024
 
 
 def test_frames_shrink_with_the_rate_while_governed() -> None:

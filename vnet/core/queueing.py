@@ -47,8 +47,13 @@ TARGET_S = 0.012
 # between a ping-pong's reads when the queue is full (hundreds of ms), so the
 # governor is not switched off by the very queue it is draining.
 HOLD_S = 2.0
-# Bulk tunnels count as sending if they sent within this.
-BULK_IDLE_S = 1.0
+# Bulk tunnels count as sending if they sent within this. Longer than the stalls
+# of a local sender whose loopback segments the kernel dropped (a paced reader
+# lets its socket's receive queue fill; `ss` showed 0.7-4.9 MB retransmitted on
+# the benchmark's loopback upload, and its retransmission timeout backs off to
+# seconds): governing that lapsed in such a stall let the resumed transfer go
+# out unpaced, 512 KiB frames into every buffer on the way, and drained again.
+BULK_IDLE_S = 5.0
 # At most this many probes a second on a short path.
 PROBE_GAP_S = 0.02
 # The rate while draining, as a share of what the bulk tunnels sent before: next
