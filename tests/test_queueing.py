@@ -9,6 +9,8 @@ the tests check the controller against the quantity it is meant to hold.
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 
 import pytest
 
@@ -35,10 +37,12 @@ class Path:
 
 class Sim:
     """A bulk tunnel that always has data, sent through g onto path, with an interactive
-    tunnel active and one probe in flight at a time; run() moves simulated time on."""
+    tunnel active and one probe in flight at a time; run() moves simulated time on.
+    late(), if given, adds to each probe's round trip what the path's queue does not:
+    the processes' jitter, a retransmission ahead of the probe on a lossy link."""
 
-    def __init__(self, g: Governor, path: Path) -> None:
-        self.g, self.path = g, path
+    def __init__(self, g: Governor, path: Path, late: Callable[[], float] | None = None) -> None:
+        self.g, self.path, self.late = g, path, late
         self.now = 0.0
         self.pending: tuple[float, float] | None = None  # (sent_at, due_at)
         self.frame_debt = 0.0
@@ -63,7 +67,8 @@ class Sim:
                 peer = g.probe_due(now)
                 if peer is not None:
                     assert peer == "peer"
-                    self.pending = (now, now + path.rtt())
+                    extra = self.late() if self.late is not None else 0.0
+                    self.pending = (now, now + path.rtt() + extra)
             elif now >= self.pending[1]:
                 g.probed("peer", now - self.pending[0], self.pending[0], now)
                 self.pending = None
@@ -123,96 +128,227 @@ def test_a_full_queue_is_drained_and_the_base_found() -> None:
     assert path.queued < 12 * MB * g.target * 2
 
 
-def test_tracking_holds_the_delay_near_the_target_at_near_the_path_rate() -> None:
+def _settled(path: Path, late: Callable[[], float] | None = None) -> tuple[Sim, list[float]]:
+    """A governor from its first probe on path, run 6 s; then 4 s measured: the sim and
+    the path's queueing delay every 0.1 s of those 4 s."""
+    g = Governor()
+    g.interactive(0.0)
+    g.sent("peer", 100_000, 0.0)
+    sim = Sim(g, path, late)
+    sim.run(6.0)
+    delays = []
+    for _ in range(40):
+        sim.run(0.1)
+        delays.append(path.rtt() - BASE)
+    return sim, delays
+
+
+def test_tracking_holds_the_delay_near_the_target_at_the_path_rate() -> None:
+    path = Path(12 * MB)
+    sim, delays = _settled(path)
+    sent = sim.sent
+    sim.run(4.0)
+    assert sim.g.phase is Phase.TRACK
+    assert max(delays) < 2 * sim.g.target
+    assert sum(delays) / len(delays) < 1.5 * sim.g.target
+    # A queue stands throughout, so the link never idles (the law of before held
+    # 0.9x with the queue empty half the time).
+    assert min(delays) > 0
+    assert (sim.sent - sent) / 4.0 > 0.97 * path.rate
+    assert sim.g.capacity == pytest.approx(path.rate, rel=0.05)
+
+
+def test_the_startup_after_the_drain_ends_before_a_queue_of_several_targets() -> None:
+    # The law of before grew the rate 12% a probe until the filtered delay showed half
+    # the target: a queue of ~130 ms on this path, enough for the p99 of a ping next to
+    # the transfer.
     path = Path(12 * MB)
     g = Governor()
     g.interactive(0.0)
     g.sent("peer", 100_000, 0.0)
     sim = Sim(g, path)
-    sim.run(6.0)
-    # Settled: measure the last seconds.
-    delays, sent = [], sim.sent
+    worst = 0.0
     for _ in range(40):
         sim.run(0.1)
+        worst = max(worst, path.rtt() - BASE)
+    assert not g._startup
+    assert worst < 4 * g.target
+
+
+def _noisy(seed: int, late_share: float) -> Callable[[], float]:
+    """Each probe up to 3 ms late (the event loops), and late_share of them 25-55 ms
+    more (a retransmission ahead of the probe: profile B's 1% loss)."""
+    rng = random.Random(seed)
+
+    def late() -> float:
+        extra = rng.random() * 0.003
+        if rng.random() < late_share:
+            extra += 0.025 + rng.random() * 0.03
+        return extra
+
+    return late
+
+
+def test_late_probes_of_a_lossy_link_do_not_hold_bulk_down() -> None:
+    # With a third of the probes late, the law of before cut on each run of them and
+    # bulk fell to a fifth of the path (0.35-3 MB/s in the WAN bench's profile B).
+    path = Path(12 * MB)
+    sim, delays = _settled(path, _noisy(1, 0.3))
+    sent = sim.sent
+    sim.run(4.0)
+    assert (sim.sent - sent) / 4.0 > 0.9 * path.rate
+    # The late probes hide the queue now and then: it stays within a few targets,
+    # a small part of what the retransmissions themselves cost a keystroke there.
+    assert max(delays) < 5 * sim.g.target
+
+
+def _probe(g: Governor, at: float, delay: float, nbytes: int, rtt: float | None = None) -> None:
+    """nbytes sent just before a probe that left at `at` behind a queue of delay s
+    (back after rtt, BASE + delay if None)."""
+    g.sent("peer", nbytes, at)
+    g.probe_due(at)
+    back = BASE + delay if rtt is None else rtt
+    g.probed("peer", back, at, at + back)
+
+
+def test_the_estimate_follows_the_queues_slope() -> None:
+    g = _tracking(10 * MB)
+    # Probes 50 ms apart with 0.6 MB sent between each, the queue ahead of them
+    # growing by 2 ms each time: the path drains 0.6 MB in 52 ms, 11.5 MB/s.
+    for i in range(15):
+        _probe(g, 0.2 + i * 0.05, 0.004 + 0.002 * i, 600_000)
+    assert g.capacity == pytest.approx(0.6 * MB / 0.052, rel=0.02)
+
+
+def test_one_late_probe_is_a_stall_not_a_queue() -> None:
+    g = _tracking(10 * MB)
+    for t in (0.1, 0.15, 0.2):  # a queue at the target, at the path's rate
+        _probe(g, t, g.target, 500_000)
+    before = g.capacity
+    # A retransmission holds the next one up 200 ms: taken for a queue, that pair
+    # would say the path drained 0.5 MB in 250 ms (2 MB/s).
+    _probe(g, 0.25, g.target + 0.2, 500_000)
+    assert g.delay == pytest.approx(g.target)
+    assert g.capacity == before
+    # Not grown either, while the newest probe is late.
+    assert g.rate == pytest.approx(before)
+    # The next pair spans it: 2.6 MB sent in the 0.26 s since the last probe that
+    # measured the path, the queue the same: 10 MB/s (the pair from the late probe
+    # would say 210: it "drained" 200 ms of queue in 10 ms).
+    _probe(g, 0.46, g.target, 2_100_000)
+    assert 10 * MB <= g.capacity <= before
+
+
+def test_the_startup_ends_on_two_probes_in_a_row_over_a_quarter_of_the_target() -> None:
+    g = Governor()
+    g.interactive(0.0)
+    g.sent("peer", 100_000, 0.0)
+    g.probe_due(0.0)
+    for i in range(3):
+        g.probed("peer", BASE, i * 0.05, i * 0.05 + 0.05)
+    assert g._startup
+    start = g.capacity
+    _probe(g, 0.15, 0, 0)
+    assert g.rate == pytest.approx(start * (1 + q.STARTUP_UP))
+    # Retransmissions ahead of two probes in a row (a lossy link) are not a queue.
+    _probe(g, 0.2, 0.1, 0)
+    _probe(g, 0.35, 0.1, 0)
+    assert g._startup
+    # One probe over it is the processes' jitter as often as a queue.
+    _probe(g, 0.5, 0.4 * g.target, 0)
+    assert g._startup
+    _probe(g, 0.55, 0.4 * g.target, 0)
+    assert not g._startup
+    assert g.rate <= g.capacity * (1 + q.MAX_UP) + 1
+
+
+def test_the_rate_is_the_estimate_over_under_the_target_and_under_over_it() -> None:
+    g = _tracking(10 * MB)
+    g.probed("peer", BASE, 0.2, 0.25)  # no queue
+    assert g.rate == pytest.approx(g.capacity * (1 + q.MAX_UP))
+    g = _tracking(10 * MB)
+    for t in (0.2, 0.25, 0.3):  # three probes at twice the target
+        g.probed("peer", BASE + 2 * g.target, t, t + 0.06)
+    assert g.rate == pytest.approx(g.capacity * (1 - q.GAIN))
+
+
+def test_under_the_target_the_estimate_grows_only_while_it_is_used() -> None:
+    g = _tracking(10 * MB)
+    for i in range(10):  # 0.1 MB per 50 ms: 2 MB/s of the 10 the estimate allows
+        _probe(g, 0.2 + i * 0.05, 0.004, 100_000)
+    # Nor lowered: a queue that stands while the tunnels have little to send does
+    # not say how fast the path drains.
+    assert g.capacity == 10 * MB
+    for i in range(10, 20):  # 0.5 MB per 50 ms: the estimate in use
+        _probe(g, 0.2 + i * 0.05, 0.004, 500_000)
+    assert g.capacity > 10 * MB
+
+
+def test_far_over_the_target_the_estimate_is_cut_once_per_probe_sent_after_it() -> None:
+    g = _tracking(10 * MB)
+    far = 5 * g.target
+    for t in (0.2, 0.25, 0.3):  # at the path's rate: the estimate itself stays
+        _probe(g, t, far, 500_000)
+    cut = g.capacity
+    assert cut == pytest.approx(10 * MB * q.BACKOFF)
+    assert g.rate == pytest.approx(cut * (1 - q.GAIN * 4))
+    # Sent before that cut took effect (its answer came after): no second cut.
+    _probe(g, 0.31, far, 50_000, rtt=BASE + far + 0.2)
+    assert g.capacity == pytest.approx(cut, rel=0.05)
+    # Sent after it, still far over but falling: the cut is working.
+    _probe(g, 0.8, far - 0.005, 0)
+    assert g.capacity == pytest.approx(cut, rel=0.05)
+    before = g.capacity
+    # Rising again: cut again.
+    for t in (0.85, 0.9, 0.95):
+        _probe(g, t, far + 0.05, 500_000)
+    assert g.capacity < before
+
+
+def test_the_cuts_of_a_stall_that_was_no_queue_are_undone() -> None:
+    g = _tracking(10 * MB)
+    for t in (0.2, 0.25, 0.3):  # a queue at the target, the tunnels at the rate
+        _probe(g, t, g.target, 500_000)
+    # The processes stall: four probes 200-300 ms late, one after the other.
+    at = last = 0.35
+    for late in (0.2, 0.25, 0.3, 0.25):
+        _probe(g, at, g.target + late, int(g.rate * 0.05))
+        last, at = at, at + BASE + g.target + late
+    assert g.capacity < 0.9 * 10 * MB
+    # The next is back at the target: 260 ms of queue cannot drain in the ~310 ms
+    # since the last probe left while the tunnels sent at about half the path's rate.
+    _probe(g, at, g.target, int(g.rate * (at - last)))
+    assert g.capacity == pytest.approx(10 * MB, rel=0.05)
+    assert g.delay == pytest.approx(g.target)
+
+
+def test_a_path_that_slows_down_is_followed() -> None:
+    path = Path(12 * MB)
+    sim, _ = _settled(path)
+    path.rate = 6 * MB  # another sender took half
+    sim.run(8.0)
+    delays = []
+    for _ in range(20):
+        sim.run(0.1)
         delays.append(path.rtt() - BASE)
-    rate = (sim.sent - sent) / 4.0
-    assert g.phase is Phase.TRACK
-    assert max(delays) < q.OVERSHOOT * g.target
-    assert sum(delays) / len(delays) < 1.5 * g.target
-    assert rate > 0.8 * path.rate
+    assert sim.g.capacity == pytest.approx(6 * MB, rel=0.1)
+    assert max(delays) < 2 * sim.g.target
 
 
 def _tracking(rate: float) -> Governor:
     """A governor past its drain and startup on a path whose base is BASE, at rate."""
     g = Governor()
     g.interactive(0.0)
-    # 2 MB in one 100 ms: the rate may grow to twice that, 40 MB/s.
     g.sent("peer", 2_000_000, 0.0)
     g.probe_due(0.0)
     for i in range(3):
         g.probed("peer", BASE, i * 0.05, i * 0.05 + 0.05)  # drained: the base is BASE
     assert g.phase is Phase.TRACK
     g._startup = False
-    g.rate = g._ceiling = rate
+    g._last_probe = None
+    g.rate = g.capacity = rate
     g.interactive(0.2)
     return g
-
-
-def test_near_the_target_the_rate_moves_in_proportion_both_ways() -> None:
-    g = _tracking(10 * MB)
-    g.probed("peer", BASE + 0.002, 0.2, 0.25)  # under the target: up, a little
-    up = g.rate
-    assert 10 * MB < up <= 10 * MB * (1 + q.GAIN_UP)
-    for t in (0.25, 0.3, 0.35):  # 1.5x the target, three probes in a row: down
-        g.probed("peer", BASE + 1.5 * g.target, t, t + 0.06)
-    assert g.rate < up
-    assert g.rate > up * (1 - q.GAIN_DOWN) ** 3
-
-
-def test_far_over_the_target_a_hard_cut_once_per_probe_sent_after_it_and_none_while_falling() -> (
-    None
-):
-    g = _tracking(10 * MB)
-    far = BASE + 5 * g.target
-    for t in (0.2, 0.21, 0.22):
-        g.probed("peer", far, t, t + 0.1)
-    cut = g.rate
-    assert cut == 10 * MB * q.BACKOFF
-    # Sent before that cut took effect: no second cut for the same queue.
-    g.probed("peer", far + 0.01, 0.3, 0.5)
-    assert g.rate == cut
-    # Sent after it, still far over but falling: the cut is working.
-    g.probed("peer", far - 0.005, 0.55, 0.6)
-    assert g.rate == cut
-    # Rising again: cut again.
-    for t in (0.6, 0.61, 0.62):
-        g.probed("peer", far + 0.05, t, t + 0.2)
-    assert g.rate < cut
-
-
-def test_one_late_probe_is_noise_not_a_queue() -> None:
-    g = _tracking(10 * MB)
-    g.probed("peer", BASE + 0.2, 0.2, 0.4)
-    assert g.delay == 0.0
-    # Not cut; not grown either, while the newest probe is late.
-    assert g.rate == 10 * MB
-    g.probed("peer", BASE, 0.4, 0.45)
-    assert g.rate > 10 * MB
-
-
-def test_startup_grows_fast_but_not_far_ahead_of_what_is_sent() -> None:
-    g = Governor()
-    g.interactive(0.0)
-    g.sent("peer", 100_000, 0.0)  # 1 MB/s in its bucket
-    g.probe_due(0.0)
-    for i in range(3):
-        g.probed("peer", BASE, i * 0.05, i * 0.05 + 0.05)
-    start = g.rate
-    g.probed("peer", BASE, 0.15, 0.2)
-    assert g.rate == min(start * (1 + q.STARTUP_GROW), q.STARTUP_HEADROOM * g.peak_rate())
-    for i in range(50):
-        g.probed("peer", BASE, 0.2 + i * 0.05, 0.25 + i * 0.05)
-    assert g.rate <= q.STARTUP_HEADROOM * 1_000_000
 
 
 def test_the_rate_never_falls_below_the_floor_and_pauses_pay_for_the_bytes() -> None:
@@ -226,9 +362,24 @@ def test_the_rate_never_falls_below_the_floor_and_pauses_pay_for_the_bytes() -> 
     assert abs(wait - q.MIN_FRAME / q.FLOOR_RATE) < 1e-9
     assert g.held_s == wait
     # A tunnel held back counts as sending: governing does not lapse meanwhile.
+    g.interactive(wait - 0.01 + q.BULK_IDLE_S)
     assert g.active(wait - 0.01 + q.BULK_IDLE_S)
     # A 512 KiB frame read before governing began is charged as one governed frame.
     assert g.pause(512 * 1024, wait) == wait + q.MIN_FRAME / q.FLOOR_RATE - wait
+
+
+def test_a_transfer_that_stalls_for_seconds_resumes_paced() -> None:
+    # A local sender whose loopback segments were dropped waits out retransmission
+    # timeouts of up to seconds; if governing lapsed meanwhile, the transfer would
+    # resume unpaced and fill every queue on the path at once.
+    g = _tracking(10 * MB)
+    g.sent("peer", 64 * 1024, 0.2)
+    for t in (0.5, 1.0, 2.0, 3.0):
+        g.interactive(t)
+        assert g.next_probe_in(t) is not None
+    assert g.phase is Phase.TRACK
+    assert g.pacing
+    assert g.frame(512 * 1024) < 64 * 1024
 
 
 def test_frames_shrink_with_the_rate_while_governed() -> None:

@@ -238,6 +238,12 @@ class NodeCollector:
             value=g.rate if g.pacing else 0,
         )
         yield GaugeMetricFamily(
+            "vnet_node_path_rate_bytes",
+            "The path's rate as the governor estimates it from the queue's growth "
+            "between probes (0: not governed)",
+            value=g.capacity if g.pacing else 0,
+        )
+        yield GaugeMetricFamily(
             "vnet_node_path_queue_delay_seconds",
             "Queueing delay the last probe measured on the path of the busiest bulk tunnel",
             value=g.delay,

@@ -11,6 +11,7 @@ import argparse
 import functools
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import sys
@@ -24,6 +25,7 @@ from typing import TypeVar
 from bench import client
 from bench.procs import BenchError, Children
 from bench.wan import measure, netns, output, wire
+from bench.wan import paths as wan_paths
 from bench.wan.paths import ALL_PATHS, SINK, WanPath
 from bench.wan.paths import start as start_paths
 from bench.wan.profiles import FULL, PROFILES, QUICK, Profile, Sizes
@@ -68,6 +70,17 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         metavar="FILE",
         help="write the `ss -tinm` snapshots taken mid-way through each loaded ssh and vnet run "
         "(office, route and home sockets) to FILE instead of stderr",
+    )
+    p.add_argument(
+        "--tcp-cc",
+        metavar="NAME",
+        help="TCP congestion control in the namespaces (default: the host's, e.g. bbr or cubic)",
+    )
+    p.add_argument(
+        "--logs",
+        metavar="DIR",
+        help="keep every process's log in DIR/<profile>/, with vnet at --log-level debug "
+        "(its governor then logs each probe: round trip, queueing delay, rate)",
     )
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
@@ -124,6 +137,11 @@ class ProfileRun:
         finally:
             self.children.stop_all()
             netns.cleanup()
+            if self.args.logs:
+                keep = Path(self.args.logs) / self.profile.name
+                keep.mkdir(parents=True, exist_ok=True)
+                for log in self.workdir.glob("*.log"):
+                    shutil.copy(log, keep / log.name)
         return self.result
 
     def _run(self, topo: netns.Topology) -> None:
@@ -283,6 +301,10 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
+    if args.tcp_cc:
+        netns.OVERRIDES["net.ipv4.tcp_congestion_control"] = args.tcp_cc
+    if args.logs:
+        wan_paths.VNET_LOG_LEVEL = "debug"
     why = netns.unavailable()
     if why is not None:
         _say(f"bench-wan: skipped: {why}")

@@ -47,6 +47,9 @@ COPIED_SYSCTLS = (
 # Which Debian package gives each tool, for the skip message.
 TOOLS = {"ip": "iproute2", "ethtool": "ethtool", "cc": "gcc", "sysctl": "procps"}
 
+# Set by the command line (--tcp-cc): a value of a COPIED_SYSCTLS key used instead of the host's.
+OVERRIDES: dict[str, str] = {}
+
 _made: list[str] = []
 _seq = 0
 
@@ -169,7 +172,7 @@ def new_namespace(prefix: str) -> str:
     sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
     sysctl(name, "net.ipv6.conf.default.disable_ipv6", "1")
     for key in COPIED_SYSCTLS:
-        value = host_sysctl(key)
+        value = OVERRIDES.get(key) or host_sysctl(key)
         if value is not None:
             with contextlib.suppress(NetnsError):
                 sysctl(name, key, value)

@@ -188,7 +188,9 @@ def _wire_note(res: ProfileResult) -> str:
 
 def _settings(run: Run) -> list[tuple[str, str]]:
     args, s = run.args, run.args.sizes
-    host = {k: netns.host_sysctl(k) or "?" for k in netns.COPIED_SYSCTLS[:3]}
+    host = {
+        k: netns.OVERRIDES.get(k) or netns.host_sysctl(k) or "?" for k in netns.COPIED_SYSCTLS[:3]
+    }
     out = [
         ("load average before the run", " / ".join(f"{x:.2f}" for x in run.load)),
         (
@@ -205,7 +207,8 @@ def _settings(run: Run) -> list[tuple[str, str]]:
         (
             "TCP in the namespaces",
             ", ".join(f"{k.split('.')[-1]} {v}" for k, v in host.items())
-            + " (copied from the host); offloads off, IPv6 off",
+            + (" (--tcp-cc; the rest" if netns.OVERRIDES else " (")
+            + "copied from the host); offloads off, IPv6 off",
         ),
         ("unloaded ping", f"{s.pings} round trips of 1 byte"),
         ("first byte", f"{s.first_bytes} new connections: connect, 1 byte, its echo"),

@@ -16,6 +16,7 @@ address below is reached from there.
 from __future__ import annotations
 
 import getpass
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ def start(wanted: Sequence[str], children: Children, workdir: Path, topo: Topolo
     return Started(paths, notes, describe)
 
 
+def _connects(address: Address) -> None:
+    with socket.create_connection(address, timeout=2.0):
+        pass
+
+
 def _start_ssh(children: Children, workdir: Path, topo: Topology) -> WanPath:
     sshd = sshchain.find_sshd()
     assert sshd is not None
@@ -113,6 +119,9 @@ def _start_ssh(children: Children, workdir: Path, topo: Topology) -> WanPath:
     config.write_text(text)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     children.start("sshd", netns.exec_argv(topo.route, [sshd, "-D", "-e", "-f", str(config)]))
+    # ssh -R exits at once on a refused connection: wait until sshd listens (on a busy
+    # box it took longer than ssh took to connect, and the whole run failed).
+    wait_ready("sshd", lambda: _connects((ROUTE_OFFICE_IP, SSHD_PORT)), children)
     key = ["-i", str(work / "client_key"), *sshchain.SSH_OPTIONS, "-p", str(SSHD_PORT)]
     user = getpass.getuser()
     remote = {SINK: 19001, ECHO: 19002, SOURCE: 19003}

@@ -11,19 +11,23 @@ socket and ~1.8 MB in the route's socket toward home. Smaller frames do not help
 The node owns the sender, so it can keep those queues short itself: send bulk
 bytes only as fast as the path drains them.
 
-How (LEDBAT, RFC 6817, with a drain phase like BBR's). While an interactive tunnel
-is active and bulk tunnels are sending, the node times a probe every round trip
-through the route and the peer node of its busiest bulk tunnel (a Ping with via:
-it crosses the same sockets and links as the tunnel's frames). The queueing delay
-is that round trip minus the lowest one seen on that path (the base). The bulk
-tunnels together get a rate that grows while the delay is under the target and
-shrinks in proportion above it, at most once per probe sent after the last cut.
-When governing starts, the queues are still full of the transfer's bytes and no
-base is known: the rate drops to half of what the bulk tunnels were sending until
-the round trip stops falling, and the lowest one seen then is the base. A base
-not confirmed for REBASE_S is measured again the same way (the path may have
-changed). Nothing of this runs while no interactive tunnel exists: a lone download
-is never paced, so it keeps the whole link on any bandwidth-delay product.
+How (LEDBAT's delay signal, RFC 6817, with BBR's idea of pacing at the path's
+estimated rate, and a drain phase like BBR's). While an interactive tunnel is active
+and bulk tunnels are sending, the node times a probe every round trip through the
+route and the peer node of its busiest bulk tunnel (a Ping with via: it crosses the
+same sockets and links as the tunnel's frames). The queueing delay is that round
+trip minus the lowest one seen on that path (the base). From two probes in a row
+and the bytes sent between them the node estimates the path's rate (see
+_estimate), and the bulk tunnels together get that rate, a little more while the
+delay is under the target and less above it: the queue rests at the target with the
+link busy, where a rate that only reacts to the delay kept crossing the path's rate
+and building a queue each time. When governing starts, the queues are still full of
+the transfer's bytes and no base is known: the rate drops to a tenth of what the
+bulk tunnels were sending until the round trip stops falling, and the lowest one
+seen then is the base; from there a startup grows the rate fast until a queue
+shows. A base not confirmed for REBASE_S is measured again the same way (the path
+may have changed). Nothing of this runs while no interactive tunnel exists: a lone
+download is never paced, so it keeps the whole link on any bandwidth-delay product.
 
 Pure: the caller passes the time, the probe results and the bytes sent.
 """
@@ -43,8 +47,13 @@ TARGET_S = 0.012
 # between a ping-pong's reads when the queue is full (hundreds of ms), so the
 # governor is not switched off by the very queue it is draining.
 HOLD_S = 2.0
-# Bulk tunnels count as sending if they sent within this.
-BULK_IDLE_S = 1.0
+# Bulk tunnels count as sending if they sent within this. Longer than the stalls
+# of a local sender whose loopback segments the kernel dropped (a paced reader
+# lets its socket's receive queue fill; `ss` showed 0.7-4.9 MB retransmitted on
+# the benchmark's loopback upload, and its retransmission timeout backs off to
+# seconds): governing that lapsed in such a stall let the resumed transfer go
+# out unpaced, 512 KiB frames into every buffer on the way, and drained again.
+BULK_IDLE_S = 5.0
 # At most this many probes a second on a short path.
 PROBE_GAP_S = 0.02
 # The rate while draining, as a share of what the bulk tunnels sent before: next
@@ -56,26 +65,39 @@ DRAIN_MAX_S = 3.0
 FLAT_PROBES = 2
 # Re-measure a base not seen again within this.
 REBASE_S = 30.0
-# Per probe: how far the rate moves at zero delay (up) or at twice the target
-# (down), in proportion in between.
-GAIN_UP = 0.02
-GAIN_DOWN = 0.1
-# Below NEAR of the rate at which the queue last built, the rate grows this much a
-# probe whatever the delay under the target.
-GAIN_BACK = 0.08
-NEAR = 0.9
-# After a drain: the rate grows this much a probe until the delay reaches
-# STARTUP_UNTIL of the target (~25 probes from the floor to 100 Mbit/s).
-STARTUP_GROW = 0.12
-STARTUP_UNTIL = 0.5
-STARTUP_HEADROOM = 1.25
-# Past this many targets of delay the rate is cut by BACKOFF instead.
+# The rate is the path's estimated rate times 1 + GAIN x (target - delay) / target,
+# within 1 - MAX_DOWN and 1 + MAX_UP: 10% over the estimate with no queue (which is
+# also how fast the estimate grows while nothing queues: the startup), the estimate
+# itself at the target, 30% under it at four targets.
+GAIN = 0.1
+MAX_UP = 0.1
+MAX_DOWN = 0.5
+# Under the target the estimate itself grows by up to GROW a probe, if the bulk
+# tunnels sent at least USED of the rate (not if they have less to send).
+GROW = 0.03
+USED = 0.9
+# After a drain the rate runs this far ahead of the estimate (which grows with what
+# gets through) until STARTUP_PROBES probes in a row show STARTUP_UNTIL of the target.
+STARTUP_UP = 0.25
+STARTUP_UNTIL = 0.25
+STARTUP_PROBES = 2
+# Past this many targets of delay the estimate is lowered by BACKOFF (once per probe
+# sent after the last time): the path's rate has fallen, or another sender joined.
 OVERSHOOT = 4
-BACKOFF = 0.7
+BACKOFF = 0.85
+# The estimate: each pair of probes with a queue ahead of both (QUEUED_S or more,
+# over the probes' own jitter) measures the path's rate; the estimate moves EST_GAIN
+# of the way to it, each sample held within EST_CLAMP of the estimate.
+QUEUED_S = 0.003
+EST_GAIN = 0.125
+EST_CLAMP = 1.3
+# A fall of the delay that would take a path this many times the estimate is the
+# end of a stall, not a queue drained (see _unstall).
+UNSTALL = 2.0
+# A probe this far over the lowest of the last FILTER is a stall (see _estimate).
+STALL_S = 2 * TARGET_S
 # The rate never falls below this: bulk slows, it never stops.
 FLOOR_RATE = 256 * 1024
-# How far the rate may run ahead of the most the bulk tunnels recently sent.
-HEADROOM = 2.0
 # The sending rate is counted in buckets of this length, over BUCKETS of them.
 BUCKET_S = 0.1
 BUCKETS = 20
@@ -146,9 +168,23 @@ class Governor:
     _cut_at: float = -math.inf
     _drain_at: float = 0.0
     _drain_min: float = math.inf
+    # The path's estimated rate, bytes/s (see _estimate).
+    capacity: float = 0.0
     _startup: bool = False
-    # The rate at which a queue last built: about what the path carries.
-    _ceiling: float = math.inf
+    # Probes in a row (stalls aside) with STARTUP_UNTIL of the target or more.
+    _queued: int = 0
+    # Whether the bulk tunnels sent under USED of the rate between the last two
+    # probes (they had no more to send), or the pair measured nothing.
+    _limited: bool = True
+    # Bytes the bulk tunnels sent in all, and that count when the probe out left.
+    _sent_total: int = 0
+    _probe_bytes: int = 0
+    # The last probe in TRACK: (sent_at, _probe_bytes, its queueing delay).
+    _last_probe: tuple[float, int, float] | None = None
+    # The estimate before the far-over cuts of the current episode (see _unstall),
+    # and the last probe's (sent_at, delay).
+    _before_cuts: float | None = None
+    _prev: tuple[float, int, float] | None = None
     _recent: list[float] = field(default_factory=list)
     _resume_rate: float = FLOOR_RATE
     _flat: int = 0
@@ -168,6 +204,7 @@ class Governor:
         self._bulk_at = now
         self._roll(now)
         self._buckets[self._bucket_at % BUCKETS] += nbytes
+        self._sent_total += nbytes
         self._by_peer[peer] = self._by_peer.get(peer, 0) + nbytes
 
     def pause(self, nbytes: int, now: float) -> float:
@@ -196,6 +233,7 @@ class Governor:
         if self.phase is Phase.OFF or self._probe_out or now < self._next_probe:
             return None
         self._probe_out = True
+        self._probe_bytes = self._sent_total
         if self._by_peer:
             self._peer = max(self._by_peer, key=self._by_peer.__getitem__)
             self._by_peer.clear()
@@ -245,54 +283,116 @@ class Governor:
         self._recent = [*self._recent[-(FILTER - 1) :], rtt]
         self.base = base.rtt
         before, self.delay = self.delay, min(self._recent) - base.rtt
+        latest = rtt - base.rtt
         if self.delay <= self.target:
             base.seen = now
-        if self.delay > OVERSHOOT * self.target:
-            # Far over: a queue of several targets is building (the path's rate
-            # fell, or another sender joined). Cut hard, once per probe that left
-            # after the last cut (earlier ones sat in the queue that cut drains),
-            # and not while the delay already falls.
-            if sent_at > self._cut_at and self.delay >= before:
-                self._ceiling = self.rate
-                self.rate = max(FLOOR_RATE, self.rate * BACKOFF)
-                self._cut_at = now
-            return
-        latest = rtt - base.rtt
-        cap = max(FLOOR_RATE, HEADROOM * self.peak_rate())
-        if self._startup:
+        # Far over the lowest of the last few: a stall (see _estimate), not a queue.
+        stalled = latest > self.delay + STALL_S
+        if not stalled:
+            over = latest >= STARTUP_UNTIL * self.target
+            self._queued = self._queued + 1 if over else 0
+        self._unstall(sent_at, latest, rtt)
+        if not stalled:
+            self._estimate(sent_at, latest)
+        # Far over: a queue of several targets (the path's rate fell, or another
+        # sender joined): the estimate is too high. Lower it once per probe that left
+        # after the last cut (earlier ones sat in the queue that cut drains), and not
+        # while the delay already falls.
+        far = self.delay > OVERSHOOT * self.target
+        if far and sent_at > self._cut_at and self.delay >= before:
+            if self._before_cuts is None:
+                self._before_cuts = self.capacity
+            self.capacity = max(FLOOR_RATE, self.capacity * BACKOFF)
+            self._cut_at = now
+        elif self.delay <= self.target:
+            self._before_cuts = None
+        if self._startup and (stalled or self._queued < STARTUP_PROBES):
             # From the drain's rate up, fast, until a queue begins to show (as
-            # HyStart ends slow start on a rising delay, before the overshoot).
-            # The filtered delay: one late probe must not end it (a noisy path
-            # would then climb the rest of the way at GAIN_UP).
-            if self.delay < self.target * STARTUP_UNTIL:
-                if latest < self.target:
-                    # Not far ahead of what actually goes out: once that stops
-                    # growing, the path is full, and a rate far above it would
-                    # build a queue faster than the filtered delay shows it.
-                    startup_cap = max(FLOOR_RATE, STARTUP_HEADROOM * self.peak_rate())
-                    self.rate = min(self.rate * (1 + STARTUP_GROW), startup_cap)
-                return
-            self._startup = False
-            self._ceiling = self.rate
-        # Near the target: up or down in proportion to the distance (LEDBAT's law,
-        # per probe instead of per acknowledged byte). Symmetric, so noise in the
-        # probes' round trips moves the rate both ways instead of ratcheting it
-        # down; slow, because a probe sees the effect of a change a round trip or
-        # more later. Growth also needs the newest probe under the target: a queue
-        # that has begun to build stops it at once, not FILTER probes later.
-        off = max(-1.0, (self.target - self.delay) / self.target)
-        if off > 0 and latest > self.target:
+            # HyStart ends slow start on a rising delay, before the overshoot):
+            # the estimate follows what got through, STARTUP_UP ahead of it. The
+            # newest two probes, not the filter's three: at 25% over the path a
+            # queue grows a target a probe, and a late end is a queue of several;
+            # one probe alone would end it on noise, and a stall (a lossy link's
+            # retransmission) does not count at all.
+            self.rate = max(FLOOR_RATE, self.capacity * (1 + STARTUP_UP))
             return
-        if off > 0:
-            # Back up to near the rate where the queue last built, quickly; past
-            # that, slowly (as CUBIC returns to its last window): the path's rate
-            # is near there, and overshooting it builds a queue fast.
-            gain = GAIN_BACK if self.rate < NEAR * self._ceiling else GAIN_UP * off
-        else:
-            gain = GAIN_DOWN * off
-            if self.delay > 2 * self.target:
-                self._ceiling = self.rate
-        self.rate = max(FLOOR_RATE, min(self.rate * (1 + gain), cap))
+        self._startup = False
+        # The rate is the path's estimated rate, a little over it while the delay is
+        # under the target and under it above: the queue settles at the target (a
+        # proportional controller on the queue, anchored to the estimate, so that
+        # the path's own rate is where it rests rather than a point it oscillates
+        # around). Not over the estimate while the newest probe is over the target:
+        # a queue that has begun to build stops growth at once, not FILTER probes on.
+        err = (self.target - self.delay) / self.target
+        if err > 0 and latest > self.target:
+            err = 0.0
+        if err > 0 and not self._limited:
+            # Under the target with the estimate in use: the path may carry more
+            # than the estimate (it was lowered by noise, or the path got faster).
+            # Only a queue measures the path, so grow until one shows, slowly; the
+            # slope of the queue corrects any excess within a few probes.
+            self.capacity *= 1 + GROW * err
+        factor = min(1 + MAX_UP, max(1 - MAX_DOWN, 1 + GAIN * err))
+        self.rate = max(FLOOR_RATE, self.capacity * factor)
+
+    def _unstall(self, sent_at: float, latest: float, rtt: float) -> None:
+        """Undo the cuts of a run of late probes that were no queue.
+
+        A queue drains at the path's rate C: between two probes' departures dt
+        apart, with `sent` bytes sent meanwhile, the delay ahead of a probe falls by
+        at most dt - sent / C. A fall so fast that it would take a path more than
+        UNSTALL times the estimate means the round trips before it were not a
+        queue but a stall of the processes or the connection (a box short of CPU
+        stalls them for hundreds of ms, several probes in a row): the estimate the
+        far-over cuts lowered meanwhile is restored, and the filter forgets them.
+        """
+        last, self._prev = self._prev, (sent_at, self._probe_bytes, latest)
+        if last is None or self._before_cuts is None:
+            return
+        at, nbytes, before = last
+        drained = sent_at - at + latest - before
+        if drained * UNSTALL * self._before_cuts < self._probe_bytes - nbytes:
+            self.capacity = max(self.capacity, self._before_cuts)
+            self._before_cuts = None
+            self._recent = [rtt]
+            self.delay = latest
+
+    def _estimate(self, sent_at: float, latest: float) -> None:
+        """The path's rate from this probe and the last one before it.
+
+        Between two probes' departures the bulk tunnels sent `sent` bytes and the
+        queue ahead of a probe went from d1 to d2 seconds of the path's rate C.
+        While a queue stood throughout, the path drained C x dt of it, so
+        C x (dt + d2 - d1) = sent: the delivery rate, seen from the sender alone.
+        With no queue at the start, the path idled for part of dt, and carried at
+        least sent - C x d2: C >= sent / (dt + d2), which is how the estimate grows.
+        A probe more than STALL_S over the lowest of the last few is a stall (a
+        retransmission ahead of it on the connection), not the queue: the caller
+        skips it, and the next pair spans it.
+        """
+        last, self._last_probe = self._last_probe, (sent_at, self._probe_bytes, latest)
+        self._limited = True
+        if last is None:
+            return
+        at, nbytes, d1 = last
+        dt, sent, d2 = sent_at - at, self._probe_bytes - nbytes, latest
+        if dt <= 0:
+            return
+        # The rate in force since the last probe (this one's law has not run yet).
+        self._limited = sent / dt < USED * self.rate
+        if d1 < QUEUED_S:
+            self.capacity = max(self.capacity, sent / (dt + d2))
+            return
+        # dt + d2 - d1 > 0: a queue that fell by more than dt would have drained
+        # faster than the path runs.
+        sample = sent / max(dt + d2 - d1, dt / EST_CLAMP)
+        sample = min(EST_CLAMP * self.capacity, max(self.capacity / EST_CLAMP, sample))
+        if sample < self.capacity and self._limited:
+            # Sending less than the estimate allows (nothing more to send): a
+            # queue that stands meanwhile is not ours to measure the path by (as
+            # BBR takes an app-limited sample only if it raises the estimate).
+            return
+        self.capacity = max(FLOOR_RATE, self.capacity + EST_GAIN * (sample - self.capacity))
 
     def lost(self) -> None:
         """The probe failed (no answer, the peer left): the next one may go."""
@@ -318,10 +418,6 @@ class Governor:
         self._roll(now)
         last = [self._buckets[(self._bucket_at - i) % BUCKETS] for i in range(1, 11)]
         return sum(last) / (BUCKET_S * len(last))
-
-    def peak_rate(self) -> float:
-        """The most the bulk tunnels sent in any BUCKET_S of the last BUCKETS."""
-        return max(self._buckets) / BUCKET_S
 
     def active(self, now: float) -> bool:
         return now - self._interactive_at < self.hold and now - self._bulk_at < BULK_IDLE_S
@@ -360,9 +456,13 @@ class Governor:
                 self._next_probe = now + LOCAL_PROBE_S
                 return
             self.phase = Phase.TRACK
-            self._startup = True
-            self._ceiling = math.inf
+            # What the bulk tunnels sent before: a floor for the path's rate. From
+            # there it grows while nothing queues, as fast as the law lets the rate.
+            self.capacity = self._resume_rate
             self.rate = self._resume_rate
+            self._last_probe = self._prev = self._before_cuts = None
+            self._startup = True
+            self._queued = 0
             self._paid_until = now
             self._cut_at = now
             # The last probe counts in the filter, so one late probe right after
