@@ -290,3 +290,17 @@ async def test_a_drained_route_of_a_cluster_sends_its_nodes_to_another_with_its_
     report = await asyncio.wait_for(drained, TIMEOUT)
     assert report.tunnels_reset == 0
     await echo.close()
+
+
+async def test_concurrent_registrations_on_two_routes_get_distinct_serveids(
+    clustered: MakeClustered, clients: Callable[[RunningRoute], Client]
+) -> None:
+    a, b = await clustered("a"), await clustered("b")
+    nodes = [clients(route) for route in (a, b) for _ in range(10)]
+    for i, node in enumerate(nodes):
+        await node.join(f"n{i}")
+    got = await asyncio.gather(
+        *(n.rpc.register(0, f"s{i}{j}", "127.0.0.1", 80, "") for i, n in enumerate(nodes)
+          for j in range(3))
+    )  # fmt: skip
+    assert len({r.serve.serveid for r in got}) == 60

@@ -160,6 +160,17 @@ async def test_vnetids_are_unique_across_routes(make_store: MakeStore) -> None:
     assert (await a.add_vnet("thief", "g", wanted="77")).vnetid != "77"
 
 
+async def test_a_join_storm_on_two_routes_gets_unique_vnetids_without_losing_races(
+    make_store: MakeStore,
+) -> None:
+    # 200 at once: with one counter write per join, most would lose every round.
+    a, b = await make_store("a"), await make_store("b")
+    vnets = await asyncio.gather(
+        *(store.add_vnet(f"n{i}", "g") for i in range(100) for store in (a, b))
+    )
+    assert len({v.vnetid for v in vnets}) == 200
+
+
 async def test_a_route_id_is_held_by_one_live_route(
     make_store: MakeStore, etcd: EtcdServer
 ) -> None:

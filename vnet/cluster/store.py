@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 # Compare-and-swap rounds before giving up: each lost round means another
 # route wrote the same keys meanwhile, so a few rounds settle any real race.
 CAS_ROUNDS = 16
+# vnetid numbers a route reserves from the cluster's counter at a time.
+VNETID_BLOCK = 16
 
 
 class RouteIdTaken(VnetError):
@@ -123,6 +125,9 @@ class ClusterStore:
         self._sessions_lease = 0
         self._last_ack = 0.0
         self._keepalive: asyncio.Task[None] | None = None
+        # This route's reserved vnetid numbers not handed out yet (_next_number).
+        self._block: list[int] = []
+        self._block_lock = asyncio.Lock()
 
     # --- the route's lease -------------------------------------------------
 
@@ -243,7 +248,9 @@ class ClusterStore:
         """A node joined this route: a vnetid unique across the cluster.
 
         wanted (its old vnetid) is given back when no node holds it; otherwise
-        the next number of the cluster-wide counter is taken.
+        the next number of the block this route reserved from the cluster-wide
+        counter is taken (written "if the node key is absent", so a number some
+        node took back as its wanted vnetid is skipped).
         """
         check_vnet_fields(name, group)
         asked = wanted_vnetid(wanted)
@@ -257,31 +264,47 @@ class ClusterStore:
             )
             if won:
                 return vnet
+        for _ in range(CAS_ROUNDS):
+            vnet = Vnet(format_vnetid(await self._next_number()), name, group)
+            key = self.keys.node(vnet.vnetid)
+            won, _ = await self._txn(
+                "allocate a vnetid",
+                [TXN.create(key) == 0],
+                [TXN.put(key, encode_node(NodeRecord(vnet, self.route_id)), self._lease)],
+            )
+            if won:
+                return vnet
+        raise self.etcd.unavailable("allocate a vnetid", "kept losing the race")
+
+    async def _next_number(self) -> int:
+        """The next number of this route's block of the counter, reserving a new block
+        of VNETID_BLOCK when it is used up: a join storm contends for the counter once
+        a block, not once a join (each lost round would cost every other joiner one)."""
+        async with self._block_lock:
+            while not self._block:
+                await self._reserve_block()
+            return self._block.pop(0)
+
+    async def _reserve_block(self) -> None:
         counter = self.keys.vnetid_next()
         for _ in range(CAS_ROUNDS):
             current = await self.etcd.call("read the vnetid counter", "get", counter)
             number = next_vnetid_number(None if current is None else current.value)
-            # Skip numbers a node took back as its wanted vnetid.
-            while await self.etcd.call("read a node", "get", self.keys.node(format_vnetid(number))):
-                number += 1
-            vnet = Vnet(format_vnetid(number), name, group)
-            key = self.keys.node(vnet.vnetid)
             same_counter = (
                 TXN.version(counter) == 0
                 if current is None
                 else TXN.mod(counter) == current.mod_revision
             )
             won, _ = await self._txn(
-                "allocate a vnetid",
-                [same_counter, TXN.create(key) == 0],
-                [
-                    TXN.put(counter, str(number + 1).encode()),
-                    TXN.put(key, encode_node(NodeRecord(vnet, self.route_id)), self._lease),
-                ],
+                "reserve vnetids",
+                [same_counter],
+                [TXN.put(counter, str(number + VNETID_BLOCK).encode())],
             )
             if won:
-                return vnet
-        raise self.etcd.unavailable("allocate a vnetid", "kept losing the race")
+                # Numbers a node took back as its wanted vnetid are skipped at the write.
+                self._block = list(range(number, number + VNETID_BLOCK))
+                return
+        raise self.etcd.unavailable("reserve vnetids", "kept losing the race")
 
     async def take_over_vnet(self, vnet: Vnet) -> None:
         """A node resumed here (its session proved who it is): its vnetid moves to

@@ -59,6 +59,8 @@ class Member:
         self._fence_watcher: asyncio.Task[None] | None = None
         # Serve events from the other routes, applied (metrics).
         self.events = 0
+        # Per group: this route's registrations go to the store one at a time.
+        self._locks: dict[str, asyncio.Lock] = {}
         # Set once the first snapshot of the other routes' serves is mirrored.
         self.synced = asyncio.Event()
 
@@ -164,7 +166,11 @@ class Member:
     ) -> Registration:
         """The store applies the serveid rules across the cluster; then the route's
         registry takes its verdict (the caller tells the group)."""
-        decided = await self.store.register(vnet, serveid, name, ip, port, info, type, unserve)
+        # One registration of a group at a time from this route: concurrent ones would
+        # all pick the same lowest free serveid and lose the compare-and-swap to each
+        # other in turn; between routes the contenders are only as many as the routes.
+        async with self._group_lock(vnet.group):
+            decided = await self.store.register(vnet, serveid, name, ip, port, info, type, unserve)
         registry = self.servicer.registry
         try:
             local = registry.register(
@@ -185,6 +191,12 @@ class Member:
             )
             raise
         return Registration(local.serve, decided.reassigned, local.replaced or decided.replaced)
+
+    def _group_lock(self, group: str) -> asyncio.Lock:
+        lock = self._locks.get(group)
+        if lock is None:
+            lock = self._locks[group] = asyncio.Lock()
+        return lock
 
     async def unregister(self, vnet: Vnet, serveid: int) -> None:
         with contextlib.suppress(NotFound):
