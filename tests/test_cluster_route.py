@@ -304,3 +304,33 @@ async def test_concurrent_registrations_on_two_routes_get_distinct_serveids(
           for j in range(3))
     )  # fmt: skip
     assert len({r.serve.serveid for r in got}) == 60
+
+
+async def test_what_the_store_missed_in_an_outage_is_written_when_it_is_back(
+    clustered: MakeClustered, clients: Callable[[RunningRoute], Client], etcd: EtcdServer
+) -> None:
+    a, b = await clustered("a", lease_ttl=30), await clustered("b", lease_ttl=30)
+    gone, stays = clients(a), clients(a)
+    await gone.join("gone")
+    await stays.join("stays")
+    await gone.rpc.register(750, "ssh", "127.0.0.1", 22, "")
+    await stays.rpc.register(751, "web", "127.0.0.1", 80, "")
+    await wait_until(lambda: b.servicer.registry.mirrored("g", 751) == "a", "b to see a's")
+    await etcd.stop()
+    # A node leaves and a serve is withdrawn while the store cannot be told.
+    await gone.rpc.leave()
+    await stays.rpc.unregister(751)
+    await etcd.start()
+    # Once it is back, neither holds its static serveid in the group any more.
+    await wait_until(
+        lambda: (
+            not b.servicer.registry.mirrored("g", 750)
+            and not b.servicer.registry.mirrored("g", 751)
+        ),
+        "a's missed writes to reach the store",
+        TIMEOUT * 2,
+    )
+    late = clients(b)
+    await late.join("late")
+    for serveid in (750, 751):
+        assert (await late.rpc.register(serveid, "x", "127.0.0.1", 1, "")).serve.serveid == serveid

@@ -59,6 +59,9 @@ class Member:
         self._fence_watcher: asyncio.Task[None] | None = None
         # Serve events from the other routes, applied (metrics).
         self.events = 0
+        # Writes the store missed while out of reach, made when it is back (_catch_up).
+        self._unremoved: set[str] = set()
+        self._unwithdrawn: set[tuple[Vnet, int]] = set()
         # Per group: this route's registrations go to the store one at a time.
         self._locks: dict[str, asyncio.Lock] = {}
         # Set once the first snapshot of the other routes' serves is mirrored.
@@ -148,8 +151,16 @@ class Member:
 
     async def _remove(self, vnetid: str) -> None:
         # It may have joined here again meanwhile (a reconnect): then it stays.
-        if self.servicer.table.of_vnet(vnetid) is None:
+        if self.servicer.table.of_vnet(vnetid) is not None:
+            return
+        try:
             await self.store.remove_vnet(vnetid)
+        except VnetError:
+            # The store is out of reach (etcd down, the lease alive): the entries would
+            # stay while this route lives, holding the node's serveids in the group.
+            self._unremoved.add(vnetid)
+            raise
+        self._unremoved.discard(vnetid)
 
     # --- serves ------------------------------------------------------------
 
@@ -199,8 +210,34 @@ class Member:
         return lock
 
     async def unregister(self, vnet: Vnet, serveid: int) -> None:
-        with contextlib.suppress(NotFound):
+        """Withdraw a serve from the store; one the store cannot be told of now is
+        withdrawn once it can (the route has withdrawn it already)."""
+        try:
             await self.store.unregister(vnet, serveid)
+        except NotFound:
+            pass
+        except VnetError as exc:
+            log.warning(
+                "cluster: serveid %s of vnet %s stays in the store until it can be withdrawn: %s",
+                serveid,
+                vnet.vnetid,
+                exc,
+            )
+            self._unwithdrawn.add((vnet, serveid))
+            return
+        self._unwithdrawn.discard((vnet, serveid))
+
+    async def _catch_up(self) -> None:
+        """What could not be written while the store was out of reach, now that it is
+        back (after each snapshot): departed nodes, withdrawn serves."""
+        for vnetid in sorted(self._unremoved):
+            await self._remove(vnetid)
+        registry = self.servicer.registry
+        for vnet, serveid in sorted(self._unwithdrawn, key=lambda x: (x[0].vnetid, x[1])):
+            if not registry.owns(vnet.vnetid, serveid):  # not registered again meanwhile
+                await self.unregister(vnet, serveid)
+            else:
+                self._unwithdrawn.discard((vnet, serveid))
 
     async def _unregister(self, vnet: Vnet, serveid: int) -> None:
         await self.unregister(vnet, serveid)
@@ -270,6 +307,8 @@ class Member:
                 ):
                     fanout.removed(serve, group)
         self.synced.set()
+        if self._unremoved or self._unwithdrawn:
+            self.spawn(self._catch_up(), "catch up with the store")
         return snap.revision
 
     async def _follow(self, revision: int) -> None:
