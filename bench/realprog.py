@@ -106,7 +106,7 @@ class Workload:
     server: str
     client: str
     package: str
-    # Issue 15's goal: vnet's figure at least this many times the ssh chain's.
+    # The goal: vnet's figure at least this many times the ssh chain's.
     goal: float
     run: Callable[[Address, Sizes], Figure]
     # What one operation is, for the CPU column: "request" or "MB" (10^6 bytes received).

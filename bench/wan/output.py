@@ -93,7 +93,7 @@ def table(res: ProfileResult, args: argparse.Namespace) -> Table:
 
 
 def goals(res: ProfileResult) -> Table:
-    """Issue 14's bars for vnet (later work is to meet them); each row says met or not."""
+    """The goal bars for vnet over a WAN link; each row says met or not."""
     prof = res.profile
     # (goal, bar, value, lower is better)
     rows: list[tuple[str, float | None, float | None, bool]] = []
