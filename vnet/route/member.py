@@ -62,6 +62,7 @@ class Member:
         # Writes the store missed while out of reach, made when it is back (_catch_up).
         self._unremoved: set[str] = set()
         self._unwithdrawn: set[tuple[Vnet, int]] = set()
+        self._catching_up: asyncio.Task[None] | None = None
         # Per group: this route's registrations go to the store one at a time.
         self._locks: dict[str, asyncio.Lock] = {}
         # Set once the first snapshot of the other routes' serves is mirrored.
@@ -159,6 +160,7 @@ class Member:
             # The store is out of reach (etcd down, the lease alive): the entries would
             # stay while this route lives, holding the node's serveids in the group.
             self._unremoved.add(vnetid)
+            self._catch_up_later()
             raise
         self._unremoved.discard(vnetid)
 
@@ -224,12 +226,29 @@ class Member:
                 exc,
             )
             self._unwithdrawn.add((vnet, serveid))
+            self._catch_up_later()
             return
         self._unwithdrawn.discard((vnet, serveid))
 
+    def _catch_up_later(self) -> None:
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._keep_catching_up())
+            self._tasks.add(self._catching_up)
+            self._catching_up.add_done_callback(self._tasks.discard)
+
+    async def _keep_catching_up(self) -> None:
+        """Try the missed writes again, with backoff, until none is left (or the route is
+        fenced: then its lease takes its entries with it)."""
+        wait = WATCH_RETRY
+        while (self._unremoved or self._unwithdrawn) and not self.store.fenced.is_set():
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, WATCH_RETRY_MAX)
+            with contextlib.suppress(VnetError):
+                await self._catch_up()
+
     async def _catch_up(self) -> None:
-        """What could not be written while the store was out of reach, now that it is
-        back (after each snapshot): departed nodes, withdrawn serves."""
+        """What could not be written while the store was out of reach: departed nodes,
+        withdrawn serves."""
         for vnetid in sorted(self._unremoved):
             await self._remove(vnetid)
         registry = self.servicer.registry
@@ -307,8 +326,6 @@ class Member:
                 ):
                     fanout.removed(serve, group)
         self.synced.set()
-        if self._unremoved or self._unwithdrawn:
-            self.spawn(self._catch_up(), "catch up with the store")
         return snap.revision
 
     async def _follow(self, revision: int) -> None:
