@@ -217,8 +217,8 @@ async def test_etcd_stopped_tunnels_flow_joins_fail_clearly_then_recover(
     code, out, err = await procs.run(
         command("vnet"), "late.ini", "-c", "show serves", "--timeout", "5"
     )
-    assert code != 0
-    assert "the cluster store is unavailable" in out + err
+    assert code != 0, out + err
+    assert "the cluster store is unavailable" in out + err, out + err
     assert "Traceback" not in out + err
     await etcd.start()
     back = time.monotonic()
