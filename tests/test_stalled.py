@@ -170,8 +170,10 @@ OVER_BUDGET = 60
 # books a write (the small buffers here make small frames, whose windows are
 # booked after a second), and the allocator's slack: memory freed when a
 # tunnel is reset is not all given back to the system (measured 8-117 MiB
-# over the budget, the most with the whole suite running).
-ALLOWANCE_MIB = 160
+# over the budget once; later 34-170 MiB, on the same code as well as newer,
+# and 169 MiB in a clean clone's CI). Without a budget the route grows ~390
+# MiB, still well over this bound.
+ALLOWANCE_MIB = 240
 NORMAL = 8 * 1024 * 1024
 
 
