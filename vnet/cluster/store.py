@@ -458,27 +458,19 @@ class ClusterStore:
         self, start_revision: int | None = None, include_own: bool = False
     ) -> AsyncIterator[ServeEvent]:
         """Serves added and removed by the other routes, from start_revision
-        (the snapshot's revision + 1, so nothing between them is missed).
+        (the snapshot's revision + 1, so nothing between them is missed): the
+        serves of changes().
 
         A dead route's serves arrive as "removed" when its lease expires.
         Ends with StoreUnavailable when the watch breaks; resume from the last
         event's revision + 1.
         """
-        stream = self.etcd.watch_prefix("watch the serves", self.keys.serves(), start_revision)
-        async for event in stream:
-            if self.keys.serve_key_parts(event.kv.key) is None:
-                continue
-            if event.kind == "PUT":
-                record = decode_serve(event.kv.value)
-                kind = "added"
-            elif event.prev_kv is not None and event.prev_kv.value:
-                record = decode_serve(event.prev_kv.value)
-                kind = "removed"
-            else:
-                continue  # a delete whose old value etcd compacted away
-            if record.route_id == self.route_id and not include_own:
-                continue
-            yield ServeEvent(kind, record, int(event.kv.mod_revision))
+        async for change in self.changes(start_revision):
+            record = change.record
+            if isinstance(record, ServeRecord) and (
+                include_own or record.route_id != self.route_id
+            ):
+                yield ServeEvent(change.kind, record, change.revision)
 
     async def snapshot(self) -> Snapshot:
         """The routes, nodes and serves of the cluster, read one range after the other.
@@ -492,11 +484,13 @@ class ClusterStore:
             await self.routes(), [decode_node(kv.value) for kv in nodes], serves, revision
         )
 
-    async def changes(self, start_revision: int) -> AsyncIterator[Change]:
+    async def changes(self, start_revision: int | None) -> AsyncIterator[Change]:
         """Routes, nodes and serves added and removed, from start_revision, the
         route's own included (a node moving away from it is a change it did not make).
 
-        Ends with StoreUnavailable when the watch breaks, as serve_events does.
+        Ends with StoreUnavailable when the watch breaks; resume from the last
+        change's revision + 1. (A delete whose old value etcd compacted away is
+        skipped: it cannot say what went.)
         """
         decode: dict[str, Callable[[bytes], Any]] = {
             "route": decode_route,

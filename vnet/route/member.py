@@ -65,8 +65,6 @@ class Member:
         self._catching_up: asyncio.Task[None] | None = None
         # Per group: this route's registrations go to the store one at a time.
         self._locks: dict[str, asyncio.Lock] = {}
-        # Set once the first snapshot of the other routes' serves is mirrored.
-        self.synced = asyncio.Event()
 
     # --- start and stop ----------------------------------------------------
 
@@ -199,9 +197,7 @@ class Member:
             )
         except NotFound:
             # The node went while the store was writing: take the serve back out.
-            self.spawn(
-                self._unregister(vnet, decided.serve.serveid), "withdraw a gone node's serve"
-            )
+            self.spawn(self.unregister(vnet, decided.serve.serveid), "withdraw a gone node's serve")
             raise
         return Registration(local.serve, decided.reassigned, local.replaced or decided.replaced)
 
@@ -258,9 +254,6 @@ class Member:
             else:
                 self._unwithdrawn.discard((vnet, serveid))
 
-    async def _unregister(self, vnet: Vnet, serveid: int) -> None:
-        await self.unregister(vnet, serveid)
-
     # --- the other routes ----------------------------------------------------
 
     def locate(self, group: str, serveid: int) -> str | None:
@@ -303,7 +296,6 @@ class Member:
     async def _snapshot(self) -> int:
         snap = await self.store.snapshot()
         registry = self.servicer.registry
-        fanout = self.servicer.fanout
         self.routes = {r.route_id: r.advertise for r in snap.routes}
         touched = {r.vnet.group for r in self.nodes.values()}
         self.nodes = {r.vnet.vnetid: r for r in snap.nodes if r.route_id != self.route_id}
@@ -316,16 +308,7 @@ class Member:
                 continue
             seen.add((record.group, record.serve.serveid))
             self._apply_serve("added", record)
-        for group in registry.groups_mirrored():
-            for serve in registry.serves(group):
-                key = (group, serve.serveid)
-                if (
-                    registry.mirrored(*key)
-                    and key not in seen
-                    and registry.unmirror(group, serve.serveid, serve.vnetid) is not None
-                ):
-                    fanout.removed(serve, group)
-        self.synced.set()
+        self._forget_mirrored(keep=seen)
         return snap.revision
 
     async def _follow(self, revision: int) -> None:
@@ -432,12 +415,15 @@ class Member:
                 self.servicer.refusing = ""
             log.info("cluster: route %s rejoined the store and admits again", self.route_id)
 
-    def _forget_mirrored(self) -> None:
+    def _forget_mirrored(self, keep: set[tuple[str, int]] | None = None) -> None:
+        """Take the mirrored serves out (and tell the groups), but those in keep."""
         registry, fanout = self.servicer.registry, self.servicer.fanout
         for group in registry.groups_mirrored():
             for serve in registry.serves(group):
-                if registry.mirrored(group, serve.serveid) and (
-                    registry.unmirror(group, serve.serveid, serve.vnetid) is not None
+                if (
+                    registry.mirrored(group, serve.serveid)
+                    and (keep is None or (group, serve.serveid) not in keep)
+                    and registry.unmirror(group, serve.serveid, serve.vnetid) is not None
                 ):
                     fanout.removed(serve, group)
 
