@@ -47,13 +47,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from grpc._cython import cygrpc  # the core API, for the cq variant
 
 from bench.client import probe_listen
 from bench.procs import HOST, BenchError, Children, command, free_port, wait_ready
 from vnet import wire
 from vnet.node.client import CHANNEL_OPTIONS, OpenTunnel, RouteClient, TunnelCall
 
-VARIANTS = ("aio", "aio-thread", "aio-hop", "sync", "sync-loop")
+VARIANTS = ("aio", "aio-thread", "aio-hop", "sync", "sync-loop", "cq", "cq-2t")
 SERVEID = 801
 # Every wait of a child on its parent or the route, and of the parent on a child's answer.
 TIMEOUT = 60.0
@@ -194,7 +195,7 @@ class Sync:
         return call.read()
 
     def serve_blocking(self, call: SyncCall) -> None:
-        with contextlib.suppress(grpc.RpcError):
+        with contextlib.suppress(grpc.RpcError, BenchError):
             while (raw := call.read()) is not None:
                 answer = _reply(raw)
                 if answer is None:
@@ -239,6 +240,116 @@ class SyncLoop(Sync):
             call.write(answer)
 
 
+class CqCall:
+    """One call on gRPC's core API (grpc._cython.cygrpc, private): a "segregated" call with a
+    completion queue of its own, which the thread using it polls itself, so a completed read
+    returns in that thread with no other thread in between. What grpcio's own
+    SingleThreadedUnaryStream option does, for a bidi stream; one thread per call, so a call's
+    reads and writes take turns (enough for request/response)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    def _wait(self, want: Any) -> bytes | None:
+        """Until the operation `want` completes; a receive's message (None: the stream ended)."""
+        while True:
+            event = self.call.next_event()
+            for op in event.batch_operations:
+                kind = op.type()
+                if kind == want:
+                    return op.message() if want == cygrpc.OperationType.receive_message else b""
+                if kind == cygrpc.OperationType.receive_status_on_client:
+                    return None
+
+    def write(self, frame: bytes) -> None:
+        self.call.operate((cygrpc.SendMessageOperation(frame, 0),), None)
+        if self._wait(cygrpc.OperationType.send_message) is None:
+            raise BenchError("the tunnel ended")
+
+    def read(self) -> bytes | None:
+        self.call.operate((cygrpc.ReceiveMessageOperation(0),), None)
+        return self._wait(cygrpc.OperationType.receive_message)
+
+    def cancel(self) -> None:
+        self.call.cancel(cygrpc.StatusCode.cancelled, "closed")
+
+
+class Cq(Sync):
+    """Each tunnel a CqCall, driven by a thread of its own."""
+
+    def open(self, method: str, md: Sequence[tuple[str, str]]) -> CqCall:  # type: ignore[override]
+        ops = (
+            (cygrpc.SendInitialMetadataOperation(tuple(md), 0),),
+            (cygrpc.ReceiveStatusOnClientOperation(0),),
+            (cygrpc.ReceiveInitialMetadataOperation(0),),
+        )
+        call = self.channel._channel.segregated_call(  # type: ignore[attr-defined]
+            cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS,
+            method.encode(),
+            None,
+            None,
+            tuple(md),
+            None,
+            tuple((batch, None) for batch in ops),
+            cygrpc.build_census_context(),
+            None,
+        )
+        return CqCall(call)
+
+
+class CqDuplex:
+    """A CqCall shaped as a node's tunnel would need it: one thread polls the call's queue (and
+    would write each payload to the local socket itself; here it hands it to `read`), the other
+    writes (it would read the local socket) and waits for its write to complete, which the
+    polling thread signals. Two threads per tunnel, so both directions can run at once."""
+
+    __slots__ = ("call", "inbox", "sent")
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.sent = threading.Semaphore(0)
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def _poll(self) -> None:
+        receive = (cygrpc.ReceiveMessageOperation(0),)
+        self.call.operate(receive, None)
+        while True:
+            event = self.call.next_event()
+            for op in event.batch_operations:
+                kind = op.type()
+                if kind == cygrpc.OperationType.send_message:
+                    self.sent.release()
+                elif kind == cygrpc.OperationType.receive_message:
+                    message = op.message()
+                    self.inbox.put(message)
+                    if message is not None:
+                        self.call.operate(receive, None)
+                elif kind == cygrpc.OperationType.receive_status_on_client:
+                    self.inbox.put(None)
+                    self.sent.release()
+                    return
+
+    def write(self, frame: bytes) -> None:
+        self.call.operate((cygrpc.SendMessageOperation(frame, 0),), None)
+        self.sent.acquire()
+
+    def read(self) -> bytes | None:
+        return self.inbox.get()
+
+    def cancel(self) -> None:
+        self.call.cancel(cygrpc.StatusCode.cancelled, "closed")
+
+
+class Cq2(Cq):
+    """Each tunnel a CqDuplex."""
+
+    def open(self, method: str, md: Sequence[tuple[str, str]]) -> CqDuplex:  # type: ignore[override]
+        return CqDuplex(super().open(method, md).call)
+
+
 def _queue_iter(inbox: asyncio.Queue[bytes | None]) -> Any:
     return inbox
 
@@ -258,6 +369,8 @@ def _transport(variant: str, address: str) -> Any:
         "aio-hop": AioHop,
         "sync": Sync,
         "sync-loop": SyncLoop,
+        "cq": Cq,
+        "cq-2t": Cq2,
     }
     return kinds[variant](address)
 
@@ -427,7 +540,7 @@ async def _many(data: Any, calls: list[Any], seconds: float, size: int) -> dict[
 
 
 def _close(call: Any) -> None:
-    if isinstance(call, TunnelCall):
+    if isinstance(call, TunnelCall | CqCall | CqDuplex):
         call.cancel()
     elif isinstance(call, SyncCall):
         call.requests.put(None)
