@@ -451,8 +451,7 @@ async def _ping(data: Any, call: Any, rounds: int, size: int) -> dict[str, float
         out = []
         for _ in range(n):
             start = time.perf_counter()
-            if data.exchange_blocking(call, frame) is None:
-                raise BenchError("the tunnel ended")
+            _check(data.exchange_blocking(call, frame), frame)
             out.append(time.perf_counter() - start)
         return out
 
@@ -460,8 +459,7 @@ async def _ping(data: Any, call: Any, rounds: int, size: int) -> dict[str, float
         out = []
         for _ in range(n):
             start = time.perf_counter()
-            if await data.exchange(call, frame) is None:
-                raise BenchError("the tunnel ended")
+            _check(await data.exchange(call, frame), frame)
             out.append(time.perf_counter() - start)
         return out
 
@@ -481,12 +479,22 @@ async def _ping(data: Any, call: Any, rounds: int, size: int) -> dict[str, float
     return {"p50": _percentile(times, 0.5) * 1e6, "p99": _percentile(times, 0.99) * 1e6}
 
 
+def _check(reply: bytes | None, frame: bytes) -> None:
+    """Every answer byte for byte: home echoes each payload in a frame of its own."""
+    if reply is None:
+        raise BenchError("the tunnel ended")
+    if reply != frame:
+        kind, what = wire.decode_frame(reply)
+        if kind is wire.FrameKind.RESET:
+            raise BenchError(f"the tunnel was reset: {what!s}")
+        raise BenchError(f"a {len(frame)}-byte frame came back as {len(reply)} other bytes")
+
+
 async def _aio_loop(aio: Aio, call: TunnelCall, frame: bytes, n: int) -> list[float]:
     out = []
     for _ in range(n):
         start = time.perf_counter()
-        if await aio.exchange(call, frame) is None:
-            raise BenchError("the tunnel ended")
+        _check(await aio.exchange(call, frame), frame)
         out.append(time.perf_counter() - start)
     return out
 
@@ -494,8 +502,7 @@ async def _aio_loop(aio: Aio, call: TunnelCall, frame: bytes, n: int) -> list[fl
 async def _aio_until(aio: Aio, call: TunnelCall, frame: bytes, stop: float) -> int:
     done = 0
     while time.perf_counter() < stop:
-        if await aio.exchange(call, frame) is None:
-            raise BenchError("the tunnel ended")
+        _check(await aio.exchange(call, frame), frame)
         done += 1
     return done
 
@@ -508,8 +515,7 @@ async def _many(data: Any, calls: list[Any], seconds: float, size: int) -> dict[
     def blocking(call: Any, stop: float) -> int:
         done = 0
         while time.perf_counter() < stop:
-            if data.exchange_blocking(call, frame) is None:
-                raise BenchError("the tunnel ended")
+            _check(data.exchange_blocking(call, frame), frame)
             done += 1
         return done
 
@@ -520,8 +526,7 @@ async def _many(data: Any, calls: list[Any], seconds: float, size: int) -> dict[
             return await data.data.run(_aio_until(data.aio, call, frame, stop))
         done = 0
         while time.perf_counter() < stop:
-            if await data.exchange(call, frame) is None:
-                raise BenchError("the tunnel ended")
+            _check(await data.exchange(call, frame), frame)
             done += 1
         return done
 
@@ -564,6 +569,17 @@ def cpu_seconds(pid: int) -> float:
     """user+system CPU of one process, all its threads (also those ended since)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def switches(pid: int) -> int:
+    """Context switches (voluntary and not) of the threads of a process that are running now."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
 
 
 @dataclass
@@ -635,11 +651,13 @@ def _measured(pair: Pair, request: str) -> tuple[dict[str, float], dict[str, flo
     """Ask office for a test; its result and each process's CPU seconds during it."""
     pair.ask(request)
     pair.answer("warm")
-    before = {name: cpu_seconds(pid) for name, pid in pair.pids.items()}
+    before = {name: (cpu_seconds(pid), switches(pid)) for name, pid in pair.pids.items()}
     pair.ask("go")
     result = json.loads(pair.answer("done"))
-    after = {name: cpu_seconds(pid) for name, pid in pair.pids.items()}
-    return result, {name: after[name] - before[name] for name in before}
+    after = {name: (cpu_seconds(pid), switches(pid)) for name, pid in pair.pids.items()}
+    used = {name: after[name][0] - before[name][0] for name in before}
+    used |= {f"cs.{name}": float(after[name][1] - before[name][1]) for name in before}
+    return result, used
 
 
 @dataclass
@@ -647,6 +665,10 @@ class Row:
     """One variant's figures from one repetition."""
 
     figures: dict[str, float]
+
+
+def _key(name: str) -> str:
+    return name if name.startswith("cs.") else f"cpu.{name}"
 
 
 def _one_round(pair: Pair, pings: int, tunnels: int, seconds: float) -> dict[str, float]:
@@ -657,13 +679,21 @@ def _one_round(pair: Pair, pings: int, tunnels: int, seconds: float) -> dict[str
         tag = "ping1" if size == 1 else "ping16k"
         out[f"{tag}.p50"], out[f"{tag}.p99"] = result["p50"], result["p99"]
         for name, secs in cpu.items():
-            out[f"{tag}.cpu.{name}"] = secs / rounds * 1e6
+            out[f"{tag}.{_key(name)}"] = (
+                secs / rounds if name.startswith("cs.") else secs / rounds * 1e6
+            )
     result, cpu = _measured(pair, f"many {tunnels} {seconds} 32")
     requests = result["requests"]
     out["many.rate"] = requests / result["seconds"]
     for name, secs in cpu.items():
-        out[f"many.cpu.{name}"] = secs / requests * 1e6
+        out[f"many.{_key(name)}"] = (
+            secs / requests if name.startswith("cs.") else secs / requests * 1e6
+        )
     return out
+
+
+def _nodes_cs(med: Callable[[str, str], float], variant: str, tag: str) -> float:
+    return med(variant, f"{tag}.cs.office") + med(variant, f"{tag}.cs.home")
 
 
 def _table(results: dict[str, list[dict[str, float]]]) -> str:
@@ -674,28 +704,28 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
     for tag, title in (("ping1", "1-byte ping-pong"), ("ping16k", "16 KiB echo")):
         lines += [
             f"| {title}, one tunnel | p50 us | p99 us | office | route | home | "
-            "nodes | sum (us CPU per round trip) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "nodes | sum (us CPU per round trip) | switches in the nodes |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for v in results:
             cpu = [med(v, f"{tag}.cpu.{n}") for n in ("office", "route", "home")]
             lines.append(
                 f"| {v} | {med(v, f'{tag}.p50'):.0f} | {med(v, f'{tag}.p99'):.0f} | "
                 + " | ".join(f"{c:.0f}" for c in cpu)
-                + f" | {cpu[0] + cpu[2]:.0f} | {sum(cpu):.0f} |"
+                + f" | {cpu[0] + cpu[2]:.0f} | {sum(cpu):.0f} | {_nodes_cs(med, v, tag):.1f} |"
             )
         lines.append("")
     lines += [
         "| 50 tunnels, 32-byte request/response | requests/s | office | route | home | "
-        "nodes | sum (us CPU per request) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "nodes | sum (us CPU per request) | switches in the nodes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for v in results:
         cpu = [med(v, f"many.cpu.{n}") for n in ("office", "route", "home")]
         lines.append(
             f"| {v} | {med(v, 'many.rate'):,.0f} | "
             + " | ".join(f"{c:.0f}" for c in cpu)
-            + f" | {cpu[0] + cpu[2]:.0f} | {sum(cpu):.0f} |"
+            + f" | {cpu[0] + cpu[2]:.0f} | {sum(cpu):.0f} | {_nodes_cs(med, v, 'many'):.1f} |"
         )
     return "\n".join(lines)
 
