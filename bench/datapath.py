@@ -471,7 +471,7 @@ async def _ping(data: Any, call: Any, rounds: int, size: int) -> dict[str, float
             return await data.data.run(_aio_loop(data.aio, call, frame, n))
         return await looped(n)
 
-    await run(WARMUP)
+    await run(min(WARMUP, rounds))
     _say("warm")
     await _line()
     times = await run(rounds)
@@ -600,6 +600,10 @@ class Pair:
         return got.removeprefix(want).strip()
 
 
+# Each child's stderr, by pid: what a failed run quotes.
+_LOGS: dict[int, Path] = {}
+
+
 def _read_line(proc: Any, want: str) -> str:
     done: Future[str] = Future()
 
@@ -611,6 +615,10 @@ def _read_line(proc: Any, want: str) -> str:
         line = str(done.result(TIMEOUT)).strip()
     except TimeoutError:
         raise BenchError(f"no {want!r} from a child within {TIMEOUT:.0f} s") from None
+    if not line:
+        log = _LOGS.get(proc.pid)
+        tail = log.read_text().strip().splitlines()[-1:] if log else []
+        raise BenchError(f"a child ended before saying {want!r}: {' '.join(tail) or 'no output'}")
     if not line.startswith(want):
         raise BenchError(f"a child said {line!r}, expected {want!r}")
     return line
@@ -622,10 +630,13 @@ def _spawn(role: str, port: int, variant: str, workdir: Path) -> Any:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "bench.datapath", "--role", role, "--variant", variant]
     argv += ["--route-port", str(port)]
-    log = (workdir / f"{role}-{variant}.log").open("wb")
-    return subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True
-    )
+    path = workdir / f"{role}-{variant}.log"
+    with path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True
+        )
+    _LOGS[proc.pid] = path
+    return proc
 
 
 def _start_pair(variant: str, port: int, route_pid: int, workdir: Path) -> Pair:
