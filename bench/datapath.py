@@ -15,6 +15,10 @@ node's own `RouteClient` on the main loop in every variant; only the tunnel call
   queue, the response iterator read by a thread per tunnel that also handles the frame).
 - `sync-loop`: the synchronous calls, but each frame handed to the main loop and the reply
   put back from there (again: sockets staying on the main loop).
+- `cq`: gRPC's core API (private `grpc._cython.cygrpc`): a call with a completion queue of its
+  own, polled by the one thread that handles its frames, taking turns with its writes.
+- `cq-2t`: the same with two threads per tunnel, as a node's full-duplex tunnel would need: one
+  polls the queue, the other writes and is told by the first when its write completed.
 
 The frames are vnet's own (`vnet.wire.encode_data` / `decode_frame`), so the route relays them
 exactly as in production. There is no local TCP socket at either end: office makes the
