@@ -58,7 +58,7 @@ from bench.procs import HOST, BenchError, Children, command, free_port, wait_rea
 from vnet import wire
 from vnet.node.client import CHANNEL_OPTIONS, OpenTunnel, RouteClient, TunnelCall
 
-VARIANTS = ("aio", "aio-thread", "aio-hop", "sync", "sync-loop", "cq", "cq-2t")
+VARIANTS = ("aio", "aio-thread", "aio-hop", "sync", "sync-loop", "cq", "cq-2t", "cq-shared")
 SERVEID = 801
 # Every wait of a child on its parent or the route, and of the parent on a child's answer.
 TIMEOUT = 60.0
@@ -354,6 +354,165 @@ class Cq2(Cq):
         return CqDuplex(super().open(method, md).call)
 
 
+class SharedCall:
+    """A call on the channel's one completion queue, its frames handled by the thread that polls
+    it (CqShared): what a data path pays with no thread hand-over at all."""
+
+    __slots__ = ("call", "on_message", "sending", "next_frame")
+
+    def __init__(self) -> None:
+        self.call: Any = None
+        # Run in the polling thread with each frame read (None: the stream ended).
+        self.on_message: Callable[[bytes | None], None] = lambda _: None
+        self.sending = False
+        self.next_frame: bytes | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Write frame once the write under way (if any) has completed: one at a time."""
+        if self.sending:
+            self.next_frame = frame
+            return
+        self.sending = True
+        self.call.operate((cygrpc.SendMessageOperation(frame, 0),), self)
+
+    def receive(self) -> None:
+        self.call.operate((cygrpc.ReceiveMessageOperation(0),), self)
+
+    def completed(self, op: Any) -> None:
+        kind = op.type()
+        if kind == cygrpc.OperationType.send_message:
+            self.sending = False
+            if self.next_frame is not None:
+                frame, self.next_frame = self.next_frame, None
+                self.send(frame)
+        elif kind == cygrpc.OperationType.receive_message:
+            self.on_message(op.message())
+        elif kind == cygrpc.OperationType.receive_status_on_client:
+            self.on_message(None)
+
+    def cancel(self) -> None:
+        self.call.cancel(cygrpc.StatusCode.cancelled, "closed")
+
+
+class CqShared(Sync):
+    """Every call of the process on the channel's completion queue, polled by one thread that
+    also handles the frames (home's echo, office's next request): the floor of any design in
+    which a polling thread does the data path's work itself. Not yet a node's shape: a node's
+    thread would also have to write its sockets, and the loop reading them would start the
+    writes."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.raw = self.channel._channel  # type: ignore[attr-defined]
+        self.lock = threading.Lock()
+        self.polling = False
+
+    def open(self, method: str, md: Sequence[tuple[str, str]]) -> SharedCall:  # type: ignore[override]
+        shared = SharedCall()
+        ops = (
+            (cygrpc.SendInitialMetadataOperation(tuple(md), 0),),
+            (cygrpc.ReceiveStatusOnClientOperation(0),),
+            (cygrpc.ReceiveInitialMetadataOperation(0),),
+        )
+        with self.lock:
+            shared.call = self.raw.integrated_call(
+                cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS,
+                method.encode(),
+                None,
+                None,
+                tuple(md),
+                None,
+                tuple((batch, shared) for batch in ops),
+                cygrpc.build_census_context(),
+                None,
+            )
+            if not self.polling:
+                self.polling = True
+                threading.Thread(target=self._poll, daemon=True).start()
+        return shared
+
+    def _poll(self) -> None:
+        while True:
+            event = self.raw.next_call_event()
+            if event.completion_type == cygrpc.CompletionType.queue_timeout:
+                continue
+            for op in event.batch_operations:
+                event.tag.completed(op)
+
+    async def serve(self, call: SharedCall) -> None:  # type: ignore[override]
+        def echo(raw: bytes | None) -> None:
+            answer = None if raw is None else _reply(raw)
+            if answer is not None:
+                call.send(answer)
+                call.receive()
+
+        call.on_message = echo
+        call.receive()
+
+    def ping(self, call: SharedCall, frame: bytes, rounds: int) -> Future[list[float]]:
+        """rounds round trips, each started by the polling thread on the last one's reply."""
+        done: Future[list[float]] = Future()
+        times: list[float] = []
+        started = [0.0]
+
+        def go() -> None:
+            started[0] = time.perf_counter()
+            call.send(frame)
+            call.receive()
+
+        def reply(raw: bytes | None) -> None:
+            if done.done():
+                # The call's end, once the caller closed it.
+                return
+            times.append(time.perf_counter() - started[0])
+            try:
+                _check(raw, frame)
+            except BenchError as exc:
+                done.set_exception(exc)
+                return
+            if len(times) < rounds:
+                go()
+            else:
+                done.set_result(times)
+
+        call.on_message = reply
+        go()
+        return done
+
+    def many(self, calls: list[SharedCall], frame: bytes, stop: float) -> Future[int]:
+        """Every call does request/response until stop; the requests done."""
+        done: Future[int] = Future()
+        counts = [0]
+        left = [len(calls)]
+
+        def on(call: SharedCall) -> Callable[[bytes | None], None]:
+            def reply(raw: bytes | None) -> None:
+                if done.done():
+                    return
+                try:
+                    _check(raw, frame)
+                except BenchError as exc:
+                    if not done.done():
+                        done.set_exception(exc)
+                    return
+                counts[0] += 1
+                if time.perf_counter() < stop:
+                    call.send(frame)
+                    call.receive()
+                    return
+                left[0] -= 1
+                if not left[0]:
+                    done.set_result(counts[0])
+
+            return reply
+
+        for call in calls:
+            call.on_message = on(call)
+            call.send(frame)
+            call.receive()
+        return done
+
+
 def _queue_iter(inbox: asyncio.Queue[bytes | None]) -> Any:
     return inbox
 
@@ -375,6 +534,7 @@ def _transport(variant: str, address: str) -> Any:
         "sync-loop": SyncLoop,
         "cq": Cq,
         "cq-2t": Cq2,
+        "cq-shared": CqShared,
     }
     return kinds[variant](address)
 
@@ -449,7 +609,7 @@ async def _office(port: int, variant: str) -> None:
 async def _ping(data: Any, call: Any, rounds: int, size: int) -> dict[str, float]:
     """rounds round trips of a size-byte frame on one tunnel; latencies in us."""
     frame = wire.encode_data(b"p" * size)
-    sync = isinstance(data, Sync) and not isinstance(data, SyncLoop)
+    sync = isinstance(data, Sync) and not isinstance(data, SyncLoop | CqShared)
 
     def blocking(n: int) -> list[float]:
         out = []
@@ -468,6 +628,8 @@ async def _ping(data: Any, call: Any, rounds: int, size: int) -> dict[str, float
         return out
 
     async def run(n: int) -> list[float]:
+        if isinstance(data, CqShared):
+            return await asyncio.wrap_future(data.ping(call, frame, n))
         if sync:
             return await asyncio.to_thread(blocking, n)
         if isinstance(data, AioThread) and not isinstance(data, AioHop):
@@ -514,7 +676,17 @@ async def _aio_until(aio: Aio, call: TunnelCall, frame: bytes, stop: float) -> i
 async def _many(data: Any, calls: list[Any], seconds: float, size: int) -> dict[str, float]:
     """Every tunnel does request/response back to back for `seconds`; the requests done."""
     frame = wire.encode_data(b"r" * size)
-    sync = isinstance(data, Sync) and not isinstance(data, SyncLoop)
+    sync = isinstance(data, Sync) and not isinstance(data, SyncLoop | CqShared)
+    if isinstance(data, CqShared):
+        await asyncio.wrap_future(data.many(calls, frame, time.perf_counter() + 0.5))
+        _say("warm")
+        await _line()
+        start = time.perf_counter()
+        count = await asyncio.wrap_future(data.many(calls, frame, start + seconds))
+        elapsed = time.perf_counter() - start
+        for call in calls:
+            _close(call)
+        return {"requests": float(count), "seconds": elapsed}
 
     def blocking(call: Any, stop: float) -> int:
         done = 0
@@ -549,7 +721,7 @@ async def _many(data: Any, calls: list[Any], seconds: float, size: int) -> dict[
 
 
 def _close(call: Any) -> None:
-    if isinstance(call, TunnelCall | CqCall | CqDuplex):
+    if isinstance(call, TunnelCall | CqCall | CqDuplex | SharedCall):
         call.cancel()
     elif isinstance(call, SyncCall):
         call.requests.put(None)
