@@ -19,6 +19,9 @@ node's own `RouteClient` on the main loop in every variant; only the tunnel call
   own, polled by the one thread that handles its frames, taking turns with its writes.
 - `cq-2t`: the same with two threads per tunnel, as a node's full-duplex tunnel would need: one
   polls the queue, the other writes and is told by the first when its write completed.
+- `cq-shared`: every call on the channel's one completion queue, polled by one thread that also
+  does the frames' work (home's echo, office's next request): no thread hand-over at all, the
+  floor of a data path done by its poller.
 
 The frames are vnet's own (`vnet.wire.encode_data` / `decode_frame`), so the route relays them
 exactly as in production. There is no local TCP socket at either end: office makes the
