@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from tests.conftest import MakeNode, free_port, use_port, wait_until
+from tests.conftest import MakeNode, MakeRoute, free_port, use_port, wait_until
 from tests.rawclient import Raw, stream_status
 from tests.services import (
     echo_round_trip,
@@ -17,6 +17,7 @@ from tests.services import (
     pattern,
     read_until_reset,
 )
+from tests.test_metrics import _scrape
 from vnet import wire
 from vnet.core.config import ServeConfig, UseConfig, VnetConfig, parse_node_config
 from vnet.core.errors import ConfigError
@@ -203,3 +204,26 @@ def test_spares_key_defaults_to_2_and_is_bounded() -> None:
     assert parse_node_config("c.ini", route + "[vnet]\nspares=0\n").vnet.spares == 0
     with pytest.raises(ConfigError, match=r"\[vnet\].*spares: 17 is out of range \(0-16\)"):
         parse_node_config("c.ini", route + "[vnet]\nspares=17\n")
+
+
+async def test_metrics_show_spares_held_and_used(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    from vnet.metrics import serve_node_metrics
+
+    route = await make_route(metrics=("127.0.0.1", 0))
+    service = await echo_server()
+    home, _, port = await _pair(make_node, service.port)
+    endpoint = serve_node_metrics(home, "127.0.0.1", 0)
+    await wait_until(lambda: _held(route) == 2, "home's two spares at the route")
+    assert await echo_round_trip(port, b"counted") == b"counted"
+    await wait_until(lambda: _held(route) == 2, "the spare used to be replaced")
+    assert route.metrics is not None
+    m = await asyncio.to_thread(_scrape, route.metrics.port)
+    assert m[("vnet_tunnel_spares", ())] == 2
+    assert m[("vnet_tunnel_spares_used_total", ())] == 1
+    n = await asyncio.to_thread(_scrape, endpoint.port)
+    assert n[("vnet_node_spares", ())] == 2
+    assert n[("vnet_node_spares_used_total", ())] == 1
+    await asyncio.to_thread(endpoint.close)
+    await service.close()

@@ -382,7 +382,6 @@ class RouteServicer:
         # Appended to the group's feed: this reply waits for no node's stream.
         if reg.replaced is not None:
             self.fanout.removed(reg.replaced, vnet.group)
-            spares.end_serve(self, reg.replaced, "it was registered again")
         self.fanout.added(reg.serve, vnet.group)
         log.info(
             "vnet %s registered serve %s (%s) -> %s:%s%s",

@@ -115,7 +115,8 @@ class Spares:
 
 
 def end_serve(s: RouteServicer, serve: Serve, why: str) -> None:
-    """End the spares held for serve (withdrawn, or registered by another node)."""
+    """End the spares held for serve (withdrawn). A serve its node registers again
+    (new address, same serveid) keeps them: the node reads its serves at each tunnel."""
     found = s.table.of_vnet(serve.vnetid)
     if found is not None:
         s.spares.end(found, serve.serveid, NotFound(f"serveid {serve.serveid}: {why}"))

@@ -31,8 +31,9 @@ assigns 499 (1-499); RegisterServe beyond that is RESOURCE_EXHAUSTED.
 Each tunnelled TCP connection, and each UDP flow (the datagrams of one
 client address, see TunnelFrame), is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
-told through its Control stream and answers with Accept; the route splices
-the two. Both streams carry TunnelFrame messages, and the route forwards
+told through its Control stream and answers with Accept (or the route hands
+the Dial to a spare Accept that node opened ahead of time, see Accept); the
+route splices the two. Both streams carry TunnelFrame messages, and the route forwards
 them unchanged. Because a gRPC server cannot half-close its side of a
 stream, the end of each direction travels in-band as a Fin or Reset frame.
 A tunnel stream that ends in any other way than after a Fin each way ends
