@@ -227,3 +227,46 @@ async def test_metrics_show_spares_held_and_used(
     assert n[("vnet_node_spares_used_total", ())] == 1
     await asyncio.to_thread(endpoint.close)
     await service.close()
+
+
+async def test_a_dial_from_another_route_takes_a_spare(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    from tests.test_peer import no_tunnels_left, two_routes
+
+    service = await exchange_server()
+    c = await two_routes(make_route, make_node, service.port)
+    await wait_until(lambda: _held(c.b) == 2, "home's spares at its route")
+    await exchange(await c.port(), 100_000, 200_000)
+    assert c.b.servicer.peers.tunnels == {"in": 1}
+    assert c.b.servicer.spares.used == 1
+    await no_tunnels_left(c.a, c.b)
+    await service.close()
+
+
+async def test_a_route_without_spares_leaves_the_node_on_open_tunnel(
+    route: RunningRoute, make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A route older than spares takes an Accept without vnet-tunnel for an unknown
+    tunnel (NOT_FOUND): the node stops asking, once per spare, and tunnels work."""
+    from vnet.core.errors import NotFound
+    from vnet.route import rpc as route_rpc
+    from vnet.route import spares
+
+    async def as_before(s: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        await route_rpc.refuse(
+            context, NotFound("no such tunnel waiting for this vnet"), route.servicer.rejected
+        )
+
+    monkeypatch.setattr(spares, "hold", as_before)
+    service = await echo_server()
+    home, _, port = await _pair(make_node, service.port)
+    await wait_until(lambda: route.servicer.rejected["NOT_FOUND"] == 2, "both spares refused")
+    await wait_until(lambda: home.serve_side.spares.held == 0, "home to give up its spares")
+    for i in range(5):
+        payload = pattern(3_000, seed=i)
+        assert await echo_round_trip(port, payload) == payload
+    # Asked twice (the two spares), never again.
+    assert route.servicer.rejected["NOT_FOUND"] == 2
+    assert home.serve_side.spares.used == 0
+    await service.close()

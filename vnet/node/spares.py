@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How a spare ends when the route went away or is stopping, not when it refused spares.
+_LOST = frozenset({"", "UNAVAILABLE", "CANCELLED"})
+
 
 class Spares:
     """The spares of one node's serves; `count` per serve, 0: none."""
@@ -89,7 +92,15 @@ class Spares:
                     del self._idle[serveid]
                     for other in idle:
                         other.cancel()
-                    log.info("serveid %s: no spares now: %s", serveid, exc)
+                    # A lost or stopping route is logged as such by the node; a route
+                    # that refuses spares (an older one, a limit) is worth a line.
+                    lost = isinstance(exc, TunnelBroken) and exc.code in _LOST
+                    log.log(
+                        logging.DEBUG if lost else logging.INFO,
+                        "serveid %s: no spares now, its tunnels wait for open_tunnel: %s",
+                        serveid,
+                        exc,
+                    )
                 return
             idle.discard(task)
             if self._idle.get(serveid) is idle and client is self.node.client:
