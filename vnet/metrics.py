@@ -57,6 +57,16 @@ class RouteCollector:
         yield free
         yield GaugeMetricFamily("vnet_tunnels_open", "Tunnels open now", value=len(s.splices))
         yield CounterMetricFamily("vnet_tunnels", "Tunnels opened", value=s.stats.opened)
+        yield GaugeMetricFamily(
+            "vnet_tunnel_spares",
+            "Spare Accept streams the route holds for the serving nodes' next Dials",
+            value=s.spares.held,
+        )
+        yield CounterMetricFamily(
+            "vnet_tunnel_spares_used",
+            "Tunnels spliced onto a spare Accept stream, without an open_tunnel round trip",
+            value=s.spares.used,
+        )
         yield CounterMetricFamily(
             "vnet_tunnel_resets", "Tunnels ended by a reset", value=s.stats.resets
         )
@@ -194,6 +204,15 @@ class NodeCollector:
             "vnet_node_route_moves",
             "Times the node joined another route than the one it lost or left",
             value=node.route_moves,
+        )
+        spares = node.serve_side.spares
+        yield GaugeMetricFamily(
+            "vnet_node_spares",
+            "Spare Accept streams this node holds open at the route for its serves",
+            value=spares.held,
+        )
+        yield CounterMetricFamily(
+            "vnet_node_spares_used", "Tunnels this node accepted on a spare", value=spares.used
         )
         opened = CounterMetricFamily(
             "vnet_use_connections", "Connections accepted by each use", labels=["use"]

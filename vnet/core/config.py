@@ -32,7 +32,7 @@ from vnet.core.endpoints import RouteEndpoint as RouteEndpoint
 from vnet.core.endpoints import read_routes as read_routes
 from vnet.core.errors import ConfigError
 from vnet.core.ini import Problems, Section, label, read_ini
-from vnet.core.limits import INFO_MAX, NAME_MAX, quoted_if_odd, shown, text_problem
+from vnet.core.limits import INFO_MAX, NAME_MAX, SPARES_MAX, quoted_if_odd, shown, text_problem
 from vnet.core.limits import SERVEID_MAX as SERVEID_MAX
 
 DEFAULT_GROUP = "default"
@@ -46,6 +46,7 @@ DEFAULT_QUEUE_TARGET_MS = 12
 DEFAULT_UDP_IDLE = 60
 DEFAULT_UDP_FLOWS_PER_USE = 256
 DEFAULT_UDP_FLOWS = 1024
+DEFAULT_SPARES = 2
 UDP_IDLE_MAX = 86_400
 STATIC_SERVEID_MIN = 500
 
@@ -143,6 +144,9 @@ class VnetConfig:
     queue_target_ms: int = DEFAULT_QUEUE_TARGET_MS
     # UDP flows this node may hold at once, its uses' and its serves' together.
     udp_flows: int = DEFAULT_UDP_FLOWS
+    # Accept streams held open at the route per TCP serve, for the next Dials
+    # to take without the open_tunnel round trip (vnet/node/spares.py); 0: none.
+    spares: int = DEFAULT_SPARES
 
 
 @dataclass(frozen=True)
@@ -414,6 +418,7 @@ def _vnet(problems: Problems, section: Section | None) -> VnetConfig:
         ),
         queue_target_ms=sec.integer("queue_target_ms", DEFAULT_QUEUE_TARGET_MS, 0, 10_000),
         udp_flows=sec.integer("udp_flows", DEFAULT_UDP_FLOWS, 1, 100_000),
+        spares=sec.integer("spares", DEFAULT_SPARES, 0, SPARES_MAX),
     )
 
 

@@ -14,6 +14,9 @@ import re
 
 # serveids are 1-999 (0: "assign one"), as in the original.
 SERVEID_MAX = 999
+# Spare Accept streams a node may hold per serve ([vnet] spares): the route
+# refuses more, and the config check refuses a setting above it.
+SPARES_MAX = 16
 # A node's name and group, a serve's name, the NAME of [serve.NAME] / [use.NAME].
 NAME_MAX = 64
 # A serve's free-text info.

@@ -415,6 +415,10 @@ class RouteClient:
         """A tunnel call answering an OpenTunnel."""
         return TunnelCall(self._accept(metadata=self._md((wire.MD_TUNNEL, tunnel_id))))
 
+    def spare(self, serveid: int) -> TunnelCall:
+        """An Accept call held at the route for the next Dial to serveid (vnet.node.spares)."""
+        return TunnelCall(self._accept(metadata=self._md((wire.MD_SPARE, str(serveid)))))
+
     async def close(self) -> None:
         await self.channel.close()
 

@@ -529,6 +529,7 @@ class Node:
             # The next connection's paths are new: their bases too.
             self.governor.reset()
         self.unserves.forget()
+        self.serve_side.spares.clear()
         self._drop_ephemeral(lambda _: True)
         for state in self.serves.values():
             if state.serveid is not None:

@@ -2,7 +2,8 @@
 
 The counterpart of vnet.node.uses, which dials: each OpenTunnel the route
 sends becomes its own connection to the serve's local target, relayed over
-its own Accept stream. Offers made on request (vnet.node.offers) are
+its own Accept stream; so does each spare Accept stream the route gives a
+tunnel to (vnet.node.spares). Offers made on request (vnet.node.offers) are
 accepted here like any other serve, at the address checked just now.
 """
 
@@ -19,6 +20,7 @@ from vnet.core.errors import NotFound, VnetError
 from vnet.core.udp import UdpCounters
 from vnet.node import tunnel
 from vnet.node.client import OpenTunnel, TunnelCall
+from vnet.node.spares import Spares
 from vnet.node.state import ServeState
 from vnet.node.udp_serve import UdpServing
 
@@ -44,6 +46,8 @@ class Serves:
         self.node = node
         self._target_connects = asyncio.Semaphore(TARGET_CONNECTS)
         self.udp = UdpServing(node.udp_slots)
+        # Accept streams opened ahead of the Dials to TCP serves (UDP takes open_tunnel).
+        self.spares = Spares(node, node.config.vnet.spares)
 
     async def register(self, state: ServeState) -> int:
         serve = state.config
@@ -61,6 +65,8 @@ class Serves:
             raise
         state.serveid = reg.serve.serveid
         state.error = ""
+        if serve.type == "tcp":
+            self.spares.fill(reg.serve.serveid)
         if reg.reassigned:
             log.warning(
                 "[serve.%s] serveid %s was taken; the route assigned %s",
@@ -80,7 +86,10 @@ class Serves:
 
     async def unregister(self, state: ServeState) -> None:
         serveid, state.serveid = state.serveid, None
-        if serveid is None or not self.node.connected:
+        if serveid is None:
+            return
+        self.spares.drop(serveid)
+        if not self.node.connected:
             return
         with contextlib.suppress(NotFound):  # already gone at the route
             await self.node.client.unregister(serveid)

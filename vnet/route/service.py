@@ -39,6 +39,7 @@ from vnet.core.errors import LimitExceeded, NotFound, RouteUnavailable, Unanswer
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
 from vnet.route import rpc as route_rpc
+from vnet.route import spares
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
 from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
 from vnet.route.between import Between
@@ -162,6 +163,8 @@ class RouteServicer:
             self._peer, self.registry, self.timeouts.unserve, self.timeouts.echo, ids, clock
         )
         self.splices: set[Splice] = set()
+        # Accept streams nodes opened ahead of their next Dials (vnet.route.spares).
+        self.spares = spares.Spares()
         # Set when the route starts going away.
         self.stopping = False
         # While not "", new joins and tunnels are refused with it (an admin's drain).
@@ -260,6 +263,7 @@ class RouteServicer:
             self.member.left(session.vnet, session.resume_digest, left)
         for splice in list(link.splices):
             splice.abort(because)
+        self.spares.end(session, None, NotFound(because))
         for pending in self.pending.of_session(session):
             handover = self._handovers.get(pending)
             if handover is not None and not handover.splice.done():
@@ -396,6 +400,7 @@ class RouteServicer:
         link = self._session(context)
         serve = self.registry.unregister(link.vnet.vnetid, serveid)
         self.fanout.removed(serve, link.vnet.group)
+        spares.end_serve(self, serve, "it was withdrawn")
         if self.member is not None:
             await self.member.unregister(link.vnet, serveid)
         log.info("vnet %s withdrew serve %s (%s)", serve.vnetid, serve.serveid, serve.name)
@@ -592,9 +597,32 @@ class RouteServicer:
             tunnel_id = self._ids()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        made: asyncio.Future[Splice] = loop.create_future()
+        # A spare the node opened ahead of time, if it holds one; else ask it.
+        splice = await spares.hand(self, link, owner, serve, tunnel_id, context)
+        if splice is None:
+            splice = await self._asked(link, owner, serve, context, tunnel_id)
+        self.observe_setup(loop.time() - started)
+        log.debug(
+            "tunnel %s: vnet %s -> serveid %s on vnet %s",
+            tunnel_id,
+            link.vnet.vnetid,
+            serve.serveid,
+            serve.vnetid,
+        )
+        return splice
+
+    async def _asked(
+        self,
+        link: Link,
+        owner: Link,
+        serve: Serve,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+        tunnel_id: str,
+    ) -> Splice:
+        """The splice owner's Accept makes after an open_tunnel event for tunnel_id."""
         now = self.clock()
         pending = self.pending.add(tunnel_id, owner.core, link.core, serve.serveid, now)
+        made: asyncio.Future[Splice] = asyncio.get_running_loop().create_future()
         self._handovers[pending] = _Handover(context, made)
         owner.answers.asked(tunnel_id, now)
         owner.push(msg.open_tunnel_event(tunnel_id, serve.serveid, link.vnet.vnetid))
@@ -613,14 +641,6 @@ class RouteServicer:
         finally:
             self.pending.forget(pending)
             self._handovers.pop(pending, None)
-        self.observe_setup(loop.time() - started)
-        log.debug(
-            "tunnel %s: vnet %s -> serveid %s on vnet %s",
-            tunnel_id,
-            link.vnet.vnetid,
-            serve.serveid,
-            serve.vnetid,
-        )
         return splice
 
     async def _answered(self, made: asyncio.Future[Splice], pending: Pending) -> bool:
@@ -644,6 +664,10 @@ class RouteServicer:
         # write to this leg; the lookup below comes after, with no await
         # between it and the splice's hand-over.
         await context.send_initial_metadata(())
+        if metadata(context, wire.MD_SPARE):
+            # Opened ahead of a Dial; held until one takes it.
+            await spares.hold(self, context)
+            return
         # Translates its own refusals (no wrapper coroutine held per tunnel).
         try:
             link = self._session(context)

@@ -24,7 +24,13 @@ from vnet.wire.frames import (
     decode_frame as decode_frame,
 )
 from vnet.wire.frames import (
+    decode_opened as decode_opened,
+)
+from vnet.wire.frames import (
     encode_data as encode_data,
+)
+from vnet.wire.frames import (
+    encode_opened as encode_opened,
 )
 from vnet.wire.frames import (
     encode_reset as encode_reset,
@@ -46,6 +52,9 @@ from vnet.wire.messages import (
 )
 from vnet.wire.messages import (
     MD_SESSION as MD_SESSION,
+)
+from vnet.wire.messages import (
+    MD_SPARE as MD_SPARE,
 )
 from vnet.wire.messages import (
     MD_TUNNEL as MD_TUNNEL,

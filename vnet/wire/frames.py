@@ -54,6 +54,23 @@ def encode_reset(reason: str) -> bytes:
     return pb.TunnelFrame(reset=pb.Reset(reason=reason[:200])).SerializeToString()
 
 
+def encode_opened(tunnel_id: str, from_vnetid: str) -> bytes:
+    """The first frame on a spare Accept stream: the tunnel it was given to."""
+    opened = pb.Opened(tunnel_id=tunnel_id, from_vnetid=from_vnetid)
+    return pb.TunnelFrame(opened=opened).SerializeToString()
+
+
+def decode_opened(raw: bytes) -> tuple[str, str]:
+    """(tunnel_id, from_vnetid) of an opened frame; MalformedFrame for anything else."""
+    try:
+        frame = pb.TunnelFrame.FromString(raw)
+    except DecodeError:
+        raise MalformedFrame("malformed tunnel frame") from None
+    if frame.WhichOneof("kind") != "opened":
+        raise MalformedFrame("a spare's first frame is not an opened frame")
+    return frame.opened.tunnel_id, frame.opened.from_vnetid
+
+
 def _plain_data_start(raw: bytes) -> int:
     """Where the payload starts, for a data frame exactly as our nodes write
     it (tag, length, payload, nothing else); -1 for anything else."""

@@ -15,6 +15,8 @@ ACCEPT_METHOD = f"/{SERVICE}/Accept"
 MD_SESSION = "vnet-session"
 MD_SERVEID = "vnet-serveid"
 MD_TUNNEL = "vnet-tunnel"
+# On an Accept instead of MD_TUNNEL: a spare held for the next Dial to this serveid.
+MD_SPARE = "vnet-spare"
 # The credential, as "Bearer TOKEN" (so grpcurl -H works as for any API).
 MD_AUTH = "authorization"
 

@@ -31,8 +31,9 @@ assigns 499 (1-499); RegisterServe beyond that is RESOURCE_EXHAUSTED.
 Each tunnelled TCP connection, and each UDP flow (the datagrams of one
 client address, see TunnelFrame), is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
-told through its Control stream and answers with Accept; the route splices
-the two. Both streams carry TunnelFrame messages, and the route forwards
+told through its Control stream and answers with Accept (or the route hands
+the Dial to a spare Accept that node opened ahead of time, see Accept); the
+route splices the two. Both streams carry TunnelFrame messages, and the route forwards
 them unchanged. Because a gRPC server cannot half-close its side of a
 stream, the end of each direction travels in-band as a Fin or Reset frame.
 A tunnel stream that ends in any other way than after a Fin each way ends
@@ -1084,6 +1085,7 @@ class TunnelFrame(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     FIN_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """Bytes of the TCP stream, in order, never empty; or, in a UDP flow's
     tunnel, one whole datagram (possibly empty).
@@ -1100,22 +1102,56 @@ class TunnelFrame(_message.Message):
         receiver resets its TCP connection at once. Data may have been lost.
         """
 
+    @_builtins.property
+    def opened(self) -> Global___Opened:
+        """Route -> node only, and only as the first message on a spare Accept
+        stream (see Accept): the tunnel the spare was given to. Never forwarded,
+        never sent by a node; anywhere else it is a protocol error.
+        """
+
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         fin: Global___Fin | None = ...,
         reset: Global___Reset | None = ...,
+        opened: Global___Opened | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fin", b"fin", "kind", b"kind", "reset", b"reset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fin", b"fin", "kind", b"kind", "opened", b"opened", "reset", b"reset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fin", b"fin", "kind", b"kind", "reset", b"reset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fin", b"fin", "kind", b"kind", "opened", b"opened", "reset", b"reset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["data", "fin", "reset"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["data", "fin", "reset", "opened"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___TunnelFrame: _TypeAlias = TunnelFrame  # noqa: Y015
+
+@_typing.final
+class Opened(_message.Message):
+    """Which tunnel a spare Accept stream now carries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    FROM_VNETID_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.str
+    """The tunnel's id, as an open_tunnel would have named it (16 hex digits)."""
+    from_vnetid: _builtins.str
+    """The dialling node's vnetid."""
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.str = ...,
+        from_vnetid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_vnetid", b"from_vnetid", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Opened: _TypeAlias = Opened  # noqa: Y015
 
 @_typing.final
 class Fin(_message.Message):

@@ -225,6 +225,18 @@ class RouteServiceServicer:
     def Accept(self, request_iterator, context):
         """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
         announced to this node in a ControlEvent.open_tunnel.
+
+        Or, with "vnet-spare" metadata (a serveid of the caller's) instead, opens a
+        spare: a stream held for the next Dial to that serve, so that the Dial
+        needs no open_tunnel round trip. The route writes nothing on a spare until
+        it gives it to a Dial; then its first message is an `opened` frame naming
+        the tunnel, and the tunnel runs on it as on any Accept. A node may hold at
+        most 16 spares per serve (more fail with RESOURCE_EXHAUSTED); a spare for
+        a serve the caller has not registered fails with NOT_FOUND. The route ends
+        a serve's spares with a status when the serve is withdrawn or the session
+        ends; spares count toward no tunnel cap until they are given a tunnel. A
+        route older than spares answers NOT_FOUND: the node then uses open_tunnel
+        only.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE

@@ -31,8 +31,9 @@ assigns 499 (1-499); RegisterServe beyond that is RESOURCE_EXHAUSTED.
 Each tunnelled TCP connection, and each UDP flow (the datagrams of one
 client address, see TunnelFrame), is one pair of bidirectional streams: the node
 where the connection arrived calls Dial, the node that offers the serve is
-told through its Control stream and answers with Accept; the route splices
-the two. Both streams carry TunnelFrame messages, and the route forwards
+told through its Control stream and answers with Accept (or the route hands
+the Dial to a spare Accept that node opened ahead of time, see Accept); the
+route splices the two. Both streams carry TunnelFrame messages, and the route forwards
 them unchanged. Because a gRPC server cannot half-close its side of a
 stream, the end of each direction travels in-band as a Fin or Reset frame.
 A tunnel stream that ends in any other way than after a Fin each way ends
@@ -159,6 +160,18 @@ class RouteServiceStub:
     Accept: _grpc.StreamStreamMultiCallable[_route_pb2.TunnelFrame, _route_pb2.TunnelFrame]
     """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
     announced to this node in a ControlEvent.open_tunnel.
+
+    Or, with "vnet-spare" metadata (a serveid of the caller's) instead, opens a
+    spare: a stream held for the next Dial to that serve, so that the Dial
+    needs no open_tunnel round trip. The route writes nothing on a spare until
+    it gives it to a Dial; then its first message is an `opened` frame naming
+    the tunnel, and the tunnel runs on it as on any Accept. A node may hold at
+    most 16 spares per serve (more fail with RESOURCE_EXHAUSTED); a spare for
+    a serve the caller has not registered fails with NOT_FOUND. The route ends
+    a serve's spares with a status when the serve is withdrawn or the session
+    ends; spares count toward no tunnel cap until they are given a tunnel. A
+    route older than spares answers NOT_FOUND: the node then uses open_tunnel
+    only.
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -235,6 +248,18 @@ class RouteServiceAsyncStub(RouteServiceStub):
     Accept: _aio.StreamStreamMultiCallable[_route_pb2.TunnelFrame, _route_pb2.TunnelFrame]  # type: ignore[assignment]
     """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
     announced to this node in a ControlEvent.open_tunnel.
+
+    Or, with "vnet-spare" metadata (a serveid of the caller's) instead, opens a
+    spare: a stream held for the next Dial to that serve, so that the Dial
+    needs no open_tunnel round trip. The route writes nothing on a spare until
+    it gives it to a Dial; then its first message is an `opened` frame naming
+    the tunnel, and the tunnel runs on it as on any Accept. A node may hold at
+    most 16 spares per serve (more fail with RESOURCE_EXHAUSTED); a spare for
+    a serve the caller has not registered fails with NOT_FOUND. The route ends
+    a serve's spares with a status when the serve is withdrawn or the session
+    ends; spares count toward no tunnel cap until they are given a tunnel. A
+    route older than spares answers NOT_FOUND: the node then uses open_tunnel
+    only.
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -386,6 +411,18 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_route_pb2.TunnelFrame], _abc.AsyncIterator[_route_pb2.TunnelFrame]]:
         """Accepts the tunnel named by the "vnet-tunnel" metadata, which the route
         announced to this node in a ControlEvent.open_tunnel.
+
+        Or, with "vnet-spare" metadata (a serveid of the caller's) instead, opens a
+        spare: a stream held for the next Dial to that serve, so that the Dial
+        needs no open_tunnel round trip. The route writes nothing on a spare until
+        it gives it to a Dial; then its first message is an `opened` frame naming
+        the tunnel, and the tunnel runs on it as on any Accept. A node may hold at
+        most 16 spares per serve (more fail with RESOURCE_EXHAUSTED); a spare for
+        a serve the caller has not registered fails with NOT_FOUND. The route ends
+        a serve's spares with a status when the serve is withdrawn or the session
+        ends; spares count toward no tunnel cap until they are given a tunnel. A
+        route older than spares answers NOT_FOUND: the node then uses open_tunnel
+        only.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
