@@ -149,6 +149,7 @@ async def test_a_spare_carries_the_tunnel_after_an_opened_frame(
         assert first.WhichOneof("kind") == "opened"
         assert len(first.opened.tunnel_id) == 16
         assert first.opened.from_vnetid == office.vnetid
+        await spare.write(wire.ACCEPTED)
         assert await spare.read() == wire.encode_data(b"ping")
         await spare.write(wire.encode_data(b"pong"))
         await spare.write(wire.FIN_FRAME)
@@ -163,6 +164,60 @@ async def test_a_spare_carries_the_tunnel_after_an_opened_frame(
         writer.close()
         writer2.close()
     spare.cancel()
+    control.cancel()  # type: ignore[attr-defined]
+    await raw.close()
+
+
+async def _dial_a_raw_spare(
+    route: RunningRoute, make_node: MakeNode
+) -> tuple[Raw, object, object, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw node holding one spare, and a connection through office that took it."""
+    raw, md, control = await _raw_serving(route)
+    spare = raw.accept((*md, (wire.MD_SPARE, str(SERVEID))))
+    await wait_until(lambda: _held(route) == 1, "the raw spare at the route")
+    office = await make_node("office", uses=[UseConfig(key="svc", serveid=SERVEID, port=0)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", await use_port(office, "svc"))
+    writer.write(b"hello")
+    async with asyncio.timeout(10):
+        first = pb.TunnelFrame.FromString(await spare.read())  # type: ignore[attr-defined]
+    assert first.WhichOneof("kind") == "opened"
+    return raw, spare, control, reader, writer
+
+
+async def test_a_spare_that_never_answers_is_unanswered_and_resets_its_dialler(
+    make_route: MakeRoute, make_node: MakeNode
+) -> None:
+    """A node that takes no tunnel (frozen, say) is found out on a spare as on the
+    open_tunnel path: the tunnel counts as unanswered, and without the node's
+    accepted frame in the accept timeout the dialler is reset, not left hanging."""
+    route = await make_route(accept=1.0)
+    raw, spare, control, reader, writer = await _dial_a_raw_spare(route, make_node)
+    owner = next(link for link in route.servicer.sessions.values() if link.vnet.name == "rawhome")
+    await wait_until(lambda: owner.answers.waiting == 1, "the tunnel unanswered at the route")
+    async with asyncio.timeout(10):
+        with pytest.raises(ConnectionResetError):
+            while await reader.read(4096):
+                pass
+    writer.close()
+    spare.cancel()  # type: ignore[attr-defined]
+    control.cancel()  # type: ignore[attr-defined]
+    await raw.close()
+
+
+async def test_a_spare_whose_first_frame_is_not_accepted_resets_its_dialler(
+    route: RunningRoute, make_node: MakeNode
+) -> None:
+    raw, spare, control, reader, writer = await _dial_a_raw_spare(route, make_node)
+    await spare.write(wire.encode_data(b"too soon"))  # type: ignore[attr-defined]
+    got = b""
+    async with asyncio.timeout(10):
+        with pytest.raises(ConnectionResetError):
+            while chunk := await reader.read(4096):
+                got += chunk
+    # Refused, not passed on: nothing of it reached the dialler's client.
+    assert got == b""
+    writer.close()
+    spare.cancel()  # type: ignore[attr-defined]
     control.cancel()  # type: ignore[attr-defined]
     await raw.close()
 

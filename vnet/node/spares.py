@@ -3,10 +3,11 @@
 For each registered TCP serve the node keeps `[vnet] spares` (2 by default)
 Accept calls open at the route with vnet-spare metadata (vnet.route.spares).
 The route holds them; a Dial to the serve takes one, and its first message
-then names the tunnel (tunnel id, dialling vnetid). From there it is an
-open_tunnel's tunnel: the node connects the serve's target (a failure is a
-reset toward the dialler) and relays (vnet.node.serves). Each spare given a
-tunnel is replaced at once, so the next Dial finds one too.
+then names the tunnel (tunnel id, dialling vnetid), and the node answers
+with an `accepted` frame. From there it is an open_tunnel's tunnel: the node
+connects the serve's target (a failure is a reset toward the dialler) and
+relays (vnet.node.serves). Each spare given a tunnel is replaced at once, so
+the next Dial finds one too.
 
 A spare the route refuses or ends (a route older than spares says NOT_FOUND;
 the serve withdrawn; the session over; the route going away) is not opened
@@ -106,6 +107,13 @@ class Spares:
             if self._idle.get(serveid) is idle and client is self.node.client:
                 self._open(client, serveid, idle)
             self.used += 1
+            # The answer the route waits for, before the target's connect (as
+            # an Accept call answers an open_tunnel before it).
+            try:
+                await call.write(wire.ACCEPTED)
+            except TunnelBroken as exc:
+                log.debug("tunnel %s on a spare of serveid %s: %s", tunnel_id, serveid, exc)
+                return
             event = OpenTunnel(tunnel_id=tunnel_id, serveid=serveid, from_vnetid=from_vnetid)
             await self.node.serve_side.accept(event, call)
         finally:

@@ -5,7 +5,9 @@ serving node's Control stream, that node's Accept, a splice. A spare is an
 Accept the node opened before any Dial (metadata vnet-spare = the serveid):
 the route holds it here, per (session, serveid), and a Dial to that serve
 takes one, writes it an `opened` frame naming the tunnel (the node's first
-message on it: tunnel id and dialling vnetid) and splices at once. That takes
+message on it: tunnel id and dialling vnetid) and splices at once; the node
+answers with an `accepted` frame, its first message, which the route reads
+and does not forward (without it in the accept timeout the tunnel is reset). That takes
 the control round trip, and the node's call set-up, off the tunnel's
 critical path. With none held (spares off, an old node, a burst that drained
 them) the Dial takes the open_tunnel path as before.
@@ -13,7 +15,8 @@ them) the Dial takes the open_tunnel path as before.
 An idle spare is one held server call whose handler waits on a future: no
 splice, no task, no tunnel of the node's cap (vnet.core.sessions
 Session.tunnels counts it once it carries a tunnel), and no open_tunnel
-request the fail-fast rule (vnet.core.unanswered) waits for. The route ends
+request the fail-fast rule (vnet.core.unanswered) waits for; a spare given a
+tunnel is one, until its accepted frame. The route ends
 a serve's spares with a status when the serve is withdrawn, and all of a
 session's when it ends; a route stopping ends them with the sessions.
 """
@@ -157,10 +160,41 @@ async def hold(s: RouteServicer, context: grpc.aio.ServicerContext[bytes, bytes]
     del spare
     session.tunnels += 1
     try:
+        await _taken(s, link, splice, context)
         await splice.run(splice.accept)
     finally:
         session.tunnels -= 1
     await route_rpc.end_unless_told(splice.accept, context)
+
+
+async def _taken(
+    s: RouteServicer,
+    link: Link,
+    splice: Splice,
+    context: grpc.aio.ServicerContext[bytes, bytes],
+) -> None:
+    """Read the node's accepted frame, its answer to the opened one: the node is
+    alive, as an Accept call shows on the open_tunnel path. Without it in the
+    accept timeout (a frozen node), or with anything else first, the tunnel is
+    reset; the pump that runs next then only winds it up."""
+    why = ""
+    try:
+        async with asyncio.timeout(s.timeouts.accept):
+            first = await context.read()
+    except TimeoutError:
+        why = f"vnet {link.vnet.vnetid} did not accept the tunnel to serveid {splice.serveid}"
+    else:
+        if first is grpc.aio.EOF:
+            why = f"vnet {link.vnet.vnetid} ended the spare of serveid {splice.serveid}"
+        elif not wire.is_accepted(first):
+            why = "protocol error: a spare's first frame from its node is not accepted"
+    if why:
+        log.info("tunnel %s: %s", splice.tunnel_id, why)
+        splice.abort(why)
+        return
+    now = s.clock()
+    link.answers.answered(splice.tunnel_id, now)
+    link.core.accepted_at = max(link.core.accepted_at, now)
 
 
 async def hand(
@@ -205,6 +239,9 @@ async def hand(
         s.splices.add(splice)
         link.splices.add(splice)
         owner.splices.add(splice)
+        # Unanswered until the node's accepted frame comes (_taken), as an
+        # open_tunnel is until its Accept: a frozen node is found out either way.
+        owner.answers.asked(tunnel_id, s.clock())
         spare.given.set_result(splice)
         s.spares.used += 1
         return splice

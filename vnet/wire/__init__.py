@@ -9,6 +9,9 @@ dataclasses, bytes and VnetError; `from vnet import wire` gives all three.
 from __future__ import annotations
 
 from vnet.wire.frames import (
+    ACCEPTED as ACCEPTED,
+)
+from vnet.wire.frames import (
     DATA_TAG as DATA_TAG,
 )
 from vnet.wire.frames import (
@@ -34,6 +37,9 @@ from vnet.wire.frames import (
 )
 from vnet.wire.frames import (
     encode_reset as encode_reset,
+)
+from vnet.wire.frames import (
+    is_accepted as is_accepted,
 )
 from vnet.wire.frames import (
     terminal_kind as terminal_kind,

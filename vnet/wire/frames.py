@@ -71,6 +71,19 @@ def decode_opened(raw: bytes) -> tuple[str, str]:
     return frame.opened.tunnel_id, frame.opened.from_vnetid
 
 
+# A node's answer on a spare, at once after the route's opened frame.
+ACCEPTED = pb.TunnelFrame(accepted=pb.Accepted()).SerializeToString()
+
+
+def is_accepted(raw: bytes) -> bool:
+    """Whether raw is an accepted frame (the node took the tunnel a spare was given)."""
+    try:
+        frame = pb.TunnelFrame.FromString(raw)
+    except DecodeError:
+        return False
+    return frame.WhichOneof("kind") == "accepted"
+
+
 def _plain_data_start(raw: bytes) -> int:
     """Where the payload starts, for a data frame exactly as our nodes write
     it (tag, length, payload, nothing else); -1 for anything else."""

@@ -1086,6 +1086,7 @@ class TunnelFrame(_message.Message):
     FIN_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
     OPENED_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """Bytes of the TCP stream, in order, never empty; or, in a UDP flow's
     tunnel, one whole datagram (possibly empty).
@@ -1109,6 +1110,16 @@ class TunnelFrame(_message.Message):
         never sent by a node; anywhere else it is a protocol error.
         """
 
+    @_builtins.property
+    def accepted(self) -> Global___Accepted:
+        """Node -> route only, and only as the node's first message on a spare
+        Accept stream, at once after the route's opened: the node has taken the
+        tunnel, as its Accept call answers an open_tunnel. Until it comes the
+        tunnel counts as one the node has not answered (a frozen node is found
+        out the same way on both paths), and without it within the route's
+        accept timeout the dialling node is reset. Never forwarded.
+        """
+
     def __init__(
         self,
         *,
@@ -1116,12 +1127,13 @@ class TunnelFrame(_message.Message):
         fin: Global___Fin | None = ...,
         reset: Global___Reset | None = ...,
         opened: Global___Opened | None = ...,
+        accepted: Global___Accepted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fin", b"fin", "kind", b"kind", "opened", b"opened", "reset", b"reset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "data", b"data", "fin", b"fin", "kind", b"kind", "opened", b"opened", "reset", b"reset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fin", b"fin", "kind", b"kind", "opened", b"opened", "reset", b"reset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "data", b"data", "fin", b"fin", "kind", b"kind", "opened", b"opened", "reset", b"reset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["data", "fin", "reset", "opened"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["data", "fin", "reset", "opened", "accepted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1152,6 +1164,23 @@ class Opened(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Opened: _TypeAlias = Opened  # noqa: Y015
+
+@_typing.final
+class Accepted(_message.Message):
+    """A node's answer to an opened frame: it has the tunnel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Accepted: _TypeAlias = Accepted  # noqa: Y015
 
 @_typing.final
 class Fin(_message.Message):
