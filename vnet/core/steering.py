@@ -1,0 +1,78 @@
+"""Which congestion control vnet's own connections across a link use while bulk is governed.
+
+Measured on the emulated 50 ms / 100 Mbit/s link (docs/BENCHMARKS.md, "A keystroke next to
+a transfer: BBR's min-RTT probe"): while the governor (vnet/core/queueing.py) holds a queue
+of a few ms on the path, no round trip on the node's connection to the route ever comes back
+down to the path's base, so the kernel's BBR lets its min-RTT estimate expire every 10 s and
+enters PROBE_RTT: cwnd 4 packets for 200 ms. That connection carries every tunnel, so a
+keystroke waits those 200 ms behind it; the governor, which sees only a late probe, paces a
+megabyte into the socket meanwhile, and BBR, still in STARTUP because a paced connection is
+always application-limited, then sends it at 2.9 times the link's rate: a hundred frames lost
+at the bottleneck, a loss recovery, more late keystrokes. The route's socket toward the
+receiving node does the same a second later. Nothing in BBR can be told that the queue is
+someone else's target, so while governing, those connections use a loss-based congestion
+control instead (cubic, else reno, which every kernel allows): the governor keeps the queue
+short by itself, so they see no loss and only need a window large enough for the rate. A
+lone transfer is not governed, and its connections keep the host's choice (BBR keeps a
+lossy link full where cubic would not).
+
+Pure: the node switches with its governor's phase; the route, which does not know a node's
+phase, switches its connection toward a node while other nodes' probes pass through it,
+until HOLD_S after the last one (Holds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+# Tried in order while governed; reno is built into every kernel and allowed to any user.
+GOVERNED = ("cubic", "reno")
+# The congestion control that makes a governed connection misbehave (see above).
+PROBING = "bbr"
+# The route keeps a connection switched this long after the last probe through its node:
+# longer than a governor's probe gap (20 ms to a round trip), and than the second a path
+# under LOCAL_RTT_S waits between its probes.
+HOLD_S = 3.0
+
+K = TypeVar("K", bound=Hashable)
+
+
+def switch_to(current: str) -> bool:
+    """Whether a connection using `current` is switched while governed."""
+    return current == PROBING
+
+
+@dataclass
+class Holds(Generic[K]):
+    """Keys (connections) held switched until hold seconds after their last mark."""
+
+    hold: float = HOLD_S
+    _until: dict[K, float] = field(default_factory=dict)
+
+    def mark(self, key: K, now: float) -> bool:
+        """A probe went through key's connection at now: True if it was not held yet
+        (the caller switches it)."""
+        new = key not in self._until
+        self._until[key] = now + self.hold
+        return new
+
+    def drop(self, key: K) -> None:
+        """key's connection is gone: nothing to restore."""
+        self._until.pop(key, None)
+
+    def due(self, now: float) -> list[K]:
+        """Keys whose hold ran out by now, no longer held (the caller restores them)."""
+        done = [key for key, until in self._until.items() if until <= now]
+        for key in done:
+            del self._until[key]
+        return done
+
+    def next_due(self) -> float:
+        """When the earliest hold runs out (inf: none held)."""
+        return min(self._until.values(), default=math.inf)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._until
