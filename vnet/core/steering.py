@@ -16,9 +16,10 @@ short by itself, so they see no loss and only need a window large enough for the
 lone transfer is not governed, and its connections keep the host's choice (BBR keeps a
 lossy link full where cubic would not).
 
-Pure: the node switches with its governor's phase; the route, which does not know a node's
-phase, switches its connection toward a node while other nodes' probes pass through it,
-until HOLD_S after the last one (Holds).
+Pure: the node switches while its governor tracks the path (not while it drains, and not on
+a path too short to pace); the route, which does not know a node's phase, switches its
+connection toward a node while other nodes' probes pass through it at a governed pace, until
+HOLD_S after the last one (Holds).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ GOVERNED = ("cubic", "reno")
 # The congestion control that makes a governed connection misbehave (see above).
 PROBING = "bbr"
 # The route keeps a connection switched this long after the last probe through its node:
-# longer than a governor's probe gap (20 ms to a round trip), and than the second a path
-# under LOCAL_RTT_S waits between its probes.
+# longer than a governor's probe gap (20 ms to a round trip).
 HOLD_S = 3.0
+# The route switches a connection once two probes in a row through its node came at most
+# this far apart: a governed path is probed every round trip, a path too short to govern
+# (loopback, a LAN: the governor's LOCAL phase) only once a second (LOCAL_PROBE_S), and its
+# connection keeps the host's choice.
+PAIRED_S = 0.9
 
 K = TypeVar("K", bound=Hashable)
 
@@ -47,27 +52,41 @@ def switch_to(current: str) -> bool:
 
 @dataclass
 class Holds(Generic[K]):
-    """Keys (connections) held switched until hold seconds after their last mark."""
+    """Keys (connections) held switched from a second probe within `paired` of the one
+    before, until `hold` after the last."""
 
     hold: float = HOLD_S
+    paired: float = PAIRED_S
     _until: dict[K, float] = field(default_factory=dict)
+    # When the last probe through a key not held came.
+    _last: dict[K, float] = field(default_factory=dict)
 
     def mark(self, key: K, now: float) -> bool:
-        """A probe went through key's connection at now: True if it was not held yet
+        """A probe went through key's connection at now: True when that starts its hold
         (the caller switches it)."""
-        new = key not in self._until
+        if key in self._until:
+            self._until[key] = now + self.hold
+            return False
+        last, self._last[key] = self._last.get(key), now
+        if last is None or now - last > self.paired:
+            return False
+        del self._last[key]
         self._until[key] = now + self.hold
-        return new
+        return True
 
     def drop(self, key: K) -> None:
         """key's connection is gone: nothing to restore."""
         self._until.pop(key, None)
+        self._last.pop(key, None)
 
     def due(self, now: float) -> list[K]:
         """Keys whose hold ran out by now, no longer held (the caller restores them)."""
         done = [key for key, until in self._until.items() if until <= now]
         for key in done:
             del self._until[key]
+        # Probes long past pair with nothing any more.
+        for key in [key for key, at in self._last.items() if now - at > self.paired]:
+            del self._last[key]
         return done
 
     def next_due(self) -> float:

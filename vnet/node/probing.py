@@ -6,9 +6,9 @@ tunnel, on the same connection (and so behind the same queues) as the tunnels'
 frames. Idle otherwise: the task sleeps on an event the pacer sets when a tunnel
 turns interactive, so a node with no typing and no transfer sends nothing.
 
-While bulk is paced, the node's connection to the route uses a loss-based congestion
-control instead of BBR (vnet/core/steering.py says why), and gets the host's back when
-pacing ends.
+While bulk is paced to the path's rate, the node's connection to the route uses a
+loss-based congestion control instead of BBR (vnet/core/steering.py says why), and gets
+the host's back when pacing ends.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from vnet import congestion
 from vnet.core.errors import NotFound, VnetError
-from vnet.core.queueing import PROBE_GAP_S, Governor
+from vnet.core.queueing import PROBE_GAP_S, Governor, Phase
 from vnet.node.client import RouteClient
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ class Prober:
             await self._probe(loop, "" if peer in self._silent else peer)
 
     async def _steer(self) -> None:
-        """Switch the connection to the route while bulk is paced, and back after."""
-        client = self._client() if self.governor.pacing else None
+        """Switch the connection to the route while bulk is paced to the path's rate, and
+        back after (not in the drain: it is short, and on a local path all there is)."""
+        client = self._client() if self.governor.phase is Phase.TRACK else None
         if client is self._steered:
             return
         self._unsteer()
