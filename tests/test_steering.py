@@ -31,12 +31,12 @@ def test_a_connection_is_held_until_the_hold_after_its_last_probe() -> None:
     holds: Holds[str] = Holds(hold=3.0, paired=0.5)
     assert not holds.mark("a", 0.0)  # one probe alone: not yet
     assert holds.mark("a", 0.1)  # a second one soon after: the caller switches it
-    assert not holds.mark("a", 1.0)  # held already: nothing to do
+    assert not holds.mark("a", 0.5)  # held already: nothing to do, but held on
     assert not holds.mark("b", 1.9)
     assert holds.mark("b", 2.0)
-    assert holds.next_due() == 4.0
-    assert holds.due(3.9) == []
-    assert holds.due(4.0) == ["a"]  # 3 s after its last probe, not its first
+    assert holds.next_due() == 3.5
+    assert holds.due(3.4) == []
+    assert holds.due(3.5) == ["a"]  # 3 s after its last probe, not its first
     assert "a" not in holds
     assert "b" in holds
     assert holds.due(100.0) == ["b"]
@@ -52,6 +52,18 @@ def test_probes_a_second_apart_do_not_switch() -> None:
     assert not any(holds.mark("lan", float(t)) for t in range(10))
     assert "lan" not in holds
     assert holds.due(20.0) == []
+
+
+def test_a_drain_then_probes_a_second_apart_let_the_hold_run_out() -> None:
+    """On a local path the drain probes quickly, then the governor probes once a second:
+    the connection is switched by the drain's pair, and back 3 s after it."""
+    holds: Holds[str] = Holds(hold=3.0, paired=0.9)
+    assert not holds.mark("lan", 0.0)
+    assert holds.mark("lan", 0.02)
+    for t in range(1, 10):
+        holds.mark("lan", 0.02 + t)
+    assert holds.due(3.0) == []
+    assert holds.due(3.02) == ["lan"]
 
 
 def test_a_connection_gone_is_not_restored() -> None:

@@ -53,26 +53,25 @@ def switch_to(current: str) -> bool:
 @dataclass
 class Holds(Generic[K]):
     """Keys (connections) held switched from a second probe within `paired` of the one
-    before, until `hold` after the last."""
+    before, until `hold` after the last such probe."""
 
     hold: float = HOLD_S
     paired: float = PAIRED_S
     _until: dict[K, float] = field(default_factory=dict)
-    # When the last probe through a key not held came.
+    # When the last probe through each key came.
     _last: dict[K, float] = field(default_factory=dict)
 
     def mark(self, key: K, now: float) -> bool:
         """A probe went through key's connection at now: True when that starts its hold
-        (the caller switches it)."""
-        if key in self._until:
-            self._until[key] = now + self.hold
-            return False
+        (the caller switches it). Only a probe within `paired` of the one before holds it
+        (on): a drain's quick probes on a local path are followed by one a second, which
+        let the hold run out."""
         last, self._last[key] = self._last.get(key), now
         if last is None or now - last > self.paired:
             return False
-        del self._last[key]
+        new = key not in self._until
         self._until[key] = now + self.hold
-        return True
+        return new
 
     def drop(self, key: K) -> None:
         """key's connection is gone: nothing to restore."""

@@ -2,9 +2,9 @@
 the route's connection toward that node (the one their governed bulk tunnels fill) uses a
 loss-based congestion control instead of BBR, until HOLD_S after the last probe.
 
-The route does not know a node's governor, only that its probes go through a node; the
-probes come every round trip while bulk is governed and once a second on a path too short
-to govern, so a LAN's connection may be switched too, where either algorithm does as well.
+The route does not know a node's governor, only that its probes go through a node: they
+come every round trip while bulk is governed, and once a second on a path too short to
+govern, whose connection is left alone (Holds pairs the probes).
 """
 
 from __future__ import annotations
@@ -50,8 +50,3 @@ class Steering:
         for peer in self.holds.due(loop.time()):
             congestion.restore(self._before.pop(peer, {}))
         self._arm(loop)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
