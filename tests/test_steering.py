@@ -15,7 +15,7 @@ from tests.conftest import TIMEOUT, MakeNode, MakeRoute, home_and_office, wait_u
 from tests.services import echo_server, exchange, exchange_server, ping_until
 from vnet import congestion
 from vnet.core.queueing import Phase
-from vnet.core.steering import GOVERNED, PROBING, Holds, switch_to
+from vnet.core.steering import GOVERNED, PROBING, Holds, LossWatch, switch_to
 from vnet.route.server import RunningRoute
 
 # --- the rule ---------------------------------------------------------------
@@ -74,6 +74,29 @@ def test_a_connection_gone_is_not_restored() -> None:
     assert holds.due(10.0) == []
 
 
+def test_retransmissions_second_after_second_are_random_loss() -> None:
+    watch = LossWatch(interval=1.0)
+    assert not watch.seen(0.0, 100)
+    assert not watch.seen(0.5, 105)
+    assert not watch.seen(1.2, 105)  # one interval with losses: an overflow, perhaps
+    assert watch.seen(2.1, 110)  # two of the last three: random loss
+
+
+def test_one_burst_of_losses_is_not_random_loss() -> None:
+    """A queue that overflowed once loses many segments at once, in one interval."""
+    watch = LossWatch(interval=1.0)
+    watch.seen(0.0, 0)
+    assert not watch.seen(0.3, 100)
+    assert not any(watch.seen(1.0 + t / 10, 100) for t in range(60))
+    # Readings with gaps between them: the intervals skipped saw nothing.
+    watch = LossWatch(interval=1.0)
+    watch.seen(0.0, 0)
+    assert not watch.seen(0.9, 3)
+    assert not watch.seen(5.0, 6)  # the intervals 1-4 saw nothing: 0.9 s is long past
+    assert not watch.seen(6.1, 6)
+    assert watch.seen(7.2, 9)  # 5-6 and 7-8 retransmitted
+
+
 # --- the switch on real sockets ----------------------------------------------
 
 
@@ -106,6 +129,7 @@ def _pair() -> Iterator[tuple[socket.socket, socket.socket, tuple[str, int]]]:
         client = socket.socket()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, PROBING.encode())
         client.connect(address)
+        client.setblocking(False)
         accepted, _ = server.accept()
         with client, accepted:
             yield client, accepted, (address[0], address[1])
@@ -114,20 +138,26 @@ def _pair() -> Iterator[tuple[socket.socket, socket.socket, tuple[str, int]]]:
 @needs_bbr
 def test_the_connection_to_a_peer_leaves_bbr_and_gets_it_back() -> None:
     with _pair() as (client, _, address), _pair() as (other, _, _):
-        before = congestion.govern({address})
-        assert before == {address: PROBING}
+        switched = congestion.govern({address})
+        assert [(one.far, one.was) for one in switched] == [(address, PROBING)]
         assert _cc(client) in GOVERNED
         # A connection to another address is not touched.
         assert _cc(other) == PROBING
-        congestion.restore(before)
+        assert congestion.total_retrans(switched[0].sock) == 0
+        congestion.restore(switched)
+        # Non-blocking as it was: the file's flags are shared with gRPC's descriptor.
+        assert not client.getblocking()
+        assert os.get_blocking(client.fileno()) is False
         assert _cc(client) == PROBING
+        # The duplicate is closed, the connection is not: it still carries bytes.
+        assert client.send(b"x") == 1
 
 
 @needs_bbr
 def test_a_connection_on_another_algorithm_is_left_alone() -> None:
     with _pair() as (client, _, address):
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
-        assert congestion.govern({address}) == {}
+        assert congestion.govern({address}) == []
         assert _cc(client) == "reno"
 
 

@@ -15,9 +15,11 @@ import ipaddress
 import logging
 import os
 import socket
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from vnet.core.steering import GOVERNED, switch_to
+from vnet.core.steering import GOVERNED, LossWatch, switch_to
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ def peer_of(grpc_peer: str) -> tuple[str, int] | None:
 
 @contextlib.contextmanager
 def _tcp_sockets() -> Iterator[list[socket.socket]]:
-    """Duplicates of this process's connected TCP sockets, closed afterwards."""
+    """Duplicates of this process's connected TCP sockets, closed afterwards. Made with
+    socket(fileno=): it leaves the file's flags alone (O_NONBLOCK is shared with gRPC's
+    descriptor; settimeout() or dup() would change it), and nothing here may block."""
     found: list[socket.socket] = []
     try:
         names = os.listdir(_FDS)
@@ -102,37 +106,81 @@ def _set(sock: socket.socket, name: str) -> bool:
     return True
 
 
-def govern(peers: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+_TCP_INFO_LEN = 104
+_TOTAL_RETRANS = 100  # offset of tcpi_total_retrans in struct tcp_info (linux/tcp.h)
+
+
+def total_retrans(sock: socket.socket) -> int | None:
+    """Segments sock has retransmitted in all (None where tcp_info cannot be read)."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError):
+        return None
+    if len(raw) < _TOTAL_RETRANS + 4:
+        return None
+    return int(struct.unpack_from("=I", raw, _TOTAL_RETRANS)[0])
+
+
+@dataclass
+class Switched:
+    """One connection switched off its probing algorithm: a duplicate of its descriptor,
+    kept while switched to watch its retransmissions, and what it used before."""
+
+    sock: socket.socket
+    far: tuple[str, int]
+    was: str
+    watch: LossWatch = field(default_factory=LossWatch)
+    # Back on `was` already: it showed random loss.
+    lossy: bool = False
+
+    def check(self, now: float) -> None:
+        """Put it back on its own algorithm now if it shows random loss (LossWatch)."""
+        if self.lossy:
+            return
+        count = total_retrans(self.sock)
+        if count is None or not self.watch.seen(now, count):
+            return
+        self.lossy = True
+        if _set(self.sock, self.was):
+            log.info(
+                "connection to %s:%s: random loss while governed, back on %s", *self.far, self.was
+            )
+
+    def restore(self) -> None:
+        """Back to what it used, and the duplicate closed (not the connection: gRPC's)."""
+        try:
+            if not self.lossy and current(self.sock) != self.was and _set(self.sock, self.was):
+                log.debug("connection to %s:%s: congestion control back to %s", *self.far, self.was)
+        finally:
+            self.sock.close()
+
+
+def govern(peers: set[tuple[str, int]]) -> list[Switched]:
     """Switch the connections to peers that use a probing congestion control (BBR) to a
-    loss-based one; what each switched connection used before, by peer."""
-    before: dict[tuple[str, int], str] = {}
+    loss-based one. Each switched one must be restore()d: it holds a duplicate open."""
+    switched: list[Switched] = []
     with _tcp_sockets() as socks:
         for sock in socks:
             far = _far_end(sock)
-            if far not in peers:
+            if far is None or far not in peers:
                 continue
             was = current(sock)
             if not switch_to(was):
                 continue
             for name in GOVERNED:
                 if _set(sock, name):
-                    before[far] = was
                     log.debug("connection to %s:%s: congestion control %s -> %s", *far, was, name)
+                    # Kept: the caller owns this duplicate from now on. Not sock.dup(): that
+                    # sets the (shared) file's blocking mode, and gRPC's must stay as it is.
+                    kept = socket.socket(fileno=os.dup(sock.fileno()))
+                    switched.append(Switched(kept, far, was))
                     break
             else:
                 log.debug("connection to %s:%s: the kernel refused %s", *far, "/".join(GOVERNED))
-    return before
+    return switched
 
 
-def restore(before: dict[tuple[str, int], str]) -> None:
-    """Put the connections govern() switched back to what they used."""
-    if not before:
-        return
-    with _tcp_sockets() as socks:
-        for sock in socks:
-            far = _far_end(sock)
-            if far is None or far not in before:
-                continue
-            was = before[far]
-            if current(sock) != was and _set(sock, was):
-                log.debug("connection to %s:%s: congestion control back to %s", *far, was)
+def restore(switched: list[Switched]) -> None:
+    """Put the connections govern() switched back, closing the duplicates."""
+    for one in switched:
+        one.restore()

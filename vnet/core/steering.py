@@ -16,6 +16,9 @@ short by itself, so they see no loss and only need a window large enough for the
 lone transfer is not governed, and its connections keep the host's choice (BBR keeps a
 lossy link full where cubic would not).
 
+A connection that shows random loss while switched (retransmissions second after second)
+goes back at once (LossWatch): on a lossy link BBR is the better of the two.
+
 Pure: the node switches while its governor tracks the path (not while it drains, and not on
 a path too short to pace); the route, which does not know a node's phase, switches its
 connection toward a node while other nodes' probes pass through it at a governed pace, until
@@ -41,6 +44,16 @@ HOLD_S = 3.0
 # (loopback, a LAN: the governor's LOCAL phase) only once a second (LOCAL_PROBE_S), and its
 # connection keeps the host's choice.
 PAIRED_S = 0.9
+
+# A switched connection that retransmitted in LOSSY_IN of the last LOSSY_OF intervals of
+# LOSSY_S goes back to the host's algorithm: that is random loss, not a queue the governor
+# lets overflow (it keeps the queue short: no loss at all on a clean path, measured), and
+# there a loss-based algorithm halves its window on every loss. Measured with 1% loss:
+# cubic held governed bulk to 0.4-0.6 MB/s where BBR kept 3-7, and the ping's median
+# waited behind what the small window would not send.
+LOSSY_S = 1.0
+LOSSY_OF = 3
+LOSSY_IN = 2
 
 K = TypeVar("K", bound=Hashable)
 
@@ -94,3 +107,34 @@ class Holds(Generic[K]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._until
+
+
+@dataclass
+class LossWatch:
+    """Whether a switched connection sees random loss, from its count of retransmitted
+    segments (tcp_info's total_retrans) read now and then."""
+
+    interval: float = LOSSY_S
+    _start: float | None = None
+    _count: int = 0
+    # Per interval passed (the last LOSSY_OF - 1), newest last: whether it retransmitted.
+    _lossy: list[bool] = field(default_factory=list)
+    _retransmitted: bool = False
+
+    def seen(self, now: float, total_retrans: int) -> bool:
+        """The connection's count at now: True once it is lossy (LOSSY_IN of LOSSY_OF)."""
+        if self._start is None:
+            self._start, self._count = now, total_retrans
+            return False
+        passed = int((now - self._start) / self.interval)
+        if passed > 0:
+            # The interval that ended, then any with no reading at all (nothing seen).
+            self._lossy += [self._retransmitted] + [False] * (passed - 1)
+            self._lossy = self._lossy[-(LOSSY_OF - 1) :]
+            self._start += passed * self.interval
+            self._retransmitted = False
+        if total_retrans > self._count:
+            self._retransmitted = True
+        self._count = total_retrans
+        # The current interval counts as soon as it retransmits.
+        return sum(self._lossy) + self._retransmitted >= LOSSY_IN

@@ -42,9 +42,9 @@ class Prober:
         # Peers the route answered for alone (they do not echo): probed as the
         # route alone from then on, so their path keeps one base of its own.
         self._silent: set[str] = set()
-        # The client whose connection is switched while pacing, and what it used before.
+        # The client whose connection is switched while pacing, and that connection.
         self._steered: RouteClient | None = None
-        self._before: dict[tuple[str, int], str] = {}
+        self._switched: list[congestion.Switched] = []
 
     async def run(self) -> None:
         try:
@@ -81,19 +81,19 @@ class Prober:
         back after (not in the drain: it is short, and on a local path all there is)."""
         client = self._client() if self.governor.phase is Phase.TRACK else None
         if client is self._steered:
+            for one in self._switched:
+                one.check(asyncio.get_running_loop().time())
             return
         self._unsteer()
         if client is None:
             return
         self._steered = client
         peers = await _resolve(client.address)
-        self._before = congestion.govern(peers)
-        if self._before:
-            log.debug("paced: the connection to the route uses %s", "/".join(self._before.values()))
+        self._switched = congestion.govern(peers)
 
     def _unsteer(self) -> None:
-        congestion.restore(self._before)
-        self._before, self._steered = {}, None
+        congestion.restore(self._switched)
+        self._switched, self._steered = [], None
 
     async def _probe(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
         sent_at = loop.time()

@@ -24,17 +24,19 @@ class Steering:
     def __init__(self) -> None:
         # By gRPC peer string ("ipv4:10.0.0.2:4711"): one per node connection.
         self.holds: Holds[str] = Holds()
-        self._before: dict[str, dict[tuple[str, int], str]] = {}
+        self._switched: dict[str, list[congestion.Switched]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def probed(self, peer: str) -> None:
         """A probe went through the node at peer (its connection's gRPC peer string)."""
         loop = asyncio.get_running_loop()
         if not self.holds.mark(peer, loop.time()):
+            for one in self._switched.get(peer, ()):
+                one.check(loop.time())
             return
         far = congestion.peer_of(peer)
         if far is not None:
-            self._before[peer] = congestion.govern({far})
+            self._switched[peer] = congestion.govern({far})
         if self._timer is None:
             self._arm(loop)
 
@@ -48,5 +50,5 @@ class Steering:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         for peer in self.holds.due(loop.time()):
-            congestion.restore(self._before.pop(peer, {}))
+            congestion.restore(self._switched.pop(peer, []))
         self._arm(loop)
