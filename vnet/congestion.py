@@ -4,8 +4,11 @@ says when and why).
 grpc.aio gives no access to its sockets, so they are found among the process's own file
 descriptors by the address at the far end (Linux: /proc/self/fd); the switch is a
 setsockopt(TCP_CONGESTION) on a duplicate of the descriptor, which changes the one socket
-both share. Where any of this is unavailable (another OS, a kernel that refuses the
-algorithm) nothing changes and the governor works as before.
+both share. The duplicate is kept while switched, to read the connection's retransmissions
+(tcp_info) and to switch it back; a connection gRPC closes meanwhile is shut down by gRPC
+as usual, and its descriptor is released with the duplicate (the route's hold, 3 s, at
+most). Where any of this is unavailable (another OS, a kernel that refuses the algorithm)
+nothing changes and the governor works as before.
 """
 
 from __future__ import annotations
