@@ -284,6 +284,10 @@ class ProfileRun:
             path.echo, flow, plan, snapshot, at_sink if direction == "up" else None, drained
         )
         self.result.timelines[(direction, path.name)] = got
+        if self.args.logs:
+            # Every round trip with its send time on the monotonic clock the vnet logs use.
+            trace = self.workdir / f"pings-{direction}-{path.name}.log"
+            trace.write_text("".join(f"{got.began + t:.3f} {ms:.1f}\n" for t, ms in got.timeline))
         return {
             f"{direction}_p50": got.p50,
             f"{direction}_p99": got.p99,

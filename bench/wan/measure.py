@@ -173,6 +173,9 @@ class Loaded:
     timeline: Timeline = field(default_factory=list)
     # When the transfer stopped, seconds since it started (the timeline's x axis).
     load_s: float = 0.0
+    # When it started, on time.perf_counter() (CLOCK_MONOTONIC, as the vnet processes'
+    # loop.time() in their logs), so a trace can be lined up with the governor's.
+    began: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -247,4 +250,5 @@ def loaded(
         mbps=(c1 - c0) / (w1 - w0) / 1e6,
         timeline=[(t - began, ms) for t, ms in pinger.samples],
         load_s=ended - began,
+        began=began,
     )

@@ -173,9 +173,19 @@ def new_namespace(prefix: str) -> str:
     sysctl(name, "net.ipv6.conf.default.disable_ipv6", "1")
     for key in COPIED_SYSCTLS:
         value = OVERRIDES.get(key) or host_sysctl(key)
-        if value is not None:
-            with contextlib.suppress(NetnsError):
+        if value is None:
+            continue
+        if key in OVERRIDES:
+            # Asked for on the command line: a run that silently kept the host's value would
+            # be reported as the other algorithm's (this kernel refuses a namespace its own
+            # tcp_congestion_control, EPERM, and an earlier round's "cubic" runs were BBR).
+            try:
                 sysctl(name, key, value)
+            except NetnsError as exc:
+                raise NetnsError(f"cannot set {key}={value} in a namespace here: {exc}") from None
+            continue
+        with contextlib.suppress(NetnsError):
+            sysctl(name, key, value)
     ip(name, "link", "set", "dev", "lo", "up")
     return name
 

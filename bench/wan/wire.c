@@ -13,7 +13,10 @@
  *
  * On SIGTERM or SIGINT it prints one line per direction to stderr and exits:
  *   stats A>B in=N forwarded=N lost=N dropped=N send_errors=N socket_drops=N
- * SIGUSR1 prints the same lines and carries on.
+ * SIGUSR1 prints the same lines and carries on. Each run of tail drops (frames dropped less
+ * than 10 ms apart) is logged as it ends, with its time on CLOCK_MONOTONIC (the clock of the
+ * bench's and vnet's own traces), so a late ping can be lined up with the loss behind it:
+ *   drops A>B at=SECONDS span_ms=MS dropped=N
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,7 +51,12 @@ struct link {
     size_t cap, head, count;
     uint64_t busy_until_ns; /* when the last accepted frame's last bit leaves */
     uint64_t in, forwarded, lost, dropped, send_errors;
+    /* The current run of tail drops (frames dropped less than DROP_GAP_NS apart). */
+    uint64_t run_start_ns, run_last_ns, run_dropped;
 };
+
+/* Tail drops this close together are one episode, logged as one line. */
+#define DROP_GAP_NS 10000000u
 
 static double rate_bps;
 static uint64_t buffer_bytes, delay_ns;
@@ -109,6 +117,23 @@ static void print_stats(struct link *l, int n) {
     fflush(stderr);
 }
 
+static void end_drop_run(struct link *l) {
+    if (!l->run_dropped) return;
+    fprintf(stderr, "drops %s at=%.3f span_ms=%.1f dropped=%llu\n", l->name,
+            (double)l->run_start_ns / 1e9, (double)(l->run_last_ns - l->run_start_ns) / 1e6,
+            (unsigned long long)l->run_dropped);
+    fflush(stderr);
+    l->run_dropped = 0;
+}
+
+static void tail_drop(struct link *l, uint64_t t) {
+    l->dropped++;
+    if (l->run_dropped && t - l->run_last_ns > DROP_GAP_NS) end_drop_run(l);
+    if (!l->run_dropped) l->run_start_ns = t;
+    l->run_dropped++;
+    l->run_last_ns = t;
+}
+
 /* xorshift64*: the loss pattern is reproducible from the seed. */
 static uint64_t rng_state;
 static uint32_t rand_ppm(void) {
@@ -124,7 +149,7 @@ static void accept_frame(struct link *l, const unsigned char *buf, uint32_t len,
     uint64_t start = l->busy_until_ns > t ? l->busy_until_ns : t;
     /* Bytes not yet serialised, from how long the link stays busy. */
     uint64_t backlog = (uint64_t)((double)(start - t) * rate_bps / 8e9);
-    if (backlog + len > buffer_bytes || l->count == l->cap) { l->dropped++; return; }
+    if (backlog + len > buffer_bytes || l->count == l->cap) { tail_drop(l, t); return; }
     unsigned char *copy = malloc(len);
     if (!copy) { l->dropped++; return; }
     memcpy(copy, buf, len);
@@ -223,6 +248,8 @@ int main(int argc, char **argv) {
             if (pfd[1].revents & POLLIN) drain_input(&links[1], buf);
         }
     }
+    end_drop_run(&links[0]);
+    end_drop_run(&links[1]);
     print_stats(links, 2);
     return 0;
 }

@@ -5,17 +5,25 @@ One probe at a time: a Ping through the route and the peer of the busiest bulk
 tunnel, on the same connection (and so behind the same queues) as the tunnels'
 frames. Idle otherwise: the task sleeps on an event the pacer sets when a tunnel
 turns interactive, so a node with no typing and no transfer sends nothing.
+
+While bulk is paced to the path's rate, the node's connection to the route uses a
+loss-based congestion control instead of BBR (vnet/core/steering.py says why), and gets
+the host's back when pacing ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 
+from vnet import congestion
 from vnet.core.errors import NotFound, VnetError
-from vnet.core.queueing import PROBE_GAP_S, Governor
+from vnet.core.queueing import PROBE_GAP_S, Governor, Phase
 from vnet.node.client import RouteClient
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,9 @@ class Prober:
         # Peers the route answered for alone (they do not echo): probed as the
         # route alone from then on, so their path keeps one base of its own.
         self._silent: set[str] = set()
+        # The client whose connection is switched while pacing, and that connection.
+        self._steered: RouteClient | None = None
+        self._switched: list[congestion.Switched] = []
 
     async def run(self) -> None:
         try:
@@ -42,11 +53,14 @@ class Prober:
             # Never leave bulk tunnels paced with nobody timing the path.
             self.governor.halt()
             log.exception("the probes stopped; bulk tunnels are not paced from now on")
+        finally:
+            self._unsteer()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             wait = self.governor.next_probe_in(loop.time())
+            await self._steer()
             if wait is None:
                 # Not governing: sleep until a tunnel turns interactive.
                 self.wake.clear()
@@ -61,6 +75,25 @@ class Prober:
                 await asyncio.sleep(PROBE_GAP_S)
                 continue
             await self._probe(loop, "" if peer in self._silent else peer)
+
+    async def _steer(self) -> None:
+        """Switch the connection to the route while bulk is paced to the path's rate, and
+        back after (not in the drain: it is short, and on a local path all there is)."""
+        client = self._client() if self.governor.phase is Phase.TRACK else None
+        if client is self._steered:
+            for one in self._switched:
+                one.check(asyncio.get_running_loop().time())
+            return
+        self._unsteer()
+        if client is None:
+            return
+        self._steered = client
+        peers = await _resolve(client.address)
+        self._switched = congestion.govern(peers)
+
+    def _unsteer(self) -> None:
+        congestion.restore(self._switched)
+        self._switched, self._steered = [], None
 
     async def _probe(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
         sent_at = loop.time()
@@ -110,6 +143,26 @@ class Prober:
                 g.capacity / 1e6,
                 g.phase.value,
             )
+
+
+async def _resolve(address: str) -> set[tuple[str, int]]:
+    """The (ip, port) pairs a "host:port" target may be connected to."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        return set()
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM
+        )
+    except OSError:
+        return set()
+    peers = set()
+    for info in found:
+        # A scoped IPv6 address ("fe80::1%eth0") is not one getpeername() reports as such.
+        with contextlib.suppress(ValueError):
+            peers.add((str(ipaddress.ip_address(str(info[4][0]))), int(port)))
+    return peers
 
 
 async def echo(client: RouteClient, probe: int) -> None:

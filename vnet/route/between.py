@@ -15,6 +15,7 @@ from vnet.core.limits import HOST_MAX
 from vnet.core.registry import Registry, Serve
 from vnet.route.link import Link
 from vnet.route.probes import Probes
+from vnet.route.steer import Steering
 from vnet.wire import route_messages as msg
 
 # Logged as the servicer's: the same lines as before this module.
@@ -40,6 +41,8 @@ class Between:
         self._ids = ids
         self._clock = clock
         self.probes = Probes(echo_timeout)
+        # The connections toward nodes that probes pass through (vnet/core/steering.py).
+        self.steering = Steering()
         # Unserve requests waiting for the asked node: id -> (asked, answer).
         self.unserves: dict[str, tuple[Link, asyncio.Future[msg.UnserveAnswer]]] = {}
 
@@ -50,6 +53,7 @@ class Between:
         if asked is None:
             return False
         number, done = asked
+        self.steering.probed(via.peer)
         via.push(msg.echo_asked_event(number))
         return await self.probes.wait(link, via, number, done)
 

@@ -1,0 +1,54 @@
+"""The route's side of vnet/core/steering.py: while other nodes' probes pass through a node,
+the route's connection toward that node (the one their governed bulk tunnels fill) uses a
+loss-based congestion control instead of BBR, until HOLD_S after the last probe.
+
+The route does not know a node's governor, only that its probes go through a node: they
+come every round trip while bulk is governed, and once a second on a path too short to
+govern, whose connection is left alone (Holds pairs the probes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from vnet import congestion
+from vnet.core.steering import Holds
+
+log = logging.getLogger(__name__)
+
+
+class Steering:
+    """The route's connections switched while probes pass through their node."""
+
+    def __init__(self) -> None:
+        # By gRPC peer string ("ipv4:10.0.0.2:4711"): one per node connection.
+        self.holds: Holds[str] = Holds()
+        self._switched: dict[str, list[congestion.Switched]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def probed(self, peer: str) -> None:
+        """A probe went through the node at peer (its connection's gRPC peer string)."""
+        loop = asyncio.get_running_loop()
+        if not self.holds.mark(peer, loop.time()):
+            for one in self._switched.get(peer, ()):
+                one.check(loop.time())
+            return
+        far = congestion.peer_of(peer)
+        if far is not None:
+            self._switched[peer] = congestion.govern({far})
+        if self._timer is None:
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = self.holds.next_due()
+        if due == float("inf"):
+            self._timer = None
+            return
+        self._timer = loop.call_at(due, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        for peer in self.holds.due(loop.time()):
+            congestion.restore(self._switched.pop(peer, []))
+        self._arm(loop)
