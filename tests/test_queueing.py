@@ -158,6 +158,33 @@ def test_tracking_holds_the_delay_near_the_target_at_the_path_rate() -> None:
     assert sim.g.capacity == pytest.approx(path.rate, rel=0.05)
 
 
+def test_recover_brings_back_the_estimate_a_collapsed_window_pulled_down() -> None:
+    """A connection on cubic over a lossy link carries a fraction of the path for a
+    second or two, and the estimate follows it down; once the connection is back on
+    its own algorithm (vnet.core.steering), recover() restores the estimate from before."""
+    path = Path(12 * MB)
+    sim, _ = _settled(path)
+    saved = sim.g.capacity
+    # Down step by step, as a window halving loss after loss (a sudden drop reads as a stall).
+    for share in (0.7, 0.5, 0.35, 0.25, 0.15, 0.1, 0.06, 0.04):
+        path.rate = share * 12 * MB
+        sim.run(0.5)
+    assert sim.g.capacity < 0.5 * saved
+    path.rate = 12 * MB
+    sim.g.recover(saved)
+    assert sim.g.capacity == saved
+    assert sim.g.rate >= saved
+    sent = sim.sent
+    sim.run(1.0)
+    assert sim.sent - sent > 0.9 * path.rate
+    # Never lowers it, and only while tracking.
+    sim.g.recover(saved / 10)
+    assert sim.g.capacity >= 0.5 * saved
+    idle = Governor()
+    idle.recover(saved)
+    assert idle.capacity == 0.0
+
+
 def test_the_startup_after_the_drain_ends_before_a_queue_of_several_targets() -> None:
     # The law of before grew the rate 12% a probe until the filtered delay showed half
     # the target: a queue of ~130 ms on this path, enough for the p99 of a ping next to

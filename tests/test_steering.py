@@ -15,7 +15,7 @@ from tests.conftest import TIMEOUT, MakeNode, MakeRoute, home_and_office, wait_u
 from tests.services import echo_server, exchange, exchange_server, ping_until
 from vnet import congestion
 from vnet.core.queueing import Phase
-from vnet.core.steering import GOVERNED, PROBING, Holds, LossWatch, switch_to
+from vnet.core.steering import GOVERNED, PROBING, Holds, LossWatch, Lossy, switch_to
 from vnet.route.server import RunningRoute
 
 # --- the rule ---------------------------------------------------------------
@@ -95,6 +95,16 @@ def test_one_burst_of_losses_is_not_random_loss() -> None:
     assert not watch.seen(5.0, 6)  # the intervals 1-4 saw nothing: 0.9 s is long past
     assert not watch.seen(6.1, 6)
     assert watch.seen(7.2, 9)  # 5-6 and 7-8 retransmitted
+
+
+def test_a_connection_found_lossy_is_left_alone_a_while() -> None:
+    lossy: Lossy[str] = Lossy(memory=120.0)
+    assert not lossy.spares("route", 0.0)
+    lossy.found("route", 10.0)
+    assert lossy.spares("route", 10.5)
+    assert lossy.spares("route", 129.0)
+    assert not lossy.spares("other", 11.0)
+    assert not lossy.spares("route", 130.0)
 
 
 # --- the switch on real sockets ----------------------------------------------

@@ -136,18 +136,20 @@ class Switched:
     # Back on `was` already: it showed random loss.
     lossy: bool = False
 
-    def check(self, now: float) -> None:
-        """Put it back on its own algorithm now if it shows random loss (LossWatch)."""
+    def check(self, now: float) -> bool:
+        """Put it back on its own algorithm now if it shows random loss (LossWatch):
+        True when that happened just now."""
         if self.lossy:
-            return
+            return False
         count = total_retrans(self.sock)
         if count is None or not self.watch.seen(now, count):
-            return
+            return False
         self.lossy = True
         if _set(self.sock, self.was):
             log.info(
                 "connection to %s:%s: random loss while governed, back on %s", *self.far, self.was
             )
+        return True
 
     def restore(self) -> None:
         """Back to what it used, and the duplicate closed (not the connection: gRPC's)."""

@@ -394,6 +394,19 @@ class Governor:
             return
         self.capacity = max(FLOOR_RATE, self.capacity + EST_GAIN * (sample - self.capacity))
 
+    def recover(self, capacity: float) -> None:
+        """The path's estimate goes back up to `capacity` (one taken earlier).
+
+        For a connection whose congestion control held it below the path for a while
+        (vnet.core.steering: a loss-based one on a lossy link, since switched back):
+        what the probes measured meanwhile was that window, not the path.
+        """
+        if self.phase is not Phase.TRACK or capacity <= self.capacity:
+            return
+        self.capacity = capacity
+        self.rate = max(FLOOR_RATE, capacity)
+        self._before_cuts = None
+
     def lost(self) -> None:
         """The probe failed (no answer, the peer left): the next one may go."""
         self._probe_out = False

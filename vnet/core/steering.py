@@ -17,7 +17,10 @@ lone transfer is not governed, and its connections keep the host's choice (BBR k
 lossy link full where cubic would not).
 
 A connection that shows random loss while switched (retransmissions second after second)
-goes back at once (LossWatch): on a lossy link BBR is the better of the two.
+goes back at once (LossWatch): on a lossy link BBR is the better of the two. It is then left
+alone for LOSSY_FOR_S (Lossy), and the governor gets back the path's estimate from before the
+switch (Governor.recover): what it measured while cubic's window collapsed was cubic, not
+the path, and from that low start its slow growth took the rest of a transfer.
 
 Pure: the node switches while its governor tracks the path (not while it drains, and not on
 a path too short to pace); the route, which does not know a node's phase, switches its
@@ -55,7 +58,33 @@ LOSSY_S = 1.0
 LOSSY_OF = 3
 LOSSY_IN = 2
 
+# A connection sent back for random loss is not switched again for this long: the link is
+# lossy, not only the seconds measured, and every switch costs the transfer a collapse of
+# cubic's window (and the governor's estimate with it) before LossWatch can tell again.
+LOSSY_FOR_S = 120.0
+
 K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class Lossy(Generic[K]):
+    """Keys (connections, or the node's route) found lossy, until LOSSY_FOR_S after."""
+
+    memory: float = LOSSY_FOR_S
+    _until: dict[K, float] = field(default_factory=dict)
+
+    def found(self, key: K, now: float) -> None:
+        self._until[key] = now + self.memory
+
+    def spares(self, key: K, now: float) -> bool:
+        """Whether key's connection must keep its own algorithm now (lossy lately)."""
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if now >= until:
+            del self._until[key]
+            return False
+        return True
 
 
 def switch_to(current: str) -> bool:

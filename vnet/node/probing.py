@@ -24,6 +24,7 @@ from collections.abc import Callable
 from vnet import congestion
 from vnet.core.errors import NotFound, VnetError
 from vnet.core.queueing import PROBE_GAP_S, Governor, Phase
+from vnet.core.steering import Lossy
 from vnet.node.client import RouteClient
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Prober:
         # The client whose connection is switched while pacing, and that connection.
         self._steered: RouteClient | None = None
         self._switched: list[congestion.Switched] = []
+        # The path's estimate when the connection was switched, and routes found lossy.
+        self._capacity = 0.0
+        self._lossy: Lossy[str] = Lossy()
 
     async def run(self) -> None:
         try:
@@ -79,15 +83,22 @@ class Prober:
     async def _steer(self) -> None:
         """Switch the connection to the route while bulk is paced to the path's rate, and
         back after (not in the drain: it is short, and on a local path all there is)."""
+        now = asyncio.get_running_loop().time()
         client = self._client() if self.governor.phase is Phase.TRACK else None
-        if client is self._steered:
+        if client is not None and self._lossy.spares(client.address, now):
+            client = None
+        if client is not None and client is self._steered:
             for one in self._switched:
-                one.check(asyncio.get_running_loop().time())
+                if not one.lossy and one.check(now):
+                    # Lossy: left alone a while, and the estimate cubic pulled down restored.
+                    self._lossy.found(client.address, now)
+                    self.governor.recover(self._capacity)
             return
         self._unsteer()
         if client is None:
             return
         self._steered = client
+        self._capacity = self.governor.capacity
         peers = await _resolve(client.address)
         self._switched = congestion.govern(peers)
 

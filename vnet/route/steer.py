@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from vnet import congestion
-from vnet.core.steering import Holds
+from vnet.core.steering import Holds, Lossy
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,21 @@ class Steering:
     def __init__(self) -> None:
         # By gRPC peer string ("ipv4:10.0.0.2:4711"): one per node connection.
         self.holds: Holds[str] = Holds()
+        # Connections found lossy while switched: left alone a while (vnet/core/steering.py).
+        self.lossy: Lossy[str] = Lossy()
         self._switched: dict[str, list[congestion.Switched]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def probed(self, peer: str) -> None:
         """A probe went through the node at peer (its connection's gRPC peer string)."""
         loop = asyncio.get_running_loop()
-        if not self.holds.mark(peer, loop.time()):
+        now = loop.time()
+        if not self.holds.mark(peer, now):
             for one in self._switched.get(peer, ()):
-                one.check(loop.time())
+                if one.check(now):
+                    self.lossy.found(peer, now)
+            return
+        if self.lossy.spares(peer, now):
             return
         far = congestion.peer_of(peer)
         if far is not None:
