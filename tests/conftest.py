@@ -10,12 +10,13 @@ import contextlib
 import inspect
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.procs import Procs
+from tests.services import close_left_open
 from vnet.core.config import (
     NodeConfig,
     RouteEndpoint,
@@ -70,6 +71,17 @@ async def refused(port: int) -> bool:
         return True
     writer.close()
     return False
+
+
+@pytest.fixture(autouse=True)
+def _services_closed() -> Iterator[None]:
+    """After every test, close the services (tests/services.py) it left open
+    because it failed before its own close(): a failure is reported once, by
+    its own test, not again as a ResourceWarning in whichever test is running
+    when the loop finds the socket. Autouse, so set up first and torn down
+    last: after the nodes and routes that used the services have stopped."""
+    yield
+    close_left_open()
 
 
 @pytest.fixture

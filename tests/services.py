@@ -25,6 +25,31 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return random.Random(f"{seed}:{size}").randbytes(size)
 
 
+# What the tests' services hold open until their close(): a test that fails
+# before its own close() would leave a listening socket to the session's loop,
+# whose close at the end of the run then fails an unrelated last test with a
+# ResourceWarning. tests/conftest.py closes what is left after every test.
+_left_open: list[tuple[object, Callable[[], None]]] = []
+
+
+def track(thing: object, close: Callable[[], None]) -> None:
+    """close() ends thing if its test did not (it failed first)."""
+    _left_open.append((thing, close))
+
+
+def untrack(thing: object) -> None:
+    _left_open[:] = [(t, c) for t, c in _left_open if t is not thing]
+
+
+def close_left_open() -> int:
+    """Close every service a test started and did not close; how many there were."""
+    left = [close for _, close in _left_open]
+    _left_open.clear()
+    for close in left:
+        close()
+    return len(left)
+
+
 def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -56,14 +81,22 @@ class Server:
     # Connections a service holds open on purpose; closed with the server.
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        track(self, self._abandon)
+
     @property
     def port(self) -> int:
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def close(self) -> None:
+    def _abandon(self) -> None:
         for writer in self.writers:
             writer.close()
-        self.server.close()
+        if self.server is not None:  # tcp_relay's, before it listens
+            self.server.close()
+
+    async def close(self) -> None:
+        untrack(self)
+        self._abandon()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.server.wait_closed(), 5)
 

@@ -18,7 +18,7 @@ import trustme
 from harness.etcd import EtcdServer, EtcdTlsFiles, etcd_binary
 from harness.procs import spawn, unbuffered_env
 from tests.conftest import TIMEOUT, wait_until
-from vnet.cluster.etcd import EtcdAccess, EtcdEndpoint
+from vnet.cluster.etcd import Etcd, EtcdAccess, EtcdEndpoint
 from vnet.cluster.store import ClusterStore, RouteIdTaken, ServeEvent
 from vnet.core.cluster_keys import SessionRecord
 from vnet.core.errors import Fenced, InvalidRequest, NotFound, ServeIdTaken, StoreUnavailable
@@ -321,6 +321,46 @@ async def test_etcd_stopped_fails_clearly_then_recovers(
     assert (await a.find("g", 600)).serve.vnetid == vnet.vnetid
     assert (await a.add_vnet("home", "g")).vnetid != vnet.vnetid
     assert not a.fenced.is_set()
+
+
+async def test_a_call_whose_connection_is_closed_under_it_fails_as_unavailable() -> None:
+    # A member that takes the connection and never answers: the call stays in flight.
+    held: list[asyncio.StreamWriter] = []
+    hole = await asyncio.start_server(lambda _r, w: held.append(w), "127.0.0.1", 0)
+    port = int(hole.sockets[0].getsockname()[1])
+    etcd = Etcd(EtcdAccess((EtcdEndpoint("127.0.0.1", port),), call_timeout=TIMEOUT * 3))
+    try:
+        call = asyncio.create_task(etcd.call("read a key", "get", b"key"))
+        await wait_until(lambda: held, "the call to reach the member")
+        # What another call does when it finds the member unavailable (_next_member):
+        # grpc.aio cancels the calls in flight on the closed channel. The route's
+        # handler of this one must get a store error, not a cancel (which gRPC takes
+        # for its own client going away: that client was never answered).
+        await etcd.close()
+        with pytest.raises(StoreUnavailable, match="to read a key"):
+            await asyncio.wait_for(call, TIMEOUT)
+    finally:
+        for writer in held:
+            writer.close()
+        hole.close()
+
+
+async def test_a_cancelled_caller_is_still_cancelled() -> None:
+    held: list[asyncio.StreamWriter] = []
+    hole = await asyncio.start_server(lambda _r, w: held.append(w), "127.0.0.1", 0)
+    port = int(hole.sockets[0].getsockname()[1])
+    etcd = Etcd(EtcdAccess((EtcdEndpoint("127.0.0.1", port),), call_timeout=TIMEOUT * 3))
+    try:
+        call = asyncio.create_task(etcd.call("read a key", "get", b"key"))
+        await wait_until(lambda: held, "the call to reach the member")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, TIMEOUT)
+    finally:
+        await etcd.close()
+        for writer in held:
+            writer.close()
+        hole.close()
 
 
 async def test_a_route_cut_off_past_its_lease_is_fenced(

@@ -126,6 +126,30 @@ async def test_200_flows_each_get_only_their_own_replies(make_node: MakeNode) ->
     echo.close()
 
 
+async def test_a_flow_is_counted_open_or_ended_at_every_turn_of_the_loop(
+    make_node: MakeNode,
+) -> None:
+    # An observer (the metrics, a test's wait) must never see a flow that is
+    # neither open nor counted closed or reset.
+    echo = await udp_server()
+    home, office, port = await _pair(make_node, echo.port, use_idle=1)
+    client = await udp_client(port)
+    assert await client.round_trip(b"hello") == b"hello"
+    sides = (office.uses["svc"].udp_counters, home.serves["svc"].udp)
+    gaps: list[str] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            ended = [s.flows_closed + s.flows_reset for s in sides]
+            gaps += [str(s) for s, e in zip(sides, ended, strict=True) if s.flows_open + e != 1]
+            if ended == [1, 1]:
+                break
+            await asyncio.sleep(0)  # look at every turn of the loop: the gap lasts one
+    assert not gaps
+    assert [s.flows_closed for s in sides] == [1, 1]
+    client.close()
+    echo.close()
+
+
 @pytest.mark.parametrize("short", ["use", "serve"])
 async def test_idle_ends_the_flow_on_both_sides(make_node: MakeNode, short: str) -> None:
     echo = await udp_server()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import cast
 
 from tests.conftest import TIMEOUT
+from tests.services import track, untrack
 
 # Big enough for a few 65,507-byte datagrams in flight (the kernel doubles
 # it and caps it at net.core.rmem_max).
@@ -52,12 +53,14 @@ class UdpServer:
         assert protocol.transport is not None
         self.transport = protocol.transport
         self.port = int(self.transport.get_extra_info("sockname")[1])
+        track(self, self.transport.close)
 
     @property
     def received(self) -> list[tuple[bytes, tuple[str, int]]]:
         return self.protocol.received
 
     def close(self) -> None:
+        untrack(self)
         self.transport.close()
 
 
@@ -83,6 +86,7 @@ class UdpClient:
         assert protocol.transport is not None
         self.transport = protocol.transport
         self.port = port
+        track(self, self.transport.close)
 
     @property
     def received(self) -> list[bytes]:
@@ -105,6 +109,7 @@ class UdpClient:
         return (await self.wait_for(before + 1, timeout))[before]
 
     def close(self) -> None:
+        untrack(self)
         self.transport.close()
 
 

@@ -165,6 +165,17 @@ class Etcd:
             yield
         except StoreUnavailable:
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this caller is being cancelled: not the store's doing
+            # grpc.aio ends the calls in flight on a channel that is closed with a
+            # cancel: another call found the member unavailable (_next_member). A
+            # cancel let through would end a route's RPC handler as if its client
+            # had gone, so gRPC would never answer that client (it waits out its
+            # deadline), and it would end the watch or the catch-up of missed
+            # writes for good (they retry store errors only).
+            raise self.unavailable(what, "failed another call, and this one with it") from None
         except (TimeoutError, aetcd.exceptions.ConnectionTimeoutError) as exc:
             raise self.unavailable(what, "did not answer in time") from exc
         except aetcd.exceptions.ConnectionFailedError as exc:

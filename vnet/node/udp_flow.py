@@ -195,19 +195,26 @@ class Flow:
                 self._timer.cancel()
             self.ending = self.ending or reason or "ended"
             self._finished()
-            self.counters.flows_open -= 1
             up.cancel()
             down.cancel()
             self.call.cancel()
-            await asyncio.gather(up, down, return_exceptions=True)
+            try:
+                await asyncio.gather(up, down, return_exceptions=True)
+            finally:
+                # No await between these two counts (and they happen on a cancel
+                # of the gather too): the metrics never show a flow that is
+                # neither open nor closed or reset.
+                self.counters.flows_open -= 1
+                if reason:
+                    self.counters.flows_reset += 1
+                else:
+                    self.counters.flows_closed += 1
             if reason:
-                self.counters.flows_reset += 1
                 held = 0 if self.resets is None else self.resets.due(self._loop.time())
                 if held is not None:
                     more = f" ({held} more flow resets since the last such line)" if held else ""
                     log.info("%s: %s%s", self.label, reason, more, extra=self.fields)
             else:
-                self.counters.flows_closed += 1
                 log.debug("%s: closed (%s)", self.label, self.ending, extra=self.fields)
 
     async def _upstream(self) -> None:
