@@ -50,6 +50,7 @@ from vnet.route.lists import Lists
 from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
 from vnet.route.splice import Leg, Splice, SpliceStats
+from vnet.route.timeouts import RouteTimeouts as RouteTimeouts
 from vnet.wire import route_messages as msg
 
 if TYPE_CHECKING:
@@ -60,33 +61,6 @@ log = logging.getLogger(__name__)
 # A tick of the expiry timer that comes this much later than asked for was the
 # route's own backlog (its loop was busy), not the node's: it is not counted.
 STALL_SLACK = 0.05
-
-
-@dataclass(frozen=True)
-class RouteTimeouts:
-    """How long the route waits for nodes; shortened in tests."""
-
-    # A node must open its Control stream this soon after Join.
-    join: float = 10.0
-    # The serving node must answer an OpenTunnel this soon, counted from the
-    # Dial or from the last tunnel it accepted, whichever is later: a node
-    # working through a burst of them is slow, not gone.
-    accept: float = 10.0
-    # However busy the node, a Dial waits for its Accept no longer than this.
-    accept_limit: float = 60.0
-    # An asked node must answer an unserve request this soon.
-    unserve: float = 10.0
-    # A node must echo a probe through it (Ping with via) this soon, or it is
-    # taken for one that does not echo (vnet/route/probes.py).
-    echo: float = 2.0
-    # When the route stops: how long open tunnels may still run.
-    stop_grace: float = 5.0
-    # Keepalive pings on idle connections, and how long an answer may take:
-    # a dead or black-holed node is dropped within about the sum.
-    keepalive: float = 10.0
-    keepalive_timeout: float = 10.0
-    # A tunnel closed in one direction and silent this long is reset.
-    half_close_idle: float = 300.0
 
 
 _TUNNEL_ID = re.compile(r"[0-9a-f]{16}")
@@ -682,19 +656,7 @@ class RouteServicer:
                 raise NotFound("no such tunnel waiting for this vnet")
         except VnetError as exc:
             await route_rpc.refuse(context, exc, self.rejected)
-        splice = Splice(
-            tunnel_id=tunnel_id,
-            serveid=pending.serveid,
-            dial=Leg(handover.ctx),
-            accept=Leg(context),
-            stats=self.stats,
-            on_done=self._forget,
-            ends=(dialer, link),
-            budget=self.budget,
-        )
-        self.splices.add(splice)
-        dialer.splices.add(splice)
-        link.splices.add(splice)
+        splice = self.splice(tunnel_id, pending.serveid, handover.ctx, context, dialer, link)
         handover.splice.set_result(splice)
         del pending, handover, dialer  # not held while the tunnel runs
         link.core.tunnels += 1
@@ -704,6 +666,31 @@ class RouteServicer:
         finally:
             link.core.tunnels -= 1
         await route_rpc.end_unless_told(splice.accept, context)
+
+    def splice(
+        self,
+        tunnel_id: str,
+        serveid: int,
+        dial: grpc.aio.ServicerContext[bytes, bytes],
+        accept: grpc.aio.ServicerContext[bytes, bytes],
+        dialer: Link,
+        owner: Link,
+    ) -> Splice:
+        """A tunnel's splice of its Dial and Accept calls, known to the route and both ends."""
+        splice = Splice(
+            tunnel_id=tunnel_id,
+            serveid=serveid,
+            dial=Leg(dial),
+            accept=Leg(accept),
+            stats=self.stats,
+            on_done=self._forget,
+            ends=(dialer, owner),
+            budget=self.budget,
+        )
+        self.splices.add(splice)
+        dialer.splices.add(splice)
+        owner.splices.add(splice)
+        return splice
 
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's handlers; tunnel methods pass raw bytes through."""

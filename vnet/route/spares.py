@@ -37,7 +37,7 @@ from vnet.core.limits import SERVEID_MAX, SPARES_MAX
 from vnet.core.sessions import Session
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import metadata
-from vnet.route.splice import Leg, Splice
+from vnet.route.splice import Splice
 
 if TYPE_CHECKING:
     from vnet.core.registry import Serve
@@ -226,19 +226,7 @@ async def hand(
             continue
         if spare.given.done():
             continue  # its handler ended during the write
-        splice = Splice(
-            tunnel_id=tunnel_id,
-            serveid=serve.serveid,
-            dial=Leg(context),
-            accept=Leg(spare.ctx),
-            stats=s.stats,
-            on_done=s._forget,
-            ends=(link, owner),
-            budget=s.budget,
-        )
-        s.splices.add(splice)
-        link.splices.add(splice)
-        owner.splices.add(splice)
+        splice = s.splice(tunnel_id, serve.serveid, context, spare.ctx, link, owner)
         # Unanswered until the node's accepted frame comes (_taken), as an
         # open_tunnel is until its Accept: a frozen node is found out either way.
         owner.answers.asked(tunnel_id, s.clock())
