@@ -77,12 +77,23 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="TCP congestion control in the namespaces (default: the host's, e.g. bbr or cubic)",
     )
     p.add_argument(
+        "--vnet",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a [vnet] setting for both nodes, e.g. queue_target_ms=8 (repeatable; for A/B runs)",
+    )
+    p.add_argument(
         "--logs",
         metavar="DIR",
         help="keep every process's log in DIR/<profile>/, with vnet at --log-level debug "
         "(its governor then logs each probe: round trip, queueing delay, rate)",
     )
     args = p.parse_args(argv)
+    for item in args.vnet:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or "\n" in item or "[" in item:
+            p.error(f"--vnet wants KEY=VALUE, not {item!r}")
     base = QUICK if args.quick else FULL
     args.sizes = Sizes(
         bulk_mib=args.bulk_mib or base.bulk_mib,
@@ -158,7 +169,7 @@ class ProfileRun:
             )
         ]
         t0 = time.monotonic()
-        started = start_paths(self.args.paths, self.children, self.workdir, topo)
+        started = start_paths(self.args.paths, self.children, self.workdir, topo, self.args.vnet)
         _say(f"[{self.profile.name}] paths ready after {time.monotonic() - t0:.1f} s: "
              f"{', '.join(started.paths)}")  # fmt: skip
         self.result.notes += started.notes

@@ -60,7 +60,13 @@ def _wait(what: str, children: Children, path: WanPath, timeout: float = 60.0) -
     wait_ready(what, lambda: probe_sink(path.sink), children, timeout)
 
 
-def start(wanted: Sequence[str], children: Children, workdir: Path, topo: Topology) -> Started:
+def start(
+    wanted: Sequence[str],
+    children: Children,
+    workdir: Path,
+    topo: Topology,
+    vnet_settings: Sequence[str] = (),
+) -> Started:
     py = sys.executable
     children.start(
         "target",
@@ -96,7 +102,7 @@ def start(wanted: Sequence[str], children: Children, workdir: Path, topo: Topolo
                 )
             )
     if "vnet" in wanted:
-        paths["vnet"] = _start_vnet(children, workdir, topo)
+        paths["vnet"] = _start_vnet(children, workdir, topo, vnet_settings)
         describe.append(
             ("vnet", f"vnet-route in the route namespace + 2 x vnet, --log-level {VNET_LOG_LEVEL}")
         )
@@ -149,7 +155,9 @@ def _start_ssh(children: Children, workdir: Path, topo: Topology) -> WanPath:
     return path
 
 
-def _start_vnet(children: Children, workdir: Path, topo: Topology) -> WanPath:
+def _start_vnet(
+    children: Children, workdir: Path, topo: Topology, settings: Sequence[str]
+) -> WanPath:
     work = workdir / "vnet"
     work.mkdir()
     route_ini = work / "route.ini"
@@ -163,13 +171,15 @@ def _start_vnet(children: Children, workdir: Path, topo: Topology) -> WanPath:
         for name, sid, port in (("sink", 701, 18001), ("echo", 702, 18002), ("source", 703, 18003))
     )
     home_ini, office_ini = work / "home.ini", work / "office.ini"
+    # --vnet KEY=VALUE settings, in both nodes' [vnet] section (A/B runs of a setting).
+    extra = "".join(f"{item}\n" for item in settings)
     home_ini.write_text(
         f"[route]\nip={ROUTE_HOME_IP}\nport={ROUTE_PORT}\n"
-        f"[vnet]\nname=home\ngroup=bench\ntoken={TOKEN}\n{serves}"
+        f"[vnet]\nname=home\ngroup=bench\ntoken={TOKEN}\n{extra}{serves}"
     )
     office_ini.write_text(
         f"[route]\nip={ROUTE_OFFICE_IP}\nport={ROUTE_PORT}\n"
-        f"[vnet]\nname=office\ngroup=bench\ntoken={TOKEN}\n{uses}"
+        f"[vnet]\nname=office\ngroup=bench\ntoken={TOKEN}\n{extra}{uses}"
     )
     level = ["--log-level", VNET_LOG_LEVEL]
     children.start(
