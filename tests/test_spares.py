@@ -320,12 +320,14 @@ async def test_a_route_without_spares_leaves_the_node_on_open_tunnel(
     monkeypatch.setattr(spares, "hold", as_before)
     service = await echo_server()
     home, _, port = await _pair(make_node, service.port)
-    await wait_until(lambda: route.servicer.rejected["NOT_FOUND"] == 2, "both spares refused")
+    await wait_until(lambda: route.servicer.rejected["NOT_FOUND"] >= 1, "a spare refused")
     await wait_until(lambda: home.serve_side.spares.held == 0, "home to give up its spares")
     for i in range(5):
         payload = pattern(3_000, seed=i)
         assert await echo_round_trip(port, payload) == payload
-    # Asked twice (the two spares), never again.
-    assert route.servicer.rejected["NOT_FOUND"] == 2
+    # Its two spares asked for, never a third: the second may be refused too, or cancelled
+    # by home (it gives up the serve's spares at the first refusal) before the route saw it.
+    assert route.servicer.rejected["NOT_FOUND"] <= 2
     assert home.serve_side.spares.used == 0
+    assert home.serve_side.spares.held == 0
     await service.close()
