@@ -56,7 +56,7 @@ from vnet.route import rpc as route_rpc
 from vnet.route.admission import BAD_CREDENTIALS, bearer, metadata
 from vnet.route.link import Link
 from vnet.route.security import RouteSecurity
-from vnet.route.splice import Leg, Splice
+from vnet.route.splice import Splice
 from vnet.wire import peer_messages as pw
 from vnet.wire.options import common_options, keepalive_options
 from vnet.wire.route_messages import UnserveAsk
@@ -470,21 +470,10 @@ class Peers:
             # Headers first, before the peer pump can write here (one writer per context).
             await context.send_initial_metadata(())
             far = _stand_in(vnetid, f"(on the route at {address})", link.vnet.group, 0.0, address)
-            splice = Splice(
-                tunnel_id=tunnel_id,
-                serveid=serveid,
-                dial=Leg(context),
-                accept=Leg(call),
-                stats=s.stats,
-                on_done=s._forget,
-                ends=(link, far),
-                budget=s.budget,
-            )
+            splice = s.splice(tunnel_id, serveid, context, call, link, far)
         except BaseException:
             call.cancel()
             raise
-        s.splices.add(splice)
-        link.splices.add(splice)
         self._opened(splice, "out")
         log.debug(
             "tunnel %s: vnet %s -> serveid %s on vnet %s, through the route at %s",

@@ -49,7 +49,7 @@ from vnet.route.link import Link, forget_splice
 from vnet.route.lists import Lists
 from vnet.route.peer import Elsewhere, Peers, parse_serveid
 from vnet.route.security import RouteSecurity
-from vnet.route.splice import Leg, Splice, SpliceStats
+from vnet.route.splice import Leg, Splice, SpliceStats, Stream
 from vnet.route.timeouts import RouteTimeouts as RouteTimeouts
 from vnet.wire import route_messages as msg
 
@@ -671,12 +671,13 @@ class RouteServicer:
         self,
         tunnel_id: str,
         serveid: int,
-        dial: grpc.aio.ServicerContext[bytes, bytes],
-        accept: grpc.aio.ServicerContext[bytes, bytes],
+        dial: Stream,
+        accept: Stream,
         dialer: Link,
         owner: Link,
     ) -> Splice:
-        """A tunnel's splice of its Dial and Accept calls, known to the route and both ends."""
+        """A tunnel's splice of its two legs, known to the route and to both ends (owner
+        a stand-in when the serve is on another route: vnet.route.peer)."""
         splice = Splice(
             tunnel_id=tunnel_id,
             serveid=serveid,
