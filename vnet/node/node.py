@@ -529,13 +529,8 @@ class Node:
             # The next connection's paths are new: their bases too.
             self.governor.reset()
         self.unserves.forget()
-        self.serve_side.spares.clear()
         self._drop_ephemeral(lambda _: True)
-        for state in self.serves.values():
-            if state.serveid is not None:
-                state.last_serveid = state.serveid
-                state.serveid = None
-                state.error = "the route went away"
+        self.serve_side.route_lost()
 
     def _on_event(self, event: ControlEvent) -> None:
         if isinstance(event, OpenTunnel):

@@ -84,6 +84,16 @@ class Serves:
             )
         return reg.serve.serveid
 
+    def route_lost(self) -> None:
+        """The route is gone: no serve is registered, and no spare is open, any more.
+        Each serve keeps its serveid as the one to ask for again."""
+        self.spares.clear()
+        for state in self.node.serves.values():
+            if state.serveid is not None:
+                state.last_serveid = state.serveid
+                state.serveid = None
+                state.error = "the route went away"
+
     async def unregister(self, state: ServeState) -> None:
         serveid, state.serveid = state.serveid, None
         if serveid is None:

@@ -26,7 +26,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -38,8 +37,8 @@ from vnet.core.config import RouteLimits
 from vnet.core.errors import LimitExceeded, NotFound, RouteUnavailable, Unanswered, VnetError
 from vnet.core.registry import Registry, Serve
 from vnet.core.sessions import Pending, Rendezvous, Session, Sessions
+from vnet.route import asking, spares
 from vnet.route import rpc as route_rpc
-from vnet.route import spares
 from vnet.route.admission import BAD_CREDENTIALS as BAD_CREDENTIALS
 from vnet.route.admission import Admission, JoinGate, admin_facts, metadata
 from vnet.route.between import Between
@@ -76,14 +75,6 @@ def _secret() -> str:
 
 def _hex_id() -> str:
     return secrets.token_hex(8)
-
-
-@dataclass(eq=False)
-class _Handover:
-    """How a waiting Dial gets the splice the serving node's Accept makes."""
-
-    ctx: grpc.aio.ServicerContext[bytes, bytes]
-    splice: asyncio.Future[Splice]
 
 
 def _nowhere(group: str, serveid: int) -> str | None:
@@ -131,7 +122,7 @@ class RouteServicer:
         # The I/O side of each live session of the table.
         self.sessions: dict[Session, Link] = {}
         self.pending = Rendezvous(self.timeouts.accept, self.timeouts.accept_limit)
-        self._handovers: dict[Pending, _Handover] = {}
+        self.handovers: dict[Pending, asking.Handover] = {}
         # What one node asks of another through the route: unserve, probes.
         self.between = Between(
             self._peer, self.registry, self.timeouts.unserve, self.timeouts.echo, ids, clock
@@ -239,7 +230,7 @@ class RouteServicer:
             splice.abort(because)
         self.spares.end(session, None, NotFound(because))
         for pending in self.pending.of_session(session):
-            handover = self._handovers.get(pending)
+            handover = self.handovers.get(pending)
             if handover is not None and not handover.splice.done():
                 handover.splice.set_exception(NotFound(because))
         # "left" only for a node that said so (Leave): a control stream
@@ -574,7 +565,7 @@ class RouteServicer:
         # A spare the node opened ahead of time, if it holds one; else ask it.
         splice = await spares.hand(self, link, owner, serve, tunnel_id, context)
         if splice is None:
-            splice = await self._asked(link, owner, serve, context, tunnel_id)
+            splice = await asking.ask(self, link, owner, serve, context, tunnel_id)
         self.observe_setup(loop.time() - started)
         log.debug(
             "tunnel %s: vnet %s -> serveid %s on vnet %s",
@@ -584,52 +575,6 @@ class RouteServicer:
             serve.vnetid,
         )
         return splice
-
-    async def _asked(
-        self,
-        link: Link,
-        owner: Link,
-        serve: Serve,
-        context: grpc.aio.ServicerContext[bytes, bytes],
-        tunnel_id: str,
-    ) -> Splice:
-        """The splice owner's Accept makes after an open_tunnel event for tunnel_id."""
-        now = self.clock()
-        pending = self.pending.add(tunnel_id, owner.core, link.core, serve.serveid, now)
-        made: asyncio.Future[Splice] = asyncio.get_running_loop().create_future()
-        self._handovers[pending] = _Handover(context, made)
-        owner.answers.asked(tunnel_id, now)
-        owner.push(msg.open_tunnel_event(tunnel_id, serve.serveid, link.vnet.vnetid))
-        try:
-            if not await self._answered(made, pending):
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"vnet {serve.vnetid} did not accept the tunnel to serveid {serve.serveid}",
-                )
-            splice = made.result()
-        except asyncio.CancelledError:
-            # Gone after Accept made the splice: its pump will never run here.
-            if made.done() and not made.cancelled() and made.exception() is None:
-                await made.result().lost(made.result().dial)
-            raise
-        finally:
-            self.pending.forget(pending)
-            self._handovers.pop(pending, None)
-        return splice
-
-    async def _answered(self, made: asyncio.Future[Splice], pending: Pending) -> bool:
-        """Wait for made; False once the Rendezvous's deadline for it passes.
-
-        Each Accept from its node moves that deadline (Rendezvous.deadline).
-        """
-        while not made.done():
-            now = self.clock()
-            deadline = self.pending.deadline(pending)
-            if now >= deadline:
-                return False
-            # asyncio.wait: no task per waiting tunnel, and made is not cancelled.
-            await asyncio.wait((made,), timeout=deadline - now)
-        return True
 
     async def Accept(
         self, request_iterator: object, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -650,7 +595,7 @@ class RouteServicer:
             # Any answer, even one too late for its tunnel, shows the node is alive.
             link.answers.answered(tunnel_id, now)
             pending = self.pending.take(tunnel_id, link.core, now)
-            handover = self._handovers.get(pending)
+            handover = self.handovers.get(pending)
             dialer = self.sessions.get(pending.dialer) or self.remote.get(pending.dialer)
             if handover is None or handover.splice.done() or dialer is None:
                 raise NotFound("no such tunnel waiting for this vnet")
