@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vnet import __version__
+from vnet import __version__, gcpause
 from vnet.config_load import DEFAULTS, Loaded, load_node, load_route
 from vnet.core.config import NodeConfig, RouteSettings
 from vnet.core.errors import RouteUnavailable, VnetError
@@ -72,6 +72,7 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     from vnet.node import tunnel
 
     tunnel.raise_fd_limit()
+    gcpause.watch()
     try:
         import uvloop
     except ImportError:
@@ -236,6 +237,7 @@ async def _route(
     except OSError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    gcpause.settle()
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload_on_signal() -> None:
@@ -344,6 +346,10 @@ async def _node(
     console = config.vnet.terminal and sys.stdin.isatty() and sys.stdout.isatty()
     if config.vnet.terminal and not console:
         log.warning("terminal=true, but this is not a terminal: running without the console")
+    if console:
+        # Imported before settling, so prompt_toolkit's objects are frozen with the rest.
+        import vnet.console.prompt  # noqa: F401
+    gcpause.settle()
     try:
         how = await _until_signalled(_console(node) if console else run_node(node))
     except RouteUnavailable as exc:

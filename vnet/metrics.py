@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vnet.gcpause import GcCollector
+
 if TYPE_CHECKING:
     from vnet.node.node import Node
     from vnet.route.admin import RouteAdmin
@@ -318,6 +320,7 @@ def serve_node_metrics(node: Node, host: str, port: int) -> MetricsServer:
     """A node's own endpoint ([vnet] metrics=HOST:PORT)."""
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
+    registry.register(GcCollector())
     server, _ = start_http_server(port, host, registry=registry)
     bound = int(server.server_address[1])
     log.info("metrics on http://%s:%s/metrics", host, bound)
@@ -342,6 +345,7 @@ def serve_metrics(
     """Start the HTTP endpoint in a thread (port 0 picks a free one)."""
     registry = CollectorRegistry()
     registry.register(RouteCollector(servicer, admin))
+    registry.register(GcCollector())
     setup = Histogram(
         "vnet_tunnel_setup_seconds",
         "Time from a Dial to its tunnel being spliced",
