@@ -90,6 +90,10 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> str:
         # program by KeyboardInterrupt there instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    # Started, and a SIGTERM from now on is a clean stop: only now the collection, which
+    # takes a few milliseconds (tens on a busy machine) and would otherwise widen the window
+    # in which the default handler kills the process.
+    gcpause.settle()
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -237,7 +241,6 @@ async def _route(
     except OSError as exc:
         print(f"vnet-route: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    gcpause.settle()
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload_on_signal() -> None:
@@ -347,9 +350,9 @@ async def _node(
     if config.vnet.terminal and not console:
         log.warning("terminal=true, but this is not a terminal: running without the console")
     if console:
-        # Imported before settling, so prompt_toolkit's objects are frozen with the rest.
+        # Imported before _until_signalled settles, so prompt_toolkit's objects are frozen
+        # with the rest.
         import vnet.console.prompt  # noqa: F401
-    gcpause.settle()
     try:
         how = await _until_signalled(_console(node) if console else run_node(node))
     except RouteUnavailable as exc:
