@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from bench import client
 from bench.procs import BenchError, Children
-from bench.wan import measure, netns, output, wire
+from bench.wan import measure, netns, output, stalltrace, wire
 from bench.wan import paths as wan_paths
 from bench.wan.paths import ALL_PATHS, SINK, WanPath
 from bench.wan.paths import start as start_paths
@@ -89,7 +89,16 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="keep every process's log in DIR/<profile>/, with vnet at --log-level debug "
         "(its governor then logs each probe: round trip, queueing delay, rate)",
     )
+    p.add_argument(
+        "--stalls",
+        action="store_true",
+        help="with --logs: every Python process (vnet's, the bench's) also records when it "
+        "stood still (a thread or its event loop woke over 8 ms late, a garbage collection over "
+        "3 ms) in DIR/<profile>/stalls-*.log, on the clock of the ping traces",
+    )
     args = p.parse_args(argv)
+    if args.stalls and not args.logs:
+        p.error("--stalls needs --logs DIR: the records are kept there")
     for item in args.vnet:
         key, eq, value = item.partition("=")
         if not eq or not key.strip() or "\n" in item or "[" in item:
@@ -136,7 +145,13 @@ class ProfileRun:
         self.workdir = tmp / profile.name
         self.workdir.mkdir()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        first = [str(REPO)]
+        if args.stalls:
+            # The directory's sitecustomize starts the recording in every child.
+            first.insert(0, str(Path(stalltrace.__file__).parent / "stalls"))
+            env[stalltrace.ENV] = str(self.workdir)
+            stalltrace.install(self.workdir)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, env.get("PYTHONPATH")]))
         self.children = Children(self.workdir, env)
         self.result = output.ProfileResult(profile)
 
