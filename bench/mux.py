@@ -441,7 +441,9 @@ def _sum_rows(rows: list[dict[str, float]], tag: str) -> list[dict[str, float]]:
     out = []
     for row in rows:
         cpu = [row.get(f"{tag}.cpu.{r}") for r in ROLES]
-        extra = {f"{tag}.cpu.total": sum(c for c in cpu if c is not None)} if cpu[0] else {}
+        extra = (
+            {f"{tag}.cpu.total": sum(c for c in cpu if c is not None)} if cpu[0] is not None else {}
+        )
         out.append({**row, **extra})
     return out
 
