@@ -369,6 +369,7 @@ def _parent(args: argparse.Namespace) -> int:
     load = _spawn(workdir, "load", ["--role", "load"])
     run = Run(workdir, children, target, load, fault=args.fault)
     results: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
+    before = _machine()
     try:
         wait_ready("the echo target", lambda: probe_echo((HOST, target)), children)
         if "ssh" in paths:
@@ -396,7 +397,7 @@ def _parent(args: argparse.Namespace) -> int:
         children.stop_all()
     results = {p: rows for p, rows in results.items() if rows}
     print()
-    print(_machine())
+    print(f"{before} before the run, {_machine().rpartition(',')[2].strip()} after")
     for note in run.notes:
         print(note)
     print(_tables(results))
