@@ -58,13 +58,14 @@ from bench.procs import (
     wait_ready,
 )
 from harness.procs import rss_kib
+from vnet.core.pacing import Pacer
 from vnet.node.client import OpenTunnel
 from vnet.node.tunnel import READER_LIMIT, raise_fd_limit, relay
 
 PATHS = ("direct", "ssh", "aio", "mux", "mux-N")
 SERVEID = 801
 ROLES = ("office", "route", "home")
-TESTS = ("ping", "many", "conns50", "conns16")
+TESTS = ("ping", "many", "pipe16", "conns50", "conns16", "hol")
 
 
 def _is_vnet(name: str) -> bool:
@@ -91,6 +92,9 @@ async def _home(port: int, variant: str, target: int, fault: str) -> None:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    # One per node, as the node has: bulk tunnels read less while an interactive one runs.
+    pacer = Pacer()
+
     def opened(stream: MuxStream, tunnel: int) -> None:
         start(_home_logical(stream, tunnel, target))
 
@@ -104,20 +108,20 @@ async def _home(port: int, variant: str, target: int, fault: str) -> None:
             continue
         call = client.accept(event.tunnel_id)
         if variant == "aio":
-            start(_home_aio(call, target))
+            start(_home_aio(call, target, pacer))
         else:
             stream = MuxStream(call, opened, fault)
             stream.done.add_done_callback(_stream_ended)
             streams.append(stream)
 
 
-async def _home_aio(call: Any, target: int) -> None:
+async def _home_aio(call: Any, target: int, pacer: Pacer) -> None:
     try:
         reader, writer = await asyncio.open_connection(HOST, target, limit=READER_LIMIT)
     except OSError:
         call.cancel()
         return
-    await relay(reader, writer, call, "home", local="the service")
+    await relay(reader, writer, call, "home", pacer=pacer, local="the service")
 
 
 async def _home_logical(stream: MuxStream, tunnel: int, target: int) -> None:
@@ -146,10 +150,11 @@ async def _office(port: int, variant: str) -> None:
     for stream in streams:
         stream.done.add_done_callback(_stream_ended)
     ids = itertools.count(1)
+    pacer = Pacer()
 
     async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not streams:
-            await relay(reader, writer, client.dial(SERVEID), "office")
+            await relay(reader, writer, client.dial(SERVEID), "office", pacer=pacer)
             return
         tunnel = next(ids)
         stream = streams[tunnel % len(streams)]
@@ -276,16 +281,22 @@ def _round(run: Run, path: Path_, args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
     tests = {
         "ping": f"ping {args.pings}",
-        "many": f"many {args.conns} {args.seconds}",
+        "many": f"many {args.conns} {args.seconds} 1",
+        "pipe16": f"many {args.conns} {args.seconds} 16",
         "conns50": f"conns 50 {args.seconds}",
         "conns16": f"conns 16 {args.seconds}",
+        "hol": f"hol {args.hol} {args.seconds}",
     }
     for tag, request in tests.items():
         result, cpu = _measured(run, path, request)
         count = result["count"]
-        if tag == "ping":
-            out["ping.p50"], out["ping.p99"] = result["p50"], result["p99"]
-        else:
+        if tag in ("ping", "hol"):
+            out[f"{tag}.p50"], out[f"{tag}.p99"] = result["p50"], result["p99"]
+        if tag == "hol":
+            # CPU per ping means nothing next to the bulk transfer: its rate instead.
+            out["hol.mbps"] = result["mbps"]
+            continue
+        if tag != "ping":
             out[f"{tag}.rate"] = count / result["seconds"]
         for role, secs in cpu.items():
             out[f"{tag}.cpu.{role}"] = secs / count * 1e6
@@ -415,7 +426,9 @@ def _progress(rep: int, name: str, row: dict[str, float]) -> str:
         f"  round {rep + 1} {name}: ping p50 {row['ping.p50']:.0f} us ({cpu('ping')}); "
         f"50 conns {row['many.rate']:,.0f}/s ({cpu('many')}); a conn per request "
         f"{row['conns50.rate']:,.0f}/s ({cpu('conns50')}), 16 at a time "
-        f"{row['conns16.rate']:,.0f}/s ({cpu('conns16')})"
+        f"{row['conns16.rate']:,.0f}/s ({cpu('conns16')}); -P 16 {row['pipe16.rate']:,.0f}/s "
+        f"({cpu('pipe16')}); ping beside bulk p50 {row['hol.p50']:.0f} us, "
+        f"bulk {row['hol.mbps']:.0f} MB/s"
     )
 
 
@@ -452,6 +465,7 @@ def _sum_rows(rows: list[dict[str, float]], tag: str) -> list[dict[str, float]]:
 TITLES = {
     "ping": ("1-byte ping-pong, one connection", "p50 / p99 us", "round trip"),
     "many": ("50 connections, 32-byte request/response back to back", "requests/s", "request"),
+    "pipe16": ("the same, 16 requests at a time (as `-P 16`)", "requests/s", "request"),
     "conns50": ("a new connection per request, 50 at a time", "connections/s", "connection"),
     "conns16": ("a new connection per request, 16 at a time", "connections/s", "connection"),
 }
@@ -459,7 +473,7 @@ TITLES = {
 
 def _tables(results: dict[str, list[dict[str, float]]]) -> str:
     lines = []
-    for tag in TESTS:
+    for tag in TESTS[:-1]:
         title, rate, per = TITLES[tag]
         lines += [
             f"| {title} | {rate} | office | route | home | total (us CPU per {per}) | "
@@ -477,6 +491,15 @@ def _tables(results: dict[str, list[dict[str, float]]]) -> str:
                 f"| {name} | {head} | {' | '.join(cpu)} | {_figure(rows, f'{tag}.fpm', '.2f')} |"
             )
         lines.append("")
+    lines += [
+        "| 1-byte ping-pong next to a bulk transfer on another connection | p50 us | p99 us | "
+        "bulk MB/s (each way) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, rows in results.items():
+        figures = [_figure(rows, f"hol.{k}", ".0f") for k in ("p50", "p99", "mbps")]
+        lines.append(f"| {name} | {' | '.join(figures)} |")
+    lines.append("")
     idle = {n: rows for n, rows in results.items() if any("idle.kib.route" in r for r in rows)}
     if idle:
         lines += [
@@ -499,6 +522,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pings", type=int, default=3000, help="1-byte round trips per run")
     parser.add_argument("--conns", type=int, default=50, help="connections of the request test")
     parser.add_argument("--seconds", type=float, default=3.0, help="of each rate test")
+    parser.add_argument(
+        "--hol",
+        type=int,
+        default=1000,
+        help="pings next to the bulk transfer (at most --seconds of them)",
+    )
     parser.add_argument("--idle", type=int, default=1000, help="idle connections (0: none)")
     parser.add_argument("--json", help="also write every round's figures here")
     parser.add_argument("--tables", nargs="+", help="print the tables of these --json files")

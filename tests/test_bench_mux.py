@@ -12,7 +12,7 @@ import pytest
 from bench.mux_proto import CLOSE, DATA, OPEN, MuxError, pack, unpack
 
 REPO = Path(__file__).resolve().parent.parent
-QUICK = ["--repeat", "1", "--pings", "30", "--seconds", "0.2"]
+QUICK = ["--repeat", "1", "--pings", "30", "--seconds", "0.2", "--hol", "30"]
 
 
 def _run(*extra: str) -> subprocess.CompletedProcess[str]:
@@ -24,10 +24,10 @@ def test_one_stream_per_tunnel_and_one_shared_stream_echo_through_a_real_route()
     done = _run("--paths", "direct,aio,mux", "--idle", "20")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = done.stdout.splitlines()
-    # One row per path in each of the four rate tables, and the two vnet ones in the memory table.
-    assert len([r for r in rows if r.startswith("| direct |")]) == 4, done.stdout
+    # A row per path in each of the six tables of figures, and for vnet one in the memory table.
+    assert len([r for r in rows if r.startswith("| direct |")]) == 6, done.stdout
     for variant in ("aio", "mux"):
-        assert len([r for r in rows if r.startswith(f"| {variant} |")]) == 5, done.stdout
+        assert len([r for r in rows if r.startswith(f"| {variant} |")]) == 7, done.stdout
     # The mux says how many inner frames went in a message (at least one); aio has no figure.
     mux_ping = next(r for r in rows if r.startswith("| mux |"))
     assert float(mux_ping.rstrip(" |").rsplit("|", 1)[1]) >= 1.0, mux_ping
