@@ -8,7 +8,7 @@ tunnel), *home* connects to the echo target (`bench.target`, a process of its ow
 
 - `aio`: today's shape. A Dial (office) and an Accept (home) per connection, each carried by
   the node's own pump, `vnet.node.tunnel.relay`.
-- `mux` (`mux-2`, `mux-4`): ONE Dial/Accept tunnel (or 2, 4) between office and home carrying
+- `mux` (`mux-N`): ONE Dial/Accept tunnel (or N, 1-64) between office and home carrying
   every connection, as inner frames inside vnet's data frames (`bench.mux_proto`): a new
   connection is an open frame, no gRPC call; what queues up while a write is in flight goes
   out in one message.
@@ -17,11 +17,13 @@ tunnel), *home* connects to the echo target (`bench.target`, a process of its ow
 
 The clients are a process of their own (`bench.mux_load`), every reply checked byte for byte.
 Per path and round: 1-byte ping-pong on one connection, 50 connections doing 32-byte
-request/response back to back, a new connection per request 50 and 16 at a time, and for vnet
-the memory per idle connection (1,000 held open). CPU is each process's user+system time from
-/proc (route, office, home; sshd with its per-connection children, both ssh clients).
+request/response back to back (one request at a time, then 16), a new connection per request
+50 and 16 at a time, the ping-pong again next to a bulk transfer on another connection
+(head-of-line blocking), and for vnet the memory per idle connection (1,000 held open). CPU
+is each process's user+system time from /proc (route, office, home; sshd with its
+per-connection children, both ssh clients).
 
-    flock /tmp/vnet-bench.lock python -m bench.mux [--repeat 1] [--paths direct,ssh,aio,mux]
+    flock /tmp/vnet-bench.lock python -m bench.mux [--repeat 1] [--paths direct,ssh,aio,mux,mux-4]
     python -m bench.mux --tables run1.json run2.json run3.json   (medians and ranges)
 """
 
@@ -234,7 +236,7 @@ def _stop(procs: Sequence[Any]) -> None:
 
 
 @dataclass
-class Path_:
+class Tested:
     """One path under test: where its clients connect, and the processes whose CPU counts."""
 
     name: str
@@ -258,14 +260,16 @@ class Run:
     target: int
     load: Any
     fault: str = ""
-    ssh: Path_ | None = None
+    ssh: Tested | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def _measured(run: Run, path: Path_, request: str) -> tuple[dict[str, float], dict[str, float]]:
+def _measured(
+    run: Run, path: Tested, test: str, rest: str
+) -> tuple[dict[str, float], dict[str, float]]:
     """A test of the load child on path: its result, each process's CPU seconds during it, and
     (mux) the office's messages and inner frames written meanwhile."""
-    _ask(run.load, f"{request.split()[0]} {path.port} {request.partition(' ')[2]}", "warm")
+    _ask(run.load, f"{test} {path.port} {rest}", "warm")
     stats = json.loads(_ask(path.office, "stats", "stats")) if path.office else {}
     before = path.cpu()
     result = json.loads(_ask(run.load, "go", "done"))
@@ -277,18 +281,19 @@ def _measured(run: Run, path: Path_, request: str) -> tuple[dict[str, float], di
     return result, used
 
 
-def _round(run: Run, path: Path_, args: argparse.Namespace) -> dict[str, float]:
+def _round(run: Run, path: Tested, args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
+    # Row tag: the load child's test and its arguments after the port (bench.mux_load).
     tests = {
-        "ping": f"ping {args.pings}",
-        "many": f"many {args.conns} {args.seconds} 1",
-        "pipe16": f"many {args.conns} {args.seconds} 16",
-        "conns50": f"conns 50 {args.seconds}",
-        "conns16": f"conns 16 {args.seconds}",
-        "hol": f"hol {args.hol} {args.seconds}",
+        "ping": ("ping", f"{args.pings}"),
+        "many": ("many", f"{args.conns} {args.seconds} 1"),
+        "pipe16": ("many", f"{args.conns} {args.seconds} 16"),
+        "conns50": ("conns", f"50 {args.seconds}"),
+        "conns16": ("conns", f"16 {args.seconds}"),
+        "hol": ("hol", f"{args.hol} {args.seconds}"),
     }
-    for tag, request in tests.items():
-        result, cpu = _measured(run, path, request)
+    for tag, (test, rest) in tests.items():
+        result, cpu = _measured(run, path, test, rest)
         count = result["count"]
         if tag in ("ping", "hol"):
             out[f"{tag}.p50"], out[f"{tag}.p99"] = result["p50"], result["p99"]
@@ -333,7 +338,7 @@ def _vnet_round(run: Run, variant: str, args: argparse.Namespace) -> dict[str, f
         procs.append(office)
         listen = int(_read_line(office, "ready").split()[1])
         pids = {"office": office.pid, "route": route.proc.pid, "home": home.pid}
-        path = Path_(variant, listen, pids, office=None if variant == "aio" else office)
+        path = Tested(variant, listen, pids, office=None if variant == "aio" else office)
         wait_ready(f"{variant}'s echo", lambda: probe_echo((HOST, listen)), children)
         row = _round(run, path, args)
         children.check()
@@ -353,7 +358,7 @@ def _start_ssh(run: Run) -> None:
     pids = dict(
         zip(ROLES, (processes["ssh office"], processes["sshd"], processes["ssh home"]), strict=True)
     )
-    run.ssh = Path_("ssh", local["echo"][1], pids, groups=True)
+    run.ssh = Tested("ssh", local["echo"][1], pids, groups=True)
 
 
 def _parent(args: argparse.Namespace) -> int:
@@ -396,7 +401,7 @@ def _parent(args: argparse.Namespace) -> int:
                         continue
                     row = _round(run, run.ssh, args)
                 else:
-                    row = _round(run, Path_("direct", target), args)
+                    row = _round(run, Tested("direct", target), args)
                 children.check()
                 results[name].append(row)
                 print(_progress(rep, name, row), flush=True)
@@ -517,7 +522,9 @@ def _tables(results: dict[str, list[dict[str, float]]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mux", description=__doc__.split("\n")[0])
-    parser.add_argument("--paths", default="direct,ssh,aio,mux", help=f"of {', '.join(PATHS)}")
+    parser.add_argument(
+        "--paths", default="direct,ssh,aio,mux,mux-4", help=f"of {', '.join(PATHS)}"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--pings", type=int, default=3000, help="1-byte round trips per run")
     parser.add_argument("--conns", type=int, default=50, help="connections of the request test")
