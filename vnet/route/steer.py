@@ -27,6 +27,8 @@ class Steering:
         # Connections found lossy while switched: left alone a while (vnet/core/steering.py).
         self.lossy: Lossy[str] = Lossy()
         self._switched: dict[str, list[congestion.Switched]] = {}
+        # Scans under way in a thread, by peer.
+        self._finding: dict[str, asyncio.Future[list[congestion.Switched]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def probed(self, peer: str) -> None:
@@ -41,10 +43,32 @@ class Steering:
         if self.lossy.spares(peer, now):
             return
         far = congestion.peer_of(peer)
-        if far is not None:
-            self._switched[peer] = congestion.govern({far})
+        if far is not None and peer not in self._finding:
+            # In a thread: the scan reads every descriptor of the process, ~20 ms at 2,000
+            # connections, and on the loop that would stop every tunnel of the route as long
+            # (the kind of stall a keystroke next to a transfer feels; vnet/gcpause.py).
+            found = loop.run_in_executor(None, congestion.govern, {far})
+            self._finding[peer] = found
+            found.add_done_callback(lambda done: self._found(peer, done))
         if self._timer is None:
             self._arm(loop)
+
+    def _found(self, peer: str, found: asyncio.Future[list[congestion.Switched]]) -> None:
+        """The scan for peer's connection ended: keep what it switched while the hold lasts,
+        put it back at once if the hold ran out meanwhile."""
+        self._finding.pop(peer, None)
+        if found.cancelled():
+            return
+        error = found.exception()
+        if error is not None:
+            log.warning("switching the connection to %s failed: %s", peer, error)
+            return
+        switched = found.result()
+        if peer in self.holds:
+            congestion.restore(self._switched.pop(peer, []))
+            self._switched[peer] = switched
+        else:
+            congestion.restore(switched)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self.holds.next_due()
