@@ -2,7 +2,7 @@
 
 A full (generation 2) collection walks every object the collector tracks, and a route or a node
 holds ~40,000 of them from its imports alone (grpc, protobuf, prompt_toolkit). On the emulated
-50 ms / 100 Mbit/s link such a walk stopped the route for 23-34 ms in the middle of a download:
+50 ms / 100 Mbit/s link such a walk stopped the route for 23-40 ms in the middle of a download:
 the transfer's bytes piled up behind the stopped relay and went on toward the office in one
 burst, and the keystroke next to the transfer waited behind that burst (the p99 ping rows in
 docs/BENCHMARKS.md). `gc.freeze()` once the process has started moves what start-up made
