@@ -89,7 +89,7 @@ class Prober:
             client = None
         if client is not None and client is self._steered:
             for one in self._switched:
-                if not one.lossy and one.check(now):
+                if one.check(now):
                     # Lossy: left alone a while, and the estimate cubic pulled down restored.
                     self._lossy.found(client.address, now)
                     self.governor.recover(self._capacity)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from vnet.core.sessions import Pending
-from vnet.route.splice import Splice
+from vnet.route.splice import Splice, lost_if_made
 from vnet.wire import route_messages as msg
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ async def ask(
         splice = made.result()
     except asyncio.CancelledError:
         # Gone after Accept made the splice: its pump will never run here.
-        if made.done() and not made.cancelled() and made.exception() is None:
-            await made.result().lost(made.result().dial)
+        await lost_if_made(made, lambda splice: splice.dial)
         raise
     finally:
         s.pending.forget(pending)

@@ -37,7 +37,7 @@ from vnet.core.limits import SERVEID_MAX, SPARES_MAX
 from vnet.core.sessions import Session
 from vnet.route import rpc as route_rpc
 from vnet.route.admission import metadata
-from vnet.route.splice import Splice
+from vnet.route.splice import Splice, lost_if_made
 
 if TYPE_CHECKING:
     from vnet.core.registry import Serve
@@ -152,10 +152,8 @@ async def hold(s: RouteServicer, context: grpc.aio.ServicerContext[bytes, bytes]
         await context.abort(wire.status_of(exc), str(exc))
     except asyncio.CancelledError:
         s.spares.remove(session, serveid, spare)
-        given = spare.given
-        if given.done() and not given.cancelled() and given.exception() is None:
-            # Given a tunnel just as its node went: its pump will never run here.
-            await given.result().lost(given.result().accept)
+        # Given a tunnel just as its node went: its pump will never run here.
+        await lost_if_made(spare.given, lambda splice: splice.accept)
         raise
     del spare
     session.tunnels += 1

@@ -461,6 +461,14 @@ class Splice:
         return waiter
 
 
+async def lost_if_made(made: asyncio.Future[Splice], leg: Callable[[Splice], Leg]) -> None:
+    """A handler cancelled while waiting for its splice: if the splice was made all the
+    same, the pump of that handler's leg will never run, so the tunnel is reset (lost)."""
+    if made.done() and not made.cancelled() and made.exception() is None:
+        splice = made.result()
+        await splice.lost(leg(splice))
+
+
 def _reset_all(victims: list[tuple[Any, str]]) -> None:
     for tunnel, reason in victims:
         if isinstance(tunnel, Splice):
